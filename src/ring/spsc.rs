@@ -1,0 +1,839 @@
+//! Single-producer single-consumer ring of variable-length messages in fixed-size slots.
+//!
+//! Invariants, with `head` and `tail` free-running u64 counters (they never wrap in practice):
+//! - `0 <= tail - head <= capacity`; slot `i & (capacity - 1)` holds message `i` for
+//!   `head <= i < tail`. Only the producer writes `tail`, only the consumer writes `head`.
+//! - Every index read from shared memory is checked against the invariant before use, and a slot
+//!   is only ever addressed through the mask, so a corrupted index yields [`Corrupted`], never an
+//!   out-of-bounds access. A length word is checked against the maximum before it is used.
+//! - Each side keeps its own index locally (the shared copy is only published) and caches the
+//!   other side's, reloading it only when the ring looks full or empty (as rtrb does), so in
+//!   steady streaming each side touches the other's cache line once per lap, not per message.
+
+use super::wait::{wait_until, Check, Doorbell};
+use super::{Geometry, Peer, Role, RoleRecord, Slots, WaitStrategy, ROLE_CLOSED};
+use crate::channel::{Receiver, Sender};
+use crate::error::*;
+use crate::sync::{AtomicU32, AtomicU64, PUBLISH};
+use crossbeam_utils::CachePadded;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The control block of an SPSC ring: each group on its own 128-byte line (the adjacent-line
+/// prefetcher pairs 64-byte lines), so the producer's and consumer's hot stores never share one.
+///
+/// All-zero bytes are a valid initial state (a fresh SysV segment is zero-filled).
+#[repr(C)]
+pub(crate) struct SpscShared {
+    /// Producer line: the next index to publish.
+    pub(crate) tail: CachePadded<AtomicU64>,
+    /// Consumer line: the next index to consume.
+    pub(crate) head: CachePadded<AtomicU64>,
+    /// The consumer sleeps here while the ring is empty.
+    pub(crate) not_empty: CachePadded<Doorbell>,
+    /// The producer sleeps here while the ring is full.
+    pub(crate) not_full: CachePadded<Doorbell>,
+    /// pid of the process opening or closing the ring (0 if none); see `transport::shm`.
+    pub(crate) lock: CachePadded<AtomicU32>,
+    pub(crate) sender: CachePadded<RoleRecord>,
+    pub(crate) receiver: CachePadded<RoleRecord>,
+}
+
+impl SpscShared {
+    pub(crate) fn new() -> Self {
+        SpscShared {
+            tail: CachePadded::new(AtomicU64::new(0)),
+            head: CachePadded::new(AtomicU64::new(0)),
+            not_empty: CachePadded::new(Doorbell::new()),
+            not_full: CachePadded::new(Doorbell::new()),
+            lock: CachePadded::new(AtomicU32::new(0)),
+            sender: CachePadded::new(RoleRecord::new()),
+            receiver: CachePadded::new(RoleRecord::new()),
+        }
+    }
+
+    pub(crate) fn role(&self, role: Role) -> &RoleRecord {
+        match role {
+            Role::Sender => &self.sender,
+            Role::Receiver => &self.receiver,
+        }
+    }
+}
+
+/// Where a ring's memory lives, and what happens when one of its ends closes.
+pub(crate) trait Backing: Send + Sync {
+    /// Called when `role`'s end drops, after it marked itself closed and woke its peer.
+    fn on_close(&self, _role: Role, _shared: &SpscShared) {}
+}
+
+/// A ring's memory and validated geometry, shared by its ends in this process.
+pub(crate) struct RingCore {
+    shared: NonNull<SpscShared>,
+    slots: Slots,
+    geometry: Geometry,
+    /// Owns the memory `shared` and `slots` point into; dropped last.
+    backing: Box<dyn Backing>,
+}
+
+// SAFETY: the pointers refer to memory owned by `backing` (Send + Sync) and accessed only through
+// atomics or through slots the ring protocol assigns to one side at a time.
+unsafe impl Send for RingCore {}
+// SAFETY: as above.
+unsafe impl Sync for RingCore {}
+
+impl RingCore {
+    /// # Safety
+    /// `shared` must point to a valid `SpscShared` and the slots to `geometry.slots_size()` bytes
+    /// laid out as `Slots::new` requires, both kept alive and mapped by `backing`.
+    pub(crate) unsafe fn new(
+        shared: NonNull<SpscShared>,
+        slots: Slots,
+        geometry: Geometry,
+        backing: Box<dyn Backing>,
+    ) -> Self {
+        RingCore {
+            shared,
+            slots,
+            geometry,
+            backing,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &SpscShared {
+        // SAFETY: valid for our lifetime by the contract of `new`.
+        unsafe { self.shared.as_ref() }
+    }
+}
+
+/// Memory for a ring on the heap (in-process channels).
+struct HeapBacking {
+    shared: *mut SpscShared,
+    slots: *mut [u64],
+}
+
+// SAFETY: owns two heap allocations; no thread affinity.
+unsafe impl Send for HeapBacking {}
+// SAFETY: as above.
+unsafe impl Sync for HeapBacking {}
+
+impl Backing for HeapBacking {}
+
+impl Drop for HeapBacking {
+    fn drop(&mut self) {
+        // SAFETY: both came from Box::into_raw in `channel` and are freed once, here, after every
+        // end that used them has gone (the RingCore holding us is dropped last).
+        unsafe {
+            drop(Box::from_raw(self.shared));
+            drop(Box::from_raw(self.slots));
+        }
+    }
+}
+
+/// Creates an in-process SPSC channel on the heap: the same ring as the shared-memory transport,
+/// without the segment. Useful on its own, and how the algorithm is tested and benchmarked.
+///
+/// ```
+/// use shmpipe::{ring::spsc, Receiver, Sender};
+/// let (mut tx, mut rx) = spsc::channel(8, 64).unwrap();
+/// tx.send(b"hello").unwrap();
+/// let mut buf = Vec::new();
+/// rx.recv(&mut buf).unwrap();
+/// assert_eq!(buf, b"hello");
+/// ```
+pub fn channel(capacity: usize, max_message: usize) -> Result<(Producer, Consumer), crate::Error> {
+    let geometry = Geometry::new(capacity, max_message)?;
+    let shared = Box::into_raw(Box::new(SpscShared::new()));
+    let words = geometry.slots_size() / 8;
+    let slots = Box::into_raw(vec![0u64; words].into_boxed_slice());
+    // SAFETY: `slots` is a live allocation of slots_size bytes, 8-aligned; stride is a multiple
+    // of 64. Both allocations are owned by the HeapBacking and outlive the core.
+    let core = unsafe {
+        let base = NonNull::new_unchecked(slots.cast::<u8>());
+        let slot_mem = Slots::new(base, geometry.capacity, geometry.stride());
+        RingCore::new(
+            NonNull::new_unchecked(shared),
+            slot_mem,
+            geometry,
+            Box::new(HeapBacking { shared, slots }),
+        )
+    };
+    let core = Arc::new(core);
+    core.shared().sender.claim();
+    core.shared().receiver.claim();
+    let tx = Producer::new(Arc::clone(&core)).map_err(crate::Error::Corrupted)?;
+    let rx = Consumer::new(core).map_err(crate::Error::Corrupted)?;
+    Ok((tx, rx))
+}
+
+/// How often a `try_` call that finds the ring full/empty checks whether the peer process died
+/// (a few syscalls). Blocking calls check after every park slice instead.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Rate limit for liveness checks on the non-blocking paths.
+struct LivenessTimer {
+    next: Option<Instant>,
+}
+
+impl LivenessTimer {
+    fn due(&mut self) -> bool {
+        if cfg!(loom) {
+            return false;
+        }
+        let now = Instant::now();
+        match self.next {
+            Some(next) if now < next => false,
+            _ => {
+                self.next = Some(now + LIVENESS_INTERVAL);
+                true
+            }
+        }
+    }
+}
+
+/// The sending end of an SPSC ring. See the [crate docs](crate) for the guarantees.
+pub struct Producer {
+    core: Arc<RingCore>,
+    /// Our index: authoritative; the shared copy is only ever written from it.
+    tail: u64,
+    /// Last `head` seen; the true one is the same or further on.
+    cached_head: u64,
+    wait: WaitStrategy,
+    fault: Option<Corrupted>,
+    liveness: LivenessTimer,
+}
+
+impl Producer {
+    /// Takes over the sending end of `core`, whose sender role the caller has claimed.
+    pub(crate) fn new(core: Arc<RingCore>) -> Result<Self, Corrupted> {
+        let shared = core.shared();
+        // Acquire on both: a previous holder's writes (if any) are visible before we continue.
+        let tail = shared.tail.load(Acquire);
+        let head = shared.head.load(Acquire);
+        if tail.wrapping_sub(head) > core.geometry.capacity as u64 {
+            return Err(Corrupted {
+                reason: format!("indices head={head} tail={tail} are more than a ring apart"),
+            });
+        }
+        Ok(Producer {
+            core,
+            tail,
+            cached_head: head,
+            wait: WaitStrategy::default(),
+            fault: None,
+            liveness: LivenessTimer { next: None },
+        })
+    }
+
+    /// Sets how [`send`](Sender::send) and [`reserve`](Self::reserve) wait for room.
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.core.geometry.capacity
+    }
+
+    fn poison(&mut self, reason: String) -> Corrupted {
+        let c = Corrupted { reason };
+        self.fault = Some(c.clone());
+        c
+    }
+
+    /// Whether a slot is free, reloading the consumer's index only when the cached one says full.
+    #[inline]
+    fn has_room(&mut self) -> Result<bool, Corrupted> {
+        let cap = self.core.geometry.capacity as u64;
+        if self.tail.wrapping_sub(self.cached_head) < cap {
+            return Ok(true);
+        }
+        // Acquire: pairs with the consumer's release of `head`; its reads of the slot we are about
+        // to overwrite happen before our writes.
+        let head = self.core.shared().head.load(Acquire);
+        let used = self.tail.wrapping_sub(head);
+        if used > cap {
+            let tail = self.tail;
+            return Err(self.poison(format!(
+                "consumer index {head} is not within {cap} of producer index {tail}"
+            )));
+        }
+        self.cached_head = head;
+        Ok(used < cap)
+    }
+
+    /// One non-blocking attempt; `Full` means wait and retry.
+    #[inline]
+    fn try_claim(&mut self, len: usize) -> Result<(), TrySendError> {
+        if let Some(c) = &self.fault {
+            return Err(TrySendError::Corrupted(c.clone()));
+        }
+        let max = self.core.geometry.max_message;
+        if len > max {
+            return Err(TrySendError::TooLarge(TooLarge { len, max }));
+        }
+        let receiver = &self.core.shared().receiver;
+        if receiver.state() == ROLE_CLOSED {
+            return Err(TrySendError::Disconnected);
+        }
+        if self.has_room()? {
+            return Ok(());
+        }
+        if self.liveness.due() && self.core.shared().receiver.peer() == Peer::Dead {
+            return Err(TrySendError::Disconnected);
+        }
+        Err(TrySendError::Full)
+    }
+
+    fn claim_deadline(&mut self, len: usize, deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
+        match self.try_claim(len) {
+            Err(TrySendError::Full) => {}
+            r => return r.map_err(Into::into),
+        }
+        let core = Arc::clone(&self.core);
+        let wait = self.wait;
+        wait_until(
+            &core.shared().not_full,
+            &wait,
+            deadline,
+            || match self.has_room() {
+                Ok(true) => Check::Done(Ok(())),
+                Ok(false) if core.shared().receiver.state() == ROLE_CLOSED => {
+                    Check::Done(Err(SendTimeoutError::Disconnected))
+                }
+                Ok(false) => Check::NotYet,
+                Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
+            },
+            || match core.shared().receiver.peer() {
+                Peer::Dead | Peer::Closed => Check::Done(Err(SendTimeoutError::Disconnected)),
+                Peer::Alive | Peer::NotYet => Check::NotYet,
+            },
+            || SendTimeoutError::Timeout,
+        )
+    }
+
+    /// Publishes the claimed slot with `len` bytes of payload already written.
+    #[inline]
+    fn publish(&mut self, len: usize) {
+        let shared = self.core.shared();
+        // Relaxed: ordered before the consumer's read by the `tail` store below.
+        self.core.slots.len_word(self.tail).store(len as u32, Relaxed);
+        self.tail = self.tail.wrapping_add(1);
+        // PUBLISH (Release): the slot's length and bytes happen before the consumer's Acquire
+        // load of `tail` that finds them.
+        shared.tail.store(self.tail, PUBLISH);
+        shared.not_empty.ring(1);
+    }
+
+    #[inline]
+    fn guard(&mut self, len: usize) -> WriteGuard<'_> {
+        WriteGuard { producer: self, len }
+    }
+
+    /// Reserves a slot for a message of `len` bytes without blocking. Write into the guard, then
+    /// [`commit`](WriteGuard::commit); dropping the guard uncommitted publishes nothing.
+    ///
+    /// ```
+    /// use shmpipe::{ring::spsc, Receiver};
+    /// let (mut tx, mut rx) = spsc::channel(4, 16).unwrap();
+    /// let mut slot = tx.try_reserve(5).unwrap();
+    /// slot.copy_from_slice(b"hello");
+    /// slot.commit();
+    /// assert_eq!(&*rx.try_recv_ref().unwrap(), b"hello");
+    /// ```
+    pub fn try_reserve(&mut self, len: usize) -> Result<WriteGuard<'_>, TrySendError> {
+        self.try_claim(len)?;
+        Ok(self.guard(len))
+    }
+
+    /// Reserves a slot, waiting while the ring is full.
+    pub fn reserve(&mut self, len: usize) -> Result<WriteGuard<'_>, SendError> {
+        self.claim_deadline(len, None)?;
+        Ok(self.guard(len))
+    }
+
+    /// Reserves a slot, waiting at most `timeout` while the ring is full.
+    pub fn reserve_timeout(
+        &mut self,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<WriteGuard<'_>, SendTimeoutError> {
+        self.claim_deadline(len, Instant::now().checked_add(timeout))?;
+        Ok(self.guard(len))
+    }
+
+    #[inline]
+    fn write(&mut self, msg: &[u8]) {
+        // SAFETY: the slot at `tail` is ours (claimed: `tail - head < capacity`), its payload is
+        // at least max_message >= msg.len() bytes, and the consumer will not read it before the
+        // publishing store. A hostile process could write it concurrently; that can change
+        // bytes, never where we write.
+        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), self.core.slots.payload(self.tail), msg.len()) };
+        self.publish(msg.len());
+    }
+}
+
+impl Sender for Producer {
+    #[inline]
+    fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
+        self.try_claim(msg.len())?;
+        self.write(msg);
+        Ok(())
+    }
+
+    fn send_deadline(&mut self, msg: &[u8], deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
+        self.claim_deadline(msg.len(), deadline)?;
+        self.write(msg);
+        Ok(())
+    }
+
+    fn max_message_size(&self) -> usize {
+        self.core.geometry.max_message
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        let shared = self.core.shared();
+        shared.sender.close();
+        shared.not_empty.ring(u32::MAX);
+        self.core.backing.on_close(Role::Sender, shared);
+    }
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("tail", &self.tail)
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+/// A reserved slot being written. Derefs to the message bytes (`len` long).
+pub struct WriteGuard<'a> {
+    producer: &'a mut Producer,
+    len: usize,
+}
+
+impl WriteGuard<'_> {
+    /// Publishes the message.
+    pub fn commit(self) {
+        let len = self.len;
+        self.producer.publish(len);
+    }
+
+    /// Publishes only the first `len` bytes (at most the reserved length).
+    pub fn commit_len(mut self, len: usize) {
+        self.len = self.len.min(len);
+        self.commit();
+    }
+}
+
+impl Deref for WriteGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the claimed slot's payload holds at least `len` (<= max_message) initialised
+        // bytes (segments and heap rings start zeroed) and is ours until published.
+        unsafe { std::slice::from_raw_parts(self.producer.core.slots.payload(self.producer.tail), self.len) }
+    }
+}
+
+impl DerefMut for WriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference into the slot here.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.producer.core.slots.payload(self.producer.tail), self.len)
+        }
+    }
+}
+
+/// The receiving end of an SPSC ring.
+pub struct Consumer {
+    core: Arc<RingCore>,
+    head: u64,
+    cached_tail: u64,
+    wait: WaitStrategy,
+    fault: Option<Corrupted>,
+    liveness: LivenessTimer,
+}
+
+impl Consumer {
+    pub(crate) fn new(core: Arc<RingCore>) -> Result<Self, Corrupted> {
+        let shared = core.shared();
+        // Acquire: see the messages published before we attached.
+        let head = shared.head.load(Acquire);
+        let tail = shared.tail.load(Acquire);
+        if tail.wrapping_sub(head) > core.geometry.capacity as u64 {
+            return Err(Corrupted {
+                reason: format!("indices head={head} tail={tail} are more than a ring apart"),
+            });
+        }
+        Ok(Consumer {
+            core,
+            head,
+            cached_tail: tail,
+            wait: WaitStrategy::default(),
+            fault: None,
+            liveness: LivenessTimer { next: None },
+        })
+    }
+
+    /// Sets how [`recv`](Receiver::recv) and [`recv_ref`](Self::recv_ref) wait for messages.
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.core.geometry.capacity
+    }
+
+    fn poison(&mut self, reason: String) -> Corrupted {
+        let c = Corrupted { reason };
+        self.fault = Some(c.clone());
+        c
+    }
+
+    /// Whether a message is waiting, reloading the producer's index only when the cache says empty.
+    #[inline]
+    fn has_message(&mut self) -> Result<bool, Corrupted> {
+        if self.head != self.cached_tail {
+            return Ok(true);
+        }
+        // Acquire: pairs with the producer's publishing store; the slot's contents are visible.
+        let tail = self.core.shared().tail.load(Acquire);
+        let avail = tail.wrapping_sub(self.head);
+        let cap = self.core.geometry.capacity as u64;
+        if avail > cap {
+            let head = self.head;
+            return Err(self.poison(format!(
+                "producer index {tail} is not within {cap} of consumer index {head}"
+            )));
+        }
+        self.cached_tail = tail;
+        Ok(avail != 0)
+    }
+
+    /// The length of the message at `head`, validated.
+    #[inline]
+    fn front_len(&mut self) -> Result<usize, Corrupted> {
+        // Relaxed: ordered by the Acquire load of `tail` that found this slot full.
+        let len = self.core.slots.len_word(self.head).load(Relaxed) as usize;
+        let max = self.core.geometry.max_message;
+        if len > max {
+            return Err(self.poison(format!(
+                "slot length {len} exceeds the maximum message size {max}"
+            )));
+        }
+        Ok(len)
+    }
+
+    /// Empty, or disconnected if the sender is gone: `Ok(true)` means a message arrived meanwhile.
+    fn empty_or_gone(&mut self, check_liveness: bool) -> Result<bool, TryRecvError> {
+        let sender = &self.core.shared().sender;
+        let gone = match sender.state() {
+            ROLE_CLOSED => true,
+            _ => check_liveness && sender.peer() == Peer::Dead,
+        };
+        if !gone {
+            return Err(TryRecvError::Empty);
+        }
+        // The sender's last publication happened before it closed (Release/Acquire on the role
+        // state) or before it died; look once more so nothing it sent is lost.
+        if self.has_message()? {
+            return Ok(true);
+        }
+        Err(TryRecvError::Disconnected)
+    }
+
+    #[inline]
+    fn try_front(&mut self) -> Result<usize, TryRecvError> {
+        if let Some(c) = &self.fault {
+            return Err(TryRecvError::Corrupted(c.clone()));
+        }
+        if !self.has_message()? {
+            let due = self.liveness.due();
+            self.empty_or_gone(due)?;
+        }
+        Ok(self.front_len()?)
+    }
+
+    fn front_deadline(&mut self, deadline: Option<Instant>) -> Result<usize, RecvTimeoutError> {
+        match self.try_front() {
+            Err(TryRecvError::Empty) => {}
+            r => return r.map_err(Into::into),
+        }
+        let core = Arc::clone(&self.core);
+        let wait = self.wait;
+        let found = wait_until(
+            &core.shared().not_empty,
+            &wait,
+            deadline,
+            || match self.has_message() {
+                Ok(true) => Check::Done(Ok(())),
+                Ok(false) => match self.empty_or_gone(false) {
+                    Ok(_) => Check::Done(Ok(())),
+                    Err(TryRecvError::Empty) => Check::NotYet,
+                    Err(e) => Check::Done(Err(e.into())),
+                },
+                Err(c) => Check::Done(Err(RecvTimeoutError::Corrupted(c))),
+            },
+            || match core.shared().sender.peer() {
+                Peer::Dead | Peer::Closed => Check::Done(Ok(())),
+                Peer::Alive | Peer::NotYet => Check::NotYet,
+            },
+            || RecvTimeoutError::Timeout,
+        );
+        found?;
+        // Either a message is there, or the sender is gone: decide which, once.
+        if !self.has_message()? {
+            self.empty_or_gone(true)?;
+        }
+        Ok(self.front_len()?)
+    }
+
+    /// Frees the slot at `head` for the producer.
+    #[inline]
+    fn release(&mut self) {
+        let shared = self.core.shared();
+        self.head = self.head.wrapping_add(1);
+        // PUBLISH (Release): our reads of the slot happen before the producer reuses it.
+        shared.head.store(self.head, PUBLISH);
+        shared.not_full.ring(1);
+    }
+
+    #[inline]
+    fn guard(&mut self, len: usize) -> ReadGuard<'_> {
+        ReadGuard { consumer: self, len }
+    }
+
+    /// Borrows the next message in place, without blocking; its slot is freed when the guard drops.
+    pub fn try_recv_ref(&mut self) -> Result<ReadGuard<'_>, TryRecvError> {
+        let len = self.try_front()?;
+        Ok(self.guard(len))
+    }
+
+    /// Borrows the next message in place, waiting while the ring is empty.
+    pub fn recv_ref(&mut self) -> Result<ReadGuard<'_>, RecvError> {
+        let len = self.front_deadline(None)?;
+        Ok(self.guard(len))
+    }
+
+    /// Borrows the next message in place, waiting at most `timeout`.
+    pub fn recv_ref_timeout(&mut self, timeout: Duration) -> Result<ReadGuard<'_>, RecvTimeoutError> {
+        let len = self.front_deadline(Instant::now().checked_add(timeout))?;
+        Ok(self.guard(len))
+    }
+
+    #[inline]
+    fn copy_out(&mut self, len: usize, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&self.guard(len));
+    }
+}
+
+impl Receiver for Consumer {
+    #[inline]
+    fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<(), TryRecvError> {
+        let len = self.try_front()?;
+        self.copy_out(len, buf);
+        Ok(())
+    }
+
+    fn recv_deadline(
+        &mut self,
+        buf: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), RecvTimeoutError> {
+        let len = self.front_deadline(deadline)?;
+        self.copy_out(len, buf);
+        Ok(())
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let shared = self.core.shared();
+        shared.receiver.close();
+        shared.not_full.ring(u32::MAX);
+        self.core.backing.on_close(Role::Receiver, shared);
+    }
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("head", &self.head)
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+/// A received message borrowed in place. Derefs to its bytes; the slot is freed on drop.
+pub struct ReadGuard<'a> {
+    consumer: &'a mut Consumer,
+    len: usize,
+}
+
+impl Deref for ReadGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the slot at `head` is published (head < tail, seen with Acquire) and stays ours
+        // until `release`; `len` was checked against max_message, and the payload area is at
+        // least that long.
+        unsafe { std::slice::from_raw_parts(self.consumer.core.slots.payload(self.consumer.head), self.len) }
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        self.consumer.release();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo_with_wraparound_and_varied_lengths() {
+        let (mut tx, mut rx) = channel(4, 32).unwrap();
+        let mut buf = Vec::new();
+        for round in 0..50u32 {
+            for i in 0..3u32 {
+                let n = round * 3 + i;
+                let msg = vec![n as u8; (n % 33) as usize];
+                tx.try_send(&msg).unwrap();
+            }
+            for i in 0..3u32 {
+                let n = round * 3 + i;
+                rx.try_recv(&mut buf).unwrap();
+                assert_eq!(buf, vec![n as u8; (n % 33) as usize]);
+            }
+        }
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn full_then_room_again() {
+        let (mut tx, mut rx) = channel(2, 8).unwrap();
+        tx.try_send(b"a").unwrap();
+        tx.try_send(b"b").unwrap();
+        assert_eq!(tx.try_send(b"c"), Err(TrySendError::Full));
+        let mut buf = Vec::new();
+        rx.try_recv(&mut buf).unwrap();
+        tx.try_send(b"c").unwrap();
+    }
+
+    #[test]
+    fn oversize_is_rejected_and_writes_nothing() {
+        let (mut tx, mut rx) = channel(2, 8).unwrap();
+        assert_eq!(
+            tx.try_send(&[0; 9]),
+            Err(TrySendError::TooLarge(TooLarge { len: 9, max: 8 }))
+        );
+        let mut buf = Vec::new();
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+        tx.try_send(&[1; 8]).unwrap();
+        rx.try_recv(&mut buf).unwrap();
+        assert_eq!(buf, [1; 8]);
+    }
+
+    #[test]
+    fn bad_geometry_is_rejected() {
+        assert!(channel(0, 8).is_err());
+        assert!(channel(3, 8).is_err());
+        assert!(channel(4, 0).is_err());
+        assert!(channel(4, super::super::MAX_MESSAGE_LIMIT + 1).is_err());
+    }
+
+    #[test]
+    fn dropping_sender_drains_then_disconnects() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        tx.send(b"x").unwrap();
+        drop(tx);
+        let mut buf = Vec::new();
+        rx.recv(&mut buf).unwrap();
+        assert_eq!(buf, b"x");
+        assert_eq!(rx.recv(&mut buf), Err(RecvError::Disconnected));
+    }
+
+    #[test]
+    fn dropping_receiver_disconnects_sender() {
+        let (mut tx, rx) = channel(4, 8).unwrap();
+        drop(rx);
+        assert_eq!(tx.send(b"x"), Err(SendError::Disconnected));
+    }
+
+    #[test]
+    fn uncommitted_reservation_publishes_nothing() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        {
+            let mut g = tx.try_reserve(3).unwrap();
+            g.copy_from_slice(b"abc");
+        }
+        assert!(matches!(rx.try_recv_ref(), Err(TryRecvError::Empty)));
+        let mut g = tx.try_reserve(8).unwrap();
+        g[..2].copy_from_slice(b"hi");
+        g.commit_len(2);
+        assert_eq!(&*rx.try_recv_ref().unwrap(), b"hi");
+    }
+
+    #[test]
+    fn timeouts_expire_and_blocking_calls_wake() {
+        let (mut tx, mut rx) = channel(2, 8).unwrap();
+        let mut buf = Vec::new();
+        let t0 = Instant::now();
+        assert_eq!(
+            rx.recv_timeout(&mut buf, Duration::from_millis(30)),
+            Err(RecvTimeoutError::Timeout)
+        );
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+        tx.send(b"1").unwrap();
+        tx.send(b"2").unwrap();
+        assert_eq!(
+            tx.send_timeout(b"3", Duration::from_millis(10)),
+            Err(SendTimeoutError::Timeout)
+        );
+        let t = std::thread::spawn(move || {
+            rx.set_wait_strategy(WaitStrategy::park_only());
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            while rx.recv(&mut buf).is_ok() {
+                got.push(buf.clone());
+            }
+            got
+        });
+        tx.set_wait_strategy(WaitStrategy::park_only());
+        for i in 3..1000u32 {
+            tx.send(&i.to_le_bytes()).unwrap();
+        }
+        drop(tx);
+        let got = t.join().unwrap();
+        assert_eq!(got.len(), 999);
+        assert_eq!(got[998], 999u32.to_le_bytes());
+    }
+
+    #[test]
+    fn corrupted_tail_is_reported_not_followed() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        tx.try_send(b"a").unwrap();
+        tx.core.shared().tail.store(1 << 40, Relaxed);
+        let mut buf = Vec::new();
+        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+        // Poisoned from now on.
+        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+    }
+
+    #[test]
+    fn corrupted_length_is_reported() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        tx.try_send(b"a").unwrap();
+        rx.core.slots.len_word(0).store(9999, Relaxed);
+        let mut buf = Vec::new();
+        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+    }
+}

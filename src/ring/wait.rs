@@ -1,0 +1,160 @@
+//! Waiting: spin briefly, yield, then park on a futex "doorbell" in shared memory.
+//!
+//! A [`Doorbell`] is a futex word plus a count of sleepers. The side that makes progress (publishes
+//! a message, frees a slot, closes) calls [`Doorbell::ring`], which costs one fence and one load
+//! while nobody sleeps: no syscall on the fast path.
+//!
+//! No lost wakeup (a Dekker pattern): the sleeper increments `waiters`, fences, reads the word,
+//! re-checks its condition, then sleeps only while the word is unchanged. The ringer publishes,
+//! fences, then reads `waiters`. The two SeqCst fences forbid both sides missing each other: either
+//! the sleeper's re-check sees the publication, or the ringer sees the waiter and bumps the word
+//! (so a sleep that has not started yet returns at once, and one that has is woken).
+
+use crate::sync::{fence, spin_loop, yield_now, AtomicU32, FutexWord};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::time::{Duration, Instant};
+
+/// A futex word to sleep on, and how many are asleep (or about to be).
+#[repr(C)]
+pub(crate) struct Doorbell {
+    word: FutexWord,
+    waiters: AtomicU32,
+}
+
+impl Doorbell {
+    pub(crate) fn new() -> Self {
+        Doorbell {
+            word: FutexWord::new(),
+            waiters: AtomicU32::new(0),
+        }
+    }
+
+    /// Called after publishing progress: wakes sleepers if there are any.
+    #[inline]
+    pub(crate) fn ring(&self, n: u32) {
+        // SeqCst: orders the caller's publishing store before the `waiters` load (StoreLoad);
+        // pairs with the fence in `wait_until`. See the module docs.
+        fence(SeqCst);
+        // Relaxed: the fence above provides the ordering.
+        if self.waiters.load(Relaxed) != 0 {
+            self.word.bump_and_wake(n);
+        }
+    }
+}
+
+/// How long to spin and yield before parking.
+///
+/// Spinning buys latency with CPU: with fewer cores than busy threads a spinning waiter only delays
+/// the peer it waits for, so the default is short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitStrategy {
+    /// Rounds of `spin_loop()` before yielding.
+    pub spins: u32,
+    /// Rounds of `sched_yield()` before parking on the futex.
+    pub yields: u32,
+    /// Longest single park. After each, a blocked side re-checks whether its peer process is still
+    /// alive, so this bounds how long a peer's crash takes to notice.
+    pub park_slice: Duration,
+}
+
+impl Default for WaitStrategy {
+    fn default() -> Self {
+        WaitStrategy {
+            spins: 128,
+            yields: 8,
+            park_slice: Duration::from_millis(100),
+        }
+    }
+}
+
+impl WaitStrategy {
+    /// Never spins or yields: park at once (lowest CPU use, wake latency of a futex).
+    pub fn park_only() -> Self {
+        WaitStrategy {
+            spins: 0,
+            yields: 0,
+            ..Self::default()
+        }
+    }
+
+    /// Spins for up to `spins` rounds before parking (lowest latency when a core is free).
+    pub fn spinning(spins: u32) -> Self {
+        WaitStrategy {
+            spins,
+            ..Self::default()
+        }
+    }
+}
+
+/// The outcome of one look at the condition being waited for.
+pub(crate) enum Check<T, E> {
+    /// The wait is over, with this result.
+    Done(Result<T, E>),
+    /// Not yet.
+    NotYet,
+}
+
+/// Waits until `check` is done, the deadline passes (`Err(timeout())`), or a park slice ends and
+/// `on_slice` reports a result (a dead peer).
+///
+/// `check` must read the shared state afresh with at least Acquire loads each time.
+pub(crate) fn wait_until<T, E>(
+    bell: &Doorbell,
+    strategy: &WaitStrategy,
+    deadline: Option<Instant>,
+    mut check: impl FnMut() -> Check<T, E>,
+    mut on_slice: impl FnMut() -> Check<T, E>,
+    timeout: impl Fn() -> E,
+) -> Result<T, E> {
+    for _ in 0..strategy.spins {
+        if let Check::Done(r) = check() {
+            return r;
+        }
+        spin_loop();
+    }
+    for _ in 0..strategy.yields {
+        if let Check::Done(r) = check() {
+            return r;
+        }
+        yield_now();
+    }
+    loop {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return match check() {
+                Check::Done(r) => r,
+                Check::NotYet => Err(timeout()),
+            };
+        }
+        // Relaxed increment: the fence right after orders it before the re-check (StoreLoad).
+        bell.waiters.fetch_add(1, Relaxed);
+        fence(SeqCst);
+        // Acquire: read the word before re-checking, so a ring that happens after the re-check
+        // changes it and the sleep below returns at once.
+        let seen = bell.word.load(Acquire);
+        let result = check();
+        if let Check::NotYet = result {
+            let slice_end = if cfg!(loom) {
+                None
+            } else {
+                now.checked_add(strategy.park_slice)
+            };
+            let until = match (deadline, slice_end) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            };
+            bell.word.wait(seen, until);
+        }
+        // Release: nothing depends on it but keeps the count from moving before our loads.
+        bell.waiters.fetch_sub(1, Release);
+        if let Check::Done(r) = result {
+            return r;
+        }
+        if let Check::Done(r) = check() {
+            return r;
+        }
+        if let Check::Done(r) = on_slice() {
+            return r;
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The one place that chooses between real and modelled synchronisation (tokio's loom shim).
+//! Under `cfg(loom)` atomics, fences and the futex come from loom, the futex modelled as a
+//! Mutex + Condvar per word (the kernel's hash-bucket lock makes "compare and sleep" atomic with
+//! respect to wake, and the mutex plays that part). Everything else imports from here.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64};
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64};
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// The ordering of the store that publishes a slot (producer) or frees one (consumer).
+/// `Release` pairs with the other side's `Acquire` load of the same index: the slot's bytes are
+/// written before the index says they are there. The `loom-weaken-publish` feature makes it
+/// `Relaxed`, and the loom models must then fail; that is how we know they have teeth.
+pub(crate) const PUBLISH: Ordering = if cfg!(feature = "loom-weaken-publish") {
+    Ordering::Relaxed
+} else {
+    Ordering::Release
+};
+
+/// A busy-wait hint; under loom a yield, so the model checker can run the other thread.
+#[inline]
+pub(crate) fn spin_loop() {
+    #[cfg(loom)]
+    loom::hint::spin_loop();
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+}
+
+/// Gives the CPU to another runnable thread.
+#[inline]
+pub(crate) fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
+
+/// A 32-bit word that threads (and processes) can sleep on until it changes.
+///
+/// Outside loom it is exactly an `AtomicU32` (so it can live in a shared segment) and sleeping is
+/// a shared futex.
+#[cfg(not(loom))]
+#[repr(transparent)]
+pub(crate) struct FutexWord(AtomicU32);
+
+#[cfg(not(loom))]
+impl FutexWord {
+    pub(crate) fn new() -> Self {
+        FutexWord(AtomicU32::new(0))
+    }
+
+    pub(crate) fn load(&self, order: Ordering) -> u32 {
+        self.0.load(order)
+    }
+
+    /// Changes the word (so a sleeper about to sleep sees it changed) and wakes up to `n` sleepers.
+    pub(crate) fn bump_and_wake(&self, n: u32) {
+        // Release: pairs with the sleeper's load of the word; the real data is ordered by the
+        // ring's own indices, this only has to change the value.
+        self.0.fetch_add(1, Ordering::Release);
+        crate::sys::futex::wake(&self.0, n);
+    }
+
+    /// Sleeps while the word equals `expected`, at most until `deadline`.
+    pub(crate) fn wait(&self, expected: u32, deadline: Option<Instant>) {
+        crate::sys::futex::wait(&self.0, expected, deadline);
+    }
+}
+
+/// Under loom: the word, plus a mutex and condvar standing in for the kernel's futex queue.
+#[cfg(loom)]
+pub(crate) struct FutexWord {
+    word: AtomicU32,
+    lock: loom::sync::Mutex<()>,
+    cond: loom::sync::Condvar,
+}
+
+#[cfg(loom)]
+impl FutexWord {
+    pub(crate) fn new() -> Self {
+        FutexWord {
+            word: AtomicU32::new(0),
+            lock: loom::sync::Mutex::new(()),
+            cond: loom::sync::Condvar::new(),
+        }
+    }
+
+    pub(crate) fn load(&self, order: Ordering) -> u32 {
+        self.word.load(order)
+    }
+
+    pub(crate) fn bump_and_wake(&self, _n: u32) {
+        self.word.fetch_add(1, Ordering::Release);
+        let _bucket = self.lock.lock().unwrap();
+        self.cond.notify_all();
+    }
+
+    /// Loom has no clock: a deadline is ignored and the model only ever wakes by notification,
+    /// so a lost wakeup shows up as a deadlock.
+    pub(crate) fn wait(&self, expected: u32, _deadline: Option<Instant>) {
+        let bucket = self.lock.lock().unwrap();
+        if self.word.load(Ordering::Acquire) == expected {
+            drop(self.cond.wait(bucket).unwrap());
+        }
+    }
+}
