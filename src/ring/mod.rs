@@ -7,6 +7,8 @@
 //! validated geometry (capacity, slot size) held in process-local fields, never re-read from
 //! shared memory.
 
+#[cfg(not(loom))]
+pub(crate) mod layout;
 pub mod spsc;
 pub(crate) mod wait;
 
@@ -51,9 +53,9 @@ pub(crate) struct RoleRecord {
     pub(crate) start_time: AtomicU64,
 }
 
-/// What a role's record says about its holder.
+/// What a channel end knows about the process at the other end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Peer {
+pub enum Peer {
     /// Nobody has claimed the role yet.
     NotYet,
     /// Held by a process that is (or may be) alive.

@@ -237,6 +237,11 @@ impl Producer {
         self.core.geometry.capacity
     }
 
+    /// The receiver's state, including whether its process died (a few syscalls).
+    pub fn receiver(&self) -> Peer {
+        self.core.shared().receiver.peer()
+    }
+
     fn poison(&mut self, reason: String) -> Corrupted {
         let c = Corrupted { reason };
         self.fault = Some(c.clone());
@@ -489,6 +494,17 @@ impl Consumer {
     /// Number of slots.
     pub fn capacity(&self) -> usize {
         self.core.geometry.capacity
+    }
+
+    /// The largest message the ring holds.
+    pub fn max_message_size(&self) -> usize {
+        self.core.geometry.max_message
+    }
+
+    /// The sender's state: after `Disconnected`, `Closed` means a clean end of stream and `Dead`
+    /// that the sending process died.
+    pub fn sender(&self) -> Peer {
+        self.core.shared().sender.peer()
     }
 
     fn poison(&mut self, reason: String) -> Corrupted {

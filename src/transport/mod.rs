@@ -1,0 +1,4 @@
+//! Transports: each turns an address into a [`Sender`](crate::Sender) / [`Receiver`](crate::Receiver).
+
+#[cfg(not(loom))]
+pub mod shm;

@@ -1,0 +1,552 @@
+//! The shared-memory transport: an SPSC ring in a System V segment.
+//!
+//! Lifecycle, PostgreSQL-style (`sysv_shmem.c`): create with `IPC_CREAT | IPC_EXCL`, mode 0600.
+//! On `EEXIST`, `IPC_STAT` the segment, refuse it if its owner or permissions are not acceptable,
+//! attach, and trust nothing until the header validates (magic, layout version, name, geometry
+//! against the real segment size). Then, under a small lock word in the segment whose holder is
+//! recorded by pid (so a holder killed inside it is detected and the lock taken over):
+//!
+//! - a segment nobody else has attached (`shm_nattch == 1`, just us) is *stale* and recycled:
+//!   flagged `RECYCLED`, `IPC_RMID`, and created afresh. The one exception is a stream whose
+//!   sender finished (closed or died) before any receiver came: a receiver claims it and drains it.
+//! - otherwise the role asked for is claimed if vacant, and refused as in use if held.
+//!
+//! Who removes the segment: the receiver, always, when it drops (nobody will read again); the
+//! sender when it drops after the receiver is gone, or when nothing was sent and no receiver ever
+//! came. A sender that leaves unread messages and no receiver leaves the segment for the next
+//! receiver, as a message queue would. When both ends die, the segment is stale and the next
+//! `open` recycles it.
+
+use crate::error::Error;
+use crate::ring::layout::{self, Header, HeaderCheck, Layout, FLAG_RECYCLED, MAX_NAME_LEN};
+use crate::ring::spsc::{Backing, Consumer, Producer, RingCore, SpscShared};
+use crate::ring::{Geometry, Peer, Role, RoleRecord, Slots, WaitStrategy};
+use crate::sys::proc::{self, ProcessId};
+use crate::sys::shm::{self, Attachment, ShmId, SHM_DEST};
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The sending end of a shared-memory channel.
+pub type ShmSender = Producer;
+/// The receiving end of a shared-memory channel.
+pub type ShmReceiver = Consumer;
+
+/// Default number of slots.
+pub const DEFAULT_CAPACITY: usize = 1024;
+/// Default largest message, in bytes.
+pub const DEFAULT_MAX_MESSAGE: usize = 1024;
+
+/// Where a ring lives: a name (hashed to a SysV key) or a raw key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SegmentAddr {
+    /// `shm://NAME`: 1 to 64 bytes of `[A-Za-z0-9._-]`, key = [`key_for_name`].
+    Name(String),
+    /// `shm://0xKEY`: a raw, non-zero SysV key. The header's name is not checked.
+    Key(i32),
+}
+
+impl SegmentAddr {
+    /// Parses the part of an endpoint after `shm://`.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            let key = u32::from_str_radix(hex, 16)
+                .map_err(|_| Error::Endpoint(format!("{s:?} is not a hex SysV key like 0x1234abcd")))?;
+            if key == 0 {
+                return Err(Error::Endpoint(
+                    "key 0x0 is IPC_PRIVATE and cannot be shared".into(),
+                ));
+            }
+            return Ok(SegmentAddr::Key(key as i32));
+        }
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if s.is_empty() || s.len() > MAX_NAME_LEN || !s.chars().all(valid) {
+            return Err(Error::Endpoint(format!(
+                "ring name {s:?} must be 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -"
+            )));
+        }
+        Ok(SegmentAddr::Name(s.to_owned()))
+    }
+
+    /// The SysV key.
+    pub fn key(&self) -> i32 {
+        match self {
+            SegmentAddr::Name(n) => key_for_name(n),
+            SegmentAddr::Key(k) => *k,
+        }
+    }
+
+    fn header_name(&self) -> String {
+        match self {
+            SegmentAddr::Name(n) => n.clone(),
+            SegmentAddr::Key(k) => format!("{:#010x}", *k as u32),
+        }
+    }
+}
+
+/// The documented name → key mapping: 32-bit FNV-1a of `"shmpipe:" + name`, top bit cleared
+/// (keys print as positive numbers), and 0 (IPC_PRIVATE) mapped to 1.
+pub fn key_for_name(name: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in b"shmpipe:".iter().chain(name.as_bytes()) {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    match (h & 0x7fff_ffff) as i32 {
+        0 => 1,
+        k => k,
+    }
+}
+
+/// How to open or create a shared-memory ring.
+#[derive(Clone, Debug)]
+pub struct ShmConfig {
+    /// Where the ring lives.
+    pub addr: SegmentAddr,
+    /// Slots in a ring this call creates (power of two). An existing ring keeps its own.
+    pub capacity: usize,
+    /// Largest message in a ring this call creates. An existing ring keeps its own; see
+    /// [`Sender::max_message_size`](crate::Sender::max_message_size).
+    pub max_message: usize,
+    /// Permission bits for a new segment (default 0600). An existing segment with write
+    /// permission beyond these bits is refused.
+    pub mode: u32,
+    /// Accept a segment owned by another uid (default: refuse).
+    pub allow_other_owner: bool,
+    /// How blocking calls wait.
+    pub wait: WaitStrategy,
+    /// How long `open` may retry while another process is creating, recycling or closing the ring.
+    pub open_timeout: Duration,
+}
+
+impl ShmConfig {
+    /// Defaults for the ring at `addr`: 1024 slots of up to 1024 bytes, mode 0600.
+    pub fn new(addr: SegmentAddr) -> Self {
+        ShmConfig {
+            addr,
+            capacity: DEFAULT_CAPACITY,
+            max_message: DEFAULT_MAX_MESSAGE,
+            mode: 0o600,
+            allow_other_owner: false,
+            wait: WaitStrategy::default(),
+            open_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Defaults for the ring named `name` (see [`SegmentAddr::parse`]).
+    pub fn named(name: &str) -> Result<Self, Error> {
+        Ok(Self::new(SegmentAddr::parse(name)?))
+    }
+
+    /// Sets the capacity (slots) for a ring this call creates.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Sets the largest message for a ring this call creates.
+    pub fn max_message(mut self, max_message: usize) -> Self {
+        self.max_message = max_message;
+        self
+    }
+
+    /// Opens (or creates) the ring and takes its sending end.
+    pub fn open_sender(&self) -> Result<ShmSender, Error> {
+        let core = open(self, Role::Sender)?;
+        let mut tx = Producer::new(core).map_err(Error::Corrupted)?;
+        tx.set_wait_strategy(self.wait);
+        Ok(tx)
+    }
+
+    /// Opens (or creates) the ring and takes its receiving end.
+    pub fn open_receiver(&self) -> Result<ShmReceiver, Error> {
+        let core = open(self, Role::Receiver)?;
+        let mut rx = Consumer::new(core).map_err(Error::Corrupted)?;
+        rx.set_wait_strategy(self.wait);
+        Ok(rx)
+    }
+}
+
+/// An attached ring segment: owns the attachment that the ring's pointers point into.
+struct SegmentBacking {
+    att: Attachment,
+}
+
+impl SegmentBacking {
+    fn header(&self) -> &Header {
+        // SAFETY: the attachment is at least HEADER_SIZE bytes (checked before construction),
+        // page aligned, and Header is all atomics, valid for any bytes.
+        unsafe { &*self.att.as_ptr().cast::<Header>() }
+    }
+
+    fn shared(&self) -> &SpscShared {
+        // SAFETY: the attachment covers the control block (size validated against the layout),
+        // CONTROL_OFFSET is 128-aligned, and SpscShared is atomics only, valid for any bytes.
+        unsafe { &*self.att.as_ptr().add(layout::CONTROL_OFFSET).cast::<SpscShared>() }
+    }
+
+    /// Flags the segment so nobody adopts it, then removes its key.
+    fn retire(&self) {
+        // Release: pairs with the Acquire in `attach_existing` under the lock.
+        self.header().flags.fetch_or(FLAG_RECYCLED, Release);
+        // Already removed (EIDRM/EINVAL) is fine: the goal is that it is gone.
+        let _ = shm::remove(self.att.id());
+    }
+}
+
+impl Backing for SegmentBacking {
+    fn on_close(&self, role: Role, shared: &SpscShared) {
+        // Best effort: if the lock cannot be had (a hostile holder), deciding without it can at
+        // worst remove a ring a newcomer was about to join; it then retries and creates afresh.
+        let _lock = OpenLock::acquire(&shared.lock, Instant::now() + Duration::from_secs(1)).ok();
+        let remove = match role {
+            Role::Receiver => true,
+            Role::Sender => match shared.receiver.peer() {
+                Peer::Alive => false,
+                Peer::NotYet => shared.tail.load(Acquire) == shared.head.load(Acquire),
+                Peer::Closed | Peer::Dead => true,
+            },
+        };
+        if remove {
+            self.retire();
+        }
+    }
+}
+
+/// A lock word in the segment holding the pid of the process inside `open`/`close`. A holder
+/// that died (SIGKILL mid-open) is detected by pid and the lock taken over.
+struct OpenLock<'a> {
+    word: &'a AtomicU32,
+    me: u32,
+}
+
+impl<'a> OpenLock<'a> {
+    fn acquire(word: &'a AtomicU32, deadline: Instant) -> Result<Self, Error> {
+        let me = proc::current().pid;
+        loop {
+            // Acquire: what the previous holder did under the lock is visible to us.
+            match word.compare_exchange(0, me, Acquire, Relaxed) {
+                Ok(_) => return Ok(OpenLock { word, me }),
+                Err(holder) => {
+                    let dead = holder != me
+                        && !proc::is_alive(ProcessId {
+                            pid: holder,
+                            start_time: 0,
+                        });
+                    if dead && word.compare_exchange(holder, me, Acquire, Relaxed).is_ok() {
+                        return Ok(OpenLock { word, me });
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::InUse(format!(
+                            "the ring's open lock is held by pid {holder}"
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for OpenLock<'_> {
+    fn drop(&mut self) {
+        // Release: our changes under the lock happen before the next holder's Acquire.
+        let _ = self.word.compare_exchange(self.me, 0, Release, Relaxed);
+    }
+}
+
+/// One step of `open`: done, or look again from the start (the segment changed under us).
+enum Step {
+    Done(Arc<RingCore>),
+    Retry,
+}
+
+fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> Error {
+    move |source| match source.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => Error::Permission(format!(
+            "{op}: {source} (the segment belongs to another user or mode)"
+        )),
+        _ => Error::Io { op, source },
+    }
+}
+
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EIDRM) | Some(libc::ENOENT)
+    )
+}
+
+fn open(cfg: &ShmConfig, role: Role) -> Result<Arc<RingCore>, Error> {
+    let geometry = Geometry::new(cfg.capacity, cfg.max_message)?;
+    if cfg.mode & !0o777 != 0 || cfg.mode & 0o600 != 0o600 {
+        return Err(Error::InvalidConfig(format!(
+            "mode {:#o} must include 0600 and nothing beyond 0777",
+            cfg.mode
+        )));
+    }
+    let key = cfg.addr.key();
+    let deadline = Instant::now() + cfg.open_timeout;
+    let mut backoff = Duration::from_micros(100);
+    loop {
+        let step = match shm::create_exclusive(key, layout::segment_size(&geometry), cfg.mode) {
+            Ok(id) => create_new(cfg, id, &geometry, role)?,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => attach_existing(cfg, key, role, deadline)?,
+            Err(e) => return Err(create_error(e, &geometry)),
+        };
+        match step {
+            Step::Done(core) => return Ok(core),
+            Step::Retry if Instant::now() < deadline => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(20));
+            }
+            Step::Retry => return Err(Error::InUse(format!(
+                "ring at key {key:#x} kept changing under us for {:?} (created, removed or closed by others)",
+                cfg.open_timeout
+            ))),
+        }
+    }
+}
+
+fn create_error(e: io::Error, geometry: &Geometry) -> Error {
+    let size = layout::segment_size(geometry);
+    let limit = |name: &str| shm::kernel_limit(name).map_or("unknown".to_string(), |v| v.to_string());
+    match e.raw_os_error() {
+        Some(libc::EINVAL) => Error::Limit(format!(
+            "shmget refused {size} bytes: outside kernel.shmmin..kernel.shmmax (shmmax = {})",
+            limit("shmmax")
+        )),
+        Some(libc::ENOSPC) => Error::Limit(format!(
+            "shmget: no segment ids or shared memory left (kernel.shmmni = {}, kernel.shmall = {} pages)",
+            limit("shmmni"),
+            limit("shmall")
+        )),
+        Some(libc::ENOMEM) => Error::Limit(format!("shmget: not enough memory for {size} bytes")),
+        _ => io_err("shmget")(e),
+    }
+}
+
+fn build_core(att: Attachment, layout: &Layout) -> Arc<RingCore> {
+    assert!(
+        layout.size <= att.len(),
+        "layout validated against the attachment's size"
+    );
+    let base = att.as_ptr();
+    // SAFETY: the attachment holds at least `layout.size` bytes (validated against IPC_STAT),
+    // so the control block at CONTROL_OFFSET and capacity * stride slot bytes at SLOTS_OFFSET
+    // lie inside it; both offsets are 128-aligned in a page-aligned mapping; stride is a
+    // multiple of 64. The attachment moves into the backing, which the core keeps until last.
+    unsafe {
+        let shared = NonNull::new_unchecked(base.add(layout::CONTROL_OFFSET).cast::<SpscShared>());
+        let slots = Slots::new(
+            NonNull::new_unchecked(base.add(layout::SLOTS_OFFSET)),
+            layout.geometry.capacity,
+            layout.geometry.stride(),
+        );
+        Arc::new(RingCore::new(
+            shared,
+            slots,
+            layout.geometry,
+            Box::new(SegmentBacking { att }),
+        ))
+    }
+}
+
+/// We created the segment: nobody can use it before the magic is stored, so claim our role
+/// first and publish the header last.
+fn create_new(cfg: &ShmConfig, id: ShmId, geometry: &Geometry, role: Role) -> Result<Step, Error> {
+    let size = layout::segment_size(geometry);
+    let att = match Attachment::attach(id, size) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = shm::remove(id);
+            return Err(io_err("shmat")(e));
+        }
+    };
+    let backing = SegmentBacking { att };
+    let me = proc::current();
+    backing.shared().role(role).claim();
+    let name = cfg.addr.header_name();
+    backing.header().init(geometry, &name, proc::euid(), me.pid);
+    let layout = Layout {
+        geometry: *geometry,
+        size,
+        name,
+        creator_pid: me.pid,
+    };
+    Ok(Step::Done(build_core(backing.att, &layout)))
+}
+
+fn check_owner(cfg: &ShmConfig, key: i32, st: &shm::ShmStat) -> Result<(), Error> {
+    let me = proc::euid();
+    if !cfg.allow_other_owner && (st.uid != me || st.cuid != me) {
+        return Err(Error::Permission(format!(
+            "segment at key {key:#x} is owned by uid {} (created by uid {}), we are uid {me}; \
+             set allow_other_owner to accept it",
+            st.uid, st.cuid
+        )));
+    }
+    let extra_write = st.mode & 0o022 & !cfg.mode;
+    if extra_write != 0 {
+        return Err(Error::Permission(format!(
+            "segment at key {key:#x} has mode {:#o}, which lets others write beyond the requested {:#o}",
+            st.mode & 0o777,
+            cfg.mode
+        )));
+    }
+    Ok(())
+}
+
+fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> Result<Step, Error> {
+    let id = match shm::lookup(key) {
+        Ok(id) => id,
+        Err(e) if is_gone(&e) => return Ok(Step::Retry),
+        Err(e) => return Err(io_err("shmget")(e)),
+    };
+    let st = match shm::stat(id) {
+        Ok(st) => st,
+        Err(e) if is_gone(&e) => return Ok(Step::Retry),
+        Err(e) => return Err(io_err("shmctl(IPC_STAT)")(e)),
+    };
+    check_owner(cfg, key, &st)?;
+    if st.size < layout::SLOTS_OFFSET {
+        return Err(Error::Foreign {
+            key,
+            reason: format!("segment of {} bytes is too small for a ring", st.size),
+        });
+    }
+    let att = match Attachment::attach(id, st.size) {
+        Ok(a) => a,
+        Err(e) if is_gone(&e) => return Ok(Step::Retry),
+        Err(e) => return Err(io_err("shmat")(e)),
+    };
+    let backing = SegmentBacking { att };
+    let expect_name = match &cfg.addr {
+        SegmentAddr::Name(n) => Some(n.as_str()),
+        SegmentAddr::Key(_) => None,
+    };
+    let layout = loop {
+        match backing.header().validate(key, expect_name, st.size) {
+            Ok(layout) => break layout,
+            Err(HeaderCheck::Reject(e)) => return Err(e),
+            Err(HeaderCheck::NotReady) => {
+                // Still being initialised, or its creator died before finishing.
+                let alone = shm::stat(id).map_or(true, |s| s.nattch <= 1);
+                if alone {
+                    let _ = shm::remove(id);
+                    return Ok(Step::Retry);
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::InUse(format!(
+                        "segment at key {key:#x} was never initialised by its creator"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
+    let shared = backing.shared();
+    let _lock = OpenLock::acquire(&shared.lock, deadline)?;
+    // Acquire: pairs with `retire`'s Release; a ring being removed is never adopted.
+    if backing.header().flags.load(Acquire) & FLAG_RECYCLED != 0 {
+        let _ = shm::remove(id);
+        return Ok(Step::Retry);
+    }
+    let st = match shm::stat(id) {
+        Ok(st) if st.mode & SHM_DEST == 0 => st,
+        Ok(_) => return Ok(Step::Retry),
+        Err(e) if is_gone(&e) => return Ok(Step::Retry),
+        Err(e) => return Err(io_err("shmctl(IPC_STAT)")(e)),
+    };
+    let others_attached = st.nattch > 1;
+    let (mine, theirs) = match role {
+        Role::Sender => (&shared.sender, &shared.receiver),
+        Role::Receiver => (&shared.receiver, &shared.sender),
+    };
+    match decide(role, mine, theirs, shared, others_attached) {
+        Decision::Claim => {
+            mine.claim();
+            drop(_lock);
+            Ok(Step::Done(build_core(backing.att, &layout)))
+        }
+        Decision::Recycle => {
+            backing.retire();
+            Ok(Step::Retry)
+        }
+        Decision::Refuse(why) => Err(Error::InUse(format!("{} ({why})", layout.name))),
+    }
+}
+
+enum Decision {
+    Claim,
+    Recycle,
+    Refuse(String),
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Sender => "sender",
+        Role::Receiver => "receiver",
+    }
+}
+
+/// What to do with an existing, valid ring, decided under its lock.
+fn decide(
+    role: Role,
+    mine: &RoleRecord,
+    theirs: &RoleRecord,
+    shared: &SpscShared,
+    others_attached: bool,
+) -> Decision {
+    let unread = shared.tail.load(Acquire).wrapping_sub(shared.head.load(Acquire));
+    let holder = mine.pid.load(Relaxed);
+    match (mine.peer(), others_attached) {
+        (Peer::NotYet, true) => Decision::Claim,
+        (Peer::NotYet, false) => match (role, theirs.peer()) {
+            // A finished stream waiting for its first receiver: drain it.
+            (Role::Receiver, Peer::Closed | Peer::Dead) if unread > 0 => Decision::Claim,
+            _ => Decision::Recycle,
+        },
+        (Peer::Closed, false) if role == Role::Sender && theirs.peer() == Peer::NotYet && unread > 0 => {
+            Decision::Refuse(format!(
+                "it holds {unread} unread messages from a sender that has finished; \
+                 receive them first or remove the ring"
+            ))
+        }
+        (Peer::Alive, _) => Decision::Refuse(format!("its {} is held by live pid {holder}", role_name(role))),
+        (_, false) => Decision::Recycle,
+        (Peer::Closed | Peer::Dead, true) => Decision::Refuse(format!(
+            "its previous {} is gone but its peer is still attached; retry when the peer has finished",
+            role_name(role)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_to_key_is_stable_and_nonzero() {
+        assert_eq!(key_for_name("orders"), key_for_name("orders"));
+        assert_ne!(key_for_name("orders"), key_for_name("orders2"));
+        assert!(key_for_name("x") > 0);
+    }
+
+    #[test]
+    fn addresses_parse_or_say_what_was_expected() {
+        assert_eq!(SegmentAddr::parse("0x1f").unwrap(), SegmentAddr::Key(0x1f));
+        assert!(SegmentAddr::parse("0x0").is_err());
+        assert!(SegmentAddr::parse("0xzz").is_err());
+        assert!(SegmentAddr::parse("").is_err());
+        assert!(SegmentAddr::parse("a/b").is_err());
+        assert!(SegmentAddr::parse(&"a".repeat(65)).is_err());
+        assert_eq!(
+            SegmentAddr::parse("jobs.v1_x-2").unwrap(),
+            SegmentAddr::Name("jobs.v1_x-2".into())
+        );
+    }
+}
