@@ -14,6 +14,7 @@ pub(crate) mod wait;
 
 use crate::sync::{AtomicU32, AtomicU64};
 use std::ptr::NonNull;
+#[cfg_attr(loom, allow(unused_imports))]
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 pub use wait::WaitStrategy;

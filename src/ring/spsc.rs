@@ -55,6 +55,7 @@ impl SpscShared {
         }
     }
 
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn role(&self, role: Role) -> &RoleRecord {
         match role {
             Role::Sender => &self.sender,
