@@ -1,5 +1,39 @@
 //! Fast, crash-safe message passing between processes on one Linux machine.
-//! (Full crate docs: see README.)
+//!
+//! A channel is a lock-free single-producer single-consumer ring of byte messages in a System V
+//! shared-memory segment. The data path is plain loads and stores to shared memory; a futex word
+//! in the segment lets an idle side sleep, and is only touched (a syscall) when someone sleeps.
+//!
+//! ```no_run
+//! use shmpipe::{Receiver, Sender};
+//!
+//! // Process A
+//! let mut tx = shmpipe::open_sender("shm://orders")?;
+//! tx.send(b"buy 100 @ 42")?;
+//!
+//! // Process B (either may start first)
+//! let mut rx = shmpipe::open_receiver("shm://orders")?;
+//! let mut msg = Vec::new();
+//! rx.recv(&mut msg)?;
+//! assert_eq!(msg, b"buy 100 @ 42");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Guarantees
+//! - **FIFO, exactly once**: every message a sender publishes is received once, in order,
+//!   unless the receiver leaves (or dies) before reading it.
+//! - **Clean close**: dropping the sender lets the receiver drain everything, then get
+//!   `Disconnected`; dropping the receiver makes the sender's next call `Disconnected`.
+//! - **Crash**: a peer killed by SIGKILL is noticed within a park slice (100 ms by default) by a
+//!   blocked side, and turns into `Disconnected` (the receiver still drains what was published).
+//!   A message half-written when its sender died was never published and is not seen.
+//! - **No leak**: the last process out removes the segment; a segment orphaned by a crash of
+//!   both sides is recycled by the next `open` of that name.
+//! - **Hostile memory**: every index and length read from the segment is validated before use;
+//!   bad values give [`Corrupted`], never a panic or an access outside the segment.
+//!
+//! The same ring runs in-process on the heap: [`ring::spsc::channel`].
+
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod channel;

@@ -24,6 +24,8 @@ pub(crate) struct ShmStat {
     pub(crate) cuid: u32,
     /// Permission bits plus `SHM_DEST` and friends.
     pub(crate) mode: u32,
+    /// The pid that created the segment.
+    pub(crate) cpid: u32,
 }
 
 /// Creates a new segment at `key`; fails with `EEXIST` if one is there already.
@@ -51,6 +53,7 @@ pub(crate) fn stat(id: ShmId) -> io::Result<ShmStat> {
         uid: ds.shm_perm.uid,
         cuid: ds.shm_perm.cuid,
         mode: ds.shm_perm.mode as u32,
+        cpid: ds.shm_cpid as u32,
     })
 }
 

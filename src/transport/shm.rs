@@ -303,10 +303,12 @@ fn open(cfg: &ShmConfig, role: Role) -> Result<Arc<RingCore>, Error> {
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_millis(20));
             }
-            Step::Retry => return Err(Error::InUse(format!(
+            Step::Retry => {
+                return Err(Error::InUse(format!(
                 "ring at key {key:#x} kept changing under us for {:?} (created, removed or closed by others)",
                 cfg.open_timeout
-            ))),
+            )))
+            }
         }
     }
 }
@@ -433,15 +435,25 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
             Ok(layout) => break layout,
             Err(HeaderCheck::Reject(e)) => return Err(e),
             Err(HeaderCheck::NotReady) => {
-                // Still being initialised, or its creator died before finishing.
-                let alone = shm::stat(id).map_or(true, |s| s.nattch <= 1);
-                if alone {
+                // Still being initialised, or its creator died before finishing. The kernel
+                // records the creator (shm_cpid); nattch alone would be wrong here, since the
+                // creator is not attached yet between its shmget and its shmat.
+                let st = match shm::stat(id) {
+                    Ok(st) => st,
+                    Err(_) => return Ok(Step::Retry),
+                };
+                let creator = ProcessId {
+                    pid: st.cpid,
+                    start_time: 0,
+                };
+                if st.nattch <= 1 && !proc::is_alive(creator) {
                     let _ = shm::remove(id);
                     return Ok(Step::Retry);
                 }
                 if Instant::now() >= deadline {
                     return Err(Error::InUse(format!(
-                        "segment at key {key:#x} was never initialised by its creator"
+                        "segment at key {key:#x} was never initialised by its creator (pid {})",
+                        st.cpid
                     )));
                 }
                 std::thread::sleep(Duration::from_millis(1));
