@@ -35,7 +35,7 @@ pub struct Corrupted {
 
 impl fmt::Display for Corrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "shared state is corrupted: {}", self.reason)
+        write!(f, "corrupted: {}", self.reason)
     }
 }
 
@@ -279,7 +279,7 @@ mod tests {
         };
         assert_eq!(
             RecvError::Corrupted(c).to_string(),
-            "shared state is corrupted: tail ran ahead"
+            "corrupted: tail ran ahead"
         );
         assert_eq!(
             RecvTimeoutError::Timeout.to_string(),
