@@ -1,0 +1,9 @@
+//! Loom models of the shmpipe SPSC ring protocol.
+//!
+//! This crate has no code of its own: the models live in `tests/spsc.rs` and exercise
+//! `shmpipe::ring::spsc` built with `--cfg loom`, where its atomics, fences and futex come from
+//! loom. See `README.md` for what each model covers and how to run them:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release
+//! ```

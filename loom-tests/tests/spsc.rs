@@ -1,0 +1,593 @@
+//! Loom models of the SPSC ring: FIFO exactly-once delivery, the park/wake (doorbell) protocol,
+//! disconnect while the peer is parked, and the zero-copy reserve/commit and recv_ref paths.
+//!
+//! Each test is one small model named for the interleaving it is about. Under loom the futex is a
+//! Mutex + Condvar per word with no timeout, so a lost wakeup shows up as a loom deadlock.
+//!
+//! Every received message is checked for its exact length and bytes: the length word is a loom
+//! atomic stored Relaxed before the publishing `tail` store, so with the `weaken-publish` feature
+//! (that store made Relaxed) the consumer can read a stale length and these asserts fail.
+#![cfg(loom)]
+
+use loom::thread;
+use shmpipe::ring::spsc::{self, Consumer, Producer};
+use shmpipe::{Receiver, RecvError, SendError, Sender, TryRecvError, TrySendError, WaitStrategy};
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Largest message in every model (one 64-byte slot).
+const MAX_MESSAGE: usize = 8;
+
+/// Distinct lengths and distinct bytes, so a stale length or a message from the wrong slot (or the
+/// wrong lap) never compares equal to the expected one.
+const MSGS: [&[u8]; 4] = [b"a", b"bc", b"def", b"ghij"];
+
+/// Runs `f` under loom, exploring every interleaving within the preemption bound, and prints how
+/// many it explored (shown with `--nocapture`). With `LOOM_MAX_PREEMPTIONS` set this is exactly
+/// `loom::model` (so `LOOM_LOG` and the other loom variables work); without it the bound defaults
+/// to 3 so a plain run stays quick.
+fn model<F>(f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let body = move || {
+        counter.fetch_add(1, Relaxed);
+        f();
+    };
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_some() {
+        loom::model(body);
+    } else {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(body);
+    }
+    // The test harness names each test's thread after the test.
+    let name = std::thread::current().name().unwrap_or("model").to_owned();
+    println!("{name}: {} interleavings explored", runs.load(Relaxed));
+}
+
+/// A channel end that is not dropped while its thread unwinds from a panic.
+///
+/// When loom finds a deadlock it panics from inside its scheduler and unwinds every model thread;
+/// an end's `Drop` (mark closed, ring the doorbell) would then touch loom atomics with no execution
+/// running, panic again and abort the whole test binary, hiding the deadlock report and every other
+/// test's result. On a panic the end is leaked instead; on the normal path it drops as usual.
+struct End<T>(ManuallyDrop<T>);
+
+impl<T> Drop for End<T> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // SAFETY: dropped exactly once, here, and never used again.
+            unsafe { ManuallyDrop::drop(&mut self.0) }
+        }
+    }
+}
+
+impl<T> Deref for End<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> DerefMut for End<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+type Tx = End<Producer>;
+type Rx = End<Consumer>;
+
+fn channel(capacity: usize) -> (Tx, Rx) {
+    let (tx, rx) = spsc::channel(capacity, MAX_MESSAGE).unwrap();
+    (End(ManuallyDrop::new(tx)), End(ManuallyDrop::new(rx)))
+}
+
+/// A channel whose blocking calls park on the futex at once, with no spinning or yielding.
+fn parking_channel(capacity: usize) -> (Tx, Rx) {
+    let (mut tx, mut rx) = channel(capacity);
+    tx.set_wait_strategy(WaitStrategy::park_only());
+    rx.set_wait_strategy(WaitStrategy::park_only());
+    (tx, rx)
+}
+
+/// Sends with `try_send`, yielding to the model while the ring is full.
+fn send_spinning(tx: &mut Producer, msg: &[u8]) {
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => return,
+            Err(TrySendError::Full) => thread::yield_now(),
+            Err(e) => panic!("try_send({msg:?}) failed: {e:?}"),
+        }
+    }
+}
+
+/// Receives with `try_recv`, yielding to the model while the ring is empty.
+fn recv_spinning(rx: &mut Consumer, buf: &mut Vec<u8>) {
+    loop {
+        match rx.try_recv(buf) {
+            Ok(()) => return,
+            Err(TryRecvError::Empty) => thread::yield_now(),
+            Err(e) => panic!("try_recv failed: {e:?}"),
+        }
+    }
+}
+
+/// Checks one received message: length first (the word a weakened publish leaves stale), then bytes.
+#[track_caller]
+fn assert_msg(got: &[u8], i: usize) {
+    let want = MSGS[i];
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "message {i}: length {} read from the slot, {} sent",
+        got.len(),
+        want.len()
+    );
+    assert_eq!(got, want, "message {i}: wrong bytes");
+}
+
+// ---------------------------------------------------------------------------------------------
+// FIFO, exactly once, with wraparound (non-blocking calls on both sides)
+// ---------------------------------------------------------------------------------------------
+
+/// Four messages through two slots: each slot is reused once, so the consumer must see the second
+/// lap's length and bytes, in order, each message exactly once, and then nothing more.
+#[test]
+fn fifo_exactly_once_wraps_at_capacity_two() {
+    model(|| {
+        let (mut tx, mut rx) = channel(2);
+        let producer = thread::spawn(move || {
+            for msg in MSGS {
+                send_spinning(&mut tx, msg);
+            }
+        });
+        let mut buf = Vec::new();
+        for i in 0..MSGS.len() {
+            recv_spinning(&mut rx, &mut buf);
+            assert_msg(&buf, i);
+        }
+        // Never a fifth message, whether or not the producer has gone yet.
+        match rx.try_recv(&mut buf) {
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+            other => panic!("after the last message: {other:?}, buf {buf:?}"),
+        }
+        producer.join().unwrap();
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+    });
+}
+
+/// The consumer only starts after the producer filled the ring and found it full: the `Full`
+/// answer must be exact (no overwrite of an unread slot) and both messages intact.
+#[test]
+fn try_send_on_full_ring_reports_full_and_overwrites_nothing() {
+    model(|| {
+        let (mut tx, mut rx) = channel(2);
+        let producer = thread::spawn(move || {
+            tx.try_send(MSGS[0]).unwrap();
+            tx.try_send(MSGS[1]).unwrap();
+            // The consumer may or may not have freed a slot yet; if not, nothing is written.
+            match tx.try_send(MSGS[2]) {
+                Ok(()) => true,
+                Err(TrySendError::Full) => false,
+                Err(e) => panic!("third try_send: {e:?}"),
+            }
+        });
+        let mut buf = Vec::new();
+        recv_spinning(&mut rx, &mut buf);
+        assert_msg(&buf, 0);
+        recv_spinning(&mut rx, &mut buf);
+        assert_msg(&buf, 1);
+        let sent_third = producer.join().unwrap();
+        if sent_third {
+            rx.try_recv(&mut buf).unwrap();
+            assert_msg(&buf, 2);
+        }
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Zero-copy paths: reserve/commit and recv_ref
+// ---------------------------------------------------------------------------------------------
+
+/// The producer writes in place through `try_reserve` + `commit`, three messages through two
+/// slots; the consumer copies them out.
+#[test]
+fn fifo_reserve_commit_wraps_at_capacity_two() {
+    model(|| {
+        let (mut tx, mut rx) = channel(2);
+        let producer = thread::spawn(move || {
+            for msg in &MSGS[..3] {
+                loop {
+                    match tx.try_reserve(msg.len()) {
+                        Ok(mut slot) => {
+                            slot.copy_from_slice(msg);
+                            slot.commit();
+                            break;
+                        }
+                        Err(TrySendError::Full) => thread::yield_now(),
+                        Err(e) => panic!("try_reserve: {e:?}"),
+                    }
+                }
+            }
+        });
+        let mut buf = Vec::new();
+        for i in 0..3 {
+            recv_spinning(&mut rx, &mut buf);
+            assert_msg(&buf, i);
+        }
+        producer.join().unwrap();
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+    });
+}
+
+/// The consumer reads in place through `try_recv_ref`; the slot is freed only when the guard
+/// drops, and the producer's third message reuses the first slot.
+#[test]
+fn fifo_recv_ref_wraps_at_capacity_two() {
+    model(|| {
+        let (mut tx, mut rx) = channel(2);
+        let producer = thread::spawn(move || {
+            for msg in &MSGS[..3] {
+                send_spinning(&mut tx, msg);
+            }
+        });
+        for i in 0..3 {
+            loop {
+                match rx.try_recv_ref() {
+                    Ok(msg) => {
+                        assert_msg(&msg, i);
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => thread::yield_now(),
+                    Err(e) => panic!("try_recv_ref: {e:?}"),
+                }
+            }
+        }
+        producer.join().unwrap();
+        assert!(matches!(rx.try_recv_ref(), Err(TryRecvError::Disconnected)));
+    });
+}
+
+/// An abandoned reservation publishes nothing, and `commit_len` publishes only the prefix: the
+/// consumer sees exactly the committed messages.
+#[test]
+fn abandoned_reservation_and_commit_len_publish_exactly_what_was_committed() {
+    model(|| {
+        let (mut tx, mut rx) = channel(2);
+        let producer = thread::spawn(move || {
+            {
+                let mut slot = tx.try_reserve(MAX_MESSAGE).unwrap();
+                slot.fill(b'x');
+                // Dropped uncommitted.
+            }
+            let mut slot = tx.try_reserve(MAX_MESSAGE).unwrap();
+            slot[..2].copy_from_slice(MSGS[1]);
+            slot.commit_len(2);
+        });
+        let mut buf = Vec::new();
+        recv_spinning(&mut rx, &mut buf);
+        assert_msg(&buf, 1);
+        producer.join().unwrap();
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Park/wake: a blocked side is always woken (a lost wakeup is a loom deadlock)
+// ---------------------------------------------------------------------------------------------
+
+/// The consumer parks in `recv` on an empty ring while the producer publishes one message: the
+/// doorbell's waiter count and the producer's fence must not both miss each other.
+#[test]
+fn recv_parked_on_empty_is_woken_by_send() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        let producer = thread::spawn(move || {
+            tx.send(MSGS[0]).unwrap();
+            tx // Kept alive: the wakeup must come from the message, not from the close.
+        });
+        let mut buf = Vec::new();
+        rx.recv(&mut buf).unwrap();
+        assert_msg(&buf, 0);
+        drop(producer.join().unwrap());
+    });
+}
+
+/// Two messages, two parks: the consumer may park twice (the waiter count goes up and down) and
+/// each message must wake it.
+#[test]
+fn recv_parked_twice_is_woken_by_each_send() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        let producer = thread::spawn(move || {
+            tx.send(MSGS[0]).unwrap();
+            tx.send(MSGS[1]).unwrap();
+            tx
+        });
+        let mut buf = Vec::new();
+        rx.recv(&mut buf).unwrap();
+        assert_msg(&buf, 0);
+        rx.recv(&mut buf).unwrap();
+        assert_msg(&buf, 1);
+        drop(producer.join().unwrap());
+    });
+}
+
+/// The producer parks in `send` on a full ring (capacity 2, filled beforehand) while the consumer
+/// frees a slot with a non-blocking receive.
+#[test]
+fn send_parked_on_full_is_woken_by_recv() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        tx.try_send(MSGS[0]).unwrap();
+        tx.try_send(MSGS[1]).unwrap();
+        let producer = thread::spawn(move || {
+            tx.send(MSGS[2]).unwrap();
+            tx
+        });
+        let mut buf = Vec::new();
+        for i in 0..3 {
+            recv_spinning(&mut rx, &mut buf);
+            assert_msg(&buf, i);
+        }
+        drop(producer.join().unwrap());
+    });
+}
+
+/// Both sides block: the producer parks on full and the consumer parks on empty, each woken only by
+/// the other's doorbell. Three messages through two slots.
+#[test]
+fn send_and_recv_both_parking_wrap_at_capacity_two() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        let producer = thread::spawn(move || {
+            for msg in &MSGS[..3] {
+                tx.send(msg).unwrap();
+            }
+            tx
+        });
+        let mut buf = Vec::new();
+        for i in 0..3 {
+            rx.recv(&mut buf).unwrap();
+            assert_msg(&buf, i);
+        }
+        drop(producer.join().unwrap());
+    });
+}
+
+/// The consumer parks in `recv_ref` and is woken by a `reserve` + `commit`.
+#[test]
+fn recv_ref_parked_is_woken_by_reserve_commit() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        let producer = thread::spawn(move || {
+            let mut slot = tx.reserve(MSGS[2].len()).unwrap();
+            slot.copy_from_slice(MSGS[2]);
+            slot.commit();
+            tx
+        });
+        {
+            let msg = rx.recv_ref().unwrap();
+            assert_msg(&msg, 2);
+        }
+        drop(producer.join().unwrap());
+    });
+}
+
+/// The producer parks in `reserve` on a full ring and is woken when the consumer drops a
+/// `ReadGuard` (the guard, not a copy, frees the slot).
+#[test]
+fn reserve_parked_on_full_is_woken_by_read_guard_drop() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        tx.try_send(MSGS[0]).unwrap();
+        tx.try_send(MSGS[1]).unwrap();
+        let producer = thread::spawn(move || {
+            let mut slot = tx.reserve(MSGS[2].len()).unwrap();
+            slot.copy_from_slice(MSGS[2]);
+            slot.commit();
+            tx
+        });
+        for i in 0..3 {
+            let msg = rx.recv_ref().unwrap();
+            assert_msg(&msg, i);
+        }
+        drop(producer.join().unwrap());
+    });
+}
+
+/// The spin and yield phases before parking: a waiter that gives up spinning must still get the
+/// wakeup, on both doorbells.
+#[test]
+fn spin_then_yield_then_park_is_woken_on_both_sides() {
+    model(|| {
+        let (mut tx, mut rx) = channel(2);
+        let strategy = WaitStrategy {
+            spins: 1,
+            yields: 1,
+            ..WaitStrategy::default()
+        };
+        tx.set_wait_strategy(strategy);
+        rx.set_wait_strategy(strategy);
+        tx.try_send(MSGS[0]).unwrap();
+        tx.try_send(MSGS[1]).unwrap();
+        let producer = thread::spawn(move || {
+            tx.send(MSGS[2]).unwrap();
+            tx
+        });
+        let mut buf = Vec::new();
+        for i in 0..3 {
+            rx.recv(&mut buf).unwrap();
+            assert_msg(&buf, i);
+        }
+        drop(producer.join().unwrap());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disconnect while the peer is parked
+// ---------------------------------------------------------------------------------------------
+
+/// The consumer parks on an empty ring and the producer is dropped without sending: the close
+/// must wake it with `Disconnected`.
+#[test]
+fn recv_parked_is_woken_by_sender_drop() {
+    model(|| {
+        let (tx, mut rx) = parking_channel(2);
+        let producer = thread::spawn(move || drop(tx));
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv(&mut buf), Err(RecvError::Disconnected));
+        producer.join().unwrap();
+    });
+}
+
+/// Non-blocking receives racing the sender's last sends and its drop: once `try_recv` says
+/// `Disconnected` everything sent before the drop has been received. No fence on the consumer's
+/// side here, so only the close's Release (paired with the Acquire load of the role state) makes
+/// the last `tail` visible to the consumer's final re-check.
+#[test]
+fn try_recv_drains_everything_sent_before_sender_drop() {
+    model(|| {
+        let (mut tx, mut rx) = channel(2);
+        let producer = thread::spawn(move || {
+            tx.try_send(MSGS[0]).unwrap();
+            tx.try_send(MSGS[1]).unwrap();
+            drop(tx);
+        });
+        let mut buf = Vec::new();
+        let mut received = 0;
+        loop {
+            match rx.try_recv(&mut buf) {
+                Ok(()) => {
+                    assert_msg(&buf, received);
+                    received += 1;
+                }
+                Err(TryRecvError::Empty) => thread::yield_now(),
+                Err(TryRecvError::Disconnected) => break,
+                Err(e) => panic!("try_recv: {e:?}"),
+            }
+        }
+        assert_eq!(received, 2, "disconnected before receiving everything sent");
+        producer.join().unwrap();
+    });
+}
+
+/// The producer sends two messages and drops while the consumer is parked: the consumer drains
+/// both, in order, and only then gets `Disconnected` (nothing sent before the close is lost, even
+/// when the close is seen before the last publication is).
+#[test]
+fn recv_parked_drains_everything_sent_then_disconnects() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        let producer = thread::spawn(move || {
+            tx.send(MSGS[0]).unwrap();
+            tx.send(MSGS[1]).unwrap();
+            drop(tx);
+        });
+        let mut buf = Vec::new();
+        rx.recv(&mut buf).unwrap();
+        assert_msg(&buf, 0);
+        rx.recv(&mut buf).unwrap();
+        assert_msg(&buf, 1);
+        assert_eq!(rx.recv(&mut buf), Err(RecvError::Disconnected));
+        producer.join().unwrap();
+    });
+}
+
+/// The same drain through the zero-copy path: `recv_ref` after the sender dropped.
+#[test]
+fn recv_ref_parked_drains_then_disconnects() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        let producer = thread::spawn(move || {
+            tx.send(MSGS[3]).unwrap();
+            drop(tx);
+        });
+        {
+            let msg = rx.recv_ref().unwrap();
+            assert_msg(&msg, 3);
+        }
+        assert!(matches!(rx.recv_ref(), Err(RecvError::Disconnected)));
+        producer.join().unwrap();
+    });
+}
+
+/// The producer parks in `send` on a full ring and the consumer is dropped without reading: the
+/// close must wake it with `Disconnected`.
+#[test]
+fn send_parked_on_full_is_woken_by_receiver_drop() {
+    model(|| {
+        let (mut tx, rx) = parking_channel(2);
+        tx.try_send(MSGS[0]).unwrap();
+        tx.try_send(MSGS[1]).unwrap();
+        let consumer = thread::spawn(move || drop(rx));
+        assert_eq!(tx.send(MSGS[2]), Err(SendError::Disconnected));
+        consumer.join().unwrap();
+    });
+}
+
+/// The same through `reserve`: no slot is handed out after the receiver is gone.
+#[test]
+fn reserve_parked_on_full_is_woken_by_receiver_drop() {
+    model(|| {
+        let (mut tx, rx) = parking_channel(2);
+        tx.try_send(MSGS[0]).unwrap();
+        tx.try_send(MSGS[1]).unwrap();
+        let consumer = thread::spawn(move || drop(rx));
+        assert!(matches!(tx.reserve(1), Err(SendError::Disconnected)));
+        consumer.join().unwrap();
+    });
+}
+
+/// Both sides park (the producer on full, the consumer on empty) and the producer drops right after
+/// its last send: the consumer gets all three messages, in order, then `Disconnected`.
+#[test]
+fn both_parking_then_sender_drop_drains_all_then_disconnects() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        let producer = thread::spawn(move || {
+            for msg in &MSGS[..3] {
+                tx.send(msg).unwrap();
+            }
+            drop(tx);
+        });
+        let mut buf = Vec::new();
+        for i in 0..3 {
+            rx.recv(&mut buf).unwrap();
+            assert_msg(&buf, i);
+        }
+        assert_eq!(rx.recv(&mut buf), Err(RecvError::Disconnected));
+        producer.join().unwrap();
+    });
+}
+
+/// The consumer takes one message from a full ring and drops while the producer is parked: the
+/// producer's pending send may land in the freed slot or see the close, but the one after it (ring
+/// full again, or closed) must return `Disconnected`, never block for ever.
+#[test]
+fn send_parked_on_full_sees_receiver_drop_after_it_took_one() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        tx.try_send(MSGS[0]).unwrap();
+        tx.try_send(MSGS[1]).unwrap();
+        let consumer = thread::spawn(move || {
+            let mut buf = Vec::new();
+            rx.recv(&mut buf).unwrap();
+            assert_msg(&buf, 0);
+            drop(rx);
+        });
+        match tx.send(MSGS[2]) {
+            Ok(()) | Err(SendError::Disconnected) => {}
+            other => panic!("send into the freed slot: {other:?}"),
+        }
+        assert_eq!(tx.send(MSGS[3]), Err(SendError::Disconnected));
+        consumer.join().unwrap();
+    });
+}
