@@ -277,10 +277,7 @@ mod tests {
         let c = Corrupted {
             reason: "tail ran ahead".into(),
         };
-        assert_eq!(
-            RecvError::Corrupted(c).to_string(),
-            "corrupted: tail ran ahead"
-        );
+        assert_eq!(RecvError::Corrupted(c).to_string(), "corrupted: tail ran ahead");
         assert_eq!(
             RecvTimeoutError::Timeout.to_string(),
             "timed out waiting on an empty channel"

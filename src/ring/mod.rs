@@ -134,6 +134,11 @@ pub(crate) struct Slots {
     /// Under loom the length words are separate loom atomics.
     #[cfg(loom)]
     lens: Box<[AtomicU32]>,
+    /// Under loom, one access marker per slot: loom cannot see plain payload bytes, so every
+    /// payload access is also recorded on the slot's marker, and a read and a write of the same
+    /// slot that are not ordered by happens-before are reported as a causality violation.
+    #[cfg(loom)]
+    marks: Box<[loom::cell::UnsafeCell<()>]>,
 }
 
 // SAFETY: `Slots` is an address plus geometry; which slot a thread may touch is decided by the
@@ -154,7 +159,23 @@ impl Slots {
             mask: capacity as u64 - 1,
             #[cfg(loom)]
             lens: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            #[cfg(loom)]
+            marks: (0..capacity).map(|_| loom::cell::UnsafeCell::new(())).collect(),
         }
+    }
+
+    /// Records a write of the payload for `index` (loom only; free otherwise).
+    #[inline]
+    pub(crate) fn mark_write(&self, _index: u64) {
+        #[cfg(loom)]
+        self.marks[(_index & self.mask) as usize].with_mut(|_| ());
+    }
+
+    /// Records a read of the payload for `index` (loom only; free otherwise).
+    #[inline]
+    pub(crate) fn mark_read(&self, _index: u64) {
+        #[cfg(loom)]
+        self.marks[(_index & self.mask) as usize].with(|_| ());
     }
 
     #[inline]
