@@ -17,7 +17,7 @@
 //! receiver, as a message queue would. When both ends die, the segment is stale and the next
 //! `open` recycles it.
 
-use crate::error::Error;
+use crate::error::{Corrupted, Error};
 use crate::ring::layout::{self, Header, HeaderCheck, Layout, FLAG_RECYCLED, MAX_NAME_LEN};
 use crate::ring::spsc::{Backing, Consumer, Producer, RingCore, SpscShared};
 use crate::ring::{Geometry, Peer, Role, RoleRecord, Slots, WaitStrategy};
@@ -467,18 +467,28 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
         let _ = shm::remove(id);
         return Ok(Step::Retry);
     }
-    let st = match shm::stat(id) {
-        Ok(st) if st.mode & SHM_DEST == 0 => st,
+    match shm::stat(id) {
+        Ok(st) if st.mode & SHM_DEST == 0 => {}
         Ok(_) => return Ok(Step::Retry),
         Err(e) if is_gone(&e) => return Ok(Step::Retry),
         Err(e) => return Err(io_err("shmctl(IPC_STAT)")(e)),
-    };
-    let others_attached = st.nattch > 1;
+    }
     let (mine, theirs) = match role {
         Role::Sender => (&shared.sender, &shared.receiver),
         Role::Receiver => (&shared.receiver, &shared.sender),
     };
-    match decide(role, mine, theirs, shared, others_attached) {
+    // Checked before claiming, so a refused open leaves the role free.
+    let (head, tail) = (shared.head.load(Acquire), shared.tail.load(Acquire));
+    let unread = tail.wrapping_sub(head);
+    if unread > layout.geometry.capacity as u64 {
+        return Err(Error::Corrupted(Corrupted {
+            reason: format!(
+                "indices head={head} tail={tail} of ring {:?} are more than a ring apart",
+                layout.name
+            ),
+        }));
+    }
+    match decide(role, mine, theirs, unread) {
         Decision::Claim => {
             mine.claim();
             drop(_lock);
@@ -505,35 +515,33 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-/// What to do with an existing, valid ring, decided under its lock.
-fn decide(
-    role: Role,
-    mine: &RoleRecord,
-    theirs: &RoleRecord,
-    shared: &SpscShared,
-    others_attached: bool,
-) -> Decision {
-    let unread = shared.tail.load(Acquire).wrapping_sub(shared.head.load(Acquire));
-    let holder = mine.pid.load(Relaxed);
-    match (mine.peer(), others_attached) {
-        (Peer::NotYet, true) => Decision::Claim,
-        (Peer::NotYet, false) => match (role, theirs.peer()) {
-            // A finished stream waiting for its first receiver: drain it.
-            (Role::Receiver, Peer::Closed | Peer::Dead) if unread > 0 => Decision::Claim,
-            _ => Decision::Recycle,
-        },
-        (Peer::Closed, false) if role == Role::Sender && theirs.peer() == Peer::NotYet && unread > 0 => {
+/// What to do with an existing, valid ring, decided under its lock from who holds the roles.
+///
+/// Not from `shm_nattch`: a process in the middle of its own `open` is attached too, and taking
+/// it for a live peer made two openers of a stale ring end up on different rings. An opener
+/// that is attached but has not claimed anything yet finds the `RECYCLED` flag under the lock
+/// and starts over, so both meet again on the fresh ring.
+fn decide(role: Role, mine: &RoleRecord, theirs: &RoleRecord, unread: u64) -> Decision {
+    match (mine.peer(), theirs.peer()) {
+        (Peer::Alive, _) => Decision::Refuse(format!(
+            "its {} is held by live pid {}",
+            role_name(role),
+            mine.pid.load(Relaxed)
+        )),
+        (Peer::NotYet, Peer::Alive) => Decision::Claim,
+        // A stream whose sender finished (or died) before any receiver came: drain it.
+        (Peer::NotYet, Peer::Closed | Peer::Dead) if role == Role::Receiver && unread > 0 => Decision::Claim,
+        (Peer::Closed | Peer::Dead, Peer::NotYet) if role == Role::Sender && unread > 0 => {
             Decision::Refuse(format!(
-                "it holds {unread} unread messages from a sender that has finished; \
-                 receive them first or remove the ring"
+                "it holds {unread} unread messages from a previous sender; receive them first or remove the ring"
             ))
         }
-        (Peer::Alive, _) => Decision::Refuse(format!("its {} is held by live pid {holder}", role_name(role))),
-        (_, false) => Decision::Recycle,
-        (Peer::Closed | Peer::Dead, true) => Decision::Refuse(format!(
-            "its previous {} is gone but its peer is still attached; retry when the peer has finished",
+        (Peer::Closed | Peer::Dead, Peer::Alive) => Decision::Refuse(format!(
+            "its previous {} is gone and its peer is still attached; retry when the peer has finished",
             role_name(role)
         )),
+        // Nobody alive holds either role and nothing is waiting to be read: stale.
+        _ => Decision::Recycle,
     }
 }
 
