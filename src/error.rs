@@ -25,8 +25,10 @@ impl fmt::Display for TooLarge {
     }
 }
 
-/// Shared state failed validation: another process wrote something no correct peer would.
-/// The channel is poisoned; every later call returns this again.
+/// Data from the other side failed validation: another process wrote something no correct peer
+/// would (shared-memory indices or lengths, a malformed frame or message type). What was received
+/// before it is never lost. A shared-memory ring is poisoned by it (every later call returns it
+/// again); a stream transport says in its docs whether it can go on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Corrupted {
     /// What was found wrong.
@@ -206,19 +208,19 @@ pub enum Error {
     Endpoint(String),
     /// A configuration value is out of range (capacity not a power of two, size zero, ...).
     InvalidConfig(String),
-    /// A segment at our key was not created by shmpipe for this name: it is never used.
+    /// The object at our key was not created by shmpipe for this name: it is never used.
     Foreign {
         /// The SysV key.
         key: i32,
         /// What did not match.
         reason: String,
     },
-    /// The ring exists and the role asked for is held by a live process (or the stream is in a
-    /// state that cannot take this role now).
+    /// The channel exists and the role asked for is held by a live process (or the stream is in
+    /// a state that cannot take this role now).
     InUse(String),
-    /// The segment's owner or permissions are not what we accept.
+    /// The object's owner or permissions are not what we accept.
     Permission(String),
-    /// A segment header failed validation.
+    /// A header or other shared state failed validation.
     Corrupted(Corrupted),
     /// A system limit was hit; the message names it.
     Limit(String),
@@ -237,9 +239,12 @@ impl fmt::Display for Error {
             Error::Endpoint(m) => write!(f, "bad endpoint: {m}"),
             Error::InvalidConfig(m) => write!(f, "invalid configuration: {m}"),
             Error::Foreign { key, reason } => {
-                write!(f, "segment at key {key:#x} is not a shmpipe ring for this name ({reason}); refusing to use it")
+                write!(
+                    f,
+                    "object at key {key:#x} is not shmpipe's for this name ({reason}); refusing to use it"
+                )
             }
-            Error::InUse(m) => write!(f, "ring is in use: {m}"),
+            Error::InUse(m) => write!(f, "in use: {m}"),
             Error::Permission(m) => write!(f, "permission refused: {m}"),
             Error::Corrupted(c) => fmt::Display::fmt(c, f),
             Error::Limit(m) => write!(f, "system limit: {m}"),

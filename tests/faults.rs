@@ -527,7 +527,7 @@ fn assert_foreign_and_kept(ring: &Ring, id: i32, reason_part: &str) {
                 assert_eq!(*key, ring.key);
                 assert!(reason.contains(reason_part), "{side}: reason {reason:?}");
                 let shown = e.to_string();
-                assert!(shown.contains("not a shmpipe ring"), "{shown}");
+                assert!(shown.contains("not shmpipe's for this name"), "{shown}");
                 assert!(shown.contains(&format!("{:#x}", ring.key)), "{shown}");
             }
             other => panic!("{side} on a foreign segment: {other:?}"),

@@ -1,9 +1,9 @@
 //! Ring algorithms: pure code over a control block and slot memory, no syscalls of their own
-//! (waiting goes through the futex word in [`wait`]).
+//! (waiting goes through the futex word in `wait`).
 //!
 //! The same code runs on a SysV segment (production), on the heap (in-process channels, unit
 //! tests, benchmarks) and under loom (where the control block is a `Box` of loom atomics). Where
-//! the memory lives is decided by whoever builds the [`RingCore`]; the algorithms only see
+//! the memory lives is decided by whoever builds the `RingCore`; the algorithms only see
 //! validated geometry (capacity, slot size) held in process-local fields, never re-read from
 //! shared memory.
 
