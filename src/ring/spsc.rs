@@ -194,6 +194,19 @@ impl LivenessTimer {
     }
 }
 
+/// Error paths, kept out of line so the hot paths stay small enough to inline.
+#[cold]
+#[inline(never)]
+fn cold_clone(c: &Corrupted) -> Corrupted {
+    c.clone()
+}
+
+#[cold]
+#[inline(never)]
+fn too_large(len: usize, max: usize) -> TrySendError {
+    TrySendError::TooLarge(TooLarge { len, max })
+}
+
 /// The sending end of an SPSC ring. See the [crate docs](crate) for the guarantees.
 pub struct Producer {
     core: Arc<RingCore>,
@@ -243,8 +256,14 @@ impl Producer {
         self.core.shared().receiver.peer()
     }
 
-    fn poison(&mut self, reason: String) -> Corrupted {
-        let c = Corrupted { reason };
+    /// Poisons this end: a consumer index that no correct consumer could have written.
+    #[cold]
+    #[inline(never)]
+    fn index_fault(&mut self, head: u64) -> Corrupted {
+        let (tail, cap) = (self.tail, self.core.geometry.capacity);
+        let c = Corrupted {
+            reason: format!("consumer index {head} is not within {cap} of producer index {tail}"),
+        };
         self.fault = Some(c.clone());
         c
     }
@@ -261,10 +280,7 @@ impl Producer {
         let head = self.core.shared().head.load(Acquire);
         let used = self.tail.wrapping_sub(head);
         if used > cap {
-            let tail = self.tail;
-            return Err(self.poison(format!(
-                "consumer index {head} is not within {cap} of producer index {tail}"
-            )));
+            return Err(self.index_fault(head));
         }
         self.cached_head = head;
         Ok(used < cap)
@@ -274,11 +290,11 @@ impl Producer {
     #[inline]
     fn try_claim(&mut self, len: usize) -> Result<(), TrySendError> {
         if let Some(c) = &self.fault {
-            return Err(TrySendError::Corrupted(c.clone()));
+            return Err(TrySendError::Corrupted(cold_clone(c)));
         }
         let max = self.core.geometry.max_message;
         if len > max {
-            return Err(TrySendError::TooLarge(TooLarge { len, max }));
+            return Err(too_large(len, max));
         }
         let receiver = &self.core.shared().receiver;
         if receiver.state() == ROLE_CLOSED {
@@ -519,6 +535,26 @@ impl Consumer {
         self.core.shared().sender.peer()
     }
 
+    /// Poisons this end: a producer index that no correct producer could have written.
+    #[cold]
+    #[inline(never)]
+    fn index_fault(&mut self, tail: u64) -> Corrupted {
+        let (head, cap) = (self.head, self.core.geometry.capacity);
+        self.poison(format!(
+            "producer index {tail} is not within {cap} of consumer index {head}"
+        ))
+    }
+
+    /// Poisons this end: a length word over the maximum.
+    #[cold]
+    #[inline(never)]
+    fn length_fault(&mut self, len: usize) -> Corrupted {
+        let max = self.core.geometry.max_message;
+        self.poison(format!(
+            "slot length {len} exceeds the maximum message size {max}"
+        ))
+    }
+
     fn poison(&mut self, reason: String) -> Corrupted {
         let c = Corrupted { reason };
         self.fault = Some(c.clone());
@@ -536,10 +572,7 @@ impl Consumer {
         let avail = tail.wrapping_sub(self.head);
         let cap = self.core.geometry.capacity as u64;
         if avail > cap {
-            let head = self.head;
-            return Err(self.poison(format!(
-                "producer index {tail} is not within {cap} of consumer index {head}"
-            )));
+            return Err(self.index_fault(tail));
         }
         self.cached_tail = tail;
         Ok(avail != 0)
@@ -552,9 +585,7 @@ impl Consumer {
         let len = self.core.slots.len_word(self.head).load(Relaxed) as usize;
         let max = self.core.geometry.max_message;
         if len > max {
-            return Err(self.poison(format!(
-                "slot length {len} exceeds the maximum message size {max}"
-            )));
+            return Err(self.length_fault(len));
         }
         Ok(len)
     }
@@ -580,7 +611,7 @@ impl Consumer {
     #[inline]
     fn try_front(&mut self) -> Result<usize, TryRecvError> {
         if let Some(c) = &self.fault {
-            return Err(TryRecvError::Corrupted(c.clone()));
+            return Err(TryRecvError::Corrupted(cold_clone(c)));
         }
         if !self.has_message()? {
             let due = self.liveness.due();
