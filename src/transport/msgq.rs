@@ -40,8 +40,10 @@
 //! The cost is latency after idleness: while messages flow no call ever sleeps, but once a
 //! receiver has found the queue empty for about 10 ms it sleeps 1 ms between attempts, so the
 //! next message waits up to 1 ms more (0.5 ms on average) than a kernel wake-up would take; a
-//! blocked end costs about a thousand cheap syscalls per second. A blocking `msgrcv` would wake
-//! in microseconds but could honour neither a deadline nor a peer's death.
+//! blocked end makes about a thousand cheap syscalls a second, about 1% of a core. (Measured on a
+//! 2-core VM: after idling, median 0.4 ms and at most about 1.1 ms from `send` to `recv`; 70 µs
+//! while busy.) A blocking `msgrcv` would wake in microseconds but could honour neither a
+//! deadline nor a peer's death.
 //!
 //! # Peer death
 //!
@@ -68,7 +70,9 @@
 //! `close_timeout`), then removes the queue if its receiver is dead or if it sent nothing and no
 //! receiver ever received; otherwise it queues an end of stream (type 2) and leaves the queue,
 //! so messages outlive their sender: a sender that closes before its receiver arrives leaves its
-//! messages and the end of stream for the next receiver.
+//! messages and the end of stream for the next receiver. If the queue stays full for all of
+//! `close_timeout`, the end of stream is not queued, and the receiver sees the close only when
+//! the sending process exits.
 //!
 //! Opening an existing queue that holds messages (the kernel keeps no roles, so this is decided
 //! from `msg_qnum`, the two pids, and whether the last message is an end of stream, peeked with
@@ -530,7 +534,7 @@ impl Drop for MsgqSender {
             return;
         }
         // Without room for it in time the end of stream is not sent; the receiver then learns
-        // of the close from our pid being dead, once it has drained the queue.
+        // of the close only from our pid being dead, once it has drained the queue.
         if put(&mut self.q, &mut self.buf, MTYPE_END, &[], wait) == Err(TrySendError::Disconnected) {
             let _ = msgq::remove(self.q.id);
         }
@@ -1102,7 +1106,7 @@ mod tests {
             let took = start.elapsed();
             assert!(took >= timeout, "returned early: {took:?} < {timeout:?}");
             assert!(
-                took < timeout + Duration::from_millis(40),
+                took < timeout + Duration::from_millis(100),
                 "{took:?} for {timeout:?}"
             );
         }
@@ -1125,7 +1129,7 @@ mod tests {
         assert_eq!(tx.send_timeout(&msg, timeout), Err(SendTimeoutError::Timeout));
         let took = start.elapsed();
         assert!(
-            took >= timeout && took < timeout + Duration::from_millis(40),
+            took >= timeout && took < timeout + Duration::from_millis(100),
             "{took:?}"
         );
         // A blocked send goes through once the receiver makes room.
