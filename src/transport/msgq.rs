@@ -74,21 +74,24 @@
 //! `close_timeout`, the end of stream is not queued, and the receiver sees the close only when
 //! the sending process exits.
 //!
-//! Opening an existing queue that holds messages (the kernel keeps no roles, so this is decided
-//! from `msg_qnum`, the two pids, and whether the last message is an end of stream, peeked with
-//! `MSG_COPY`):
-//! - a receiver is refused ([`Error::InUse`]) while the last receiver is a live process; else it
-//!   drains what is there, unless the queue is *stale*: last sender and last receiver both dead
-//!   and no end of stream pending, i.e. left by a run that crashed on both sides. A stale queue
-//!   is removed and created afresh.
+//! Opening an existing queue (the kernel keeps no roles, so this is decided from `msg_qnum`, the
+//! two recorded pids, and whether the last message is an end of stream, peeked with `MSG_COPY`):
+//! - a receiver is refused ([`Error::InUse`]) while the last receiver is a live process other
+//!   than this one. (A receiver that has not received anything yet is not recorded anywhere, so
+//!   a second receiver can join it.)
+//! - an empty queue is used as it is.
+//! - a receiver drains the messages there, unless the queue is *stale*: last sender and last
+//!   receiver both dead and no end of stream pending, i.e. left by a run that crashed on both
+//!   sides. A stale queue is removed and created afresh. A crashed sender's messages that no
+//!   receiver has read yet are drained, as a finished stream's are.
 //! - a sender is refused while the messages are unread output of a sender that has finished
 //!   (end of stream pending), of a live sender, or of a dead sender whose live receiver is still
 //!   draining them; when the last sender and the last receiver (if any) are dead and no end of
 //!   stream is pending, the queue is stale and recreated.
-//! - an empty queue is used as it is.
 //!
 //! Without `MSG_COPY` (a kernel without `CONFIG_CHECKPOINT_RESTORE`) an end of stream is assumed
-//! pending, so a stale queue is drained by the next receiver rather than removed.
+//! pending: a stale queue is then drained by the next receiver rather than removed, and senders
+//! are refused until it has been.
 
 use crate::channel::{Receiver, Sender};
 use crate::error::{
