@@ -1,12 +1,16 @@
 //! Endpoint strings, parsed in one place: `SCHEME://ADDRESS?option=value&...`.
 //!
-//! Supported now: `shm://NAME` and `shm://0xKEY`, with options `capacity` (slots, power of two),
-//! `max_message` (bytes), `mode` (octal permission bits, e.g. `0660`), `allow_other_owner`
-//! (`true`/`false`), `wait` (`spin`, `park` or the default `adaptive`).
+//! Supported now:
+//! - `shm://NAME` and `shm://0xKEY`, with options `capacity` (slots, power of two), `max_message`
+//!   (bytes), `mode` (octal permission bits, e.g. `0660`), `allow_other_owner` (`true`/`false`),
+//!   `wait` (`spin`, `park` or the default `adaptive`);
+//! - `msgq://NAME` and `msgq://0xKEY` (a System V message queue), with options `max_message`,
+//!   `mode` and `allow_other_owner`.
 
 use crate::channel::{Receiver, Sender};
 use crate::error::Error;
 use crate::ring::WaitStrategy;
+use crate::transport::msgq::MsgqConfig;
 use crate::transport::shm::{SegmentAddr, ShmConfig};
 
 /// A parsed endpoint.
@@ -15,6 +19,21 @@ use crate::transport::shm::{SegmentAddr, ShmConfig};
 pub enum Endpoint {
     /// A ring in a System V shared-memory segment.
     Shm(ShmConfig),
+    /// A System V message queue.
+    Msgq(MsgqConfig),
+}
+
+/// The `key=value` pairs of an endpoint's query string.
+fn options(query: &str) -> impl Iterator<Item = Result<(&str, &str), Error>> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        pair.split_once('=')
+            .ok_or_else(|| Error::Endpoint(format!("option {pair:?}: expected key=value")))
+    })
+}
+
+fn parse_mode(v: &str) -> Result<u32, Error> {
+    u32::from_str_radix(v, 8)
+        .map_err(|_| Error::Endpoint(format!("option mode={v:?}: expected octal bits like 0600")))
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
@@ -33,7 +52,7 @@ fn parse_usize(key: &str, v: &str) -> Result<usize, Error> {
 }
 
 impl Endpoint {
-    /// Parses `shm://NAME[?options]`.
+    /// Parses `shm://NAME[?options]` or `msgq://NAME[?options]`.
     ///
     /// ```
     /// use shmpipe::endpoint::Endpoint;
@@ -41,29 +60,29 @@ impl Endpoint {
     ///     unreachable!()
     /// };
     /// assert_eq!(cfg.capacity, 4096);
+    /// let Endpoint::Msgq(cfg) = Endpoint::parse("msgq://orders?max_message=100000&mode=0660").unwrap() else {
+    ///     unreachable!()
+    /// };
+    /// assert_eq!((cfg.max_message, cfg.mode), (100_000, 0o660));
     /// assert!(Endpoint::parse("shm://orders?capacity=lots").is_err());
     /// assert!(Endpoint::parse("orders").is_err());
     /// ```
     pub fn parse(s: &str) -> Result<Self, Error> {
         let (scheme, rest) = s.split_once("://").ok_or_else(|| {
-            Error::Endpoint(format!("{s:?} has no scheme; expected shm://NAME or shm://0xKEY"))
+            Error::Endpoint(format!(
+                "{s:?} has no scheme; expected shm://NAME, msgq://NAME, shm://0xKEY or msgq://0xKEY"
+            ))
         })?;
         let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
         match scheme {
             "shm" => {
                 let mut cfg = ShmConfig::new(SegmentAddr::parse(addr)?);
-                for pair in query.split('&').filter(|p| !p.is_empty()) {
-                    let (k, v) = pair
-                        .split_once('=')
-                        .ok_or_else(|| Error::Endpoint(format!("option {pair:?}: expected key=value")))?;
+                for kv in options(query) {
+                    let (k, v) = kv?;
                     match k {
                         "capacity" => cfg.capacity = parse_usize(k, v)?,
                         "max_message" => cfg.max_message = parse_usize(k, v)?,
-                        "mode" => {
-                            cfg.mode = u32::from_str_radix(v, 8).map_err(|_| {
-                                Error::Endpoint(format!("option mode={v:?}: expected octal bits like 0600"))
-                            })?
-                        }
+                        "mode" => cfg.mode = parse_mode(v)?,
                         "allow_other_owner" => cfg.allow_other_owner = parse_bool(k, v)?,
                         "wait" => {
                             cfg.wait = match v {
@@ -87,8 +106,25 @@ impl Endpoint {
                 }
                 Ok(Endpoint::Shm(cfg))
             }
+            "msgq" => {
+                let mut cfg = MsgqConfig::new(SegmentAddr::parse(addr)?);
+                for kv in options(query) {
+                    let (k, v) = kv?;
+                    match k {
+                        "max_message" => cfg.max_message = parse_usize(k, v)?,
+                        "mode" => cfg.mode = parse_mode(v)?,
+                        "allow_other_owner" => cfg.allow_other_owner = parse_bool(k, v)?,
+                        _ => {
+                            return Err(Error::Endpoint(format!(
+                                "unknown option {k:?}; msgq:// takes max_message, mode, allow_other_owner"
+                            )))
+                        }
+                    }
+                }
+                Ok(Endpoint::Msgq(cfg))
+            }
             other => Err(Error::Endpoint(format!(
-                "unsupported scheme {other:?}; expected shm://"
+                "unsupported scheme {other:?}; expected shm:// or msgq://"
             ))),
         }
     }
@@ -98,6 +134,7 @@ impl Endpoint {
 pub fn open_sender(endpoint: &str) -> Result<Box<dyn Sender + Send>, Error> {
     match Endpoint::parse(endpoint)? {
         Endpoint::Shm(cfg) => Ok(Box::new(cfg.open_sender()?)),
+        Endpoint::Msgq(cfg) => Ok(Box::new(cfg.open_sender()?)),
     }
 }
 
@@ -105,5 +142,47 @@ pub fn open_sender(endpoint: &str) -> Result<Box<dyn Sender + Send>, Error> {
 pub fn open_receiver(endpoint: &str) -> Result<Box<dyn Receiver + Send>, Error> {
     match Endpoint::parse(endpoint)? {
         Endpoint::Shm(cfg) => Ok(Box::new(cfg.open_receiver()?)),
+        Endpoint::Msgq(cfg) => Ok(Box::new(cfg.open_receiver()?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(s: &str) -> String {
+        match Endpoint::parse(s) {
+            Err(e) => e.to_string(),
+            Ok(e) => panic!("{s} parsed as {e:?}"),
+        }
+    }
+
+    #[test]
+    fn msgq_endpoints_parse_with_their_options() {
+        let Endpoint::Msgq(cfg) =
+            Endpoint::parse("msgq://jobs?max_message=1000000&mode=0660&allow_other_owner=true").unwrap()
+        else {
+            panic!("not msgq")
+        };
+        assert_eq!(cfg.addr, SegmentAddr::Name("jobs".into()));
+        assert_eq!(
+            (cfg.max_message, cfg.mode, cfg.allow_other_owner),
+            (1_000_000, 0o660, true)
+        );
+        let Endpoint::Msgq(cfg) = Endpoint::parse("msgq://0x1234").unwrap() else {
+            panic!("not msgq")
+        };
+        assert_eq!(cfg.addr, SegmentAddr::Key(0x1234));
+        assert_eq!(cfg.max_message, crate::transport::msgq::DEFAULT_MAX_MESSAGE);
+    }
+
+    #[test]
+    fn bad_endpoints_say_what_was_expected() {
+        assert!(err("msgq://jobs?capacity=8").contains("msgq:// takes max_message"));
+        assert!(err("msgq://jobs?mode=rw").contains("octal"));
+        assert!(err("msgq://jobs?max_message").contains("key=value"));
+        assert!(err("msgq://a/b").contains("characters"));
+        assert!(err("tcp://x").contains("expected shm:// or msgq://"));
+        assert!(err("jobs").contains("msgq://NAME"));
     }
 }

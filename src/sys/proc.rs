@@ -40,6 +40,20 @@ pub(crate) fn current() -> ProcessId {
     ProcessId { pid, start_time }
 }
 
+/// The identity of the live process `pid` now (`None`: no such process, a zombie, or `/proc`
+/// unreadable). For pids learnt from the kernel without a start time (`msg_lspid`): identify once,
+/// then `is_alive` tells the process from a later one that reuses its pid.
+pub(crate) fn identify(pid: u32) -> Option<ProcessId> {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return None;
+    }
+    let stat = read_stat(pid)?;
+    (stat.state != b'Z' && stat.state != b'X').then_some(ProcessId {
+        pid,
+        start_time: stat.start_time,
+    })
+}
+
 /// The effective uid of this process.
 pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -79,6 +93,13 @@ mod tests {
         let me = current();
         assert!(me.start_time > 0);
         assert!(is_alive(me));
+    }
+
+    #[test]
+    fn identify_finds_live_processes_only() {
+        assert_eq!(identify(current().pid), Some(current()));
+        assert_eq!(identify(0), None);
+        assert_eq!(identify(u32::MAX), None);
     }
 
     #[test]

@@ -1,4 +1,6 @@
 //! Transports: each turns an address into a [`Sender`](crate::Sender) / [`Receiver`](crate::Receiver).
 
 #[cfg(not(loom))]
+pub mod msgq;
+#[cfg(not(loom))]
 pub mod shm;
