@@ -1,13 +1,20 @@
 //! Endpoint strings, parsed in one place: `SCHEME://ADDRESS?option=value&...`.
 //!
-//! Supported now: `shm://NAME` and `shm://0xKEY`, with options `capacity` (slots, power of two),
-//! `max_message` (bytes), `mode` (octal permission bits, e.g. `0660`), `allow_other_owner`
-//! (`true`/`false`), `wait` (`spin`, `park` or the default `adaptive`).
+//! Supported now:
+//! - `shm://NAME` and `shm://0xKEY`, with options `capacity` (slots, power of two),
+//!   `max_message` (bytes), `mode` (octal permission bits, e.g. `0660`), `allow_other_owner`
+//!   (`true`/`false`), `wait` (`spin`, `park` or the default `adaptive`).
+//! - `unix:///absolute/path.sock` and `tcp://HOST:PORT` (`tcp://127.0.0.1:8080`,
+//!   `tcp://[::1]:9000`, `tcp://localhost:8080`), with options `max_message` (bytes),
+//!   `listen` (`receiver`, the default, or `sender`: which end binds and accepts) and
+//!   `connect_timeout_ms` (how long the other end retries connecting). See
+//!   [`transport::socket`](crate::transport::socket).
 
 use crate::channel::{Receiver, Sender};
 use crate::error::Error;
 use crate::ring::WaitStrategy;
 use crate::transport::shm::{SegmentAddr, ShmConfig};
+use crate::transport::socket::SocketConfig;
 
 /// A parsed endpoint.
 #[derive(Clone, Debug)]
@@ -15,6 +22,8 @@ use crate::transport::shm::{SegmentAddr, ShmConfig};
 pub enum Endpoint {
     /// A ring in a System V shared-memory segment.
     Shm(ShmConfig),
+    /// A Unix-domain or TCP stream socket.
+    Socket(SocketConfig),
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
@@ -27,13 +36,13 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
     }
 }
 
-fn parse_usize(key: &str, v: &str) -> Result<usize, Error> {
+pub(crate) fn parse_usize(key: &str, v: &str) -> Result<usize, Error> {
     v.parse()
         .map_err(|_| Error::Endpoint(format!("option {key}={v:?}: expected a whole number")))
 }
 
 impl Endpoint {
-    /// Parses `shm://NAME[?options]`.
+    /// Parses `shm://NAME[?options]`, `unix:///PATH[?options]` or `tcp://HOST:PORT[?options]`.
     ///
     /// ```
     /// use shmpipe::endpoint::Endpoint;
@@ -46,7 +55,9 @@ impl Endpoint {
     /// ```
     pub fn parse(s: &str) -> Result<Self, Error> {
         let (scheme, rest) = s.split_once("://").ok_or_else(|| {
-            Error::Endpoint(format!("{s:?} has no scheme; expected shm://NAME or shm://0xKEY"))
+            Error::Endpoint(format!(
+                "{s:?} has no scheme; expected shm://NAME, shm://0xKEY, unix:///PATH or tcp://HOST:PORT"
+            ))
         })?;
         let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
         match scheme {
@@ -87,23 +98,30 @@ impl Endpoint {
                 }
                 Ok(Endpoint::Shm(cfg))
             }
+            "unix" | "tcp" => Ok(Endpoint::Socket(SocketConfig::from_endpoint(
+                scheme, addr, query,
+            )?)),
             other => Err(Error::Endpoint(format!(
-                "unsupported scheme {other:?}; expected shm://"
+                "unsupported scheme {other:?}; expected shm://, unix:// or tcp://"
             ))),
         }
     }
 }
 
-/// Opens the sending end of the channel at `endpoint` (creating it if needed).
+/// Opens the sending end of the channel at `endpoint` (creating a ring if needed; binding or
+/// connecting a socket as its `listen` option says).
 pub fn open_sender(endpoint: &str) -> Result<Box<dyn Sender + Send>, Error> {
     match Endpoint::parse(endpoint)? {
         Endpoint::Shm(cfg) => Ok(Box::new(cfg.open_sender()?)),
+        Endpoint::Socket(cfg) => Ok(Box::new(cfg.open_sender()?)),
     }
 }
 
-/// Opens the receiving end of the channel at `endpoint` (creating it if needed).
+/// Opens the receiving end of the channel at `endpoint` (creating a ring if needed; binding or
+/// connecting a socket as its `listen` option says).
 pub fn open_receiver(endpoint: &str) -> Result<Box<dyn Receiver + Send>, Error> {
     match Endpoint::parse(endpoint)? {
         Endpoint::Shm(cfg) => Ok(Box::new(cfg.open_receiver()?)),
+        Endpoint::Socket(cfg) => Ok(Box::new(cfg.open_receiver()?)),
     }
 }

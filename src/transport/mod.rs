@@ -2,3 +2,5 @@
 
 #[cfg(not(loom))]
 pub mod shm;
+#[cfg(not(loom))]
+pub mod socket;
