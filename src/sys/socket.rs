@@ -139,3 +139,59 @@ pub(crate) fn probe_unix(path: &Path, tag: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    extern "C" fn do_nothing(_: libc::c_int) {}
+
+    #[test]
+    fn poll_keeps_its_absolute_deadline_through_signals() {
+        // SAFETY: installs, for SIGUSR1 (which nothing else in this test process uses), a handler
+        // that does nothing and so is async-signal-safe; `sa` is fully initialised (zeroed, then
+        // an empty mask). Without SA_RESTART, and poll is never restarted anyway: it sees EINTR.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = do_nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+        }
+        let (a, _b) = UnixStream::pair().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = Duration::from_millis(300);
+        let poller = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            tx.send(unsafe { libc::pthread_self() }).unwrap();
+            let start = Instant::now();
+            let r = poll_until(a.as_fd(), POLLIN, Some(start + t)).unwrap();
+            (r, start.elapsed())
+        });
+        let thread = rx.recv().unwrap();
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(20));
+            // SAFETY: the thread is not joined until after the last signal, so its id is valid.
+            unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+        }
+        let (r, took) = poller.join().unwrap();
+        assert_eq!(r, None);
+        assert!(took >= t && took < t + Duration::from_millis(500), "{took:?}");
+    }
+
+    #[test]
+    fn ready_and_past_deadlines() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        // A deadline already past still reports what is ready, and times out at once otherwise.
+        assert_eq!(poll_until(a.as_fd(), POLLIN, Some(Instant::now())).unwrap(), None);
+        std::io::Write::write_all(&mut b, b"x").unwrap();
+        let r = poll_until(a.as_fd(), POLLIN, Some(Instant::now())).unwrap();
+        assert!(r.is_some_and(|ev| ev & POLLIN != 0));
+        // A closed peer: writing gives EPIPE, never SIGPIPE.
+        drop(b);
+        let e = send_nosignal(a.as_fd(), &[IoSlice::new(b"y")]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
+    }
+}

@@ -8,26 +8,28 @@
 //! A stream of frames, nothing else: no handshake, no version, no trailer. Each frame is
 //!
 //! ```text
-//! +--------------------------+---------------------+
-//! | length: u32 little-endian | payload: length bytes |
-//! +--------------------------+---------------------+
+//! +----------------------------+-----------------------+
+//! | length: u32, little-endian | payload: length bytes |
+//! +----------------------------+-----------------------+
 //! ```
 //!
-//! so an empty message is the four bytes `00 00 00 00`. The stream ends with a clean close after
-//! the last frame. In Python (stdlib only), a peer is:
+//! so `b"hi"` is `02 00 00 00 68 69` and an empty message is `00 00 00 00`. The stream ends with
+//! a clean close after the last frame. A peer in Python 3, stdlib only:
 //!
 //! ```text
 //! import socket, struct
-//! s = socket.create_connection(("127.0.0.1", 8080))       # or socket.AF_UNIX + connect(path)
-//! s.sendall(struct.pack("<I", len(msg)) + msg)             # send one message
+//! s = socket.create_connection(("127.0.0.1", 8080))   # or AF_UNIX and s.connect(path)
+//! def send_msg(payload):
+//!     s.sendall(struct.pack("<I", len(payload)) + payload)
 //! def recv_exact(n):
 //!     b = b""
 //!     while len(b) < n:
 //!         c = s.recv(n - len(b))
-//!         if not c: raise EOFError                         # peer closed
+//!         if not c: raise EOFError("stream closed")
 //!         b += c
 //!     return b
-//! msg = recv_exact(struct.unpack("<I", recv_exact(4))[0])  # receive one message
+//! def recv_msg():
+//!     return recv_exact(struct.unpack("<I", recv_exact(4))[0])
 //! ```
 //!
 //! # Who listens
@@ -40,7 +42,9 @@
 //! its peer lazily, so until the peer has connected a listening receiver's `try_recv` says
 //! `Empty` and a listening sender's `try_send` says `Full` (their blocking forms wait for it).
 //! Once it has its peer, the listener stops listening (a Unix listener removes its socket file
-//! first): a second connector is refused, and retries until its `connect_timeout`.
+//! first): a second connector is refused, and retries until its `connect_timeout`. (One attempt
+//! to a foreign Unix listener whose accept queue is full can block past `connect_timeout`; a
+//! shmpipe listener's queue does not fill in normal use.)
 //!
 //! # Semantics
 //!
