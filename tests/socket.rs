@@ -297,6 +297,9 @@ fn child_process_entry() {
     let Ok(role) = std::env::var(ROLE_ENV) else {
         return;
     };
+    // Die with the test process, even if it is killed before its guards can run.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes scalar arguments and only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let endpoint = std::env::var(ENDPOINT_ENV).unwrap();
     let count = env_count();
     let say = |s: &str| {
@@ -311,6 +314,25 @@ fn child_process_entry() {
             for i in 0..count {
                 tx.send(&msg(i)).unwrap();
             }
+        }
+        // The same with try_send only: retried on Full (a frame's remainder may be pending).
+        "try-send" => {
+            let mut tx = shmpipe::open_sender(&endpoint).unwrap();
+            let mut full = 0u64;
+            for i in 0..count {
+                let m = msg(i);
+                loop {
+                    match tx.try_send(&m) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full) => {
+                            full += 1;
+                            std::thread::yield_now();
+                        }
+                        Err(e) => panic!("message {i}: {e}"),
+                    }
+                }
+            }
+            say(&format!("full {full}"));
         }
         // Send `count` small messages, say so, then wait to be killed.
         "send-then-wait" => {
@@ -381,16 +403,20 @@ fn child_process_entry() {
 
 /// A child sends `STREAM` messages; we check every one, then the clean end.
 fn stream_from_child(place: Place, sender_first: bool) {
+    stream_from_child_role(place, sender_first, "send");
+}
+
+fn stream_from_child_role(place: Place, sender_first: bool, role: &str) {
     let endpoint = place.endpoint();
     let (mut child, mut rx);
     if sender_first {
-        child = ChildGuard::spawn("send", &endpoint, STREAM);
+        child = ChildGuard::spawn(role, &endpoint, STREAM);
         // Let it try (and be refused) a few times before we listen.
         std::thread::sleep(Duration::from_millis(300));
         rx = shmpipe::open_receiver(&endpoint).unwrap();
     } else {
         rx = shmpipe::open_receiver(&endpoint).unwrap();
-        child = ChildGuard::spawn("send", &endpoint, STREAM);
+        child = ChildGuard::spawn(role, &endpoint, STREAM);
     }
     let mut m = Vec::new();
     for i in 0..STREAM {
@@ -404,6 +430,11 @@ fn stream_from_child(place: Place, sender_first: bool) {
     );
     assert_eq!(rx.try_recv(&mut m), Err(TryRecvError::Disconnected));
     child.wait_success();
+    if role == "try-send" {
+        let said = child.next_said();
+        eprintln!("try_send child said: {said} (times it saw Full)");
+        assert!(said.starts_with("full "), "{said}");
+    }
 }
 
 #[test]
@@ -424,6 +455,18 @@ fn tcp_100k_messages_receiver_first() {
 #[test]
 fn tcp_100k_messages_sender_first() {
     stream_from_child(Place::tcp(), true);
+}
+
+/// The non-blocking path across processes: the child only ever calls try_send, which leaves
+/// partly written frames pending and reports Full until they can be flushed.
+#[test]
+fn unix_100k_messages_with_try_send() {
+    stream_from_child_role(Place::unix(), false, "try-send");
+}
+
+#[test]
+fn tcp_100k_messages_with_try_send() {
+    stream_from_child_role(Place::tcp(), false, "try-send");
 }
 
 /// With `listen=sender` we listen and send; the child connects, checks everything and the end.
