@@ -80,6 +80,15 @@ impl Staging {
             match fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => return Ok(Staging { dir, sock }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Error::Io {
+                        op: "bind",
+                        source: io::Error::new(
+                            e.kind(),
+                            format!("{}: the directory does not exist", parent.display()),
+                        ),
+                    })
+                }
                 Err(e) => return Err(fs_error("mkdir", &dir, e)),
             }
         }
@@ -306,6 +315,17 @@ mod tests {
         fs::write(&path, b"not a socket").unwrap();
         assert!(matches!(UnixListenerFile::bind(&path), Err(Error::InUse(_))));
         assert_eq!(fs::read(&path).unwrap(), b"not a socket");
+    }
+
+    #[test]
+    fn missing_directory_is_named() {
+        let err = UnixListenerFile::bind(Path::new("/nonexistent-shmpipe-dir/x.sock"))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "bind failed: /nonexistent-shmpipe-dir: the directory does not exist"
+        );
     }
 
     #[test]
