@@ -5,13 +5,19 @@
 //!   (bytes), `mode` (octal permission bits, e.g. `0660`), `allow_other_owner` (`true`/`false`),
 //!   `wait` (`spin`, `park` or the default `adaptive`);
 //! - `msgq://NAME` and `msgq://0xKEY` (a System V message queue), with options `max_message`,
-//!   `mode` and `allow_other_owner`.
+//!   `mode` and `allow_other_owner`;
+//! - `unix:///absolute/path.sock` and `tcp://HOST:PORT` (`tcp://127.0.0.1:8080`,
+//!   `tcp://[::1]:9000`, `tcp://localhost:8080`), with options `max_message` (bytes),
+//!   `listen` (`receiver`, the default, or `sender`: which end binds and accepts) and
+//!   `connect_timeout_ms` (how long the other end retries connecting). See
+//!   [`transport::socket`](crate::transport::socket).
 
 use crate::channel::{Receiver, Sender};
 use crate::error::Error;
 use crate::ring::WaitStrategy;
 use crate::transport::msgq::MsgqConfig;
 use crate::transport::shm::{SegmentAddr, ShmConfig};
+use crate::transport::socket::SocketConfig;
 
 /// A parsed endpoint.
 #[derive(Clone, Debug)]
@@ -21,6 +27,8 @@ pub enum Endpoint {
     Shm(ShmConfig),
     /// A System V message queue.
     Msgq(MsgqConfig),
+    /// A Unix-domain or TCP stream socket.
+    Socket(SocketConfig),
 }
 
 /// The `key=value` pairs of an endpoint's query string.
@@ -46,13 +54,13 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
     }
 }
 
-fn parse_usize(key: &str, v: &str) -> Result<usize, Error> {
+pub(crate) fn parse_usize(key: &str, v: &str) -> Result<usize, Error> {
     v.parse()
         .map_err(|_| Error::Endpoint(format!("option {key}={v:?}: expected a whole number")))
 }
 
 impl Endpoint {
-    /// Parses `shm://NAME[?options]` or `msgq://NAME[?options]`.
+    /// Parses `shm://NAME`, `msgq://NAME`, `unix:///PATH` or `tcp://HOST:PORT`, each `[?options]`.
     ///
     /// ```
     /// use shmpipe::endpoint::Endpoint;
@@ -70,7 +78,7 @@ impl Endpoint {
     pub fn parse(s: &str) -> Result<Self, Error> {
         let (scheme, rest) = s.split_once("://").ok_or_else(|| {
             Error::Endpoint(format!(
-                "{s:?} has no scheme; expected shm://NAME, msgq://NAME, shm://0xKEY or msgq://0xKEY"
+                "{s:?} has no scheme; expected shm://NAME, msgq://NAME, unix:///PATH or tcp://HOST:PORT (or shm://0xKEY, msgq://0xKEY)"
             ))
         })?;
         let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -123,26 +131,33 @@ impl Endpoint {
                 }
                 Ok(Endpoint::Msgq(cfg))
             }
+            "unix" | "tcp" => Ok(Endpoint::Socket(SocketConfig::from_endpoint(
+                scheme, addr, query,
+            )?)),
             other => Err(Error::Endpoint(format!(
-                "unsupported scheme {other:?}; expected shm:// or msgq://"
+                "unsupported scheme {other:?}; expected shm://, msgq://, unix:// or tcp://"
             ))),
         }
     }
 }
 
-/// Opens the sending end of the channel at `endpoint` (creating it if needed).
+/// Opens the sending end of the channel at `endpoint` (creating a ring if needed; binding or
+/// connecting a socket as its `listen` option says).
 pub fn open_sender(endpoint: &str) -> Result<Box<dyn Sender + Send>, Error> {
     match Endpoint::parse(endpoint)? {
         Endpoint::Shm(cfg) => Ok(Box::new(cfg.open_sender()?)),
         Endpoint::Msgq(cfg) => Ok(Box::new(cfg.open_sender()?)),
+        Endpoint::Socket(cfg) => Ok(Box::new(cfg.open_sender()?)),
     }
 }
 
-/// Opens the receiving end of the channel at `endpoint` (creating it if needed).
+/// Opens the receiving end of the channel at `endpoint` (creating a ring if needed; binding or
+/// connecting a socket as its `listen` option says).
 pub fn open_receiver(endpoint: &str) -> Result<Box<dyn Receiver + Send>, Error> {
     match Endpoint::parse(endpoint)? {
         Endpoint::Shm(cfg) => Ok(Box::new(cfg.open_receiver()?)),
         Endpoint::Msgq(cfg) => Ok(Box::new(cfg.open_receiver()?)),
+        Endpoint::Socket(cfg) => Ok(Box::new(cfg.open_receiver()?)),
     }
 }
 
@@ -182,7 +197,8 @@ mod tests {
         assert!(err("msgq://jobs?mode=rw").contains("octal"));
         assert!(err("msgq://jobs?max_message").contains("key=value"));
         assert!(err("msgq://a/b").contains("characters"));
-        assert!(err("tcp://x").contains("expected shm:// or msgq://"));
+        assert!(err("foo://x").contains("expected shm://, msgq://, unix:// or tcp://"));
         assert!(err("jobs").contains("msgq://NAME"));
+        assert!(err("tcp://127.0.0.1").contains("port"));
     }
 }

@@ -8,6 +8,7 @@ pub(crate) mod futex;
 pub(crate) mod msgq;
 pub(crate) mod proc;
 pub(crate) mod shm;
+pub(crate) mod socket;
 
 use std::io;
 

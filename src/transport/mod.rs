@@ -4,3 +4,5 @@
 pub mod msgq;
 #[cfg(not(loom))]
 pub mod shm;
+#[cfg(not(loom))]
+pub mod socket;
