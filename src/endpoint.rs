@@ -199,6 +199,6 @@ mod tests {
         assert!(err("msgq://a/b").contains("characters"));
         assert!(err("foo://x").contains("expected shm://, msgq://, unix:// or tcp://"));
         assert!(err("jobs").contains("msgq://NAME"));
-        assert!(err("tcp://127.0.0.1").contains("port"));
+        assert!(err("tcp://127.0.0.1").contains("HOST:PORT"));
     }
 }
