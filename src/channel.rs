@@ -5,6 +5,7 @@
 //! retry inside a transport can never stretch a timeout.
 
 use crate::error::*;
+use crate::ring::Peer;
 use std::time::{Duration, Instant};
 
 /// The sending end of a channel.
@@ -27,6 +28,19 @@ pub trait Sender {
     fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
         self.send_deadline(msg, Instant::now().checked_add(timeout))
     }
+
+    /// Pushes out anything accepted but not yet handed to the transport (a socket's partly
+    /// written frame), waiting until `deadline`. Transports that never hold such data return
+    /// `Ok` at once. Dropping a sender also flushes, for a bounded time.
+    fn flush_deadline(&mut self, _deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
+        Ok(())
+    }
+
+    /// What this end knows of the receiver, if the transport can tell (shared memory can:
+    /// `Closed` versus `Dead` after `Disconnected`); `None` otherwise.
+    fn peer(&self) -> Option<Peer> {
+        None
+    }
 }
 
 /// The receiving end of a channel. Received bytes replace the contents of `buf`.
@@ -47,6 +61,12 @@ pub trait Receiver {
     fn recv_timeout(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), RecvTimeoutError> {
         self.recv_deadline(buf, Instant::now().checked_add(timeout))
     }
+
+    /// What this end knows of the sender, if the transport can tell: after `Disconnected`,
+    /// `Closed` is a clean end of stream and `Dead` a crashed sender; `None` if unknown.
+    fn peer(&self) -> Option<Peer> {
+        None
+    }
 }
 
 impl<S: Sender + ?Sized> Sender for Box<S> {
@@ -58,6 +78,12 @@ impl<S: Sender + ?Sized> Sender for Box<S> {
     }
     fn max_message_size(&self) -> usize {
         (**self).max_message_size()
+    }
+    fn flush_deadline(&mut self, deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
+        (**self).flush_deadline(deadline)
+    }
+    fn peer(&self) -> Option<Peer> {
+        (**self).peer()
     }
 }
 

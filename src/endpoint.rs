@@ -141,24 +141,36 @@ impl Endpoint {
     }
 }
 
-/// Opens the sending end of the channel at `endpoint` (creating a ring if needed; binding or
-/// connecting a socket as its `listen` option says).
-pub fn open_sender(endpoint: &str) -> Result<Box<dyn Sender + Send>, Error> {
-    match Endpoint::parse(endpoint)? {
-        Endpoint::Shm(cfg) => Ok(Box::new(cfg.open_sender()?)),
-        Endpoint::Msgq(cfg) => Ok(Box::new(cfg.open_sender()?)),
-        Endpoint::Socket(cfg) => Ok(Box::new(cfg.open_sender()?)),
+impl Endpoint {
+    /// Opens (or creates) the channel and takes its sending end.
+    pub fn open_sender(self) -> Result<Box<dyn Sender + Send>, Error> {
+        Ok(match self {
+            Endpoint::Shm(cfg) => Box::new(cfg.open_sender()?),
+            Endpoint::Msgq(cfg) => Box::new(cfg.open_sender()?),
+            Endpoint::Socket(cfg) => Box::new(cfg.open_sender()?),
+        })
+    }
+
+    /// Opens (or creates) the channel and takes its receiving end.
+    pub fn open_receiver(self) -> Result<Box<dyn Receiver + Send>, Error> {
+        Ok(match self {
+            Endpoint::Shm(cfg) => Box::new(cfg.open_receiver()?),
+            Endpoint::Msgq(cfg) => Box::new(cfg.open_receiver()?),
+            Endpoint::Socket(cfg) => Box::new(cfg.open_receiver()?),
+        })
     }
 }
 
-/// Opens the receiving end of the channel at `endpoint` (creating a ring if needed; binding or
-/// connecting a socket as its `listen` option says).
+/// Opens the sending end of the channel at `endpoint` (creating a ring or queue if needed;
+/// binding or connecting a socket as its `listen` option says).
+pub fn open_sender(endpoint: &str) -> Result<Box<dyn Sender + Send>, Error> {
+    Endpoint::parse(endpoint)?.open_sender()
+}
+
+/// Opens the receiving end of the channel at `endpoint` (creating a ring or queue if needed;
+/// binding or connecting a socket as its `listen` option says).
 pub fn open_receiver(endpoint: &str) -> Result<Box<dyn Receiver + Send>, Error> {
-    match Endpoint::parse(endpoint)? {
-        Endpoint::Shm(cfg) => Ok(Box::new(cfg.open_receiver()?)),
-        Endpoint::Msgq(cfg) => Ok(Box::new(cfg.open_receiver()?)),
-        Endpoint::Socket(cfg) => Ok(Box::new(cfg.open_receiver()?)),
-    }
+    Endpoint::parse(endpoint)?.open_receiver()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use shmpipe::endpoint::Endpoint;
-use shmpipe::transport::shm::{ShmConfig, ShmReceiver, ShmSender};
+use shmpipe::transport::shm::ShmConfig;
 use shmpipe::{Peer, Receiver, RecvError, SendError, Sender, TryRecvError, WaitStrategy};
 use std::io::{self, BufRead, BufWriter, Write};
 use std::process::ExitCode;
@@ -25,14 +25,14 @@ struct Cli {
 enum Command {
     /// Send each line of stdin (without its newline) as one message; close cleanly at EOF.
     Send {
-        /// Where to send, e.g. shm://orders or shm://0x1234
+        /// Where to send: shm://NAME, msgq://NAME, unix:///PATH or tcp://HOST:PORT
         endpoint: String,
         #[command(flatten)]
         ring: RingArgs,
     },
     /// Print each message received, followed by a newline; exit at end of stream.
     Recv {
-        /// Where to receive from, e.g. shm://orders
+        /// Where to receive from: shm://NAME, msgq://NAME, unix:///PATH or tcp://HOST:PORT
         endpoint: String,
         /// Exit after this many messages.
         #[arg(long)]
@@ -59,46 +59,70 @@ enum Command {
     },
 }
 
-/// Ring settings for a ring this command creates (an existing ring keeps its own).
+/// Settings for a channel this command creates (an existing ring keeps its own). They override
+/// the same options given in the endpoint's query string.
 #[derive(Args)]
 struct RingArgs {
-    /// Slots in the ring (power of two).
+    /// Slots in the ring (power of two; shm:// only).
     #[arg(long)]
     capacity: Option<usize>,
-    /// Largest message in bytes.
+    /// Largest message in bytes (every transport).
     #[arg(long)]
     max_message: Option<usize>,
-    /// How to wait: adaptive (spin, then park), spin, or park.
+    /// How to wait: adaptive (spin, then park), spin, or park (shm:// only).
     #[arg(long)]
     wait: Option<String>,
 }
 
 impl RingArgs {
-    fn config(&self, endpoint: &str) -> Result<ShmConfig, shmpipe::Error> {
-        let Endpoint::Shm(mut cfg) = Endpoint::parse(endpoint)? else {
-            return Err(shmpipe::Error::Endpoint(format!(
-                "{endpoint}: this command speaks shm:// only"
-            )));
+    /// The endpoint, with these settings applied.
+    fn endpoint(&self, endpoint: &str) -> Result<Endpoint, shmpipe::Error> {
+        let mut ep = Endpoint::parse(endpoint)?;
+        let shm_only = |what: &str| {
+            shmpipe::Error::InvalidConfig(format!("{what} applies to shm:// endpoints only, not {endpoint}"))
         };
-        if let Some(c) = self.capacity {
-            cfg.capacity = c;
-        }
-        if let Some(m) = self.max_message {
-            cfg.max_message = m;
-        }
-        if let Some(w) = &self.wait {
-            cfg.wait = match w.as_str() {
-                "spin" => WaitStrategy::spinning(1 << 16),
-                "park" => WaitStrategy::park_only(),
-                "adaptive" => WaitStrategy::default(),
-                _ => {
-                    return Err(shmpipe::Error::InvalidConfig(format!(
-                        "--wait {w}: expected adaptive, spin or park"
-                    )))
+        match &mut ep {
+            Endpoint::Shm(cfg) => {
+                if let Some(c) = self.capacity {
+                    cfg.capacity = c;
                 }
-            };
+                if let Some(m) = self.max_message {
+                    cfg.max_message = m;
+                }
+                if let Some(w) = &self.wait {
+                    cfg.wait = match w.as_str() {
+                        "spin" => WaitStrategy::spinning(1 << 16),
+                        "park" => WaitStrategy::park_only(),
+                        "adaptive" => WaitStrategy::default(),
+                        _ => {
+                            return Err(shmpipe::Error::InvalidConfig(format!(
+                                "--wait {w}: expected adaptive, spin or park"
+                            )))
+                        }
+                    };
+                }
+                return Ok(ep);
+            }
+            Endpoint::Msgq(cfg) => cfg.max_message = self.max_message.unwrap_or(cfg.max_message),
+            Endpoint::Socket(cfg) => cfg.max_message = self.max_message.unwrap_or(cfg.max_message),
+            _ => {}
         }
-        Ok(cfg)
+        if self.capacity.is_some() {
+            return Err(shm_only("--capacity"));
+        }
+        if self.wait.is_some() {
+            return Err(shm_only("--wait"));
+        }
+        Ok(ep)
+    }
+
+    fn config(&self, endpoint: &str) -> Result<ShmConfig, shmpipe::Error> {
+        match self.endpoint(endpoint)? {
+            Endpoint::Shm(cfg) => Ok(cfg),
+            _ => Err(shmpipe::Error::Endpoint(format!(
+                "{endpoint}: expected shm://NAME"
+            ))),
+        }
     }
 }
 
@@ -110,16 +134,17 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Send { endpoint, ring } => {
-            ring.config(&endpoint).and_then(|c| c.open_sender()).map(run_send)
-        }
+        Command::Send { endpoint, ring } => ring
+            .endpoint(&endpoint)
+            .and_then(Endpoint::open_sender)
+            .map(run_send),
         Command::Recv {
             endpoint,
             count,
             ring,
         } => ring
-            .config(&endpoint)
-            .and_then(|c| c.open_receiver())
+            .endpoint(&endpoint)
+            .and_then(Endpoint::open_receiver)
             .map(|rx| run_recv(rx, count)),
         Command::Demo { messages, size } => return demo::run(messages, size),
         Command::DemoProducer {
@@ -131,7 +156,7 @@ fn main() -> ExitCode {
     result.unwrap_or_else(fail)
 }
 
-fn run_send(mut tx: ShmSender) -> ExitCode {
+fn run_send(mut tx: Box<dyn Sender + Send>) -> ExitCode {
     let stdin = io::stdin();
     let mut input = io::BufReader::with_capacity(1 << 16, stdin.lock());
     let mut line = Vec::new();
@@ -139,7 +164,13 @@ fn run_send(mut tx: ShmSender) -> ExitCode {
     loop {
         line.clear();
         match input.read_until(b'\n', &mut line) {
-            Ok(0) => return ExitCode::SUCCESS, // EOF: dropping `tx` closes the stream cleanly
+            // EOF: push out anything still buffered, then dropping `tx` closes the stream cleanly.
+            Ok(0) => {
+                return match tx.flush_deadline(None) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(format_args!("after {sent} messages: {e}")),
+                }
+            }
             Ok(_) => {}
             Err(e) => return fail(format_args!("reading stdin: {e}")),
         }
@@ -149,8 +180,8 @@ fn run_send(mut tx: ShmSender) -> ExitCode {
         match tx.send(&line) {
             Ok(()) => sent += 1,
             Err(SendError::Disconnected) => {
-                let why = match tx.receiver() {
-                    Peer::Dead => "the receiving process died",
+                let why = match tx.peer() {
+                    Some(Peer::Dead) => "the receiving process died",
                     _ => "the receiver closed the channel",
                 };
                 return fail(format_args!("{why} after {sent} messages"));
@@ -160,7 +191,7 @@ fn run_send(mut tx: ShmSender) -> ExitCode {
     }
 }
 
-fn run_recv(mut rx: ShmReceiver, count: Option<u64>) -> ExitCode {
+fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>) -> ExitCode {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut received: u64 = 0;
@@ -192,7 +223,7 @@ fn run_recv(mut rx: ShmReceiver, count: Option<u64>) -> ExitCode {
     if let Err(e) = out.flush() {
         return fail(format_args!("writing stdout: {e}"));
     }
-    if received < limit && rx.sender() == Peer::Dead {
+    if received < limit && rx.peer() == Some(Peer::Dead) {
         return fail(format_args!(
             "the sending process died after {received} messages (all received)"
         ));

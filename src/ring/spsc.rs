@@ -415,6 +415,10 @@ impl Sender for Producer {
     fn max_message_size(&self) -> usize {
         self.core.geometry.max_message
     }
+
+    fn peer(&self) -> Option<Peer> {
+        Some(self.receiver())
+    }
 }
 
 /// Under loom, a model that failed unwinds through our drops with no execution running, and

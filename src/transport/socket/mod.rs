@@ -739,6 +739,10 @@ impl Sender for SocketSender {
     fn max_message_size(&self) -> usize {
         self.max
     }
+
+    fn flush_deadline(&mut self, deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
+        SocketSender::flush_deadline(self, deadline)
+    }
 }
 
 impl Drop for SocketSender {
