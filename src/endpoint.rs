@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::ring::WaitStrategy;
 use crate::transport::msgq::MsgqConfig;
 use crate::transport::shm::{SegmentAddr, ShmConfig};
-use crate::transport::socket::SocketConfig;
+use crate::transport::socket::{SocketAddress, SocketConfig};
 
 /// A parsed endpoint.
 #[derive(Clone, Debug)]
@@ -29,6 +29,129 @@ pub enum Endpoint {
     Msgq(MsgqConfig),
     /// A Unix-domain or TCP stream socket.
     Socket(SocketConfig),
+    /// `auto://NAME`: shared memory if the system allows it, else a message queue, else a Unix
+    /// socket.
+    Auto(AutoConfig),
+}
+
+/// `auto://NAME[?capacity=..&max_message=..]`: the first transport this system allows, in the
+/// order shared memory (`shm://NAME`), message queue (`msgq://NAME`), Unix socket
+/// (`unix://$XDG_RUNTIME_DIR/shmpipe/NAME.sock`, or `/tmp/shmpipe-UID/NAME.sock` without
+/// `XDG_RUNTIME_DIR`).
+///
+/// A transport is passed over only when it is *unavailable*: its object cannot be created for
+/// want of permission, a kernel limit, or kernel support (a container with a private, empty IPC
+/// namespace, `kernel.shmmni = 0`, seccomp). Any other error (in use, foreign object, corrupted)
+/// is returned, since the next transport would not meet the peer either. Both ends must run
+/// where the same transports are available, or they will not meet.
+#[derive(Clone, Debug)]
+pub struct AutoConfig {
+    /// The channel's name (the rules of `shm://NAME`).
+    pub name: String,
+    /// Slots, for shared memory.
+    pub capacity: Option<usize>,
+    /// Largest message, for every transport.
+    pub max_message: Option<usize>,
+}
+
+impl AutoConfig {
+    /// The candidate endpoints, in order of preference.
+    pub fn candidates(&self) -> Result<Vec<Endpoint>, Error> {
+        let addr = SegmentAddr::parse(&self.name)?;
+        let mut shm = ShmConfig::new(addr.clone());
+        shm.capacity = self.capacity.unwrap_or(shm.capacity);
+        shm.max_message = self.max_message.unwrap_or(shm.max_message);
+        let mut msgq = MsgqConfig::new(addr);
+        msgq.max_message = self.max_message.unwrap_or(msgq.max_message);
+        let mut sock = SocketConfig::unix(socket_dir()?.join(format!("{}.sock", self.name)));
+        sock.max_message = self.max_message.unwrap_or(sock.max_message);
+        Ok(vec![
+            Endpoint::Shm(shm),
+            Endpoint::Msgq(msgq),
+            Endpoint::Socket(sock),
+        ])
+    }
+
+    /// Opens the sending end on the first available transport; also returns which one.
+    pub fn open_sender(&self) -> Result<(Box<dyn Sender + Send>, String), Error> {
+        self.first_available(Endpoint::open_sender)
+    }
+
+    /// Opens the receiving end on the first available transport; also returns which one.
+    pub fn open_receiver(&self) -> Result<(Box<dyn Receiver + Send>, String), Error> {
+        self.first_available(Endpoint::open_receiver)
+    }
+
+    fn first_available<T>(&self, open: impl Fn(Endpoint) -> Result<T, Error>) -> Result<(T, String), Error> {
+        let mut passed_over = Vec::new();
+        for candidate in self.candidates()? {
+            let scheme = candidate.scheme();
+            let shown = match &candidate {
+                Endpoint::Socket(cfg) => cfg.addr.to_string(),
+                _ => format!("{scheme}://{}", self.name),
+            };
+            match open(candidate) {
+                Ok(end) => {
+                    let mut why = shown;
+                    for (s, e) in &passed_over {
+                        why.push_str(&format!("; {s}:// unavailable: {e}"));
+                    }
+                    return Ok((end, why));
+                }
+                Err(e) if is_unavailable(&e) => passed_over.push((scheme, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        let reasons: Vec<String> = passed_over.iter().map(|(s, e)| format!("{s}:// {e}")).collect();
+        Err(Error::InUse(format!(
+            "no transport is available: {}",
+            reasons.join("; ")
+        )))
+    }
+}
+
+/// Whether `e` says the transport cannot be used here at all (as opposed to "not now").
+fn is_unavailable(e: &Error) -> bool {
+    match e {
+        Error::Limit(_) | Error::Permission(_) => true,
+        Error::Io { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSYS | libc::EPERM | libc::EACCES | libc::ENOSPC | libc::ENOMEM)
+        ),
+        _ => false,
+    }
+}
+
+/// The private directory for `auto://` sockets: created 0700 if missing, and refused unless it
+/// is ours and private.
+fn socket_dir() -> Result<std::path::PathBuf, Error> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = crate::sys::proc::euid();
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => std::path::PathBuf::from(d).join("shmpipe"),
+        _ => std::path::PathBuf::from(format!("/tmp/shmpipe-{uid}")),
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(Error::Io {
+                op: "creating the auto:// socket directory",
+                source,
+            })
+        }
+    }
+    let meta = std::fs::symlink_metadata(&dir).map_err(|source| Error::Io {
+        op: "inspecting the auto:// socket directory",
+        source,
+    })?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(Error::Permission(format!(
+            "{} must be a directory owned by uid {uid} with mode 0700",
+            dir.display()
+        )));
+    }
+    Ok(dir)
 }
 
 /// The `key=value` pairs of an endpoint's query string.
@@ -134,20 +257,55 @@ impl Endpoint {
             "unix" | "tcp" => Ok(Endpoint::Socket(SocketConfig::from_endpoint(
                 scheme, addr, query,
             )?)),
+            "auto" => {
+                SegmentAddr::parse(addr)?;
+                let mut cfg = AutoConfig {
+                    name: addr.to_owned(),
+                    capacity: None,
+                    max_message: None,
+                };
+                for kv in options(query) {
+                    let (k, v) = kv?;
+                    match k {
+                        "capacity" => cfg.capacity = Some(parse_usize(k, v)?),
+                        "max_message" => cfg.max_message = Some(parse_usize(k, v)?),
+                        _ => {
+                            return Err(Error::Endpoint(format!(
+                                "unknown option {k:?}; auto:// takes capacity, max_message"
+                            )))
+                        }
+                    }
+                }
+                Ok(Endpoint::Auto(cfg))
+            }
             other => Err(Error::Endpoint(format!(
-                "unsupported scheme {other:?}; expected shm://, msgq://, unix:// or tcp://"
+                "unsupported scheme {other:?}; expected shm://, msgq://, unix://, tcp:// or auto://"
             ))),
         }
     }
 }
 
 impl Endpoint {
+    /// The scheme: `shm`, `msgq`, `unix`, `tcp` or `auto`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Endpoint::Shm(_) => "shm",
+            Endpoint::Msgq(_) => "msgq",
+            Endpoint::Socket(cfg) => match cfg.addr {
+                SocketAddress::Unix(_) => "unix",
+                SocketAddress::Tcp { .. } => "tcp",
+            },
+            Endpoint::Auto(_) => "auto",
+        }
+    }
+
     /// Opens (or creates) the channel and takes its sending end.
     pub fn open_sender(self) -> Result<Box<dyn Sender + Send>, Error> {
         Ok(match self {
             Endpoint::Shm(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Msgq(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_sender()?),
+            Endpoint::Auto(cfg) => cfg.open_sender()?.0,
         })
     }
 
@@ -157,6 +315,7 @@ impl Endpoint {
             Endpoint::Shm(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Msgq(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_receiver()?),
+            Endpoint::Auto(cfg) => cfg.open_receiver()?.0,
         })
     }
 }
@@ -209,7 +368,7 @@ mod tests {
         assert!(err("msgq://jobs?mode=rw").contains("octal"));
         assert!(err("msgq://jobs?max_message").contains("key=value"));
         assert!(err("msgq://a/b").contains("characters"));
-        assert!(err("foo://x").contains("expected shm://, msgq://, unix:// or tcp://"));
+        assert!(err("foo://x").contains("expected shm://, msgq://, unix://, tcp:// or auto://"));
         assert!(err("jobs").contains("msgq://NAME"));
         assert!(err("tcp://127.0.0.1").contains("HOST:PORT"));
     }

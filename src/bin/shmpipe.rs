@@ -105,6 +105,11 @@ impl RingArgs {
             }
             Endpoint::Msgq(cfg) => cfg.max_message = self.max_message.unwrap_or(cfg.max_message),
             Endpoint::Socket(cfg) => cfg.max_message = self.max_message.unwrap_or(cfg.max_message),
+            Endpoint::Auto(cfg) => {
+                cfg.max_message = self.max_message.or(cfg.max_message);
+                cfg.capacity = self.capacity.or(cfg.capacity);
+                return Ok(ep);
+            }
             _ => {}
         }
         if self.capacity.is_some() {
@@ -134,17 +139,14 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Send { endpoint, ring } => ring
-            .endpoint(&endpoint)
-            .and_then(Endpoint::open_sender)
-            .map(run_send),
+        Command::Send { endpoint, ring } => ring.endpoint(&endpoint).and_then(open_sender).map(run_send),
         Command::Recv {
             endpoint,
             count,
             ring,
         } => ring
             .endpoint(&endpoint)
-            .and_then(Endpoint::open_receiver)
+            .and_then(open_receiver)
             .map(|rx| run_recv(rx, count)),
         Command::Demo { messages, size } => return demo::run(messages, size),
         Command::DemoProducer {
@@ -154,6 +156,28 @@ fn main() -> ExitCode {
         } => return demo::produce(&endpoint, messages, size),
     };
     result.unwrap_or_else(fail)
+}
+
+/// Opens the sending end; for `auto://`, says on stderr which transport it chose.
+fn open_sender(ep: Endpoint) -> Result<Box<dyn Sender + Send>, shmpipe::Error> {
+    match ep {
+        Endpoint::Auto(auto) => auto.open_sender().map(|(tx, chosen)| {
+            eprintln!("shmpipe: auto://{}: using {chosen}", auto.name);
+            tx
+        }),
+        ep => ep.open_sender(),
+    }
+}
+
+/// Opens the receiving end; for `auto://`, says on stderr which transport it chose.
+fn open_receiver(ep: Endpoint) -> Result<Box<dyn Receiver + Send>, shmpipe::Error> {
+    match ep {
+        Endpoint::Auto(auto) => auto.open_receiver().map(|(rx, chosen)| {
+            eprintln!("shmpipe: auto://{}: using {chosen}", auto.name);
+            rx
+        }),
+        ep => ep.open_receiver(),
+    }
 }
 
 fn run_send(mut tx: Box<dyn Sender + Send>) -> ExitCode {
