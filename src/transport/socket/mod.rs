@@ -932,7 +932,7 @@ mod tests {
         ));
         assert!(matches!(
             Endpoint::parse("udp://127.0.0.1:80"),
-            Err(Error::Endpoint(m)) if m.contains("unix:// or tcp://")
+            Err(Error::Endpoint(m)) if m.contains("unix://, tcp:// or auto://")
         ));
     }
 }
