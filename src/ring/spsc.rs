@@ -55,6 +55,18 @@ impl SpscShared {
         }
     }
 
+    /// Reads both indices (Acquire: whatever was published before them is visible) and checks
+    /// the ring invariant `0 <= tail - head <= capacity`.
+    pub(crate) fn indices(&self, capacity: usize) -> Result<(u64, u64), Corrupted> {
+        let (head, tail) = (self.head.load(Acquire), self.tail.load(Acquire));
+        if tail.wrapping_sub(head) > capacity as u64 {
+            return Err(Corrupted {
+                reason: format!("indices head={head} tail={tail} are more than a ring apart"),
+            });
+        }
+        Ok((head, tail))
+    }
+
     #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn role(&self, role: Role) -> &RoleRecord {
         match role {
@@ -222,15 +234,7 @@ pub struct Producer {
 impl Producer {
     /// Takes over the sending end of `core`, whose sender role the caller has claimed.
     pub(crate) fn new(core: Arc<RingCore>) -> Result<Self, Corrupted> {
-        let shared = core.shared();
-        // Acquire on both: a previous holder's writes (if any) are visible before we continue.
-        let tail = shared.tail.load(Acquire);
-        let head = shared.head.load(Acquire);
-        if tail.wrapping_sub(head) > core.geometry.capacity as u64 {
-            return Err(Corrupted {
-                reason: format!("indices head={head} tail={tail} are more than a ring apart"),
-            });
-        }
+        let (head, tail) = core.shared().indices(core.geometry.capacity)?;
         Ok(Producer {
             core,
             tail,
@@ -498,16 +502,9 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// Takes over the receiving end of `core`, whose receiver role the caller has claimed.
     pub(crate) fn new(core: Arc<RingCore>) -> Result<Self, Corrupted> {
-        let shared = core.shared();
-        // Acquire: see the messages published before we attached.
-        let head = shared.head.load(Acquire);
-        let tail = shared.tail.load(Acquire);
-        if tail.wrapping_sub(head) > core.geometry.capacity as u64 {
-            return Err(Corrupted {
-                reason: format!("indices head={head} tail={tail} are more than a ring apart"),
-            });
-        }
+        let (head, tail) = core.shared().indices(core.geometry.capacity)?;
         Ok(Consumer {
             core,
             head,

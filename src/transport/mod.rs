@@ -6,3 +6,5 @@ pub mod msgq;
 pub mod shm;
 #[cfg(not(loom))]
 pub mod socket;
+#[cfg(not(loom))]
+mod sysv;

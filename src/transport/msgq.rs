@@ -98,9 +98,10 @@ use crate::error::{
     Corrupted, Error, RecvTimeoutError, SendTimeoutError, TooLarge, TryRecvError, TrySendError,
 };
 use crate::ring::{Role, MAX_MESSAGE_LIMIT};
-use crate::sys::msgq::{self, show, Limits, MsgBuf, MsqId, MsqStat, Received, RecvFail, SendFail};
+use crate::sys::msgq::{self, show, Limits, MsgBuf, MsqId, Received, RecvFail, SendFail};
 use crate::sys::proc::{self, ProcessId};
 use crate::transport::shm::SegmentAddr;
+use crate::transport::sysv::{check_owner, io_err, is_gone, Owner};
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -773,22 +774,6 @@ impl Drop for MsgqReceiver {
     }
 }
 
-fn is_gone(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::EIDRM) | Some(libc::ENOENT)
-    )
-}
-
-fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> Error {
-    move |source| match source.raw_os_error() {
-        Some(libc::EACCES) | Some(libc::EPERM) => Error::Permission(format!(
-            "{op}: {source} (the queue belongs to another user or mode)"
-        )),
-        _ => Error::Io { op, source },
-    }
-}
-
 fn create_error(e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(libc::ENOSPC) => Error::Limit(format!(
@@ -805,26 +790,6 @@ fn describe(addr: &SegmentAddr) -> String {
         SegmentAddr::Name(n) => format!("queue {n:?} (key {:#x})", addr.key()),
         SegmentAddr::Key(k) => format!("queue at key {k:#x}"),
     }
-}
-
-fn check_owner(cfg: &MsgqConfig, what: &str, st: &MsqStat) -> Result<(), Error> {
-    let me = proc::euid();
-    if !cfg.allow_other_owner && (st.uid != me || st.cuid != me) {
-        return Err(Error::Permission(format!(
-            "{what} is owned by uid {} (created by uid {}), we are uid {me}; \
-             set allow_other_owner to accept it",
-            st.uid, st.cuid
-        )));
-    }
-    let extra_write = st.mode & 0o022 & !cfg.mode;
-    if extra_write != 0 {
-        return Err(Error::Permission(format!(
-            "{what} has mode {:#o}, which lets others write beyond the requested {:#o}",
-            st.mode & 0o777,
-            cfg.mode
-        )));
-    }
-    Ok(())
 }
 
 fn alive(pid: u32) -> bool {
@@ -944,7 +909,12 @@ fn examine(cfg: &MsgqConfig, what: &str, key: i32, role: Role, msgmax: usize) ->
         Err(e) if is_gone(&e) => return Ok(Step::Retry),
         Err(e) => return Err(io_err("msgctl(IPC_STAT)")(e)),
     };
-    check_owner(cfg, what, &st)?;
+    let owner = Owner {
+        uid: st.uid,
+        cuid: st.cuid,
+        mode: st.mode,
+    };
+    check_owner(what, &owner, cfg.mode, cfg.allow_other_owner)?;
     let me = proc::current().pid;
     let (lspid, lrpid) = (st.lspid, st.lrpid);
     let receiver = match lrpid {

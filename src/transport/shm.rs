@@ -17,12 +17,13 @@
 //! receiver, as a message queue would. When both ends die, the segment is stale and the next
 //! `open` recycles it.
 
-use crate::error::{Corrupted, Error};
+use crate::error::Error;
 use crate::ring::layout::{self, Header, HeaderCheck, Layout, FLAG_RECYCLED, MAX_NAME_LEN};
 use crate::ring::spsc::{Backing, Consumer, Producer, RingCore, SpscShared};
 use crate::ring::{Geometry, Peer, Role, RoleRecord, Slots, WaitStrategy};
 use crate::sys::proc::{self, ProcessId};
 use crate::sys::shm::{self, Attachment, ShmId, SHM_DEST};
+use crate::transport::sysv::{check_owner, io_err, is_gone, Owner};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
@@ -264,22 +265,6 @@ enum Step {
     Retry,
 }
 
-fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> Error {
-    move |source| match source.raw_os_error() {
-        Some(libc::EACCES) | Some(libc::EPERM) => Error::Permission(format!(
-            "{op}: {source} (the segment belongs to another user or mode)"
-        )),
-        _ => Error::Io { op, source },
-    }
-}
-
-fn is_gone(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::EIDRM) | Some(libc::ENOENT)
-    )
-}
-
 fn open(cfg: &ShmConfig, role: Role) -> Result<Arc<RingCore>, Error> {
     let geometry = Geometry::new(cfg.capacity, cfg.max_message)?;
     if cfg.mode & !0o777 != 0 || cfg.mode & 0o600 != 0o600 {
@@ -382,26 +367,6 @@ fn create_new(cfg: &ShmConfig, id: ShmId, geometry: &Geometry, role: Role) -> Re
     Ok(Step::Done(build_core(backing.att, &layout)))
 }
 
-fn check_owner(cfg: &ShmConfig, key: i32, st: &shm::ShmStat) -> Result<(), Error> {
-    let me = proc::euid();
-    if !cfg.allow_other_owner && (st.uid != me || st.cuid != me) {
-        return Err(Error::Permission(format!(
-            "segment at key {key:#x} is owned by uid {} (created by uid {}), we are uid {me}; \
-             set allow_other_owner to accept it",
-            st.uid, st.cuid
-        )));
-    }
-    let extra_write = st.mode & 0o022 & !cfg.mode;
-    if extra_write != 0 {
-        return Err(Error::Permission(format!(
-            "segment at key {key:#x} has mode {:#o}, which lets others write beyond the requested {:#o}",
-            st.mode & 0o777,
-            cfg.mode
-        )));
-    }
-    Ok(())
-}
-
 fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> Result<Step, Error> {
     let id = match shm::lookup(key) {
         Ok(id) => id,
@@ -413,7 +378,17 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
         Err(e) if is_gone(&e) => return Ok(Step::Retry),
         Err(e) => return Err(io_err("shmctl(IPC_STAT)")(e)),
     };
-    check_owner(cfg, key, &st)?;
+    let owner = Owner {
+        uid: st.uid,
+        cuid: st.cuid,
+        mode: st.mode,
+    };
+    check_owner(
+        &format!("segment at key {key:#x}"),
+        &owner,
+        cfg.mode,
+        cfg.allow_other_owner,
+    )?;
     if st.size < layout::SLOTS_OFFSET {
         return Err(Error::Foreign {
             key,
@@ -478,16 +453,11 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
         Role::Receiver => (&shared.receiver, &shared.sender),
     };
     // Checked before claiming, so a refused open leaves the role free.
-    let (head, tail) = (shared.head.load(Acquire), shared.tail.load(Acquire));
+    let (head, tail) = shared.indices(layout.geometry.capacity).map_err(|mut c| {
+        c.reason = format!("ring {:?}: {}", layout.name, c.reason);
+        Error::Corrupted(c)
+    })?;
     let unread = tail.wrapping_sub(head);
-    if unread > layout.geometry.capacity as u64 {
-        return Err(Error::Corrupted(Corrupted {
-            reason: format!(
-                "indices head={head} tail={tail} of ring {:?} are more than a ring apart",
-                layout.name
-            ),
-        }));
-    }
     match decide(role, mine, theirs, unread) {
         Decision::Claim => {
             mine.claim();
