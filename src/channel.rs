@@ -98,4 +98,7 @@ impl<R: Receiver + ?Sized> Receiver for Box<R> {
     ) -> Result<(), RecvTimeoutError> {
         (**self).recv_deadline(buf, deadline)
     }
+    fn peer(&self) -> Option<Peer> {
+        (**self).peer()
+    }
 }

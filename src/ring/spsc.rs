@@ -712,6 +712,10 @@ impl Receiver for Consumer {
         self.copy_out(len, buf);
         Ok(())
     }
+
+    fn peer(&self) -> Option<Peer> {
+        Some(self.sender())
+    }
 }
 
 impl Drop for Consumer {

@@ -10,6 +10,8 @@ use shmpipe::{Peer, Receiver, RecvError, SendError, Sender, TryRecvError, WaitSt
 use std::io::{self, BufRead, BufWriter, Write};
 use std::process::ExitCode;
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "shmpipe",
@@ -57,6 +59,12 @@ enum Command {
         messages: u64,
         size: usize,
     },
+    /// Measure throughput and latency of every transport across processes, each next to its raw
+    /// syscall baseline (atomics, futex, msgsnd/msgrcv, sockets) from the same run.
+    Bench(bench::BenchArgs),
+    /// (internal) the benchmark's peer process.
+    #[command(hide = true)]
+    BenchPeer(bench::PeerArgs),
 }
 
 /// Settings for a channel this command creates (an existing ring keeps its own). They override
@@ -154,6 +162,8 @@ fn main() -> ExitCode {
             messages,
             size,
         } => return demo::produce(&endpoint, messages, size),
+        Command::Bench(args) => return bench::run(args),
+        Command::BenchPeer(args) => return bench::peer(args),
     };
     result.unwrap_or_else(fail)
 }

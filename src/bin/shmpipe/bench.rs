@@ -1,0 +1,775 @@
+//! `shmpipe bench`: each transport measured across processes, next to its raw syscall baseline,
+//! in the same run.
+//!
+//! Every measurement spawns its peer by re-executing this binary as the hidden `bench-peer`
+//! subcommand (the pattern of `demo`). The peer asks the kernel to kill it if we die
+//! (`PR_SET_PDEATHSIG`), and we kill and reap it on every exit path ([`PeerProc`]).
+//!
+//! Scenarios:
+//! - `throughput`: the peer streams N messages of SIZE bytes, each carrying its sequence number in
+//!   its first 8 bytes; we receive and check every one. The clock starts when the first message
+//!   arrives (so process start-up and connecting are not counted) and stops at the last:
+//!   rate = (N - 1) / elapsed.
+//! - `latency`: 8-byte ping-pong, one channel per direction (our transports are one-way); the
+//!   one-way latency of an iteration is its round trip / 2. Warm-up iterations are not recorded.
+//!
+//! Transports (ours, through `Endpoint::parse(..).open_sender()/open_receiver()` and the
+//! `Sender`/`Receiver` traits): `shm` (`?wait=spin`), `shm-park` (`?wait=park`: every wait
+//! parks on the futex at once, so latency includes a wake-up), `msgq`, `unix`, `tcp`. Raw
+//! baselines (libc/std only, see [`raw`]): `raw-atomic`, `raw-futex` (latency only), `raw-msgq`,
+//! `raw-unix`, `raw-tcp`.
+
+mod cleanup;
+mod ours;
+mod raw;
+
+use clap::{Args, ValueEnum};
+use std::fmt::Write as _;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// What is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Scenario {
+    /// A stream of N messages of SIZE bytes from the peer: msgs/s and bytes/s.
+    Throughput,
+    /// 8-byte ping-pong: one-way latency percentiles.
+    Latency,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 2] = [Scenario::Throughput, Scenario::Latency];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Throughput => "throughput",
+            Scenario::Latency => "latency",
+        }
+    }
+}
+
+/// A transport of ours, or a raw baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Transport {
+    /// shm://NAME?wait=spin
+    Shm,
+    /// shm://NAME?wait=park (wakes through the futex every time)
+    ShmPark,
+    /// Raw: one AtomicU64 in an IPC_PRIVATE segment, both sides spinning (latency only)
+    RawAtomic,
+    /// Raw: FUTEX_WAIT/FUTEX_WAKE on shared futex words (latency only)
+    RawFutex,
+    /// msgq://NAME
+    Msgq,
+    /// Raw: blocking msgsnd/msgrcv on an IPC_PRIVATE queue
+    RawMsgq,
+    /// unix:///PATH
+    Unix,
+    /// Raw: a socketpair, length-prefixed frames with write_all/read_exact
+    RawUnix,
+    /// tcp://127.0.0.1:PORT
+    Tcp,
+    /// Raw: a 127.0.0.1 TCP connection with TCP_NODELAY, frames as raw-unix
+    RawTcp,
+}
+
+impl Transport {
+    /// Every transport, in the order of the report: each of ours next to its baseline.
+    const ALL: [Transport; 10] = [
+        Transport::Shm,
+        Transport::ShmPark,
+        Transport::RawAtomic,
+        Transport::RawFutex,
+        Transport::Msgq,
+        Transport::RawMsgq,
+        Transport::Unix,
+        Transport::RawUnix,
+        Transport::Tcp,
+        Transport::RawTcp,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Shm => "shm",
+            Transport::ShmPark => "shm-park",
+            Transport::RawAtomic => "raw-atomic",
+            Transport::RawFutex => "raw-futex",
+            Transport::Msgq => "msgq",
+            Transport::RawMsgq => "raw-msgq",
+            Transport::Unix => "unix",
+            Transport::RawUnix => "raw-unix",
+            Transport::Tcp => "tcp",
+            Transport::RawTcp => "raw-tcp",
+        }
+    }
+
+    fn is_raw(self) -> bool {
+        self.name().starts_with("raw-")
+    }
+
+    fn supports(self, scenario: Scenario) -> bool {
+        !(scenario == Scenario::Throughput && matches!(self, Transport::RawAtomic | Transport::RawFutex))
+    }
+
+    /// The raw baseline a transport of ours is compared with.
+    fn baseline(self, scenario: Scenario) -> Option<Transport> {
+        Some(match (self, scenario) {
+            (Transport::Shm, Scenario::Latency) => Transport::RawAtomic,
+            (Transport::ShmPark, Scenario::Latency) => Transport::RawFutex,
+            // Nothing raw streams through shared memory: the socket pair is the usual alternative.
+            (Transport::Shm | Transport::ShmPark, Scenario::Throughput) => Transport::RawUnix,
+            (Transport::Msgq, _) => Transport::RawMsgq,
+            (Transport::Unix, _) => Transport::RawUnix,
+            (Transport::Tcp, _) => Transport::RawTcp,
+            _ => return None,
+        })
+    }
+}
+
+/// `shmpipe bench` options.
+#[derive(Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// Small counts (throughput 50000 messages, latency 10000 round trips): a few seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Messages per throughput run, and timed round trips per latency run (a tenth more, at
+    /// most 10000, are run first as warm-up). Default 1000000 and 100000.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    messages: Option<u64>,
+    /// Message sizes for the throughput scenario in bytes, at least 8 (repeatable or
+    /// comma-separated; default 64,1024). Latency always uses 8-byte messages.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(8..=(1 << 20)))]
+    size: Vec<u32>,
+    /// Only these transports and baselines (repeatable or comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    transport: Vec<Transport>,
+    /// Only these scenarios (repeatable or comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenario: Vec<Scenario>,
+    /// Print one JSON object per result line instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Pin this process to the first CPU we may run on and the peer to the second (CPUs 0 and 1
+    /// on an unrestricted machine). With fewer than two CPUs available, a warning and no pinning.
+    #[arg(long)]
+    pin: bool,
+}
+
+/// The hidden `bench-peer` subcommand: the other end of one measurement.
+#[derive(Args, Debug)]
+pub(crate) struct PeerArgs {
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    #[arg(long, value_enum)]
+    transport: Transport,
+    /// Transport-specific addresses: endpoints, SysV ids, a file descriptor or a port.
+    #[arg(long)]
+    addr: Vec<String>,
+    #[arg(long)]
+    size: usize,
+    /// Messages to send (throughput) or to echo (latency, warm-up included).
+    #[arg(long)]
+    messages: u64,
+    /// Our parent's pid: if it is already gone when we start, we leave.
+    #[arg(long)]
+    parent: u32,
+    #[arg(long)]
+    pin_core: Option<usize>,
+}
+
+/// Size of a latency message.
+const PING_SIZE: usize = 8;
+/// How long a peer may take to start and connect, and any single wait may take.
+const STALL: Duration = Duration::from_secs(30);
+/// How long a peer may take to exit after its last message.
+const EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// What one measurement needs from the run.
+pub(crate) struct Ctx {
+    exe: PathBuf,
+    peer_core: Option<usize>,
+    seq: std::cell::Cell<u32>,
+}
+
+impl Ctx {
+    /// A name unique to this run and call: `bench-PID-N`.
+    fn unique(&self) -> String {
+        let n = self.seq.get();
+        self.seq.set(n + 1);
+        format!("bench-{}-{n}", std::process::id())
+    }
+}
+
+/// The peer process of one measurement: killed (if still running) and reaped on drop.
+pub(crate) struct PeerProc {
+    child: Option<Child>,
+    /// Its entry in the interruption clean-up list, left when it is reaped.
+    token: cleanup::Token,
+}
+
+impl PeerProc {
+    /// Spawns `bench-peer`. `inherit_fd` is left open across exec (everything else we open is
+    /// close-on-exec).
+    fn spawn(ctx: &Ctx, job: &Job, addrs: &[String], inherit_fd: Option<RawFd>) -> Result<PeerProc, String> {
+        let mut cmd = Command::new(&ctx.exe);
+        cmd.args(["bench-peer", "--scenario", job.scenario.name()])
+            .args(["--transport", job.transport.name()])
+            .args(["--size", &job.size.to_string()])
+            .args(["--messages", &job.peer_messages().to_string()])
+            .args(["--parent", &std::process::id().to_string()]);
+        for a in addrs {
+            cmd.arg(format!("--addr={a}"));
+        }
+        if let Some(core) = ctx.peer_core {
+            cmd.args(["--pin-core", &core.to_string()]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        if let Some(fd) = inherit_fd {
+            // SAFETY: the closure runs in the forked child before exec and only calls fcntl,
+            // which is async-signal-safe; it allocates nothing and touches no lock.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut reg = cleanup::lock();
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", ctx.exe.display()))?;
+        let token = reg.add(cleanup::Resource::Peer(child.id()));
+        drop(reg);
+        // The leak check in tests/cli_bench.rs reads this to know which processes were ours.
+        eprint!(" (peer pid {})", child.id());
+        Ok(PeerProc {
+            child: Some(child),
+            token,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// `Err` if the peer has exited (it should outlive the measurement).
+    fn check_alive(&mut self) -> Result<(), String> {
+        let mut reg = cleanup::lock();
+        let waited = self.child.as_mut().map(Child::try_wait);
+        if let Some(Ok(Some(_))) = waited {
+            reg.forget(self.token);
+        }
+        match waited {
+            Some(Ok(Some(status))) => Err(format!("the peer process exited early ({status})")),
+            Some(Err(e)) => Err(format!("checking the peer process: {e}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for the peer to exit, successfully, within [`EXIT_WAIT`].
+    fn finish(mut self) -> Result<(), String> {
+        let mut child = self.child.take().expect("finished twice");
+        let deadline = Instant::now() + EXIT_WAIT;
+        loop {
+            let mut reg = cleanup::lock();
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    reg.forget(self.token);
+                    return exit_ok(status);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    drop(reg);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    reg.forget(self.token);
+                    return Err(format!(
+                        "the peer process did not exit within {EXIT_WAIT:?}; killed"
+                    ));
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    reg.forget(self.token);
+                    return Err(format!("waiting for the peer process: {e}"));
+                }
+            }
+        }
+    }
+}
+
+fn exit_ok(status: ExitStatus) -> Result<(), String> {
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the peer process failed ({status})"))
+    }
+}
+
+impl Drop for PeerProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let mut reg = cleanup::lock();
+            let _ = child.kill();
+            let _ = child.wait();
+            reg.forget(self.token);
+        }
+    }
+}
+
+/// One measurement to make.
+pub(crate) struct Job {
+    scenario: Scenario,
+    transport: Transport,
+    /// Message size in bytes.
+    size: usize,
+    /// Messages streamed (throughput) or timed round trips (latency).
+    messages: u64,
+    /// Untimed round trips before the timed ones (latency).
+    warmup: u64,
+}
+
+impl Job {
+    /// What the peer sends: every message (throughput) or every echo (latency, warm-up too).
+    fn peer_messages(&self) -> u64 {
+        match self.scenario {
+            Scenario::Throughput => self.messages,
+            Scenario::Latency => self.warmup + self.messages,
+        }
+    }
+}
+
+/// What one measurement gives.
+enum Measured {
+    /// Messages per second.
+    Rate(f64),
+    /// Round-trip times in nanoseconds, one per timed iteration.
+    RoundTrips(Vec<u64>),
+}
+
+/// One line of the report.
+struct Row {
+    scenario: Scenario,
+    transport: Transport,
+    size: usize,
+    messages: u64,
+    /// One-way p50, p99, p99.9, max in ns.
+    latency: Option<[u64; 4]>,
+    msgs_per_s: Option<f64>,
+}
+
+impl Row {
+    fn bytes_per_s(&self) -> Option<f64> {
+        self.msgs_per_s.map(|r| r * self.size as f64)
+    }
+}
+
+/// One-way p50, p99, p99.9 and max (nearest rank) of round trips `rtt` (ns), halved.
+fn one_way_percentiles(mut rtt: Vec<u64>) -> [u64; 4] {
+    rtt.sort_unstable();
+    let n = rtt.len();
+    let at = |q: f64| {
+        let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+        rtt[rank - 1] / 2
+    };
+    [at(0.50), at(0.99), at(0.999), rtt[n - 1] / 2]
+}
+
+/// Stamps a message with its sequence number (its first 8 bytes).
+fn stamp(buf: &mut [u8], seq: u64) {
+    buf[..8].copy_from_slice(&seq.to_le_bytes());
+}
+
+/// Checks a received message: its length and sequence number.
+fn check(msg: &[u8], size: usize, seq: u64) -> Result<(), String> {
+    if msg.len() != size {
+        return Err(format!("message {seq}: got {} bytes, expected {size}", msg.len()));
+    }
+    let got = u64::from_le_bytes(msg[..8].try_into().expect("8 bytes"));
+    if got != seq {
+        return Err(format!("message {seq}: got message {got} (lost or reordered)"));
+    }
+    Ok(())
+}
+
+/// Times a stream of `n` messages: call `mark(i)` as message `i` arrives.
+struct StreamClock {
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl StreamClock {
+    fn new() -> Self {
+        StreamClock {
+            first: None,
+            last: None,
+        }
+    }
+
+    #[inline]
+    fn mark(&mut self, i: u64, n: u64) {
+        if i == 0 {
+            self.first = Some(Instant::now());
+        }
+        if i + 1 == n {
+            self.last = Some(Instant::now());
+        }
+    }
+
+    /// Messages per second between the first and the last arrival.
+    fn rate(&self, n: u64) -> Result<f64, String> {
+        match (self.first, self.last) {
+            (Some(a), Some(b)) if b > a => Ok((n - 1) as f64 / (b - a).as_secs_f64()),
+            _ => Err("the stream was too short to time".into()),
+        }
+    }
+}
+
+/// CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is a plain bit mask; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, inside the mask.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Pins the calling thread (and threads and processes it starts later) to `cpu`.
+fn pin_to(cpu: usize) -> io::Result<()> {
+    // SAFETY: as in `allowed_cpus`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no such CPU"));
+    }
+    // SAFETY: `cpu` is below CPU_SETSIZE, inside the mask.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `shmpipe bench`.
+pub(crate) fn run(args: BenchArgs) -> ExitCode {
+    let started = Instant::now();
+    if let Err(e) = cleanup::install() {
+        eprintln!("shmpipe: bench: setting up clean-up on interruption: {e}");
+        return ExitCode::FAILURE;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("shmpipe: bench: finding this executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cpus = allowed_cpus();
+    let mut peer_core = None;
+    let mut pinned = "no".to_string();
+    if args.pin {
+        if cpus.len() >= 2 {
+            match pin_to(cpus[0]) {
+                Ok(()) => {
+                    peer_core = Some(cpus[1]);
+                    pinned = format!("bench on CPU {}, peer on CPU {}", cpus[0], cpus[1]);
+                }
+                Err(e) => eprintln!("shmpipe: bench: --pin: sched_setaffinity: {e}; not pinning"),
+            }
+        } else {
+            eprintln!(
+                "shmpipe: bench: --pin needs two CPUs, but this process may run on {}; not pinning",
+                cpus.len()
+            );
+        }
+    }
+    if cpus.len() < 2 {
+        eprintln!(
+            "shmpipe: bench: warning: only {} CPU available: two spinning processes take turns on \
+             it, so shm and raw-atomic latencies measure the scheduler, not the transport",
+            cpus.len()
+        );
+    }
+
+    let (throughput_n, latency_n) = match (args.messages, args.quick) {
+        (Some(n), _) => (n, n),
+        (None, true) => (50_000, 10_000),
+        (None, false) => (1_000_000, 100_000),
+    };
+    let warmup = (latency_n / 10).clamp(1, 10_000);
+    let sizes: Vec<usize> = if args.size.is_empty() {
+        vec![64, 1024]
+    } else {
+        args.size.iter().map(|&s| s as usize).collect()
+    };
+    let mut jobs = Vec::new();
+    for scenario in Scenario::ALL {
+        if !args.scenario.is_empty() && !args.scenario.contains(&scenario) {
+            continue;
+        }
+        let sizes = match scenario {
+            Scenario::Throughput => sizes.clone(),
+            Scenario::Latency => vec![PING_SIZE],
+        };
+        for &size in &sizes {
+            for transport in Transport::ALL {
+                if !transport.supports(scenario)
+                    || (!args.transport.is_empty() && !args.transport.contains(&transport))
+                {
+                    continue;
+                }
+                let (messages, warmup) = match scenario {
+                    Scenario::Throughput => (throughput_n, 0),
+                    Scenario::Latency => (latency_n, warmup),
+                };
+                jobs.push(Job {
+                    scenario,
+                    transport,
+                    size,
+                    messages,
+                    warmup,
+                });
+            }
+        }
+    }
+    if jobs.is_empty() {
+        eprintln!("shmpipe: bench: nothing to run (raw-atomic and raw-futex measure latency only)");
+        return ExitCode::FAILURE;
+    }
+
+    let ctx = Ctx {
+        exe,
+        peer_core,
+        seq: std::cell::Cell::new(0),
+    };
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    for (i, job) in jobs.iter().enumerate() {
+        eprint!(
+            "[{:>2}/{}] {} {} {} B",
+            i + 1,
+            jobs.len(),
+            job.scenario.name(),
+            job.transport.name(),
+            job.size
+        );
+        let t = Instant::now();
+        match measure(&ctx, job) {
+            Ok(m) => {
+                eprintln!(" {:.2} s", t.elapsed().as_secs_f64());
+                let (latency, msgs_per_s) = match m {
+                    Measured::Rate(r) => (None, Some(r)),
+                    Measured::RoundTrips(rtt) => (Some(one_way_percentiles(rtt)), None),
+                };
+                rows.push(Row {
+                    scenario: job.scenario,
+                    transport: job.transport,
+                    size: job.size,
+                    messages: job.messages,
+                    latency,
+                    msgs_per_s,
+                });
+            }
+            Err(e) => {
+                eprintln!(" FAILED: {e}");
+                failed += 1;
+            }
+        }
+    }
+
+    if args.json {
+        for row in &rows {
+            println!("{}", json_line(row));
+        }
+    } else {
+        println!(
+            "shmpipe bench: {} CPUs allowed, pinned: {pinned}; throughput: {throughput_n} messages per \
+             run; latency: {latency_n} timed round trips of {PING_SIZE} B after {warmup} warm-up",
+            cpus.len()
+        );
+        print!("{}", table(&rows));
+    }
+    eprintln!(
+        "shmpipe bench: {} measurements in {:.1} s{}",
+        jobs.len(),
+        started.elapsed().as_secs_f64(),
+        if failed > 0 {
+            format!(", {failed} FAILED")
+        } else {
+            String::new()
+        }
+    );
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
+    if job.transport.is_raw() {
+        raw::measure(ctx, job)
+    } else {
+        ours::measure(ctx, job)
+    }
+}
+
+/// The hidden `bench-peer` subcommand.
+pub(crate) fn peer(args: PeerArgs) -> ExitCode {
+    cleanup::ignore_terminal_signals();
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes only this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    // Our parent may have died before the line above: then nobody would ever kill us.
+    // SAFETY: getppid has no arguments and cannot fail.
+    if unsafe { libc::getppid() } as u32 != args.parent {
+        eprintln!("shmpipe bench-peer: parent {} is gone", args.parent);
+        return ExitCode::FAILURE;
+    }
+    if let Some(cpu) = args.pin_core {
+        if let Err(e) = pin_to(cpu) {
+            eprintln!("shmpipe bench-peer: pinning to CPU {cpu}: {e}");
+        }
+    }
+    let result = if args.transport.is_raw() {
+        raw::peer(&args)
+    } else {
+        ours::peer(&args)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "shmpipe bench-peer ({} {}): {e}",
+                args.scenario.name(),
+                args.transport.name()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn json_line(row: &Row) -> String {
+    fn int(v: Option<u64>) -> String {
+        v.map_or_else(|| "null".into(), |v| v.to_string())
+    }
+    fn float(v: Option<f64>) -> String {
+        v.map_or_else(|| "null".into(), |v| format!("{v:.1}"))
+    }
+    let l = |i: usize| int(row.latency.map(|l| l[i]));
+    format!(
+        "{{\"scenario\":\"{}\",\"transport\":\"{}\",\"size\":{},\"messages\":{},\"p50_ns\":{},\
+         \"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"msgs_per_s\":{},\"bytes_per_s\":{}}}",
+        row.scenario.name(),
+        row.transport.name(),
+        row.size,
+        row.messages,
+        l(0),
+        l(1),
+        l(2),
+        l(3),
+        float(row.msgs_per_s),
+        float(row.bytes_per_s()),
+    )
+}
+
+/// The row's comparison with its baseline, if both were measured.
+fn versus(row: &Row, rows: &[Row]) -> String {
+    let Some(base_t) = row.transport.baseline(row.scenario) else {
+        return "-".into();
+    };
+    let Some(base) = rows
+        .iter()
+        .find(|b| b.transport == base_t && b.scenario == row.scenario && b.size == row.size)
+    else {
+        return "-".into();
+    };
+    match (row.latency, base.latency, row.msgs_per_s, base.msgs_per_s) {
+        (Some(l), Some(b), _, _) => format!(
+            "p50 {:.2}x p99 {:.2}x {}",
+            l[0] as f64 / b[0].max(1) as f64,
+            l[1] as f64 / b[1].max(1) as f64,
+            base_t.name()
+        ),
+        (_, _, Some(r), Some(b)) => format!("{:.2}x {}", r / b, base_t.name()),
+        _ => "-".into(),
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<10} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>9}  vs raw",
+        "scenario",
+        "transport",
+        "size",
+        "messages",
+        "p50 ns",
+        "p99 ns",
+        "p99.9 ns",
+        "max ns",
+        "msgs/s",
+        "MB/s"
+    );
+    let dash = || "-".to_string();
+    for row in rows {
+        let l = |i: usize| row.latency.map_or_else(dash, |l| l[i].to_string());
+        let _ = writeln!(
+            out,
+            "{:<10} {:<10} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>9}  {}",
+            row.scenario.name(),
+            row.transport.name(),
+            row.size,
+            row.messages,
+            l(0),
+            l(1),
+            l(2),
+            l(3),
+            row.msgs_per_s.map_or_else(dash, |r| format!("{r:.0}")),
+            row.bytes_per_s().map_or_else(dash, |b| format!("{:.1}", b / 1e6)),
+            versus(row, rows)
+        );
+    }
+    out.push_str(
+        "latency: one way = round trip / 2, nearest-rank percentiles; MB = 10^6 bytes of payload.\n\
+         vs raw: latency = ours / baseline (1.00x: as fast as the raw floor; higher is slower);\n\
+         throughput = our msgs/s / baseline msgs/s (higher is faster). Spinning rows (shm, \
+         raw-atomic) need two idle CPUs.\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_command_line() {
+        for t in Transport::ALL {
+            assert_eq!(Transport::from_str(t.name(), false), Ok(t));
+        }
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::from_str(s.name(), false), Ok(s));
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_of_half_round_trips() {
+        let rtt: Vec<u64> = (1..=1000).map(|i| i * 2).collect();
+        assert_eq!(one_way_percentiles(rtt), [500, 990, 999, 1000]);
+        assert_eq!(one_way_percentiles(vec![10]), [5, 5, 5, 5]);
+    }
+}

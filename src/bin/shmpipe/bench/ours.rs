@@ -1,0 +1,258 @@
+//! Our transports, driven only through `Endpoint` and the `Sender`/`Receiver` traits.
+//!
+//! Channels: `up` carries the peer's messages to us (the throughput stream and the latency
+//! pongs), `down` our pings to the peer. We open our ends before spawning the peer; for sockets
+//! we listen on both (`down` gets `listen=sender`), so the peer only ever connects.
+
+use super::cleanup::{self, Resource, Token};
+use super::{check, stamp, Ctx, Job, Measured, PeerArgs, PeerProc, Scenario, StreamClock, Transport, STALL};
+use shmpipe::endpoint::Endpoint;
+use shmpipe::transport::shm::key_for_name;
+use shmpipe::{Receiver, Sender, TryRecvError};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::time::Instant;
+
+type Tx = Box<dyn Sender + Send>;
+type Rx = Box<dyn Receiver + Send>;
+
+/// A private directory for Unix socket files, removed with everything in it on drop.
+struct TempDir {
+    path: PathBuf,
+    token: Token,
+}
+
+impl TempDir {
+    fn new(name: &str) -> Result<TempDir, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = std::env::temp_dir().join(format!("shmpipe-{name}"));
+        let mut reg = cleanup::lock();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let token = reg.add(Resource::Dir(path.clone()));
+        Ok(TempDir { path, token })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let mut reg = cleanup::lock();
+        let _ = std::fs::remove_dir_all(&self.path);
+        reg.forget(self.token);
+    }
+}
+
+/// The `up` and `down` endpoints of one measurement, and what must outlive them.
+struct Endpoints {
+    up: String,
+    down: String,
+    _dir: Option<TempDir>,
+    /// The SysV keys of the rings or queues, listed for removal on interruption (the ends remove
+    /// them themselves when dropped, before this is).
+    keys: Vec<Token>,
+}
+
+impl Drop for Endpoints {
+    fn drop(&mut self) {
+        let mut reg = cleanup::lock();
+        for t in self.keys.drain(..) {
+            reg.forget(t);
+        }
+    }
+}
+
+/// Lists the keys of channels `NAME-up` and `NAME-down` (before they exist).
+fn list_keys(name: &str, shm: bool) -> Vec<Token> {
+    let mut reg = cleanup::lock();
+    ["up", "down"]
+        .iter()
+        .map(|dir| {
+            let key = key_for_name(&format!("{name}-{dir}"));
+            reg.add(if shm {
+                Resource::ShmKey(key)
+            } else {
+                Resource::MsgqKey(key)
+            })
+        })
+        .collect()
+}
+
+/// Free TCP ports on 127.0.0.1, found by binding port 0 (all held at once, so they differ) and
+/// released for the transport to bind. Another process could take one in between: unlikely.
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("finding a free port: {e}"))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("finding a free port: {e}"))
+}
+
+fn endpoints(ctx: &Ctx, job: &Job) -> Result<Endpoints, String> {
+    let name = ctx.unique();
+    let size = job.size;
+    let ring = |dir: &str, wait: &str| format!("shm://{name}-{dir}?max_message={size}&wait={wait}");
+    let queue = |dir: &str| format!("msgq://{name}-{dir}?max_message={size}");
+    Ok(match job.transport {
+        Transport::Shm => Endpoints {
+            up: ring("up", "spin"),
+            down: ring("down", "spin"),
+            _dir: None,
+            keys: list_keys(&name, true),
+        },
+        Transport::ShmPark => Endpoints {
+            up: ring("up", "park"),
+            down: ring("down", "park"),
+            _dir: None,
+            keys: list_keys(&name, true),
+        },
+        Transport::Msgq => Endpoints {
+            up: queue("up"),
+            down: queue("down"),
+            _dir: None,
+            keys: list_keys(&name, false),
+        },
+        Transport::Unix => {
+            let dir = TempDir::new(&name)?;
+            let sock = |d: &str| format!("unix://{}/{d}.sock?max_message={size}", dir.path.display());
+            Endpoints {
+                up: sock("up"),
+                down: sock("down") + "&listen=sender",
+                _dir: Some(dir),
+                keys: Vec::new(),
+            }
+        }
+        Transport::Tcp => {
+            let ports = free_ports(2)?;
+            let sock = |p: u16| format!("tcp://127.0.0.1:{p}?max_message={size}");
+            Endpoints {
+                up: sock(ports[0]),
+                down: sock(ports[1]) + "&listen=sender",
+                _dir: None,
+                keys: Vec::new(),
+            }
+        }
+        t => unreachable!("{} is not ours", t.name()),
+    })
+}
+
+fn open_tx(endpoint: &str) -> Result<Tx, String> {
+    Endpoint::parse(endpoint)
+        .and_then(Endpoint::open_sender)
+        .map_err(|e| format!("opening {endpoint}: {e}"))
+}
+
+fn open_rx(endpoint: &str) -> Result<Rx, String> {
+    Endpoint::parse(endpoint)
+        .and_then(Endpoint::open_receiver)
+        .map_err(|e| format!("opening {endpoint}: {e}"))
+}
+
+pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
+    let eps = endpoints(ctx, job)?;
+    match job.scenario {
+        Scenario::Throughput => {
+            let mut rx = open_rx(&eps.up)?;
+            let peer = PeerProc::spawn(ctx, job, std::slice::from_ref(&eps.up), None)?;
+            let rate = receive_stream(&mut rx, job.size, job.messages)?;
+            drop(rx);
+            peer.finish()?;
+            Ok(Measured::Rate(rate))
+        }
+        Scenario::Latency => {
+            let mut tx = open_tx(&eps.down)?;
+            let mut rx = open_rx(&eps.up)?;
+            let peer = PeerProc::spawn(ctx, job, &[eps.down.clone(), eps.up.clone()], None)?;
+            let rtt = ping(&mut tx, &mut rx, job.warmup, job.messages)?;
+            drop((tx, rx));
+            peer.finish()?;
+            Ok(Measured::RoundTrips(rtt))
+        }
+    }
+}
+
+/// Receives and checks `n` messages; returns messages per second.
+fn receive_stream(rx: &mut Rx, size: usize, n: u64) -> Result<f64, String> {
+    let mut buf = Vec::with_capacity(size);
+    let mut clock = StreamClock::new();
+    for i in 0..n {
+        // Take what is there without a clock read; block (with a deadline, in case the peer
+        // never comes) only when the channel is empty.
+        match rx.try_recv(&mut buf) {
+            Ok(()) => {}
+            Err(TryRecvError::Empty) => rx
+                .recv_timeout(&mut buf, STALL)
+                .map_err(|e| format!("receiving message {i}: {e}"))?,
+            Err(e) => return Err(format!("receiving message {i}: {e}")),
+        }
+        clock.mark(i, n);
+        check(&buf, size, i)?;
+    }
+    clock.rate(n)
+}
+
+/// `warmup` then `n` timed round trips; returns the timed round trips in ns.
+fn ping(tx: &mut Tx, rx: &mut Rx, warmup: u64, n: u64) -> Result<Vec<u64>, String> {
+    let mut rtt = Vec::with_capacity(n as usize);
+    let mut buf = Vec::with_capacity(super::PING_SIZE);
+    for i in 0..warmup + n {
+        let msg = i.to_le_bytes();
+        // Warm-up waits have deadlines, in case the peer never comes; once it has answered,
+        // the transports notice its death themselves, and the timed loop waits without one.
+        let warm = i < warmup.max(1);
+        let t0 = Instant::now();
+        if warm {
+            tx.send_timeout(&msg, STALL)
+                .map_err(|e| format!("sending ping {i}: {e}"))?;
+            rx.recv_timeout(&mut buf, STALL)
+                .map_err(|e| format!("receiving pong {i}: {e}"))?;
+        } else {
+            tx.send(&msg).map_err(|e| format!("sending ping {i}: {e}"))?;
+            rx.recv(&mut buf)
+                .map_err(|e| format!("receiving pong {i}: {e}"))?;
+        }
+        let dt = t0.elapsed();
+        check(&buf, super::PING_SIZE, i)?;
+        if i >= warmup {
+            rtt.push(dt.as_nanos() as u64);
+        }
+    }
+    Ok(rtt)
+}
+
+/// The peer's side.
+pub(super) fn peer(args: &PeerArgs) -> Result<(), String> {
+    match args.scenario {
+        Scenario::Throughput => {
+            let [up] = &args.addr[..] else {
+                return Err("expected one --addr".into());
+            };
+            let mut tx = open_tx(up)?;
+            let mut buf = vec![0xa5u8; args.size];
+            for i in 0..args.messages {
+                stamp(&mut buf, i);
+                tx.send(&buf).map_err(|e| format!("sending message {i}: {e}"))?;
+            }
+            tx.flush_deadline(None).map_err(|e| format!("flushing: {e}"))
+        }
+        Scenario::Latency => {
+            let [down, up] = &args.addr[..] else {
+                return Err("expected two --addr".into());
+            };
+            let mut rx = open_rx(down)?;
+            let mut tx = open_tx(up)?;
+            let mut buf = Vec::with_capacity(args.size);
+            for i in 0..args.messages {
+                rx.recv(&mut buf)
+                    .map_err(|e| format!("receiving ping {i}: {e}"))?;
+                tx.send(&buf).map_err(|e| format!("sending pong {i}: {e}"))?;
+            }
+            tx.flush_deadline(None).map_err(|e| format!("flushing: {e}"))
+        }
+    }
+}
