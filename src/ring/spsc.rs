@@ -229,6 +229,8 @@ pub struct Producer {
     wait: WaitStrategy,
     fault: Option<Corrupted>,
     liveness: LivenessTimer,
+    /// `Disconnected` was returned: the receiver is gone for good.
+    disconnected: bool,
 }
 
 impl Producer {
@@ -242,6 +244,7 @@ impl Producer {
             wait: WaitStrategy::default(),
             fault: None,
             liveness: LivenessTimer { next: None },
+            disconnected: false,
         })
     }
 
@@ -301,19 +304,32 @@ impl Producer {
             return Err(too_large(len, max));
         }
         let receiver = &self.core.shared().receiver;
-        if receiver.state() == ROLE_CLOSED {
+        if self.disconnected || receiver.state() == ROLE_CLOSED {
             return Err(TrySendError::Disconnected);
         }
         if self.has_room()? {
             return Ok(());
         }
         if self.liveness.due() && self.core.shared().receiver.peer() == Peer::Dead {
+            self.disconnected = true;
             return Err(TrySendError::Disconnected);
         }
         Err(TrySendError::Full)
     }
 
     fn claim_deadline(&mut self, len: usize, deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
+        let r = self.claim_deadline_inner(len, deadline);
+        if r == Err(SendTimeoutError::Disconnected) {
+            self.disconnected = true;
+        }
+        r
+    }
+
+    fn claim_deadline_inner(
+        &mut self,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError> {
         match self.try_claim(len) {
             Err(TrySendError::Full) => {}
             r => return r.map_err(Into::into),
@@ -499,6 +515,8 @@ pub struct Consumer {
     wait: WaitStrategy,
     fault: Option<Corrupted>,
     liveness: LivenessTimer,
+    /// `Disconnected` was returned: the sender is gone and the ring drained, for good.
+    sender_gone: bool,
 }
 
 impl Consumer {
@@ -512,6 +530,7 @@ impl Consumer {
             wait: WaitStrategy::default(),
             fault: None,
             liveness: LivenessTimer { next: None },
+            sender_gone: false,
         })
     }
 
@@ -594,10 +613,11 @@ impl Consumer {
     /// Empty, or disconnected if the sender is gone: `Ok(true)` means a message arrived meanwhile.
     fn empty_or_gone(&mut self, check_liveness: bool) -> Result<bool, TryRecvError> {
         let sender = &self.core.shared().sender;
-        let gone = match sender.state() {
-            ROLE_CLOSED => true,
-            _ => check_liveness && sender.peer() == Peer::Dead,
-        };
+        let gone = self.sender_gone
+            || match sender.state() {
+                ROLE_CLOSED => true,
+                _ => check_liveness && sender.peer() == Peer::Dead,
+            };
         if !gone {
             return Err(TryRecvError::Empty);
         }
@@ -606,6 +626,7 @@ impl Consumer {
         if self.has_message()? {
             return Ok(true);
         }
+        self.sender_gone = true;
         Err(TryRecvError::Disconnected)
     }
 
