@@ -1,0 +1,212 @@
+//! `shmpipe bench --quick --json` end to end: every transport and every raw baseline reports a
+//! plausible result line, and no SysV segment or message queue is left behind by the bench
+//! process or any of its peers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Small enough for a few seconds in a debug build; large enough for a percentile.
+const MESSAGES: u64 = 300;
+/// Generous bound for the whole run on a busy 2-core machine.
+const LIMIT: Duration = Duration::from_secs(180);
+
+const KEYS: [&str; 10] = [
+    "scenario",
+    "transport",
+    "size",
+    "messages",
+    "p50_ns",
+    "p99_ns",
+    "p999_ns",
+    "max_ns",
+    "msgs_per_s",
+    "bytes_per_s",
+];
+
+/// A SysV object listed in /proc/sysvipc: kind, id, and the pids it records (creator and last
+/// operation for a segment; last sender and last receiver for a queue, which records no creator).
+#[derive(Debug)]
+struct IpcObject {
+    kind: &'static str,
+    id: u64,
+    pids: [u32; 2],
+}
+
+fn sysv_objects() -> Vec<IpcObject> {
+    // Columns: /proc/sysvipc/shm: key shmid perms size cpid lpid ...;
+    //          /proc/sysvipc/msg: key msqid perms cbytes qnum lspid lrpid ...
+    let mut out = Vec::new();
+    for (kind, file, pid_cols) in [
+        ("shm", "/proc/sysvipc/shm", [4, 5]),
+        ("msg", "/proc/sysvipc/msg", [5, 6]),
+    ] {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {file}: {e}"));
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() <= pid_cols[1] {
+                continue;
+            }
+            out.push(IpcObject {
+                kind,
+                id: cols[1].parse().expect("numeric id"),
+                pids: pid_cols.map(|c| cols[c].parse().expect("numeric pid")),
+            });
+        }
+    }
+    out
+}
+
+/// The `"key":value` pairs of one flat JSON object (no nesting, no commas inside values).
+fn parse_line(line: &str) -> BTreeMap<String, String> {
+    let inner = line
+        .strip_prefix('{')
+        .and_then(|l| l.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("not a JSON object: {line}"));
+    inner
+        .split(',')
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once(':')
+                .unwrap_or_else(|| panic!("no key:value in {pair:?} of {line}"));
+            let k = k
+                .strip_prefix('"')
+                .and_then(|k| k.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("unquoted key {k:?} in {line}"));
+            let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+fn number(fields: &BTreeMap<String, String>, key: &str) -> Option<f64> {
+    match fields[key].as_str() {
+        "null" => None,
+        v => Some(
+            v.parse()
+                .unwrap_or_else(|_| panic!("{key}: {v:?} is not a number")),
+        ),
+    }
+}
+
+#[test]
+fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
+    let before: BTreeSet<(&str, u64)> = sysv_objects().iter().map(|o| (o.kind, o.id)).collect();
+
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmpipe"))
+        .args(["bench", "--quick", "--json", "--messages", &MESSAGES.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning shmpipe bench");
+    let bench_pid = child.id();
+    let mut pipes = [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .map(|p| {
+        let mut p = p.expect("piped");
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            p.read_to_string(&mut s).expect("reading the bench's output");
+            s
+        })
+    })
+    .into_iter();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the bench") {
+            break status;
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shmpipe bench --quick did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = pipes.next().unwrap().join().unwrap();
+    let stderr = pipes.next().unwrap().join().unwrap();
+    assert!(status.success(), "bench failed ({status}); stderr:\n{stderr}");
+
+    // Every line is a result with exactly the documented keys.
+    let mut seen = BTreeSet::new();
+    for line in stdout.lines() {
+        let f = parse_line(line);
+        let keys: BTreeSet<&str> = f.keys().map(String::as_str).collect();
+        assert_eq!(keys, KEYS.into_iter().collect(), "keys of {line}");
+        assert_eq!(number(&f, "messages"), Some(MESSAGES as f64), "{line}");
+        let size = number(&f, "size").expect("size");
+        match f["scenario"].as_str() {
+            "throughput" => {
+                let rate = number(&f, "msgs_per_s").unwrap_or(0.0);
+                assert!(rate > 0.0, "no throughput: {line}");
+                assert!(number(&f, "bytes_per_s").unwrap_or(0.0) > 0.0, "{line}");
+                assert_eq!(number(&f, "p50_ns"), None, "{line}");
+            }
+            "latency" => {
+                let p: Vec<f64> = ["p50_ns", "p99_ns", "p999_ns", "max_ns"]
+                    .iter()
+                    .map(|k| number(&f, k).unwrap_or_else(|| panic!("{k} missing: {line}")))
+                    .collect();
+                assert!(p[0] > 0.0, "no latency: {line}");
+                assert!(
+                    p.windows(2).all(|w| w[0] <= w[1]),
+                    "percentiles out of order: {line}"
+                );
+                assert_eq!(number(&f, "msgs_per_s"), None, "{line}");
+                assert_eq!(size, 8.0, "{line}");
+            }
+            other => panic!("unknown scenario {other:?}: {line}"),
+        }
+        assert!(
+            seen.insert((f["scenario"].clone(), f["transport"].clone(), size as u64)),
+            "duplicate: {line}"
+        );
+    }
+    let mut expected = BTreeSet::new();
+    for t in [
+        "shm", "shm-park", "msgq", "raw-msgq", "unix", "raw-unix", "tcp", "raw-tcp",
+    ] {
+        for size in [64, 1024] {
+            expected.insert(("throughput".to_string(), t.to_string(), size));
+        }
+    }
+    for t in [
+        "shm",
+        "shm-park",
+        "raw-atomic",
+        "raw-futex",
+        "msgq",
+        "raw-msgq",
+        "unix",
+        "raw-unix",
+        "tcp",
+        "raw-tcp",
+    ] {
+        expected.insert(("latency".to_string(), t.to_string(), 8));
+    }
+    assert_eq!(seen, expected, "result lines; stdout:\n{stdout}");
+
+    // Nothing new in /proc/sysvipc that the bench or one of its peers created or used.
+    let mut ours: BTreeSet<u32> = stderr
+        .split("peer pid ")
+        .skip(1)
+        .map(|s| {
+            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().expect("a pid after \"peer pid \"")
+        })
+        .collect();
+    assert!(
+        ours.len() >= expected.len(),
+        "one peer per result expected; stderr:\n{stderr}"
+    );
+    ours.insert(bench_pid);
+    let leaked: Vec<IpcObject> = sysv_objects()
+        .into_iter()
+        .filter(|o| !before.contains(&(o.kind, o.id)) && o.pids.iter().any(|p| ours.contains(p)))
+        .collect();
+    assert!(leaked.is_empty(), "left behind: {leaked:?}");
+}
