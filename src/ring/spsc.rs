@@ -409,10 +409,9 @@ impl Producer {
     #[inline]
     fn write(&mut self, msg: &[u8]) {
         self.core.slots.mark_write(self.tail);
-        // SAFETY: the slot at `tail` is ours (claimed: `tail - head < capacity`), its payload is
-        // at least max_message >= msg.len() bytes, and the consumer will not read it before the
-        // publishing store. A hostile process could write it concurrently; that can change
-        // bytes, never where we write.
+        // A hostile process could write the slot concurrently: that changes bytes, never where.
+        // SAFETY: the slot at `tail` is ours (claimed: `tail - head < capacity`), its payload holds
+        // max_message >= msg.len() bytes, and the consumer reads it only after `publish`.
         unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), self.core.slots.payload(self.tail), msg.len()) };
         self.publish(msg.len());
     }

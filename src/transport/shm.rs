@@ -322,10 +322,10 @@ fn build_core(att: Attachment, layout: &Layout) -> Arc<RingCore> {
         "layout validated against the attachment's size"
     );
     let base = att.as_ptr();
-    // SAFETY: the attachment holds at least `layout.size` bytes (validated against IPC_STAT),
-    // so the control block at CONTROL_OFFSET and capacity * stride slot bytes at SLOTS_OFFSET
-    // lie inside it; both offsets are 128-aligned in a page-aligned mapping; stride is a
-    // multiple of 64. The attachment moves into the backing, which the core keeps until last.
+    // The attachment holds at least `layout.size` bytes (checked against IPC_STAT), so the
+    // control block and the capacity * stride slot bytes lie inside it. It moves into the backing.
+    // SAFETY: both offsets are in bounds and 128-aligned in a page-aligned mapping; stride is a
+    // multiple of 64; the backing keeps the mapping alive for as long as the core.
     unsafe {
         let shared = NonNull::new_unchecked(base.add(layout::CONTROL_OFFSET).cast::<SpscShared>());
         let slots = Slots::new(

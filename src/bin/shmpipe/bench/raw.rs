@@ -116,10 +116,9 @@ impl Segment {
 
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
         assert!(offset % 8 == 0 && offset + 8 <= SEGMENT_SIZE);
-        // SAFETY: the attachment is page aligned and SEGMENT_SIZE bytes long (checked at
-        // attach), so `offset` (8-aligned, in bounds) is a valid, aligned AtomicU64 for as long
-        // as `self` is attached; every bit pattern is a valid u64, and both processes only ever
-        // access the word atomically.
+        // Every bit pattern is a valid u64, and both processes only access the word atomically.
+        // SAFETY: the attachment is page aligned and SEGMENT_SIZE bytes long (checked at attach),
+        // so `offset` (8-aligned, in bounds) is a valid AtomicU64 while `self` is attached.
         unsafe { &*self.addr.as_ptr().add(offset).cast::<AtomicU64>() }
     }
 
