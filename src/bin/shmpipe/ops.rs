@@ -235,7 +235,10 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
             );
         }
     }
-    print!("{out}");
+    // Columns are padded; a line does not end in spaces.
+    for line in out.lines() {
+        println!("{}", line.trim_end());
+    }
     ExitCode::SUCCESS
 }
 
@@ -314,7 +317,7 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
         first.max_message
     );
     println!(
-        "{:>8} {:>12} {:>12} {:>8} {:>10} {:>11} {:>8} {:>8} {:>10} {:>10} {:>9} {:<8}",
+        "{:>8} {:>12} {:>12} {:>8} {:>10} {:>11} {:>8} {:>8} {:>10} {:>10} {:>9} status",
         "time_s",
         "in",
         "out",
@@ -326,7 +329,6 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
         "in/s",
         "out/s",
         "recovered",
-        "status"
     );
     let start = Instant::now();
     let mut last: Option<(Instant, inspect::Counters)> = None;
@@ -352,7 +354,7 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
             None => ("-".to_string(), "-".to_string()),
         };
         println!(
-            "{:>8.3} {:>12} {:>12} {:>8} {:>10} {:>11} {:>8} {:>8} {:>10} {:>10} {:>9} {:<8}",
+            "{:>8.3} {:>12} {:>12} {:>8} {:>10} {:>11} {:>8} {:>8} {:>10} {:>10} {:>9} {}",
             (now - start).as_secs_f64(),
             c.messages_in,
             c.messages_out,
