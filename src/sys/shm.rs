@@ -92,7 +92,9 @@ impl Attachment {
     }
 
     /// Attaches `id` read-only (`SHM_RDONLY`), for looking at a segment without being able to
-    /// change it: any store through the mapping faults. Only atomic loads may be made through it.
+    /// change it: any store through the mapping faults. Only `Relaxed`/`Acquire` atomic loads of at
+    /// most pointer size may be made through it (Rust documents those as valid on read-only
+    /// memory); never a read-modify-write.
     pub(crate) fn attach_read_only(id: ShmId, len: usize) -> io::Result<Self> {
         // SAFETY: a null address lets the kernel choose where to map; SHM_RDONLY maps read-only.
         let addr = unsafe { libc::shmat(id.0, std::ptr::null(), libc::SHM_RDONLY) };
