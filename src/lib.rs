@@ -40,6 +40,8 @@ mod channel;
 #[cfg(not(loom))]
 pub mod endpoint;
 pub mod error;
+#[cfg(not(loom))]
+pub mod inspect;
 pub mod ring;
 mod sync;
 #[cfg(not(loom))]

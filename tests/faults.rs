@@ -66,10 +66,10 @@ fn layout_offsets_used_by_these_tests_match_a_live_ring() {
     child.expect("SENT");
     let seg = RawSeg::attach_key(ring.key);
     assert_eq!(seg.len, ring_size(4, 16));
-    assert_eq!(seg.len, 1152 + 4 * 64);
+    assert_eq!(seg.len, 1280 + 4 * 64);
     assert_eq!(seg.stat().shm_perm.mode & 0o777, 0o600, "created 0600");
     assert_eq!(seg.u64(off::MAGIC), MAGIC);
-    assert_eq!(seg.u32(off::VERSION), 1);
+    assert_eq!(seg.u32(off::VERSION), LAYOUT_VERSION);
     assert_eq!(seg.u32(off::KIND), 1);
     assert_eq!(seg.u64(off::CAPACITY), 4);
     assert_eq!(seg.u64(off::MAX_MESSAGE), 16);
@@ -83,6 +83,8 @@ fn layout_offsets_used_by_these_tests_match_a_live_ring() {
     assert_eq!(seg.u32(off::SENDER_STATE), 1);
     assert_eq!(seg.u32(off::SENDER_PID), child.pid as u32);
     assert_eq!(seg.u32(off::RECEIVER_STATE), 0);
+    assert_eq!(seg.u64(off::FULL_WAITS), 0, "nobody waited");
+    assert_eq!(seg.u64(off::WAKES), 0, "nobody was woken");
     let mut expected = Vec::new();
     pattern(1, 16, &mut expected);
     assert_eq!(
@@ -587,10 +589,11 @@ fn a_ring_of_another_layout_version_is_foreign_and_another_kind_is_refused() {
     let ring = Ring::new("version");
     let seg = RawSeg::create(ring.key, ring_size(8, 64), 0o600);
     seg.write_valid_header(&ring.name, 8, 64);
-    seg.set_u32(off::VERSION, 2);
+    // Version 1: the layout before the counters line moved the slots.
+    seg.set_u32(off::VERSION, 1);
     let id = seg.id;
     assert_foreign_and_kept(&ring, id, "version");
-    seg.set_u32(off::VERSION, 1);
+    seg.set_u32(off::VERSION, LAYOUT_VERSION);
     seg.set_u32(off::KIND, 2);
     match ring.cfg(8, 64).open_receiver() {
         Err(Error::InvalidConfig(m)) => assert!(m.contains("kind"), "{m}"),

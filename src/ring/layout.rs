@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! offset 0     Header (256 bytes): magic, layout version, kind, geometry, creator, flags, name
-//! offset 256   control block (SpscShared): producer, consumer, doorbell and role lines, 128 B each
+//! offset 256   control block (SpscShared): producer, consumer, doorbell, lock, role and counter
+//!              lines, 128 B each
 //! SLOTS_OFFSET slots: capacity x stride bytes; each slot = u32 length, 4 bytes pad, payload
 //! ```
 //!
@@ -18,8 +19,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 
 /// "shmpipe\0" read as a little-endian u64; the first field of every ring.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
-/// Bumped on every incompatible change of this layout.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+/// Bumped on every incompatible change of this layout (2: the counters line moved the slots).
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// `Header::kind` of an SPSC ring.
 pub(crate) const KIND_SPSC: u32 = 1;
 /// Longest ring name stored in the header.
@@ -51,6 +52,8 @@ pub(crate) struct Header {
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
 const _: () = assert!(SLOTS_OFFSET % 128 == 0);
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(SLOTS_OFFSET == 1280);
 
 /// What the header says, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]

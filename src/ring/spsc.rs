@@ -10,7 +10,7 @@
 //!   other side's, reloading it only when the ring looks full or empty (as rtrb does), so in
 //!   steady streaming each side touches the other's cache line once per lap, not per message.
 
-use super::wait::{wait_until, Check, Doorbell};
+use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
 use super::{Geometry, Peer, Role, RoleRecord, Slots, WaitStrategy, ROLE_CLOSED};
 use crate::channel::{Receiver, Sender};
 use crate::error::*;
@@ -40,6 +40,8 @@ pub(crate) struct SpscShared {
     pub(crate) lock: CachePadded<AtomicU32>,
     pub(crate) sender: CachePadded<RoleRecord>,
     pub(crate) receiver: CachePadded<RoleRecord>,
+    /// Slow-path statistics (`shmpipe stat`). Last, so adding it moved no other field.
+    pub(crate) counters: CachePadded<WaitCounters>,
 }
 
 impl SpscShared {
@@ -52,6 +54,7 @@ impl SpscShared {
             lock: CachePadded::new(AtomicU32::new(0)),
             sender: CachePadded::new(RoleRecord::new()),
             receiver: CachePadded::new(RoleRecord::new()),
+            counters: CachePadded::new(WaitCounters::new()),
         }
     }
 
@@ -338,6 +341,10 @@ impl Producer {
         let wait = self.wait;
         wait_until(
             &core.shared().not_full,
+            Tally {
+                waits: &core.shared().counters.full_waits,
+                parks: &core.shared().counters.parks,
+            },
             &wait,
             deadline,
             || match self.has_room() {
@@ -366,7 +373,7 @@ impl Producer {
         // PUBLISH (Release): the slot's length and bytes happen before the consumer's Acquire
         // load of `tail` that finds them.
         shared.tail.store(self.tail, PUBLISH);
-        shared.not_empty.ring(1);
+        shared.not_empty.ring(1, &shared.counters.wakes);
     }
 
     #[inline]
@@ -453,7 +460,7 @@ impl Drop for Producer {
         }
         let shared = self.core.shared();
         shared.sender.close();
-        shared.not_empty.ring(u32::MAX);
+        shared.not_empty.ring(u32::MAX, &shared.counters.wakes);
         self.core.backing.on_close(Role::Sender, shared);
     }
 }
@@ -650,6 +657,10 @@ impl Consumer {
         let wait = self.wait;
         let found = wait_until(
             &core.shared().not_empty,
+            Tally {
+                waits: &core.shared().counters.empty_waits,
+                parks: &core.shared().counters.parks,
+            },
             &wait,
             deadline,
             || match self.has_message() {
@@ -682,7 +693,7 @@ impl Consumer {
         self.head = self.head.wrapping_add(1);
         // PUBLISH (Release): our reads of the slot happen before the producer reuses it.
         shared.head.store(self.head, PUBLISH);
-        shared.not_full.ring(1);
+        shared.not_full.ring(1, &shared.counters.wakes);
     }
 
     #[inline]
@@ -745,7 +756,7 @@ impl Drop for Consumer {
         }
         let shared = self.core.shared();
         shared.receiver.close();
-        shared.not_full.ring(u32::MAX);
+        shared.not_full.ring(u32::MAX, &shared.counters.wakes);
         self.core.backing.on_close(Role::Receiver, shared);
     }
 }

@@ -10,7 +10,7 @@
 //! the sleeper's re-check sees the publication, or the ringer sees the waiter and bumps the word
 //! (so a sleep that has not started yet returns at once, and one that has is woken).
 
-use crate::sync::{fence, spin_loop, yield_now, AtomicU32, FutexWord};
+use crate::sync::{fence, spin_loop, yield_now, AtomicU32, AtomicU64, FutexWord};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 
@@ -29,14 +29,17 @@ impl Doorbell {
         }
     }
 
-    /// Called after publishing progress: wakes sleepers if there are any.
+    /// Called after publishing progress: wakes sleepers if there are any, counting the wake in
+    /// `wakes` (the slow path only).
     #[inline]
-    pub(crate) fn ring(&self, n: u32) {
+    pub(crate) fn ring(&self, n: u32, wakes: &AtomicU64) {
         // SeqCst: orders the caller's publishing store before the `waiters` load (StoreLoad);
         // pairs with the fence in `wait_until`. See the module docs.
         fence(SeqCst);
         // Relaxed: the fence above provides the ordering.
         if self.waiters.load(Relaxed) != 0 {
+            // Relaxed: a statistic; nothing is ordered by it.
+            wakes.fetch_add(1, Relaxed);
             self.word.bump_and_wake(n);
         }
     }
@@ -86,6 +89,37 @@ impl WaitStrategy {
     }
 }
 
+/// Slow-path statistics of a ring, on their own line at the end of the control block: how often
+/// each side had to wait and how often futex calls were made. Never touched on the fast path.
+#[repr(C)]
+pub(crate) struct WaitCounters {
+    /// The producer found the ring full and went to wait (spin, yield or park).
+    pub(crate) full_waits: AtomicU64,
+    /// The consumer found the ring empty and went to wait.
+    pub(crate) empty_waits: AtomicU64,
+    /// Futex waits entered (by either side).
+    pub(crate) parks: AtomicU64,
+    /// Futex wakes issued (by either side).
+    pub(crate) wakes: AtomicU64,
+}
+
+impl WaitCounters {
+    pub(crate) fn new() -> Self {
+        WaitCounters {
+            full_waits: AtomicU64::new(0),
+            empty_waits: AtomicU64::new(0),
+            parks: AtomicU64::new(0),
+            wakes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Which counters a wait adds to: the side's wait count and the shared park count.
+pub(crate) struct Tally<'a> {
+    pub(crate) waits: &'a AtomicU64,
+    pub(crate) parks: &'a AtomicU64,
+}
+
 /// The outcome of one look at the condition being waited for.
 pub(crate) enum Check<T, E> {
     /// The wait is over, with this result.
@@ -100,12 +134,15 @@ pub(crate) enum Check<T, E> {
 /// `check` must read the shared state afresh with at least Acquire loads each time.
 pub(crate) fn wait_until<T, E>(
     bell: &Doorbell,
+    tally: Tally<'_>,
     strategy: &WaitStrategy,
     deadline: Option<Instant>,
     mut check: impl FnMut() -> Check<T, E>,
     mut on_slice: impl FnMut() -> Check<T, E>,
     timeout: impl Fn() -> E,
 ) -> Result<T, E> {
+    // Relaxed (here and for `parks`): statistics only; nothing is ordered by them.
+    tally.waits.fetch_add(1, Relaxed);
     for _ in 0..strategy.spins {
         if let Check::Done(r) = check() {
             return r;
@@ -143,6 +180,7 @@ pub(crate) fn wait_until<T, E>(
                 (Some(d), Some(s)) => Some(d.min(s)),
                 (d, s) => d.or(s),
             };
+            tally.parks.fetch_add(1, Relaxed);
             bell.word.wait(seen, until);
         }
         // Release: nothing depends on it but keeps the count from moving before our loads.

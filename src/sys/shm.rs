@@ -91,6 +91,21 @@ impl Attachment {
         Ok(Attachment { addr, len, id })
     }
 
+    /// Attaches `id` read-only (`SHM_RDONLY`), for looking at a segment without being able to
+    /// change it: any store through the mapping faults. Only `Relaxed`/`Acquire` atomic loads of at
+    /// most pointer size may be made through it (Rust documents those as valid on read-only
+    /// memory); never a read-modify-write.
+    pub(crate) fn attach_read_only(id: ShmId, len: usize) -> io::Result<Self> {
+        // SAFETY: a null address lets the kernel choose where to map; SHM_RDONLY maps read-only.
+        let addr = unsafe { libc::shmat(id.0, std::ptr::null(), libc::SHM_RDONLY) };
+        if addr as isize == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        let addr =
+            NonNull::new(addr.cast::<u8>()).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok(Attachment { addr, len, id })
+    }
+
     /// The segment's base address in this process (page aligned).
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.addr.as_ptr()

@@ -7,4 +7,4 @@ pub mod shm;
 #[cfg(not(loom))]
 pub mod socket;
 #[cfg(not(loom))]
-mod sysv;
+pub(crate) mod sysv;

@@ -18,9 +18,10 @@
 //! `open` recycles it.
 
 use crate::error::Error;
+use crate::inspect::RingStatus;
 use crate::ring::layout::{self, Header, HeaderCheck, Layout, FLAG_RECYCLED, MAX_NAME_LEN};
 use crate::ring::spsc::{Backing, Consumer, Producer, RingCore, SpscShared};
-use crate::ring::{Geometry, Peer, Role, RoleRecord, Slots, WaitStrategy};
+use crate::ring::{Geometry, Peer, Role, Slots, WaitStrategy};
 use crate::sys::proc::{self, ProcessId};
 use crate::sys::shm::{self, Attachment, ShmId, SHM_DEST};
 use crate::transport::sysv::{check_owner, io_err, is_gone, Owner};
@@ -172,25 +173,25 @@ impl ShmConfig {
 }
 
 /// An attached ring segment: owns the attachment that the ring's pointers point into.
-struct SegmentBacking {
-    att: Attachment,
+pub(crate) struct SegmentBacking {
+    pub(crate) att: Attachment,
 }
 
 impl SegmentBacking {
-    fn header(&self) -> &Header {
+    pub(crate) fn header(&self) -> &Header {
         // SAFETY: the attachment is at least HEADER_SIZE bytes (checked before construction),
         // page aligned, and Header is all atomics, valid for any bytes.
         unsafe { &*self.att.as_ptr().cast::<Header>() }
     }
 
-    fn shared(&self) -> &SpscShared {
+    pub(crate) fn shared(&self) -> &SpscShared {
         // SAFETY: the attachment covers the control block (size validated against the layout),
         // CONTROL_OFFSET is 128-aligned, and SpscShared is atomics only, valid for any bytes.
         unsafe { &*self.att.as_ptr().add(layout::CONTROL_OFFSET).cast::<SpscShared>() }
     }
 
-    /// Flags the segment so nobody adopts it, then removes its key.
-    fn retire(&self) {
+    /// Flags the segment so nobody adopts it, then removes its key. Needs a read-write attachment.
+    pub(crate) fn retire(&self) {
         // Release: pairs with the Acquire in `attach_existing` under the lock.
         self.header().flags.fetch_or(FLAG_RECYCLED, Release);
         // Already removed (EIDRM/EINVAL) is fine: the goal is that it is gone.
@@ -219,13 +220,13 @@ impl Backing for SegmentBacking {
 
 /// A lock word in the segment holding the pid of the process inside `open`/`close`. A holder
 /// that died (SIGKILL mid-open) is detected by pid and the lock taken over.
-struct OpenLock<'a> {
+pub(crate) struct OpenLock<'a> {
     word: &'a AtomicU32,
     me: u32,
 }
 
 impl<'a> OpenLock<'a> {
-    fn acquire(word: &'a AtomicU32, deadline: Instant) -> Result<Self, Error> {
+    pub(crate) fn acquire(word: &'a AtomicU32, deadline: Instant) -> Result<Self, Error> {
         let me = proc::current().pid;
         loop {
             // Acquire: what the previous holder did under the lock is visible to us.
@@ -458,7 +459,7 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
         Error::Corrupted(c)
     })?;
     let unread = tail.wrapping_sub(head);
-    match decide(role, mine, theirs, unread) {
+    match decide(role, mine.peer(), theirs.peer(), mine.pid.load(Relaxed), unread) {
         Decision::Claim => {
             mine.claim();
             drop(_lock);
@@ -472,6 +473,7 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Decision {
     Claim,
     Recycle,
@@ -491,12 +493,11 @@ fn role_name(role: Role) -> &'static str {
 /// it for a live peer made two openers of a stale ring end up on different rings. An opener
 /// that is attached but has not claimed anything yet finds the `RECYCLED` flag under the lock
 /// and starts over, so both meet again on the fresh ring.
-fn decide(role: Role, mine: &RoleRecord, theirs: &RoleRecord, unread: u64) -> Decision {
-    match (mine.peer(), theirs.peer()) {
+fn decide(role: Role, mine: Peer, theirs: Peer, mine_pid: u32, unread: u64) -> Decision {
+    match (mine, theirs) {
         (Peer::Alive, _) => Decision::Refuse(format!(
-            "its {} is held by live pid {}",
+            "its {} is held by live pid {mine_pid}",
             role_name(role),
-            mine.pid.load(Relaxed)
         )),
         (Peer::NotYet, Peer::Alive) => Decision::Claim,
         // A stream whose sender finished (or died) before any receiver came: drain it.
@@ -515,9 +516,42 @@ fn decide(role: Role, mine: &RoleRecord, theirs: &RoleRecord, unread: u64) -> De
     }
 }
 
+/// What an existing ring is, from its roles and unread count, as `decide` would treat it: `Live`
+/// while a live process holds a role; `Pending` for a finished stream with unread messages that
+/// awaits a receiver (a receiver would claim it, a sender is refused); otherwise `Stale`: exactly
+/// the cases where the next open, by either role, recycles it.
+pub(crate) fn status(sender: Peer, receiver: Peer, unread: u64) -> RingStatus {
+    match (sender, receiver) {
+        (Peer::Alive, _) | (_, Peer::Alive) => RingStatus::Live,
+        (Peer::Closed | Peer::Dead, Peer::NotYet) if unread > 0 => RingStatus::Pending,
+        _ => RingStatus::Stale,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_agrees_with_what_the_next_open_would_do() {
+        let peers = [Peer::NotYet, Peer::Alive, Peer::Closed, Peer::Dead];
+        for s in peers {
+            for r in peers {
+                for unread in [0, 3] {
+                    let by_sender = decide(Role::Sender, s, r, 1, unread);
+                    let by_receiver = decide(Role::Receiver, r, s, 1, unread);
+                    let recycles = by_sender == Decision::Recycle && by_receiver == Decision::Recycle;
+                    let st = status(s, r, unread);
+                    let why = format!("sender {s:?} receiver {r:?} unread {unread}: {st:?}");
+                    assert_eq!(st == RingStatus::Stale, recycles, "{why}");
+                    if st == RingStatus::Pending {
+                        assert_eq!(by_receiver, Decision::Claim, "{why}");
+                        assert!(matches!(by_sender, Decision::Refuse(_)), "{why}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn name_to_key_is_stable_and_nonzero() {

@@ -176,9 +176,17 @@ pub mod off {
     pub const SENDER_PID: usize = SENDER_STATE + 4;
     pub const RECEIVER_STATE: usize = 256 + 6 * 128;
     pub const RECEIVER_PID: usize = RECEIVER_STATE + 4;
-    /// Where the slots start (README: "offset 1152 slots").
-    pub const SLOTS: usize = 1152;
+    /// Slow-path counters line (layout version 2): full waits, empty waits, parks, wakes.
+    pub const FULL_WAITS: usize = 256 + 7 * 128;
+    pub const EMPTY_WAITS: usize = FULL_WAITS + 8;
+    pub const PARKS: usize = FULL_WAITS + 16;
+    pub const WAKES: usize = FULL_WAITS + 24;
+    /// Where the slots start (README: "offset 1280 slots").
+    pub const SLOTS: usize = 1280;
 }
+
+/// The layout version these offsets describe.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// `b"shmpipe\0"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
@@ -279,7 +287,7 @@ impl RawSeg {
 
     /// Writes a header a shmpipe ring of this geometry and name would have.
     pub fn write_valid_header(&self, name: &str, capacity: usize, max_message: usize) {
-        self.set_u32(off::VERSION, 1);
+        self.set_u32(off::VERSION, LAYOUT_VERSION);
         self.set_u32(off::KIND, 1);
         self.set_u64(off::CAPACITY, capacity as u64);
         self.set_u64(off::MAX_MESSAGE, max_message as u64);

@@ -1,4 +1,5 @@
-//! `shmpipe`: send stdin lines through a ring, receive them to stdout, run the demo.
+//! `shmpipe`: send stdin lines through a ring, receive them to stdout, run the demo, list, remove
+//! and watch rings.
 //!
 //! Exit codes: 0 for a clean end; 1 for an error (bad endpoint, oversize line, peer died, ...);
 //! 2 for bad usage (from clap).
@@ -11,6 +12,7 @@ use std::io::{self, BufRead, BufWriter, Write};
 use std::process::ExitCode;
 
 mod bench;
+mod ops;
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +67,13 @@ enum Command {
     /// (internal) the benchmark's peer process.
     #[command(hide = true)]
     BenchPeer(bench::PeerArgs),
+    /// List this user's rings (validated, read-only) and message queues, with their state:
+    /// live, stale (the next open recycles it), pending (unread messages await a receiver).
+    Ls(ops::LsArgs),
+    /// Remove a ring that no live process holds (or, with --force, any), or every stale one.
+    Rm(ops::RmArgs),
+    /// Print a ring's counters every interval: messages in/out, unread, waits, parks, wakes.
+    Stat(ops::StatArgs),
 }
 
 /// Settings for a channel this command creates (an existing ring keeps its own). They override
@@ -164,6 +173,9 @@ fn main() -> ExitCode {
         } => return demo::produce(&endpoint, messages, size),
         Command::Bench(args) => return bench::run(args),
         Command::BenchPeer(args) => return bench::peer(args),
+        Command::Ls(args) => return ops::ls(args),
+        Command::Rm(args) => return ops::rm(args),
+        Command::Stat(args) => return ops::stat(args),
     };
     result.unwrap_or_else(fail)
 }

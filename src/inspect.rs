@@ -1,0 +1,568 @@
+//! Looking at this crate's SysV objects on the machine without trusting them: what `shmpipe ls`,
+//! `rm` and `stat` are built on.
+//!
+//! Segments are found in `/proc/sysvipc/shm`, attached read-only (`SHM_RDONLY`) and only if they
+//! are ours (owned or created by our uid, or we are root), and reported only when the header
+//! validates as a shmpipe ring (magic, layout version, kind, geometry against the real size).
+//! Every value read from a segment is a snapshot another process may be changing: indices are
+//! checked against the ring invariant before they are shown as a count.
+//!
+//! Message queues carry no header, so one of ours cannot be told from a foreign one by its
+//! content; [`queues`] lists them with what the kernel says.
+
+use crate::error::Error;
+use crate::ring::layout::{self, HeaderCheck, Layout, FLAG_RECYCLED};
+use crate::ring::spsc::SpscShared;
+use crate::ring::Peer;
+use crate::sys::proc;
+use crate::sys::shm::{self, Attachment, ShmId, SHM_DEST};
+use crate::sys::{msgq, proc::euid};
+use crate::transport::shm::{status, OpenLock, SegmentAddr, SegmentBacking};
+use crate::transport::sysv::{io_err, is_gone};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::time::{Duration, Instant};
+
+/// What a ring is to an operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingStatus {
+    /// A live process holds a role.
+    Live,
+    /// Nobody alive holds a role and nothing is waiting for a receiver: the next open of either
+    /// role recycles it, and `shmpipe rm --stale` removes it.
+    Stale,
+    /// A finished (closed or dead) sender left unread messages for a receiver still to come.
+    Pending,
+    /// Nobody alive holds a role and the indices break the ring invariant: opens refuse it.
+    Corrupted,
+    /// Flagged for removal; openers will not use it.
+    Removing,
+}
+
+impl RingStatus {
+    /// Lower-case name, as `shmpipe ls` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RingStatus::Live => "live",
+            RingStatus::Stale => "stale",
+            RingStatus::Pending => "pending",
+            RingStatus::Corrupted => "corrupted",
+            RingStatus::Removing => "removing",
+        }
+    }
+}
+
+/// Lower-case name of a role's state: vacant, alive, closed or dead.
+pub fn peer_name(peer: Peer) -> &'static str {
+    match peer {
+        Peer::NotYet => "vacant",
+        Peer::Alive => "alive",
+        Peer::Closed => "closed",
+        Peer::Dead => "dead",
+    }
+}
+
+/// One role (sender or receiver) of a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleInfo {
+    /// Its state, including whether the holder's process is still alive.
+    pub peer: Peer,
+    /// The (last) holder's pid, 0 if none.
+    pub pid: u32,
+}
+
+/// Counters of a ring, read from its control block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages published (the producer index).
+    pub messages_in: u64,
+    /// Messages consumed (the consumer index).
+    pub messages_out: u64,
+    /// Times the producer found the ring full and waited.
+    pub full_waits: u64,
+    /// Times the consumer found the ring empty and waited.
+    pub empty_waits: u64,
+    /// Futex waits entered.
+    pub parks: u64,
+    /// Futex wakes issued.
+    pub wakes: u64,
+}
+
+/// A shmpipe ring found on the machine.
+#[derive(Clone, Debug)]
+pub struct RingInfo {
+    /// The name in its header (a raw-key ring's name is its key in hex).
+    pub name: String,
+    /// SysV key.
+    pub key: i32,
+    /// SysV segment id.
+    pub id: i32,
+    /// Ring kind; `"spsc"`.
+    pub kind: &'static str,
+    /// Slots.
+    pub capacity: usize,
+    /// Largest message in bytes.
+    pub max_message: usize,
+    /// Messages published and not yet consumed; `None` when the indices are corrupted.
+    pub unread: Option<u64>,
+    /// Processes attached (`shm_nattch`), not counting the one inspecting.
+    pub attached: u64,
+    /// Owner uid.
+    pub uid: u32,
+    /// The sending role.
+    pub sender: RoleInfo,
+    /// The receiving role.
+    pub receiver: RoleInfo,
+    /// What it is.
+    pub status: RingStatus,
+    /// Its counters.
+    pub counters: Counters,
+}
+
+/// A segment that is not (or not yet, or not visibly) a shmpipe ring.
+#[derive(Clone, Debug)]
+pub struct OtherSegment {
+    /// SysV key.
+    pub key: i32,
+    /// SysV segment id.
+    pub id: i32,
+    /// Size in bytes.
+    pub size: usize,
+    /// Owner uid.
+    pub uid: u32,
+    /// Processes attached.
+    pub attached: u64,
+    /// Why it is not listed as a ring.
+    pub reason: String,
+}
+
+/// A shared-memory segment in `/proc/sysvipc/shm`.
+#[derive(Clone, Debug)]
+pub enum Segment {
+    /// A ring of ours.
+    Ring(RingInfo),
+    /// Anything else (foreign, someone else's, unreadable, not initialised).
+    Other(OtherSegment),
+}
+
+/// A SysV message queue.
+#[derive(Clone, Debug)]
+pub struct QueueInfo {
+    /// SysV key.
+    pub key: i32,
+    /// SysV queue id.
+    pub id: i32,
+    /// Messages queued.
+    pub qnum: u64,
+    /// Bytes queued.
+    pub cbytes: u64,
+    /// Capacity in bytes (`msg_qbytes`), if `IPC_STAT` was allowed.
+    pub qbytes: Option<u64>,
+    /// Owner uid.
+    pub uid: u32,
+    /// Last sender's pid (0: none yet) and whether it is alive.
+    pub lspid: (u32, bool),
+    /// Last receiver's pid (0: none yet) and whether it is alive.
+    pub lrpid: (u32, bool),
+    /// What can and cannot be said about it.
+    pub note: &'static str,
+}
+
+/// The rows of a `/proc/sysvipc/*` table as column name → value.
+fn proc_table(path: &str) -> Result<Vec<HashMap<String, String>>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        op: "reading /proc/sysvipc",
+        source,
+    })?;
+    let mut lines = text.lines();
+    let names: Vec<String> = lines
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    Ok(lines
+        .map(|l| {
+            names
+                .iter()
+                .cloned()
+                .zip(l.split_whitespace().map(str::to_string))
+                .collect()
+        })
+        .collect())
+}
+
+fn field<T: std::str::FromStr>(row: &HashMap<String, String>, name: &str) -> Option<T> {
+    row.get(name)?.parse().ok()
+}
+
+/// Whether we may look at (and remove) an object owned by `uid`, created by `cuid`.
+fn ours(uid: u32, cuid: u32) -> bool {
+    let me = euid();
+    me == 0 || uid == me || cuid == me
+}
+
+/// Every shared-memory segment with a key (`IPC_PRIVATE` and removed ones are skipped): our rings
+/// as [`Segment::Ring`], anything else as [`Segment::Other`].
+pub fn segments() -> Result<Vec<Segment>, Error> {
+    let mut out = Vec::new();
+    for row in proc_table("/proc/sysvipc/shm")? {
+        let (Some(key), Some(id)) = (field::<i64>(&row, "key"), field::<i32>(&row, "shmid")) else {
+            continue;
+        };
+        let key = key as i32;
+        if key == 0 {
+            continue;
+        }
+        let other = |reason: String| {
+            Segment::Other(OtherSegment {
+                key,
+                id,
+                size: field(&row, "size").unwrap_or(0),
+                uid: field(&row, "uid").unwrap_or(u32::MAX),
+                attached: field(&row, "nattch").unwrap_or(0),
+                reason,
+            })
+        };
+        let (uid, cuid) = (
+            field(&row, "uid").unwrap_or(u32::MAX),
+            field(&row, "cuid").unwrap_or(u32::MAX),
+        );
+        if !ours(uid, cuid) {
+            out.push(other(format!("owned by uid {uid}, not ours")));
+            continue;
+        }
+        match RingView::attach(key, ShmId(id), None) {
+            Ok(view) => out.push(Segment::Ring(view.info())),
+            // Removed between the listing and now: not there any more.
+            Err(Error::Io { source, .. }) if is_gone(&source) => {}
+            Err(e) => out.push(other(e.to_string())),
+        }
+    }
+    Ok(out)
+}
+
+/// Our rings only (see [`segments`]).
+pub fn rings() -> Result<Vec<RingInfo>, Error> {
+    Ok(segments()?
+        .into_iter()
+        .filter_map(|s| match s {
+            Segment::Ring(r) => Some(r),
+            Segment::Other(_) => None,
+        })
+        .collect())
+}
+
+/// Message queues: those owned (or created) by our uid, or every one with `all`.
+pub fn queues(all: bool) -> Result<Vec<QueueInfo>, Error> {
+    let alive = |pid: u32| proc::identify(pid).is_some();
+    let mut out = Vec::new();
+    for row in proc_table("/proc/sysvipc/msg")? {
+        let (Some(key), Some(id)) = (field::<i64>(&row, "key"), field::<i32>(&row, "msqid")) else {
+            continue;
+        };
+        let (uid, cuid) = (
+            field(&row, "uid").unwrap_or(u32::MAX),
+            field(&row, "cuid").unwrap_or(u32::MAX),
+        );
+        if !all && !ours(uid, cuid) {
+            continue;
+        }
+        let (lspid, lrpid) = (
+            field(&row, "lspid").unwrap_or(0),
+            field(&row, "lrpid").unwrap_or(0),
+        );
+        out.push(QueueInfo {
+            key: key as i32,
+            id,
+            qnum: field(&row, "qnum").unwrap_or(0),
+            cbytes: field(&row, "cbytes").unwrap_or(0),
+            qbytes: msgq::stat(msgq::MsqId(id)).ok().map(|s| s.qbytes),
+            uid,
+            lspid: (lspid, alive(lspid)),
+            lrpid: (lrpid, alive(lrpid)),
+            note: "a queue has no header: not verified as shmpipe's",
+        });
+    }
+    Ok(out)
+}
+
+/// A ring attached read-only, to read its state as often as wanted (`shmpipe stat`).
+pub struct RingView {
+    backing: SegmentBacking,
+    layout: Layout,
+    key: i32,
+}
+
+impl std::fmt::Debug for RingView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingView")
+            .field("name", &self.layout.name)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl RingView {
+    /// Attaches the ring at `addr` read-only. Refuses a segment of another uid (unless we are
+    /// root) and anything whose header does not validate as a ring of that name.
+    pub fn open(addr: &SegmentAddr) -> Result<RingView, Error> {
+        let key = addr.key();
+        let id = shm::lookup(key).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => Error::Endpoint(format!("no ring at key {key:#x}")),
+            _ => io_err("shmget")(e),
+        })?;
+        let expect = match addr {
+            SegmentAddr::Name(n) => Some(n.as_str()),
+            SegmentAddr::Key(_) => None,
+        };
+        let st = shm::stat(id).map_err(io_err("shmctl(IPC_STAT)"))?;
+        if !ours(st.uid, st.cuid) {
+            return Err(Error::Permission(format!(
+                "segment at key {key:#x} is owned by uid {}, we are uid {}",
+                st.uid,
+                euid()
+            )));
+        }
+        Self::attach(key, id, expect)
+    }
+
+    /// Attaches `id` (found at `key`) read-only and validates it; `expect` is the name it must
+    /// carry, if any. The caller checked ownership.
+    fn attach(key: i32, id: ShmId, expect: Option<&str>) -> Result<RingView, Error> {
+        let st = shm::stat(id).map_err(io_err("shmctl(IPC_STAT)"))?;
+        if st.size < layout::SLOTS_OFFSET {
+            return Err(Error::Foreign {
+                key,
+                reason: format!("segment of {} bytes is too small for a ring", st.size),
+            });
+        }
+        let att = Attachment::attach_read_only(id, st.size).map_err(io_err("shmat"))?;
+        let backing = SegmentBacking { att };
+        let layout = match backing.header().validate(key, expect, st.size) {
+            Ok(layout) => layout,
+            Err(HeaderCheck::Reject(e)) => return Err(e),
+            Err(HeaderCheck::NotReady) => {
+                return Err(Error::InUse(format!(
+                    "segment at key {key:#x} has no header yet (being created, or its creator pid {} died \
+                     first)",
+                    st.cpid
+                )))
+            }
+        };
+        Ok(RingView { backing, layout, key })
+    }
+
+    /// The ring's name.
+    pub fn name(&self) -> &str {
+        &self.layout.name
+    }
+
+    /// The counters now.
+    pub fn counters(&self) -> Counters {
+        counters(self.backing.shared())
+    }
+
+    /// Everything about the ring now (a few syscalls: liveness of the role holders, `IPC_STAT`).
+    pub fn info(&self) -> RingInfo {
+        let id = self.backing.att.id();
+        let st = shm::stat(id).ok();
+        let removed = st.map_or(true, |s| s.mode & SHM_DEST != 0);
+        ring_info(
+            &self.backing,
+            &self.layout,
+            self.key,
+            removed,
+            st.map_or((0, 0), |s| (s.nattch, s.uid)),
+        )
+    }
+}
+
+fn counters(shared: &SpscShared) -> Counters {
+    let c = &shared.counters;
+    // Relaxed: a snapshot for display; nothing is read on the strength of these values.
+    Counters {
+        messages_in: shared.tail.load(Relaxed),
+        messages_out: shared.head.load(Relaxed),
+        full_waits: c.full_waits.load(Relaxed),
+        empty_waits: c.empty_waits.load(Relaxed),
+        parks: c.parks.load(Relaxed),
+        wakes: c.wakes.load(Relaxed),
+    }
+}
+
+fn role(record: &crate::ring::RoleRecord) -> RoleInfo {
+    RoleInfo {
+        peer: record.peer(),
+        // Relaxed: `peer()` loaded the state with Acquire, which orders this load after it.
+        pid: record.pid.load(Relaxed),
+    }
+}
+
+/// Reads a validated ring's state; `nattch_uid` from an `IPC_STAT` made while we are attached.
+fn ring_info(
+    backing: &SegmentBacking,
+    layout: &Layout,
+    key: i32,
+    removed: bool,
+    nattch_uid: (u64, u32),
+) -> RingInfo {
+    let shared = backing.shared();
+    let unread = shared
+        .indices(layout.geometry.capacity)
+        .ok()
+        .map(|(head, tail)| tail.wrapping_sub(head));
+    let (sender, receiver) = (role(&shared.sender), role(&shared.receiver));
+    // Acquire: pairs with `retire`'s Release, as the opener's check does.
+    let recycled = backing.header().flags.load(Acquire) & FLAG_RECYCLED != 0;
+    let st = if recycled || removed {
+        RingStatus::Removing
+    } else {
+        match unread {
+            Some(n) => status(sender.peer, receiver.peer, n),
+            None if sender.peer == Peer::Alive || receiver.peer == Peer::Alive => RingStatus::Live,
+            None => RingStatus::Corrupted,
+        }
+    };
+    RingInfo {
+        name: layout.name.clone(),
+        key,
+        id: backing.att.id().0,
+        kind: "spsc",
+        capacity: layout.geometry.capacity,
+        max_message: layout.geometry.max_message,
+        unread,
+        attached: nattch_uid.0.saturating_sub(1),
+        uid: nattch_uid.1,
+        sender,
+        receiver,
+        status: st,
+        counters: counters(shared),
+    }
+}
+
+/// Which rings [`remove`] may remove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Any ring no live process holds a role of (stale, pending or corrupted).
+    Unheld,
+    /// Only a stale ring.
+    StaleOnly,
+    /// Whatever its state, even while a live process holds a role.
+    Force,
+}
+
+/// Removes the ring at `addr` the way its last user would: under its open lock, flags it
+/// `RECYCLED` (so an opener that already found it starts over) and `IPC_RMID`s it. The state is
+/// judged under the lock; a ring `rule` does not allow is left alone with `InUse`. Returns the
+/// ring as it was just before removal.
+pub fn remove(addr: &SegmentAddr, rule: Removal) -> Result<RingInfo, Error> {
+    let key = addr.key();
+    let id = shm::lookup(key).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => Error::Endpoint(format!("no ring at key {key:#x}")),
+        _ => io_err("shmget")(e),
+    })?;
+    let expect = match addr {
+        SegmentAddr::Name(n) => Some(n.as_str()),
+        SegmentAddr::Key(_) => None,
+    };
+    remove_id(key, id, expect, rule)
+}
+
+fn remove_id(key: i32, id: ShmId, expect: Option<&str>, rule: Removal) -> Result<RingInfo, Error> {
+    let st = shm::stat(id).map_err(io_err("shmctl(IPC_STAT)"))?;
+    if !ours(st.uid, st.cuid) {
+        return Err(Error::Permission(format!(
+            "segment at key {key:#x} is owned by uid {}, we are uid {}",
+            st.uid,
+            euid()
+        )));
+    }
+    if st.size < layout::SLOTS_OFFSET {
+        return Err(Error::Foreign {
+            key,
+            reason: format!("segment of {} bytes is too small for a ring", st.size),
+        });
+    }
+    let att = Attachment::attach(id, st.size).map_err(io_err("shmat"))?;
+    let backing = SegmentBacking { att };
+    let layout = match backing.header().validate(key, expect, st.size) {
+        Ok(l) => l,
+        Err(HeaderCheck::Reject(e)) => return Err(e),
+        Err(HeaderCheck::NotReady) => {
+            return Err(Error::InUse(format!(
+                "segment at key {key:#x} has no header yet; not removed"
+            )))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let lock = match OpenLock::acquire(&backing.shared().lock, deadline) {
+        Ok(l) => Some(l),
+        Err(_) if rule == Removal::Force => None,
+        Err(e) => return Err(e),
+    };
+    let st = shm::stat(id).map_err(io_err("shmctl(IPC_STAT)"))?;
+    let info = ring_info(
+        &backing,
+        &layout,
+        key,
+        st.mode & SHM_DEST != 0,
+        (st.nattch, st.uid),
+    );
+    let allowed = match rule {
+        Removal::Force => true,
+        Removal::StaleOnly => info.status == RingStatus::Stale,
+        Removal::Unheld => info.status != RingStatus::Live,
+    };
+    if !allowed {
+        let holders: Vec<String> = [("sender", info.sender), ("receiver", info.receiver)]
+            .iter()
+            .filter(|(_, r)| r.peer == Peer::Alive)
+            .map(|(what, r)| format!("{what} pid {}", r.pid))
+            .collect();
+        let why = if holders.is_empty() {
+            format!("it is {}", info.status.as_str())
+        } else {
+            format!("held by live {}", holders.join(" and "))
+        };
+        return Err(Error::InUse(format!("ring {:?} not removed: {why}", info.name)));
+    }
+    backing.retire();
+    drop(lock);
+    Ok(info)
+}
+
+/// What [`remove_stale`] did.
+#[derive(Debug, Default)]
+pub struct StaleRemoval {
+    /// The rings removed, as they were just before.
+    pub removed: Vec<RingInfo>,
+    /// Stale rings that could not be removed, and why.
+    pub failed: Vec<(RingInfo, Error)>,
+}
+
+/// Removes every stale ring of ours (whose name starts with `prefix`, if given), each judged
+/// again under its lock: one that became live or pending meanwhile is left alone (and not
+/// reported as failed).
+pub fn remove_stale(prefix: Option<&str>) -> Result<StaleRemoval, Error> {
+    let (mut removed, mut failed) = (Vec::new(), Vec::new());
+    for ring in rings()? {
+        if ring.status != RingStatus::Stale || prefix.is_some_and(|p| !ring.name.starts_with(p)) {
+            continue;
+        }
+        match remove_id(ring.key, ShmId(ring.id), Some(&ring.name), Removal::StaleOnly) {
+            Ok(info) => removed.push(info),
+            // Removed by someone else meanwhile: nothing left to do.
+            Err(Error::Io { source, .. }) if is_gone(&source) => {}
+            // No longer stale (an opener took it over): not ours to remove.
+            Err(Error::InUse(_)) => {}
+            Err(e) => failed.push((ring, e)),
+        }
+    }
+    Ok(StaleRemoval { removed, failed })
+}
+
+/// A stable, printable form of a key.
+pub fn key_hex(key: i32) -> String {
+    format!("{:#010x}", key as u32)
+}
