@@ -9,7 +9,8 @@ use common::*;
 use shmpipe::transport::msgq::MsgqConfig;
 use shmpipe::transport::shm::{key_for_name, ShmConfig};
 use shmpipe::{
-    Error, Peer, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, WaitStrategy,
+    Error, Peer, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError,
+    WaitStrategy,
 };
 use std::io::Write;
 use std::process::{Command, ExitStatus};
@@ -196,15 +197,18 @@ fn start_storm(restart: bool) {
     });
 }
 
-/// Sends `n` pattern messages (max 64) under a storm, says `SENT <errors>`, then holds the sender
-/// (storm still on) until the parent's `GO`, drops it and says `DONE`.
+/// Sends `n` pattern messages (max 64) under a storm, says `SENT <errors> signals=<k>`; on the
+/// parent's `FILL`, fills the channel (`try_send` until `Full`) with the next messages and times
+/// `send_timeout(200 ms)` on it 5 times: says `STIMEOUTS <filled> <result:us>...`; on the next
+/// command drops the sender and says `DONE signals=<k>`.
 fn role_storm_send(ring: &str, a: &XArgs) -> i32 {
     let mut tx = open_tx(a.get("t").unwrap(), ring, 4, 64);
     start_storm(a.flag("restart"));
     tell("READY");
+    let n = a.num("n", 0);
     let mut buf = Vec::new();
     let mut errors = Vec::new();
-    for seq in 0..a.num("n", 0) {
+    for seq in 0..n {
         pattern(seq, 64, &mut buf);
         if let Err(e) = tx.send_timeout(&buf, Duration::from_secs(20)) {
             errors.push(format!("{seq}:{e:?}"));
@@ -217,14 +221,36 @@ fn role_storm_send(ring: &str, a: &XArgs) -> i32 {
         SIGNALS.load(Relaxed)
     ));
     let _ = read_line();
+    let mut seq = n;
+    loop {
+        pattern(seq, 64, &mut buf);
+        match tx.try_send(&buf) {
+            Ok(()) => seq += 1,
+            Err(TrySendError::Full) => break,
+            Err(e) => {
+                tell(&format!("STIMEOUTS {} {e:?}", seq - n));
+                return 1;
+            }
+        }
+        assert!(seq - n < 1_000_000, "never full");
+    }
+    let mut timeouts = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let r = tx.send_timeout(&buf, Duration::from_millis(200));
+        timeouts.push(format!("{r:?}:{}", t0.elapsed().as_micros()));
+    }
+    tell(&format!("STIMEOUTS {} {}", seq - n, timeouts.join(" ")));
+    let _ = read_line();
     drop(tx);
-    tell("DONE");
+    tell(&format!("DONE signals={}", SIGNALS.load(Relaxed)));
     0
 }
 
 /// Receives and checks `n` pattern messages under a storm, then times `recv_timeout(200 ms)` on
 /// the empty channel 5 times; says `GOT <count> <bad> <first error or -> signals=<k>` and
-/// `TIMEOUTS <result:ms>...`, then receives until the end of stream and says `END <result>`.
+/// `TIMEOUTS <result:us>...`, then on the parent's command receives (and checks) until the end of stream and says
+/// `END <error> <messages> <bad> signals=<k>`.
 fn role_storm_recv(ring: &str, a: &XArgs) -> i32 {
     let mut rx = open_rx(a.get("t").unwrap(), ring, 4, 64);
     start_storm(a.flag("restart"));
@@ -258,8 +284,23 @@ fn role_storm_recv(ring: &str, a: &XArgs) -> i32 {
         timeouts.push(format!("{r:?}:{}", t0.elapsed().as_micros()));
     }
     tell(&format!("TIMEOUTS {}", timeouts.join(" ")));
-    let r = rx.recv_timeout(&mut buf, Duration::from_secs(20));
-    tell(&format!("END {r:?} signals={}", SIGNALS.load(Relaxed)));
+    // On the parent's command, the messages that filled the channel, and the end of the stream.
+    let _ = read_line();
+    let (mut extra, mut extra_bad) = (0u64, 0u64);
+    let r = loop {
+        match rx.recv_timeout(&mut buf, Duration::from_secs(20)) {
+            Ok(()) => {
+                pattern(n + extra, 64, &mut expected);
+                extra_bad += u64::from(buf != expected);
+                extra += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    tell(&format!(
+        "END {r:?} {extra} {extra_bad} signals={}",
+        SIGNALS.load(Relaxed)
+    ));
     0
 }
 
@@ -295,22 +336,43 @@ fn signal_storm(transport: &str, restart: bool) {
     assert_eq!(got[2], "-", "{tag}: {got:?}");
     let streamed = t0.elapsed();
     let timeouts = rx.expect("TIMEOUTS");
-    for t in &timeouts {
-        let (r, us) = t.split_once(':').unwrap();
-        let us: u64 = us.parse().unwrap();
-        assert_eq!(r, "Err(Timeout)", "{tag}: timeouts {timeouts:?}");
-        assert!(us >= 200_000, "{tag}: timed out early: {timeouts:?}");
-        assert!(us < 1_000_000, "{tag}: timed out late: {timeouts:?}");
-    }
+    let check_timeouts = |what: &str, timeouts: &[String]| {
+        for t in timeouts {
+            let (r, us) = t.split_once(':').unwrap();
+            let us: u64 = us.parse().unwrap();
+            assert_eq!(r, "Err(Timeout)", "{tag}: {what} {timeouts:?}");
+            assert!(us >= 200_000, "{tag}: {what} timed out early: {timeouts:?}");
+            assert!(us < 1_000_000, "{tag}: {what} timed out late: {timeouts:?}");
+        }
+    };
+    check_timeouts("recv_timeout", &timeouts);
+    tx.say("FILL");
+    let stimeouts = tx.expect("STIMEOUTS");
+    let filled: u64 = stimeouts[0].parse().unwrap();
+    assert!(filled >= 4, "{tag}: {stimeouts:?}");
+    check_timeouts("send_timeout", &stimeouts[1..]);
+    rx.say("DRAIN");
     tx.say("GO");
-    tx.expect("DONE");
+    let done = tx.expect("DONE");
     let end = rx.expect("END");
-    assert_eq!(end[0], "Err(Disconnected)", "{tag}: {end:?}");
-    eprintln!("{tag}: {N} messages in {streamed:?}; sender {sent}; receiver {got:?} {end:?}; {timeouts:?}");
+    assert_eq!(end[0], "Disconnected", "{tag}: {end:?}");
+    assert_eq!(
+        end[1],
+        filled.to_string(),
+        "{tag}: the messages that filled the channel: {end:?}"
+    );
+    assert_eq!(end[2], "0", "{tag}: {end:?}");
+    eprintln!(
+        "{tag}: {N} messages in {streamed:?}; sender {sent} {done:?}; receiver {got:?} {end:?}; \
+         recv {timeouts:?}; send {stimeouts:?}"
+    );
     let signals = |s: &str| s.rsplit_once("signals=").unwrap().1.parse::<u64>().unwrap();
-    assert!(signals(&sent) > 1000, "{tag}: the storm hardly happened: {sent}");
     assert!(
-        signals(&end[1]) > 1000,
+        signals(&done[0]) > 1000,
+        "{tag}: the storm hardly happened: {done:?}"
+    );
+    assert!(
+        signals(&end[3]) > 1000,
         "{tag}: the storm hardly happened: {end:?}"
     );
     tx.wait_success(SOON);
