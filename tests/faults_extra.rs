@@ -78,7 +78,15 @@ fn read_line() -> Option<String> {
     }
 }
 
-/// Opens the sending end of `transport` (`shm` with a park-only wait, or `msgq`).
+fn unix_socket_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{name}.sock"))
+}
+
+fn unix_endpoint(name: &str, max: usize) -> String {
+    format!("unix://{}?max_message={max}", unix_socket_path(name).display())
+}
+
+/// Opens the sending end of `transport` (`shm` with a park-only wait, `msgq` or `unix`).
 fn open_tx(transport: &str, name: &str, cap: usize, max: usize) -> Box<dyn Sender + Send> {
     match transport {
         "msgq" => Box::new(
@@ -88,11 +96,13 @@ fn open_tx(transport: &str, name: &str, cap: usize, max: usize) -> Box<dyn Sende
                 .open_sender()
                 .unwrap(),
         ),
-        _ => {
+        "unix" => shmpipe::open_sender(&unix_endpoint(name, max)).unwrap(),
+        "shm" => {
             let mut cfg = ShmConfig::named(name).unwrap().capacity(cap).max_message(max);
             cfg.wait = WaitStrategy::park_only();
             Box::new(cfg.open_sender().unwrap())
         }
+        other => panic!("unknown transport {other}"),
     }
 }
 
@@ -105,11 +115,13 @@ fn open_rx(transport: &str, name: &str, cap: usize, max: usize) -> Box<dyn Recei
                 .open_receiver()
                 .unwrap(),
         ),
-        _ => {
+        "unix" => shmpipe::open_receiver(&unix_endpoint(name, max)).unwrap(),
+        "shm" => {
             let mut cfg = ShmConfig::named(name).unwrap().capacity(cap).max_message(max);
             cfg.wait = WaitStrategy::park_only();
             Box::new(cfg.open_receiver().unwrap())
         }
+        other => panic!("unknown transport {other}"),
     }
 }
 
@@ -379,6 +391,10 @@ fn signal_storm(transport: &str, restart: bool) {
     rx.wait_success(SOON);
     ring.assert_gone(&format!("{tag}: after both ends exited"));
     assert_eq!(msqid_at(ring.key), None, "{tag}: a queue was left behind");
+    assert!(
+        !unix_socket_path(&ring.name).exists(),
+        "{tag}: a socket file was left behind"
+    );
 }
 
 #[test]
@@ -389,6 +405,16 @@ fn shm_blocking_calls_under_a_sigusr1_storm_without_sa_restart_never_fail_and_ke
 #[test]
 fn shm_blocking_calls_under_a_sigusr1_storm_with_sa_restart_never_fail_and_keep_deadlines() {
     signal_storm("shm", true);
+}
+
+#[test]
+fn unix_blocking_calls_under_a_sigusr1_storm_without_sa_restart_never_fail_and_keep_deadlines() {
+    signal_storm("unix", false);
+}
+
+#[test]
+fn unix_blocking_calls_under_a_sigusr1_storm_with_sa_restart_never_fail_and_keep_deadlines() {
+    signal_storm("unix", true);
 }
 
 #[test]
