@@ -517,6 +517,96 @@ fn a_segment_removed_by_ipcrm_while_streaming_keeps_working_and_leaves_nothing()
     ring.assert_gone("after the new pair");
 }
 
+/// The hazard of `ipcrm` before the pair has met: a receiver waiting for its sender on a ring
+/// that was removed keeps waiting on an unreachable segment, while a sender that opens the same
+/// name afterwards creates a fresh ring and waits for a receiver that never comes. Neither side
+/// learns about the other (the receiver's peer stays `NotYet`, never `Dead`), so only timeouts end
+/// their waits. Nothing is lost that was delivered, nothing crashes, and killing the orphaned
+/// receiver destroys the old segment.
+#[test]
+fn ipcrm_before_the_sender_came_splits_the_pair_and_only_timeouts_tell() {
+    let ring = Ring::new("ipcrm-split");
+    let mut rx = Proc::child(
+        "receiver",
+        &ring.name,
+        &[("cap", "8".into()), ("max", "64".into()), ("wait", "park".into())],
+    );
+    rx.expect("READY");
+    let old = ring.shmid().unwrap();
+    let out = Command::new("ipcrm")
+        .args(["-m", &old.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ipcrm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ring.shmid(), None);
+    let mut tx = ring.cfg(8, 64).open_sender().unwrap();
+    let fresh = ring.shmid().expect("the sender created a fresh ring");
+    assert_ne!(fresh, old);
+    let mut msg = Vec::new();
+    pattern(0, 64, &mut msg);
+    send_ok(&mut tx, &msg);
+    std::thread::sleep(Duration::from_millis(500));
+    // The receiver, parked on the old segment, never sees the sender or its message.
+    assert_eq!(
+        tx.receiver(),
+        Peer::NotYet,
+        "no receiver ever joined the fresh ring"
+    );
+    assert_eq!(
+        stat_id(fresh).unwrap().shm_nattch,
+        1,
+        "only the sender is on the fresh ring"
+    );
+    assert_eq!(
+        stat_id(old).unwrap().shm_nattch,
+        1,
+        "the receiver is still on the old one"
+    );
+    let t0 = Instant::now();
+    assert_eq!(
+        tx.send_timeout(&msg, Duration::from_millis(200))
+            .map(|_| "queued"),
+        Ok("queued"),
+        "room in the fresh ring: the send succeeds though nobody will read it"
+    );
+    for _ in 0..6 {
+        let _ = tx.try_send(&msg);
+    }
+    assert_eq!(
+        tx.send_timeout(&msg, Duration::from_millis(200)),
+        Err(SendTimeoutError::Timeout),
+        "a full fresh ring: the sender just times out"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    kill_and_reap(&mut rx);
+    assert!(
+        stat_id(old).is_none(),
+        "the old segment died with its last attachment"
+    );
+    // The sender leaves its unread messages for a receiver to come (as documented).
+    drop(tx);
+    assert_eq!(
+        ring.shmid(),
+        Some(fresh),
+        "unread messages are kept for the next receiver"
+    );
+    let mut late = ring.cfg(8, 64).open_receiver().unwrap();
+    let mut buf = Vec::new();
+    recv_ok(&mut late, &mut buf);
+    assert_eq!(buf, msg);
+    drop(late);
+    ring.assert_gone("after the late receiver");
+}
+
+fn kill_and_reap(child: &mut Proc) {
+    child.kill();
+    assert!(!child.wait(SOON).success());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Random corruption by a third process
 // ---------------------------------------------------------------------------------------------
