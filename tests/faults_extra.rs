@@ -14,8 +14,8 @@ use shmpipe::{
 };
 use std::io::Write;
 use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -870,6 +870,166 @@ fn random_corruption_by_a_third_process_never_crashes_hangs_or_leaks() {
     // Stale re-reads (duplicates) are possible by design: a tail moved ahead by less than a
     // ring is indistinguishable from progress. Reported, not failed.
     eprintln!("runs with stale re-reads: {stale}");
+}
+
+/// Opens and closes racing a corrupter: while a child holds the receiver, this process opens
+/// and drops senders and receivers at the same name in a loop while a thread writes random
+/// values (put back after a moment) into the meaningful header and control-block words of
+/// whatever segment is at the key.
+/// Every open must return (`Ok` or an error) within its bounds, never panic or crash.
+#[test]
+fn opens_and_closes_racing_random_corruption_never_panic_or_hang() {
+    let seed = std::env::var("SHMPIPE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        // SAFETY: no preconditions.
+        .unwrap_or_else(|| unsafe { libc::time(std::ptr::null_mut()) } as u64 ^ 0x5eed);
+    eprintln!("open-race seed {seed} (rerun with SHMPIPE_FUZZ_SEED={seed})");
+    let ring = Ring::new("open-race");
+    let mut holder = Proc::child(
+        "hold",
+        &ring.name,
+        &[
+            ("side", "receiver".into()),
+            ("cap", "8".into()),
+            ("max", "64".into()),
+            ("go", "1".into()),
+        ],
+    );
+    holder.expect("READY");
+    let stop = Arc::new(AtomicBool::new(false));
+    let corrupter = {
+        let (stop, key) = (Arc::clone(&stop), ring.key);
+        std::thread::spawn(move || {
+            let mut rng = XorShift(seed | 1);
+            let mut writes = 0u64;
+            while !stop.load(Relaxed) {
+                std::thread::sleep(Duration::from_micros(100 + rng.below(400)));
+                let Some(id) = shmid_at(key) else { continue };
+                // SAFETY: null address, read-write; detached below.
+                let addr = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+                if addr as isize == -1 {
+                    continue;
+                }
+                let (offset, wide) = WORDS[rng.below(WORDS.len() as u64) as usize];
+                let value = match rng.below(5) {
+                    0 => 0,
+                    1 => rng.below(16),
+                    2 => std::process::id() as u64,
+                    3 => u64::MAX,
+                    _ => rng.next(),
+                };
+                // SAFETY: every WORDS offset is inside the control block (a segment at our key
+                // holds at least that much: shmpipe creates it, and the corrupter writes only
+                // after shmpipe's open created it) and aligned for its width.
+                // The corruption is transient: the old value is put back after a moment, so the
+                // ring keeps changing between sane and insane under the openers.
+                unsafe {
+                    let p = addr.cast::<u8>().add(offset);
+                    if wide {
+                        let w = &*p.cast::<AtomicU64>();
+                        let old = w.swap(value, Relaxed);
+                        std::thread::sleep(Duration::from_micros(rng.below(300)));
+                        let _ = w.compare_exchange(value, old, Relaxed, Relaxed);
+                    } else {
+                        let w = &*p.cast::<std::sync::atomic::AtomicU32>();
+                        let old = w.swap(value as u32, Relaxed);
+                        std::thread::sleep(Duration::from_micros(rng.below(300)));
+                        let _ = w.compare_exchange(value as u32, old, Relaxed, Relaxed);
+                    }
+                    libc::shmdt(addr);
+                }
+                writes += 1;
+            }
+            writes
+        })
+    };
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    while t0.elapsed() < Duration::from_secs(2) {
+        let mut cfg = ring.cfg(8, 64);
+        cfg.open_timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if i % 2 == 0 {
+                cfg.open_sender().map(drop)
+            } else {
+                cfg.open_receiver().map(|mut rx| {
+                    let _ = rx.try_recv(&mut Vec::new());
+                })
+            }
+        }));
+        let took = started.elapsed();
+        let r = r.unwrap_or_else(|_| panic!("open/close {i} panicked (seed {seed})"));
+        assert!(
+            took < Duration::from_secs(3),
+            "open/close {i} took {took:?}: {r:?}"
+        );
+        let what = match r {
+            Ok(()) => "Ok".to_string(),
+            Err(e) => format!("{e:?}")
+                .split(['(', ' ', '{'])
+                .next()
+                .unwrap()
+                .to_string(),
+        };
+        *outcomes.entry(what).or_default() += 1;
+        i += 1;
+    }
+    stop.store(true, Relaxed);
+    let writes = corrupter.join().unwrap();
+    eprintln!("open-race seed {seed}: {i} opens, {writes} writes, outcomes {outcomes:?}");
+    holder.say("GO");
+    holder.expect("DONE");
+    holder.wait_success(SOON);
+    if let Some(id) = ring.shmid() {
+        // What can be left: a segment whose magic or geometry was overwritten (foreign to
+        // shmpipe by then, and shmpipe rightly never removes a foreign segment: the guard does),
+        // or a valid ring whose close decision read a corrupted word (stale: the next open
+        // recycles it, and a receiver removes it when it drops).
+        let seg = RawSeg::attach_id(id);
+        let valid = seg.u64(off::MAGIC) == MAGIC;
+        eprintln!(
+            "open-race seed {seed}: left at the key: magic ok {valid}, nattch {}",
+            seg.stat().shm_nattch
+        );
+        drop(seg);
+        if valid {
+            let mut cfg = ring.cfg(8, 64);
+            cfg.open_timeout = Duration::from_millis(500);
+            match cfg.open_receiver() {
+                Ok(rx) => {
+                    drop(rx);
+                    ring.assert_gone("a stale ring recycled and dropped by a receiver");
+                }
+                Err(e) => eprintln!("open-race seed {seed}: the leftover is refused: {e}"),
+            }
+        }
+    }
+}
+
+/// Found by the open race above: the open lock records only a pid, and a lock word naming the
+/// opener's own pid is never taken over (`holder != me` guards the takeover), nor is one naming
+/// any live pid. So a lock left by a process SIGKILLed inside `open`/`close` whose pid was then
+/// reused blocks every open of that ring for as long as the new owner of the pid lives; when the
+/// new owner is the opener itself, it can never open the ring. Simulated here by planting a stale
+/// ring (valid header, no roles held, nobody attached) whose lock word holds our own pid while
+/// nothing in this process is inside `open`.
+#[test]
+#[ignore = "bug: OpenLock identifies its holder by pid alone; a stale lock naming a reused (here: \
+            our own) pid is never taken over, so open fails with InUse after open_timeout"]
+fn a_stale_open_lock_naming_a_reused_pid_is_taken_over() {
+    let ring = Ring::new("lock-reused-pid");
+    let seg = RawSeg::create(ring.key, ring_size(8, 64), 0o600);
+    seg.write_valid_header(&ring.name, 8, 64);
+    seg.set_u32(off::LOCK, std::process::id());
+    drop(seg);
+    let mut cfg = ring.cfg(8, 64);
+    cfg.open_timeout = Duration::from_millis(500);
+    let t0 = Instant::now();
+    let r = cfg.open_sender().map(drop);
+    assert!(r.is_ok(), "after {:?}: {r:?}", t0.elapsed());
 }
 
 // ---------------------------------------------------------------------------------------------
