@@ -1041,20 +1041,33 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The CLI binary copied somewhere any uid can execute it (the target dir may not be reachable).
-fn cli_for_anyone() -> Option<std::path::PathBuf> {
-    static P: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
-    P.get_or_init(|| {
+/// A copy of the CLI binary that any uid can execute (the target dir may not be reachable for
+/// uid 65534), in a directory of its own removed on drop.
+struct CliCopy {
+    dir: std::path::PathBuf,
+    exe: std::path::PathBuf,
+}
+
+impl CliCopy {
+    fn new() -> Option<CliCopy> {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("shmpipe-faultx-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(unique_name("shmpipe-faultx-cli"));
         std::fs::create_dir_all(&dir).ok()?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).ok()?;
-        let exe = dir.join("shmpipe");
-        std::fs::copy(env!("CARGO_BIN_EXE_shmpipe"), &exe).ok()?;
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).ok()?;
-        Some(exe)
-    })
-    .clone()
+        let copy = CliCopy {
+            exe: dir.join("shmpipe"),
+            dir,
+        };
+        std::fs::set_permissions(&copy.dir, std::fs::Permissions::from_mode(0o755)).ok()?;
+        std::fs::copy(env!("CARGO_BIN_EXE_shmpipe"), &copy.exe).ok()?;
+        std::fs::set_permissions(&copy.exe, std::fs::Permissions::from_mode(0o755)).ok()?;
+        Some(copy)
+    }
+}
+
+impl Drop for CliCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Runs the CLI as uid/gid 65534 (`setpriv`), feeding `stdin`; returns (status, stderr).
@@ -1067,10 +1080,10 @@ fn cli_as_nobody(args: &[&str], stdin: &str) -> Option<(ExitStatus, String)> {
         eprintln!("skipped: no setpriv");
         return None;
     };
-    let exe = cli_for_anyone()?;
+    let copy = CliCopy::new()?;
     let mut cmd = Command::new(setpriv);
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(exe)
+        .arg(&copy.exe)
         .args(args);
     let mut p = Proc::spawn(cmd, Stdout::Collect);
     let mut stdin_pipe = p.take_stdin();
