@@ -517,14 +517,13 @@ fn a_segment_removed_by_ipcrm_while_streaming_keeps_working_and_leaves_nothing()
     ring.assert_gone("after the new pair");
 }
 
-/// The hazard of `ipcrm` before the pair has met: a receiver waiting for its sender on a ring
-/// that was removed keeps waiting on an unreachable segment, while a sender that opens the same
-/// name afterwards creates a fresh ring and waits for a receiver that never comes. Neither side
-/// learns about the other (the receiver's peer stays `NotYet`, never `Dead`), so only timeouts end
-/// their waits. Nothing is lost that was delivered, nothing crashes, and killing the orphaned
-/// receiver destroys the old segment.
+/// `ipcrm` before the pair has met: a receiver waiting for its sender on a ring that was removed
+/// could wait for ever (no sender can find that segment again). It notices after a park slice
+/// that its segment is marked for destruction while its peer never came, and ends with
+/// `Disconnected` (peer `NotYet`); a sender that opens the same name afterwards creates a fresh
+/// ring and keeps its messages there for a later receiver.
 #[test]
-fn ipcrm_before_the_sender_came_splits_the_pair_and_only_timeouts_tell() {
+fn ipcrm_before_the_sender_came_disconnects_the_waiting_receiver() {
     let ring = Ring::new("ipcrm-split");
     let mut rx = Proc::child(
         "receiver",
@@ -542,30 +541,29 @@ fn ipcrm_before_the_sender_came_splits_the_pair_and_only_timeouts_tell() {
         "ipcrm: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let removed = Instant::now();
     assert_eq!(ring.shmid(), None);
+    let got = rx.line(Duration::from_secs(5));
+    assert!(
+        got.starts_with("GOT 0 ") && got.ends_with("NotYet Disconnected"),
+        "the orphaned receiver ends with Disconnected: {got}"
+    );
+    assert!(
+        removed.elapsed() < Duration::from_secs(2),
+        "noticed after {:?}",
+        removed.elapsed()
+    );
+    let _ = rx.wait(SOON);
+    assert!(
+        stat_id(old).is_none(),
+        "the old segment died with its last attachment"
+    );
     let mut tx = ring.cfg(8, 64).open_sender().unwrap();
     let fresh = ring.shmid().expect("the sender created a fresh ring");
     assert_ne!(fresh, old);
     let mut msg = Vec::new();
     pattern(0, 64, &mut msg);
     send_ok(&mut tx, &msg);
-    std::thread::sleep(Duration::from_millis(500));
-    // The receiver, parked on the old segment, never sees the sender or its message.
-    assert_eq!(
-        tx.receiver(),
-        Peer::NotYet,
-        "no receiver ever joined the fresh ring"
-    );
-    assert_eq!(
-        stat_id(fresh).unwrap().shm_nattch,
-        1,
-        "only the sender is on the fresh ring"
-    );
-    assert_eq!(
-        stat_id(old).unwrap().shm_nattch,
-        1,
-        "the receiver is still on the old one"
-    );
     let t0 = Instant::now();
     assert_eq!(
         tx.send_timeout(&msg, Duration::from_millis(200))
@@ -582,11 +580,6 @@ fn ipcrm_before_the_sender_came_splits_the_pair_and_only_timeouts_tell() {
         "a full fresh ring: the sender just times out"
     );
     assert!(t0.elapsed() < Duration::from_secs(2));
-    kill_and_reap(&mut rx);
-    assert!(
-        stat_id(old).is_none(),
-        "the old segment died with its last attachment"
-    );
     // The sender leaves its unread messages for a receiver to come (as documented).
     drop(tx);
     assert_eq!(
@@ -1017,8 +1010,6 @@ fn opens_and_closes_racing_random_corruption_never_panic_or_hang() {
 /// ring (valid header, no roles held, nobody attached) whose lock word holds our own pid while
 /// nothing in this process is inside `open`.
 #[test]
-#[ignore = "bug: OpenLock identifies its holder by pid alone; a stale lock naming a reused (here: \
-            our own) pid is never taken over, so open fails with InUse after open_timeout"]
 fn a_stale_open_lock_naming_a_reused_pid_is_taken_over() {
     let ring = Ring::new("lock-reused-pid");
     let seg = RawSeg::create(ring.key, ring_size(8, 64), 0o600);
@@ -1087,7 +1078,8 @@ fn cli_as_nobody(args: &[&str], stdin: &str) -> Option<(ExitStatus, String)> {
         .args(args);
     let mut p = Proc::spawn(cmd, Stdout::Collect);
     let mut stdin_pipe = p.take_stdin();
-    stdin_pipe.write_all(stdin.as_bytes()).unwrap();
+    // The child may refuse (and exit) before reading its input: a broken pipe here is expected.
+    let _ = stdin_pipe.write_all(stdin.as_bytes());
     drop(stdin_pipe);
     let (status, _) = p.wait_output(SOON);
     Some((status, p.stderr_text()))
