@@ -595,11 +595,6 @@ fn ipcrm_before_the_sender_came_disconnects_the_waiting_receiver() {
     ring.assert_gone("after the late receiver");
 }
 
-fn kill_and_reap(child: &mut Proc) {
-    child.kill();
-    assert!(!child.wait(SOON).success());
-}
-
 // ---------------------------------------------------------------------------------------------
 // 3. Random corruption by a third process
 // ---------------------------------------------------------------------------------------------
