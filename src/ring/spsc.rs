@@ -37,7 +37,7 @@ pub(crate) struct SpscShared {
     /// The producer sleeps here while the ring is full.
     pub(crate) not_full: CachePadded<Doorbell>,
     /// pid of the process opening or closing the ring (0 if none); see `transport::shm`.
-    pub(crate) lock: CachePadded<AtomicU32>,
+    pub(crate) lock: CachePadded<LockWord>,
     pub(crate) sender: CachePadded<RoleRecord>,
     pub(crate) receiver: CachePadded<RoleRecord>,
     /// Slow-path statistics (`shmpipe stat`). Last, so adding it moved no other field.
@@ -51,7 +51,10 @@ impl SpscShared {
             head: CachePadded::new(AtomicU64::new(0)),
             not_empty: CachePadded::new(Doorbell::new()),
             not_full: CachePadded::new(Doorbell::new()),
-            lock: CachePadded::new(AtomicU32::new(0)),
+            lock: CachePadded::new(LockWord {
+                pid: AtomicU32::new(0),
+                start_time: AtomicU64::new(0),
+            }),
             sender: CachePadded::new(RoleRecord::new()),
             receiver: CachePadded::new(RoleRecord::new()),
             counters: CachePadded::new(WaitCounters::new()),
@@ -79,10 +82,24 @@ impl SpscShared {
     }
 }
 
+/// The open/close lock: the holder's pid (0: free) and its start time (0: not written yet), so
+/// a holder that died and whose pid was reused is still recognised as gone.
+#[repr(C)]
+pub(crate) struct LockWord {
+    pub(crate) pid: AtomicU32,
+    pub(crate) start_time: AtomicU64,
+}
+
 /// Where a ring's memory lives, and what happens when one of its ends closes.
 pub(crate) trait Backing: Send + Sync {
     /// Called when `role`'s end drops, after it marked itself closed and woke its peer.
     fn on_close(&self, _role: Role, _shared: &SpscShared) {}
+
+    /// Whether the memory can no longer be found by a peer (a segment removed out of band). Asked
+    /// after a park slice while the peer has not come yet: then it never will.
+    fn unreachable(&self) -> bool {
+        false
+    }
 }
 
 /// A ring's memory and validated geometry, shared by its ends in this process.
@@ -359,6 +376,9 @@ impl Producer {
             },
             || match core.shared().receiver.peer() {
                 Peer::Dead | Peer::Closed => Check::Done(Err(SendTimeoutError::Disconnected)),
+                Peer::NotYet if core.backing.unreachable() => {
+                    Check::Done(Err(SendTimeoutError::Disconnected))
+                }
                 Peer::Alive | Peer::NotYet => Check::NotYet,
             },
             || SendTimeoutError::Timeout,
@@ -676,10 +696,17 @@ impl Consumer {
             },
             || match core.shared().sender.peer() {
                 Peer::Dead | Peer::Closed => Check::Done(Ok(())),
+                // Nobody can find the ring any more, so no sender will ever come.
+                Peer::NotYet if core.backing.unreachable() => {
+                    Check::Done(Err(RecvTimeoutError::Disconnected))
+                }
                 Peer::Alive | Peer::NotYet => Check::NotYet,
             },
             || RecvTimeoutError::Timeout,
         );
+        if let Err(RecvTimeoutError::Disconnected) = found {
+            self.sender_gone = true;
+        }
         found?;
         // Either a message is there, or the sender is gone: decide which, once.
         if !self.has_message()? {

@@ -20,15 +20,15 @@
 use crate::error::Error;
 use crate::inspect::RingStatus;
 use crate::ring::layout::{self, Header, HeaderCheck, Layout, FLAG_RECYCLED, MAX_NAME_LEN};
-use crate::ring::spsc::{Backing, Consumer, Producer, RingCore, SpscShared};
+use crate::ring::spsc::{Backing, Consumer, LockWord, Producer, RingCore, SpscShared};
 use crate::ring::{Geometry, Peer, Role, Slots, WaitStrategy};
 use crate::sys::proc::{self, ProcessId};
 use crate::sys::shm::{self, Attachment, ShmId, SHM_DEST};
 use crate::transport::sysv::{check_owner, io_err, is_gone, Owner};
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -216,30 +216,56 @@ impl Backing for SegmentBacking {
             self.retire();
         }
     }
+
+    fn unreachable(&self) -> bool {
+        // Removed (IPC_RMID by `shmpipe rm --force`, `ipcrm`, ...): the key now leads elsewhere.
+        shm::stat(self.att.id()).map_or(true, |st| st.mode & SHM_DEST != 0)
+    }
 }
 
-/// A lock word in the segment holding the pid of the process inside `open`/`close`. A holder
-/// that died (SIGKILL mid-open) is detected by pid and the lock taken over.
+/// Threads of this process holding or trying to take an open lock, whatever ring it belongs to.
+/// A lock naming our pid while only the caller is counted was left by a dead process whose pid
+/// we now have. Counted before the CAS, so a thread that just took a lock is always seen.
+static HELD_HERE: AtomicUsize = AtomicUsize::new(0);
+
+/// The lock word in the segment, held by the process inside `open`/`close`. A holder that died
+/// (SIGKILL mid-open) is detected by pid and start time, and the lock taken over.
 pub(crate) struct OpenLock<'a> {
-    word: &'a AtomicU32,
+    word: &'a LockWord,
     me: u32,
 }
 
 impl<'a> OpenLock<'a> {
-    pub(crate) fn acquire(word: &'a AtomicU32, deadline: Instant) -> Result<Self, Error> {
-        let me = proc::current().pid;
+    pub(crate) fn acquire(word: &'a LockWord, deadline: Instant) -> Result<Self, Error> {
+        let me = proc::current();
+        // AcqRel: ordered with the counts of other threads of ours (see `gone` below).
+        HELD_HERE.fetch_add(1, AcqRel);
         loop {
             // Acquire: what the previous holder did under the lock is visible to us.
-            match word.compare_exchange(0, me, Acquire, Relaxed) {
-                Ok(_) => return Ok(OpenLock { word, me }),
+            match word.pid.compare_exchange(0, me.pid, Acquire, Relaxed) {
+                Ok(_) => return Ok(Self::held(word, me)),
                 Err(holder) => {
-                    let dead = holder != me
-                        && !proc::is_alive(ProcessId {
+                    // Acquire: reading a holder's pid (a CAS continuing the last release's release
+                    // sequence) shows its start time or the 0 the last release left, never an
+                    // older holder's.
+                    let start_time = word.start_time.load(Acquire);
+                    let gone = if holder == me.pid {
+                        // Another thread of ours may hold it; a dead namesake cannot.
+                        (start_time != 0 && start_time != me.start_time)
+                            || (start_time == 0 && HELD_HERE.load(Acquire) == 1)
+                    } else {
+                        !proc::is_alive(ProcessId {
                             pid: holder,
-                            start_time: 0,
-                        });
-                    if dead && word.compare_exchange(holder, me, Acquire, Relaxed).is_ok() {
-                        return Ok(OpenLock { word, me });
+                            start_time,
+                        })
+                    };
+                    if gone
+                        && word
+                            .pid
+                            .compare_exchange(holder, me.pid, Acquire, Relaxed)
+                            .is_ok()
+                    {
+                        return Ok(Self::held(word, me));
                     }
                     if Instant::now() >= deadline {
                         return Err(Error::InUse(format!(
@@ -251,12 +277,21 @@ impl<'a> OpenLock<'a> {
             }
         }
     }
+
+    fn held(word: &'a LockWord, me: ProcessId) -> Self {
+        // Release: pairs with the Acquire load in `acquire` of whoever finds the lock held.
+        word.start_time.store(me.start_time, Release);
+        OpenLock { word, me: me.pid }
+    }
 }
 
 impl Drop for OpenLock<'_> {
     fn drop(&mut self) {
+        // Relaxed: published by the Release on the pid below.
+        self.word.start_time.store(0, Relaxed);
         // Release: our changes under the lock happen before the next holder's Acquire.
-        let _ = self.word.compare_exchange(self.me, 0, Release, Relaxed);
+        let _ = self.word.pid.compare_exchange(self.me, 0, Release, Relaxed);
+        HELD_HERE.fetch_sub(1, AcqRel);
     }
 }
 
