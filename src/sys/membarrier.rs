@@ -12,7 +12,8 @@
 //! barrier and sees the waiter, or its store was drained by it and the sleeper's re-check sees the
 //! index (the same argument as liburcu's and folly's asymmetric fences).
 //!
-//! Where registration fails (kernel before 4.16, seccomp) the process keeps the full fence. If the
+//! Where registration fails (kernel before 4.16, seccomp), or `SHMPIPE_NO_MEMBARRIER` is set in
+//! the environment (for A/B measurements), the process keeps the full fence. If the
 //! sleeper's barrier fails, a publisher might rely on it; the sleeper then parks in short slices
 //! and re-checks, so a wakeup is late, never lost.
 
@@ -42,8 +43,9 @@ pub(crate) fn register() -> bool {
         UNAVAILABLE => return false,
         _ => {}
     }
-    // SAFETY: membarrier takes only scalar arguments.
-    let ok = unsafe { libc::syscall(libc::SYS_membarrier, CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) } == 0;
+    let ok = std::env::var_os("SHMPIPE_NO_MEMBARRIER").is_none()
+        // SAFETY: membarrier takes only scalar arguments.
+        && unsafe { libc::syscall(libc::SYS_membarrier, CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) } == 0;
     if ok {
         // SAFETY: `forget_in_child` is async-signal-safe (one atomic store), as atfork handlers
         // must be; registering it more than once is harmless.
