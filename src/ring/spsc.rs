@@ -127,6 +127,8 @@ impl RingCore {
         geometry: Geometry,
         backing: Box<dyn Backing>,
     ) -> Self {
+        #[cfg(not(loom))]
+        crate::sys::membarrier::register();
         RingCore {
             shared,
             slots,

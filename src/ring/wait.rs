@@ -6,9 +6,13 @@
 //!
 //! No lost wakeup (a Dekker pattern): the sleeper increments `waiters`, fences, reads the word,
 //! re-checks its condition, then sleeps only while the word is unchanged. The ringer publishes,
-//! fences, then reads `waiters`. The two SeqCst fences forbid both sides missing each other: either
+//! fences, then reads `waiters`. The two barriers forbid both sides missing each other: either
 //! the sleeper's re-check sees the publication, or the ringer sees the waiter and bumps the word
 //! (so a sleep that has not started yet returns at once, and one that has is woken).
+//!
+//! The barriers are asymmetric where the kernel allows (`sys::membarrier`): a registered
+//! publisher uses a compiler fence only, and the rare sleeper pays with a `membarrier` syscall
+//! that fences every registered process. Under loom both sides use SeqCst fences.
 
 use crate::sync::{fence, spin_loop, yield_now, AtomicU32, AtomicU64, FutexWord};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
@@ -33,9 +37,9 @@ impl Doorbell {
     /// `wakes` (the slow path only).
     #[inline]
     pub(crate) fn ring(&self, n: u32, wakes: &AtomicU64) {
-        // SeqCst: orders the caller's publishing store before the `waiters` load (StoreLoad);
-        // pairs with the fence in `wait_until`. See the module docs.
-        fence(SeqCst);
+        // StoreLoad between the caller's publishing store and the `waiters` load; pairs with the
+        // sleeper's barrier in `wait_until`. See the module docs.
+        publisher_barrier();
         // Relaxed: the fence above provides the ordering.
         if self.waiters.load(Relaxed) != 0 {
             // Relaxed: a statistic; nothing is ordered by it.
@@ -43,6 +47,31 @@ impl Doorbell {
             self.word.bump_and_wake(n);
         }
     }
+}
+
+/// The publisher's half of the handshake: a full fence, or only a compiler fence when this
+/// process is registered for `membarrier` and the sleeper supplies the barrier (see
+/// `sys::membarrier`). Loom models the symmetric version only.
+#[inline]
+fn publisher_barrier() {
+    #[cfg(not(loom))]
+    if crate::sys::membarrier::registered() {
+        std::sync::atomic::compiler_fence(SeqCst);
+        return;
+    }
+    fence(SeqCst);
+}
+
+/// The sleeper's half: a full fence, plus `membarrier` so that light publishers are fenced too.
+/// Returns false when the barrier could not be issued: a publisher may then have missed our
+/// waiter count, so the caller must not sleep long.
+#[inline]
+fn sleeper_barrier() -> bool {
+    fence(SeqCst);
+    #[cfg(not(loom))]
+    return crate::sys::membarrier::heavy_barrier();
+    #[cfg(loom)]
+    true
 }
 
 /// How long to spin and yield before parking.
@@ -163,19 +192,21 @@ pub(crate) fn wait_until<T, E>(
                 Check::NotYet => Err(timeout()),
             };
         }
-        // Relaxed increment: the fence right after orders it before the re-check (StoreLoad).
+        // Relaxed increment: the barrier right after orders it before the re-check (StoreLoad).
         bell.waiters.fetch_add(1, Relaxed);
-        fence(SeqCst);
+        let fenced = sleeper_barrier();
         // Acquire: read the word before re-checking, so a ring that happens after the re-check
         // changes it and the sleep below returns at once.
         let seen = bell.word.load(Acquire);
         let result = check();
         if let Check::NotYet = result {
-            let slice_end = if cfg!(loom) {
-                None
+            // Without the heavy barrier a light publisher may miss us: re-check every millisecond.
+            let slice = if fenced {
+                strategy.park_slice
             } else {
-                now.checked_add(strategy.park_slice)
+                Duration::from_millis(1)
             };
+            let slice_end = if cfg!(loom) { None } else { now.checked_add(slice) };
             let until = match (deadline, slice_end) {
                 (Some(d), Some(s)) => Some(d.min(s)),
                 (d, s) => d.or(s),

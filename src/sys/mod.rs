@@ -5,6 +5,7 @@
 //! where retrying cannot change the meaning of the call.
 
 pub(crate) mod futex;
+pub(crate) mod membarrier;
 pub(crate) mod msgq;
 pub(crate) mod proc;
 pub(crate) mod shm;
