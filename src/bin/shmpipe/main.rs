@@ -11,6 +11,7 @@ use std::io::{self, BufRead, BufWriter, Write};
 use std::process::ExitCode;
 
 mod bench;
+mod soak;
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +66,16 @@ enum Command {
     /// (internal) the benchmark's peer process.
     #[command(hide = true)]
     BenchPeer(bench::PeerArgs),
+    /// Stream checksummed messages between two child processes for a while, SIGKILL one of them
+    /// now and then and restart the pair on a new ring; check every message, and that no SysV
+    /// object is left behind.
+    Soak(soak::SoakArgs),
+    /// (internal) the soak's producer process.
+    #[command(hide = true)]
+    SoakProducer(soak::ChildArgs),
+    /// (internal) the soak's consumer process.
+    #[command(hide = true)]
+    SoakConsumer(soak::ChildArgs),
 }
 
 /// Settings for a channel this command creates (an existing ring keeps its own). They override
@@ -164,6 +175,9 @@ fn main() -> ExitCode {
         } => return demo::produce(&endpoint, messages, size),
         Command::Bench(args) => return bench::run(args),
         Command::BenchPeer(args) => return bench::peer(args),
+        Command::Soak(args) => return soak::run(args),
+        Command::SoakProducer(args) => return soak::produce(args),
+        Command::SoakConsumer(args) => return soak::consume(args),
     };
     result.unwrap_or_else(fail)
 }
