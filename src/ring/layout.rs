@@ -173,3 +173,136 @@ impl Header {
         })
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests of [`Header::validate`]: whatever another process wrote into the header,
+    //! and whatever size the segment really has, validation never panics, and a layout it accepts
+    //! fits in the segment.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// 256 bytes, aligned for a [`Header`].
+    #[repr(C)]
+    struct RawHeader([AtomicU64; HEADER_SIZE / 8]);
+
+    const _: () = assert!(size_of::<RawHeader>() == HEADER_SIZE);
+    const _: () = assert!(align_of::<RawHeader>() >= align_of::<Header>());
+
+    impl RawHeader {
+        fn new(bytes: &[u8; HEADER_SIZE]) -> Self {
+            RawHeader(std::array::from_fn(|i| {
+                let word: [u8; 8] = bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes");
+                AtomicU64::new(u64::from_ne_bytes(word))
+            }))
+        }
+
+        fn header(&self) -> &Header {
+            // SAFETY: `Header` is `repr(C)` and made only of atomic integers, for which every bit
+            // pattern is valid; it is no larger than `RawHeader` (256 bytes, asserted above) and
+            // needs no stricter alignment (asserted above); the reference borrows `self`, and
+            // the memory is only ever accessed through atomics.
+            unsafe { &*(self as *const RawHeader).cast::<Header>() }
+        }
+    }
+
+    /// What the test checks about any outcome of `validate`.
+    fn check(header: &Header, expect_name: Option<&str>, actual_size: usize) -> Result<(), TestCaseError> {
+        match header.validate(0x1234, expect_name, actual_size) {
+            Err(_) => {}
+            Ok(layout) => {
+                let g = &layout.geometry;
+                prop_assert!(layout.size <= actual_size, "{layout:?} in {actual_size} bytes");
+                prop_assert_eq!(layout.size, segment_size(g));
+                prop_assert!(g.capacity.is_power_of_two() && g.capacity >= 2);
+                prop_assert!(g.stride() >= g.max_message + 4);
+                // Every slot, payload included, lies inside the segment.
+                let end = SLOTS_OFFSET as u128 + g.capacity as u128 * g.stride() as u128;
+                prop_assert!(end <= actual_size as u128);
+                prop_assert!(layout.name.len() <= 4 * MAX_NAME_LEN);
+                if let Some(name) = expect_name {
+                    prop_assert_eq!(&layout.name, name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sizes near the interesting boundaries, and anything.
+    fn size_like() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            (0u32..=26).prop_map(|s| 1u64 << s),
+            (1u32..=26).prop_map(|s| (1u64 << s) - 1),
+            (1u32..=26).prop_map(|s| (1u64 << s) + 1),
+            0u64..100_000,
+            any::<u64>(),
+            Just(u64::MAX),
+            Just(0),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any 256 bytes at all (mostly rejected at the magic).
+        #[test]
+        fn arbitrary_bytes(bytes in prop::array::uniform32(any::<[u8; 8]>()), actual in any::<usize>()) {
+            let flat: [u8; HEADER_SIZE] = std::array::from_fn(|i| bytes[i / 8][i % 8]);
+            let raw = RawHeader::new(&flat);
+            check(raw.header(), None, actual)?;
+            check(raw.header(), Some("x"), actual)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Random bytes with each field either right, nearly right, or arbitrary, so that the
+        /// checks past the magic are reached (and passed) often.
+        #[test]
+        fn plausible_headers(
+            noise in prop::array::uniform32(any::<[u8; 8]>()),
+            magic in prop_oneof![4 => Just(MAGIC), 1 => Just(0u64), 1 => any::<u64>()],
+            version in prop_oneof![4 => Just(LAYOUT_VERSION), 1 => any::<u32>()],
+            kind in prop_oneof![4 => Just(KIND_SPSC), 1 => any::<u32>()],
+            capacity in prop_oneof![3 => (1u32..=24).prop_map(|s| 1u64 << s), 1 => size_like()],
+            max_message in prop_oneof![3 => 1u64..70_000, 1 => size_like()],
+            stride in prop_oneof![3 => Just(None), 1 => size_like().prop_map(Some)],
+            recorded in prop_oneof![3 => Just(None), 1 => size_like().prop_map(Some)],
+            name_len in prop_oneof![3 => 0u32..=64, 1 => any::<u32>()],
+            use_name in any::<bool>(),
+            actual in prop_oneof![
+                2 => Just(None),
+                1 => (-4096i64..=4096).prop_map(Some),
+                1 => any::<usize>().prop_map(|a| Some(a as i64)),
+            ],
+        ) {
+            let flat: [u8; HEADER_SIZE] = std::array::from_fn(|i| noise[i / 8][i % 8]);
+            let raw = RawHeader::new(&flat);
+            let h = raw.header();
+            h.magic.store(magic, Relaxed);
+            h.version.store(version, Relaxed);
+            h.kind.store(kind, Relaxed);
+            h.capacity.store(capacity, Relaxed);
+            h.max_message.store(max_message, Relaxed);
+            h.name_len.store(name_len, Relaxed);
+            // The stride and size the geometry would need, if it is one (or arbitrary ones).
+            let geometry = usize::try_from(capacity)
+                .ok()
+                .zip(usize::try_from(max_message).ok())
+                .and_then(|(c, m)| super::Geometry::new(c, m).ok());
+            let right_stride = geometry.as_ref().map_or(0, |g| g.stride() as u64);
+            let right_size = geometry.as_ref().map_or(0, |g| segment_size(g) as u64);
+            h.stride.store(stride.unwrap_or(right_stride), Relaxed);
+            h.segment_size.store(recorded.unwrap_or(right_size), Relaxed);
+            // The segment: exactly the size needed, or off by a little, or anything.
+            let actual = match actual {
+                None => right_size as usize,
+                Some(d) if d.unsigned_abs() <= 4096 => (right_size as i64).saturating_add(d).max(0) as usize,
+                Some(a) => a as usize,
+            };
+            let name = h.name();
+            check(h, use_name.then_some(name.as_str()), actual)?;
+        }
+    }
+}

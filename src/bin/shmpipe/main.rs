@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod ops;
+mod soak;
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +75,16 @@ enum Command {
     Rm(ops::RmArgs),
     /// Print a ring's counters every interval: messages in/out, unread, waits, parks, wakes.
     Stat(ops::StatArgs),
+    /// Stream checksummed messages between two child processes for a while, SIGKILL one of them
+    /// now and then and restart the pair on a new ring; check every message, and that no SysV
+    /// object is left behind.
+    Soak(soak::SoakArgs),
+    /// (internal) the soak's producer process.
+    #[command(hide = true)]
+    SoakProducer(soak::ChildArgs),
+    /// (internal) the soak's consumer process.
+    #[command(hide = true)]
+    SoakConsumer(soak::ChildArgs),
 }
 
 /// Settings for a channel this command creates (an existing ring keeps its own). They override
@@ -176,6 +187,9 @@ fn main() -> ExitCode {
         Command::Ls(args) => return ops::ls(args),
         Command::Rm(args) => return ops::rm(args),
         Command::Stat(args) => return ops::stat(args),
+        Command::Soak(args) => return soak::run(args),
+        Command::SoakProducer(args) => return soak::produce(args),
+        Command::SoakConsumer(args) => return soak::consume(args),
     };
     result.unwrap_or_else(fail)
 }

@@ -27,8 +27,13 @@ pub(crate) struct FrameReader {
 
 impl FrameReader {
     pub(crate) fn new(max: usize) -> Self {
+        Self::with_buffer(max, INITIAL_READ_BUFFER)
+    }
+
+    /// A reader whose buffer starts at `initial` bytes (tests start small to exercise growth).
+    fn with_buffer(max: usize, initial: usize) -> Self {
         FrameReader {
-            buf: vec![0; INITIAL_READ_BUFFER],
+            buf: vec![0; initial],
             start: 0,
             end: 0,
             max,
@@ -401,5 +406,139 @@ mod tests {
         let refused = w.write_frame(b"x", |_| Err(io::ErrorKind::WouldBlock.into()));
         assert!(!refused.unwrap());
         assert_eq!(w.pending(), 0);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests of [`FrameReader`]: any byte stream, delivered in any chunks, into a buffer
+    //! of any starting size, decodes without panicking to exactly the frames (and the same
+    //! ending) as a plain reference decoder of the whole stream, and never to a frame over the
+    //! maximum.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// How a decoded stream ended: cleanly (with an incomplete frame's sizes, if any) or corrupted.
+    type Ending = Result<Option<(usize, usize)>, Corrupted>;
+
+    /// The obvious decoder, on the whole stream at once.
+    fn reference(stream: &[u8], max: usize) -> (Vec<Vec<u8>>, Ending) {
+        let mut frames = Vec::new();
+        let mut rest = stream;
+        loop {
+            if rest.len() < HEADER {
+                return (frames, Ok((!rest.is_empty()).then_some((rest.len(), HEADER))));
+            }
+            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len > max {
+                return (
+                    frames,
+                    Err(Corrupted {
+                        reason: format!("frame of {len} bytes exceeds the maximum of {max} bytes"),
+                    }),
+                );
+            }
+            if rest.len() - HEADER < len {
+                return (frames, Ok(Some((rest.len(), HEADER + len))));
+            }
+            frames.push(rest[HEADER..HEADER + len].to_vec());
+            rest = &rest[HEADER + len..];
+        }
+    }
+
+    /// Hands out the stream in chunks of the given sizes, cycling through them (a size of 0
+    /// stands for 1: a read of 0 bytes would mean the end of the stream).
+    struct Chunked<'a> {
+        data: &'a [u8],
+        sizes: &'a [usize],
+        next: usize,
+    }
+
+    impl Read for Chunked<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let size = self.sizes[self.next % self.sizes.len()].max(1);
+            self.next += 1;
+            let n = size.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// Decodes everything the reader yields, checking each frame against `max` on the way.
+    fn decode(
+        src: &mut impl Read,
+        max: usize,
+        initial: usize,
+    ) -> Result<(Vec<Vec<u8>>, Ending), TestCaseError> {
+        let mut r = FrameReader::with_buffer(max, initial);
+        let mut out = Vec::new();
+        loop {
+            loop {
+                match r.next_frame() {
+                    Ok(Some(f)) => {
+                        prop_assert!(f.len() <= max, "a frame of {} bytes, max {max}", f.len());
+                        out.push(f.to_vec());
+                    }
+                    Ok(None) => break,
+                    Err(c) => return Ok((out, Err(c))),
+                }
+            }
+            if r.fill_from(src).map_err(|e| TestCaseError::fail(e.to_string()))? == 0 {
+                return Ok((out, Ok(r.partial())));
+            }
+        }
+    }
+
+    /// Pieces of a stream: well-formed frames (often), bare headers of any length, and noise.
+    fn piece() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            12 => prop::collection::vec(any::<u8>(), 0..200).prop_map(|p| {
+                let mut f = (p.len() as u32).to_le_bytes().to_vec();
+                f.extend(p);
+                f
+            }),
+            1 => prop_oneof![any::<u32>(), 0u32..300].prop_map(|n| n.to_le_bytes().to_vec()),
+            1 => prop::collection::vec(any::<u8>(), 0..16),
+        ]
+    }
+
+    fn check(stream: &[u8], sizes: &[usize], max: usize, initial: usize) -> Result<(), TestCaseError> {
+        let mut src = Chunked {
+            data: stream,
+            sizes,
+            next: 0,
+        };
+        let got = decode(&mut src, max, initial)?;
+        prop_assert_eq!(got, reference(stream, max));
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Streams made of frame-like pieces, so most cases decode several frames before they
+        /// end or hit an oversize header.
+        #[test]
+        fn framed_streams_any_chunking(
+            pieces in prop::collection::vec(piece(), 0..16),
+            sizes in prop::collection::vec(prop_oneof![3 => 0usize..8, 1 => 0usize..600], 1..8),
+            max in prop_oneof![1 => 0usize..4, 2 => 0usize..256, 4 => 256usize..(1 << 16)],
+            initial in prop_oneof![2 => 0usize..64, 1 => Just(INITIAL_READ_BUFFER)],
+        ) {
+            let stream: Vec<u8> = pieces.concat();
+            check(&stream, &sizes, max, initial)?;
+        }
+
+        /// Arbitrary bytes.
+        #[test]
+        fn arbitrary_bytes_any_chunking(
+            stream in prop::collection::vec(any::<u8>(), 0..512),
+            sizes in prop::collection::vec(0usize..64, 1..8),
+            max in 0usize..1024,
+            initial in 0usize..64,
+        ) {
+            check(&stream, &sizes, max, initial)?;
+        }
     }
 }
