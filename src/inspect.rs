@@ -367,7 +367,7 @@ impl RingView {
     pub fn info(&self) -> RingInfo {
         let id = self.backing.att.id();
         let st = shm::stat(id).ok();
-        let removed = st.map_or(true, |s| s.mode & SHM_DEST != 0);
+        let removed = st.is_none_or(|s| s.mode & SHM_DEST != 0);
         ring_info(
             &self.backing,
             &self.layout,

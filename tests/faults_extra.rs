@@ -940,7 +940,7 @@ fn opens_and_closes_racing_random_corruption_never_panic_or_hang() {
         cfg.open_timeout = Duration::from_millis(300);
         let started = Instant::now();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 cfg.open_sender().map(drop)
             } else {
                 cfg.open_receiver().map(|mut rx| {

@@ -139,7 +139,7 @@ impl Drop for Kid {
 /// Message `i` of the stream test: its length depends on `i` (empty, small, around msgmax,
 /// fragmented), its bytes on `i` and the position.
 fn stream_len(i: u64, msgmax: usize) -> usize {
-    if i % 10_000 == 0 {
+    if i.is_multiple_of(10_000) {
         0
     } else if i % 1000 == 500 {
         20_000 + (i / 1000 % 7) as usize * 9_000

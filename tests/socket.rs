@@ -58,7 +58,7 @@ fn small_or_sized(i: u64, len: usize) -> Vec<u8> {
 fn py_msg(i: u64) -> Vec<u8> {
     let len = match i {
         500 => 300_000,
-        _ if i % 10 == 0 => 0,
+        _ if i.is_multiple_of(10) => 0,
         _ => (i as usize * 37) % 3000,
     };
     (0..len).map(|j| ((i as usize * 7 + j) % 251) as u8).collect()

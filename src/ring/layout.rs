@@ -51,7 +51,7 @@ pub(crate) struct Header {
 }
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
-const _: () = assert!(SLOTS_OFFSET % 128 == 0);
+const _: () = assert!(SLOTS_OFFSET.is_multiple_of(128));
 #[cfg(target_arch = "x86_64")]
 const _: () = assert!(SLOTS_OFFSET == 1280);
 

@@ -152,7 +152,7 @@ impl Slots {
     /// `base` must point to `capacity * stride` bytes, 8-aligned, valid for reads and writes for
     /// as long as this value is used, with `stride` a multiple of 8 and at least `SLOT_HEADER`.
     pub(crate) unsafe fn new(base: NonNull<u8>, capacity: usize, stride: usize) -> Self {
-        debug_assert!(capacity.is_power_of_two() && stride % 8 == 0 && stride >= SLOT_HEADER);
+        debug_assert!(capacity.is_power_of_two() && stride.is_multiple_of(8) && stride >= SLOT_HEADER);
         Slots {
             base,
             stride,

@@ -244,7 +244,9 @@ impl RawSeg {
     }
 
     fn at<T>(&self, offset: usize) -> *mut T {
-        assert!(offset + std::mem::size_of::<T>() <= self.len && offset % std::mem::align_of::<T>() == 0);
+        assert!(
+            offset + std::mem::size_of::<T>() <= self.len && offset.is_multiple_of(std::mem::align_of::<T>())
+        );
         // SAFETY: in bounds (checked above) of a live mapping.
         unsafe { self.addr.add(offset).cast() }
     }

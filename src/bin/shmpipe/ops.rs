@@ -333,7 +333,7 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
     let start = Instant::now();
     let mut last: Option<(Instant, inspect::Counters)> = None;
     let mut n = 0u64;
-    while args.count.map_or(true, |c| n < c) {
+    while args.count.is_none_or(|c| n < c) {
         if n > 0 {
             std::thread::sleep(interval);
         }

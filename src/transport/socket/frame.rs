@@ -305,7 +305,7 @@ mod tests {
                     x ^= x >> 7;
                     x ^= x << 17;
                     // Mostly small lengths so some garbage decodes as frames.
-                    if x % 3 == 0 {
+                    if x.is_multiple_of(3) {
                         0
                     } else {
                         (x >> 32) as u8
@@ -361,7 +361,7 @@ mod tests {
     impl Sink {
         fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
             self.calls += 1;
-            if self.calls % 2 == 0 {
+            if self.calls.is_multiple_of(2) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let mut left = self.take;

@@ -115,7 +115,7 @@ impl Segment {
     }
 
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= SEGMENT_SIZE);
+        assert!(offset.is_multiple_of(8) && offset + 8 <= SEGMENT_SIZE);
         // Every bit pattern is a valid u64, and both processes only access the word atomically.
         // SAFETY: the attachment is page aligned and SEGMENT_SIZE bytes long (checked at attach),
         // so `offset` (8-aligned, in bounds) is a valid AtomicU64 while `self` is attached.
@@ -123,7 +123,7 @@ impl Segment {
     }
 
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= SEGMENT_SIZE);
+        assert!(offset.is_multiple_of(4) && offset + 4 <= SEGMENT_SIZE);
         // SAFETY: as in `u64_at`, for a 4-aligned in-bounds u32.
         unsafe { &*self.addr.as_ptr().add(offset).cast::<AtomicU32>() }
     }
@@ -160,7 +160,7 @@ fn spin_until(
         }
         spin_loop();
         rounds = rounds.wrapping_add(1);
-        if rounds % 4096 == 0 {
+        if rounds.is_multiple_of(4096) {
             alive()?;
             std::thread::yield_now();
             if since.get_or_insert_with(Instant::now).elapsed() > STALL {
