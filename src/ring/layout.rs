@@ -198,10 +198,9 @@ mod fuzz {
         }
 
         fn header(&self) -> &Header {
-            // SAFETY: `Header` is `repr(C)` and made only of atomic integers, for which every bit
-            // pattern is valid; it is no larger than `RawHeader` (256 bytes, asserted above) and
-            // needs no stricter alignment (asserted above); the reference borrows `self`, and
-            // the memory is only ever accessed through atomics.
+            // The reference borrows `self`, and the memory is only ever accessed through atomics.
+            // SAFETY: `Header` is `repr(C)` atomics only (every bit pattern valid), no larger than
+            // `RawHeader` and no more aligned (both asserted above).
             unsafe { &*(self as *const RawHeader).cast::<Header>() }
         }
     }
