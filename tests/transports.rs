@@ -920,9 +920,11 @@ fn receiver_death_disconnects_sender(t: Transport) {
 /// `Closed` or `Dead`); elsewhere it may say `None`, but never the wrong one. Checked on both
 /// ends, through the boxed ends `open_sender`/`open_receiver` return.
 fn peer_tells_close_from_death(t: Transport) {
-    let can_tell = t == Transport::Shm;
+    // Shared memory tells on both ends; a message-queue receiver tells (end-of-stream message
+    // versus a dead last sender); the others may say None (unknown).
     let mut wrong = Vec::new();
     let mut check = |what: &str, got: Option<Peer>, want: Peer| {
+        let can_tell = t == Transport::Shm || (t == Transport::Msgq && what.starts_with("receiver"));
         let ok = got == Some(want) || (!can_tell && got.is_none());
         if !ok {
             wrong.push(format!("{what}: peer() = {got:?}, expected Some({want:?})"));

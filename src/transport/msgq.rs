@@ -97,7 +97,7 @@ use crate::channel::{Receiver, Sender};
 use crate::error::{
     Corrupted, Error, RecvTimeoutError, SendTimeoutError, TooLarge, TryRecvError, TrySendError,
 };
-use crate::ring::{Role, MAX_MESSAGE_LIMIT};
+use crate::ring::{Peer, Role, MAX_MESSAGE_LIMIT};
 use crate::sys::msgq::{self, show, Limits, MsgBuf, MsqId, Received, RecvFail, SendFail};
 use crate::sys::proc::{self, ProcessId};
 use crate::transport::shm::SegmentAddr;
@@ -201,6 +201,7 @@ impl MsgqConfig {
             assembly: Assembly::Idle,
             held: None,
             finished: false,
+            ended: None,
         })
     }
 }
@@ -570,6 +571,8 @@ pub struct MsgqReceiver {
     held: Option<Received>,
     /// End of stream seen, queue removed, or sender dead: `Disconnected` from now on.
     finished: bool,
+    /// How the stream ended, when we know: `Closed` (end of stream) or `Dead` (last sender died).
+    ended: Option<Peer>,
 }
 
 /// What an empty queue says about the sender.
@@ -658,7 +661,10 @@ impl MsgqReceiver {
             Ok(st) if st.qnum > 0 => Empty::Arrived,
             // A snapshot: an empty queue whose last sender is dead stays empty.
             Ok(st) => match self.q.peer_state(st.lspid) {
-                PeerState::Dead => Empty::SenderGone,
+                PeerState::Dead => {
+                    self.ended = Some(Peer::Dead);
+                    Empty::SenderGone
+                }
                 PeerState::NotYet | PeerState::Alive => Empty::Wait,
             },
         }
@@ -719,7 +725,10 @@ impl MsgqReceiver {
                 out.extend_from_slice(self.buf.text(len));
                 Ok(true)
             }
-            MTYPE_END => Err(TryRecvError::Disconnected),
+            MTYPE_END => {
+                self.ended = Some(Peer::Closed);
+                Err(TryRecvError::Disconnected)
+            }
             MTYPE_FRAGMENT | MTYPE_LAST_FRAGMENT => {
                 let last = mtype == MTYPE_LAST_FRAGMENT;
                 if self.assembly == Assembly::Skipping {
@@ -764,6 +773,12 @@ impl Receiver for MsgqReceiver {
         deadline: Option<Instant>,
     ) -> Result<(), RecvTimeoutError> {
         self.recv_impl(buf, Wait::Until(deadline)).map_err(Into::into)
+    }
+
+    /// `Closed` after an end of stream, `Dead` after the last sender was found dead; `None`
+    /// while the stream runs, or when it ended otherwise (the queue removed under us).
+    fn peer(&self) -> Option<Peer> {
+        self.ended
     }
 }
 
