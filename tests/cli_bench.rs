@@ -168,7 +168,7 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
     }
     let mut expected = BTreeSet::new();
     for t in [
-        "shm", "shm-park", "msgq", "raw-msgq", "unix", "raw-unix", "tcp", "raw-tcp",
+        "shm", "shm-park", "msgq", "raw-msgq", "unix", "raw-unix", "raw-pipe", "tcp", "raw-tcp",
     ] {
         for size in [64, 1024] {
             expected.insert(("throughput".to_string(), t.to_string(), size));
@@ -183,6 +183,7 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
         "raw-msgq",
         "unix",
         "raw-unix",
+        "raw-pipe",
         "tcp",
         "raw-tcp",
     ] {

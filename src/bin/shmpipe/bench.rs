@@ -17,7 +17,7 @@
 //! `Sender`/`Receiver` traits): `shm` (`?wait=spin`), `shm-park` (`?wait=park`: every wait
 //! parks on the futex at once, so latency includes a wake-up), `msgq`, `unix`, `tcp`. Raw
 //! baselines (libc/std only, see [`raw`]): `raw-atomic`, `raw-futex` (latency only), `raw-msgq`,
-//! `raw-unix`, `raw-tcp`.
+//! `raw-unix`, `raw-pipe`, `raw-tcp`.
 
 mod cleanup;
 mod ours;
@@ -71,6 +71,8 @@ pub(crate) enum Transport {
     Unix,
     /// Raw: a socketpair, length-prefixed frames with write_all/read_exact
     RawUnix,
+    /// Raw: pipe(2)s (one per direction), frames as raw-unix
+    RawPipe,
     /// tcp://127.0.0.1:PORT
     Tcp,
     /// Raw: a 127.0.0.1 TCP connection with TCP_NODELAY, frames as raw-unix
@@ -79,7 +81,7 @@ pub(crate) enum Transport {
 
 impl Transport {
     /// Every transport, in the order of the report: each of ours next to its baseline.
-    const ALL: [Transport; 10] = [
+    const ALL: [Transport; 11] = [
         Transport::Shm,
         Transport::ShmPark,
         Transport::RawAtomic,
@@ -88,6 +90,7 @@ impl Transport {
         Transport::RawMsgq,
         Transport::Unix,
         Transport::RawUnix,
+        Transport::RawPipe,
         Transport::Tcp,
         Transport::RawTcp,
     ];
@@ -102,6 +105,7 @@ impl Transport {
             Transport::RawMsgq => "raw-msgq",
             Transport::Unix => "unix",
             Transport::RawUnix => "raw-unix",
+            Transport::RawPipe => "raw-pipe",
             Transport::Tcp => "tcp",
             Transport::RawTcp => "raw-tcp",
         }
@@ -212,9 +216,9 @@ pub(crate) struct PeerProc {
 }
 
 impl PeerProc {
-    /// Spawns `bench-peer`. `inherit_fd` is left open across exec (everything else we open is
-    /// close-on-exec).
-    fn spawn(ctx: &Ctx, job: &Job, addrs: &[String], inherit_fd: Option<RawFd>) -> Result<PeerProc, String> {
+    /// Spawns `bench-peer`. The descriptors in `inherit_fds` are left open across exec
+    /// (everything else we open is close-on-exec).
+    fn spawn(ctx: &Ctx, job: &Job, addrs: &[String], inherit_fds: &[RawFd]) -> Result<PeerProc, String> {
         let mut cmd = Command::new(&ctx.exe);
         cmd.args(["bench-peer", "--scenario", job.scenario.name()])
             .args(["--transport", job.transport.name()])
@@ -228,13 +232,17 @@ impl PeerProc {
             cmd.args(["--pin-core", &core.to_string()]);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
-        if let Some(fd) = inherit_fd {
+        if !inherit_fds.is_empty() {
+            // Allocated here, in the parent: the child only reads it.
+            let fds = inherit_fds.to_vec();
             // SAFETY: the closure runs in the forked child before exec and only calls fcntl,
             // which is async-signal-safe; it allocates nothing and touches no lock.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                        return Err(io::Error::last_os_error());
+                    for &fd in &fds {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                            return Err(io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });

@@ -158,7 +158,7 @@ pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     match job.scenario {
         Scenario::Throughput => {
             let mut rx = open_rx(&eps.up)?;
-            let peer = PeerProc::spawn(ctx, job, std::slice::from_ref(&eps.up), None)?;
+            let peer = PeerProc::spawn(ctx, job, std::slice::from_ref(&eps.up), &[])?;
             let rate = receive_stream(&mut rx, job.size, job.messages)?;
             drop(rx);
             peer.finish()?;
@@ -167,7 +167,7 @@ pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
         Scenario::Latency => {
             let mut tx = open_tx(&eps.down)?;
             let mut rx = open_rx(&eps.up)?;
-            let peer = PeerProc::spawn(ctx, job, &[eps.down.clone(), eps.up.clone()], None)?;
+            let peer = PeerProc::spawn(ctx, job, &[eps.down.clone(), eps.up.clone()], &[])?;
             let rtt = ping(&mut tx, &mut rx, job.warmup, job.messages)?;
             drop((tx, rx));
             peer.finish()?;

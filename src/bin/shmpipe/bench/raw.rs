@@ -13,6 +13,10 @@
 //!   `TCP_NODELAY` on both ends): frames of a little-endian u32 length and the payload, each
 //!   written with one `write_all` and read with `read_exact` through a 64 KiB `BufReader` (our
 //!   socket transport likewise writes a frame at once and reads what is there into a buffer).
+//! - `raw-pipe`: `std::io::pipe` pairs (`pipe2(O_CLOEXEC)`), one per direction; the peer inherits
+//!   its ends (close-on-exec cleared in the child only) and gets their numbers on the command
+//!   line; frames as `raw-unix`. Pipes have no timeouts: a peer that dies is seen as end of file
+//!   (or `EPIPE`), but one that hangs alive blocks the measurement until it is killed.
 //!
 //! Cleanup: segments and queues are `IPC_RMID`ed by RAII guards on every path. A segment is
 //! even removed as soon as we have attached it (Linux keeps a removed segment alive while it is
@@ -231,7 +235,7 @@ fn parent_alive(parent: u32) -> impl FnMut() -> Result<(), String> {
 
 fn atomic_latency(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let seg = Segment::create_private()?;
-    let mut peer = PeerProc::spawn(ctx, job, &[seg.id.to_string()], None)?;
+    let mut peer = PeerProc::spawn(ctx, job, &[seg.id.to_string()], &[])?;
     let word = seg.u64_at(ATOMIC_AT);
     let mut alive = || peer.check_alive();
     let mut rtt = Vec::with_capacity(job.messages as usize);
@@ -250,7 +254,7 @@ fn atomic_latency(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
 
 fn futex_latency(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let seg = Segment::create_private()?;
-    let mut peer = PeerProc::spawn(ctx, job, &[seg.id.to_string()], None)?;
+    let mut peer = PeerProc::spawn(ctx, job, &[seg.id.to_string()], &[])?;
     let (ping, pong) = (seg.u32_at(PING_FUTEX_AT), seg.u32_at(PONG_FUTEX_AT));
     let mut alive = || peer.check_alive();
     let mut rtt = Vec::with_capacity(job.messages as usize);
@@ -422,7 +426,7 @@ fn remove_if_peer_fails(pid: u32, queue: Arc<MsgQueue>) {
 fn msgq_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let queue = Arc::new(MsgQueue::create_private()?);
     let result = (|| -> Result<Measured, String> {
-        let peer = PeerProc::spawn(ctx, job, &[queue.id.to_string()], None)?;
+        let peer = PeerProc::spawn(ctx, job, &[queue.id.to_string()], &[])?;
         remove_if_peer_fails(peer.pid(), Arc::clone(&queue));
         let measured = match job.scenario {
             Scenario::Throughput => {
@@ -555,12 +559,52 @@ where
 fn unix_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let fd = theirs.as_raw_fd();
-    let peer = PeerProc::spawn(ctx, job, &[fd.to_string()], Some(fd))?;
+    let peer = PeerProc::spawn(ctx, job, &[fd.to_string()], &[fd])?;
     drop(theirs);
     ours.set_read_timeout(Some(STALL))
         .and_then(|()| ours.set_write_timeout(Some(STALL)))
         .map_err(|e| format!("socket timeouts: {e}"))?;
     socket_measure(job, &ours, peer)
+}
+
+fn pipe_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
+    let (up_r, up_w) = io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let measured = match job.scenario {
+        Scenario::Throughput => {
+            let fd = up_w.as_raw_fd();
+            let peer = PeerProc::spawn(ctx, job, &[fd.to_string()], &[fd])?;
+            // Ours closed, so the peer's death is end of file.
+            drop(up_w);
+            let rate = stream_receive(&up_r, job.size, job.messages)?;
+            (peer, Measured::Rate(rate))
+        }
+        Scenario::Latency => {
+            let (down_r, down_w) = io::pipe().map_err(|e| format!("pipe: {e}"))?;
+            let fds = [down_r.as_raw_fd(), up_w.as_raw_fd()];
+            let peer = PeerProc::spawn(ctx, job, &fds.map(|f| f.to_string()), &fds)?;
+            drop((down_r, up_w));
+            let rtt = stream_ping(&up_r, &down_w, job.warmup, job.messages)?;
+            (peer, Measured::RoundTrips(rtt))
+        }
+    };
+    let (peer, measured) = measured;
+    peer.finish()?;
+    Ok(measured)
+}
+
+/// Takes ownership of descriptor `arg` (a decimal number), inherited from the bench process.
+fn inherited_fd(arg: &str) -> Result<OwnedFd, String> {
+    let fd: i32 = arg.parse().map_err(|_| format!("bad --addr {arg:?}"))?;
+    if fd < 0 {
+        return Err(format!("bad --addr {arg:?}"));
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags; a closed fd makes it fail.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(os_err(&format!("inherited descriptor {fd}")));
+    }
+    // SAFETY: `fd` is open (checked above): the parent's end, inherited across exec, and nothing
+    // else in this process owns or closes it (each --addr is taken once).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn tcp_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
@@ -569,7 +613,7 @@ fn tcp_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
         .local_addr()
         .map_err(|e| format!("tcp local address: {e}"))?
         .port();
-    let mut peer = PeerProc::spawn(ctx, job, &[port.to_string()], None)?;
+    let mut peer = PeerProc::spawn(ctx, job, &[port.to_string()], &[])?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("tcp listener: {e}"))?;
@@ -614,6 +658,7 @@ pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
         Transport::RawFutex => futex_latency(ctx, job),
         Transport::RawMsgq => msgq_measure(ctx, job),
         Transport::RawUnix => unix_measure(ctx, job),
+        Transport::RawPipe => pipe_measure(ctx, job),
         Transport::RawTcp => tcp_measure(ctx, job),
         t => unreachable!("{} is not a baseline", t.name()),
     }
@@ -684,6 +729,17 @@ pub(super) fn peer(args: &PeerArgs) -> Result<(), String> {
             let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
             socket_peer(args, &stream)
         }
+        Transport::RawPipe => match (args.scenario, &args.addr[..]) {
+            (Scenario::Throughput, [up]) => {
+                stream_send(io::PipeWriter::from(inherited_fd(up)?), args.size, args.messages)
+            }
+            (Scenario::Latency, [down, up]) if down != up => {
+                let r = io::PipeReader::from(inherited_fd(down)?);
+                let w = io::PipeWriter::from(inherited_fd(up)?);
+                stream_echo(r, w, args.messages)
+            }
+            _ => Err("expected one --addr (throughput) or two (latency)".into()),
+        },
         Transport::RawTcp => {
             let port: u16 = one_addr(args)?;
             let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
