@@ -17,9 +17,11 @@
 //! `Sender`/`Receiver` traits): `shm` (`?wait=spin`), `shm-park` (`?wait=park`: every wait
 //! parks on the futex at once, so latency includes a wake-up), `msgq`, `unix`, `tcp`. Raw
 //! baselines (libc/std only, see [`raw`]): `raw-atomic`, `raw-futex` (latency only), `raw-msgq`,
-//! `raw-unix`, `raw-pipe`, `raw-tcp`.
+//! `raw-unix`, `raw-pipe`, `raw-tcp`. In-process baselines (two threads, throughput only, see
+//! [`inproc`]): `inproc-ring`, `inproc-arrayqueue`, `inproc-rtrb`.
 
 mod cleanup;
+mod inproc;
 mod ours;
 mod raw;
 
@@ -77,11 +79,17 @@ pub(crate) enum Transport {
     Tcp,
     /// Raw: a 127.0.0.1 TCP connection with TCP_NODELAY, frames as raw-unix
     RawTcp,
+    /// In-process: our ring on the heap between two threads (throughput only)
+    InprocRing,
+    /// In-process: crossbeam_queue::ArrayQueue between two threads (throughput, <= 1024 B)
+    InprocArrayqueue,
+    /// In-process: rtrb::RingBuffer between two threads (throughput, <= 1024 B)
+    InprocRtrb,
 }
 
 impl Transport {
     /// Every transport, in the order of the report: each of ours next to its baseline.
-    const ALL: [Transport; 11] = [
+    const ALL: [Transport; 14] = [
         Transport::Shm,
         Transport::ShmPark,
         Transport::RawAtomic,
@@ -93,6 +101,9 @@ impl Transport {
         Transport::RawPipe,
         Transport::Tcp,
         Transport::RawTcp,
+        Transport::InprocRing,
+        Transport::InprocArrayqueue,
+        Transport::InprocRtrb,
     ];
 
     fn name(self) -> &'static str {
@@ -108,6 +119,9 @@ impl Transport {
             Transport::RawPipe => "raw-pipe",
             Transport::Tcp => "tcp",
             Transport::RawTcp => "raw-tcp",
+            Transport::InprocRing => "inproc-ring",
+            Transport::InprocArrayqueue => "inproc-arrayqueue",
+            Transport::InprocRtrb => "inproc-rtrb",
         }
     }
 
@@ -115,8 +129,19 @@ impl Transport {
         self.name().starts_with("raw-")
     }
 
-    fn supports(self, scenario: Scenario) -> bool {
-        !(scenario == Scenario::Throughput && matches!(self, Transport::RawAtomic | Transport::RawFutex))
+    fn is_inproc(self) -> bool {
+        self.name().starts_with("inproc-")
+    }
+
+    /// Whether this is run in `scenario` with messages of `size` bytes.
+    fn supports(self, scenario: Scenario, size: usize) -> bool {
+        match scenario {
+            Scenario::Throughput => {
+                !matches!(self, Transport::RawAtomic | Transport::RawFutex)
+                    && (!self.is_inproc() || inproc::supports(self, size))
+            }
+            Scenario::Latency => !self.is_inproc(),
+        }
     }
 
     /// The raw baseline a transport of ours is compared with.
@@ -183,6 +208,16 @@ pub(crate) struct PeerArgs {
     parent: u32,
     #[arg(long)]
     pin_core: Option<usize>,
+}
+
+/// Slots of a ring (the `shm` rows and `inproc-ring`) for messages of `size` bytes: 1024 up to
+/// 1 KiB, 64 above (a 64 KiB message in 1024 slots would be 64 MiB a ring).
+pub(crate) fn ring_capacity(size: usize) -> usize {
+    if size <= 1024 {
+        1024
+    } else {
+        64
+    }
 }
 
 /// Size of a latency message.
@@ -534,7 +569,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         };
         for &size in &sizes {
             for transport in Transport::ALL {
-                if !transport.supports(scenario)
+                if !transport.supports(scenario, size)
                     || (!args.transport.is_empty() && !args.transport.contains(&transport))
                 {
                     continue;
@@ -554,7 +589,10 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         }
     }
     if jobs.is_empty() {
-        eprintln!("shmpipe: bench: nothing to run (raw-atomic and raw-futex measure latency only)");
+        eprintln!(
+            "shmpipe: bench: nothing to run (raw-atomic and raw-futex measure latency only, the \
+             inproc- baselines throughput only)"
+        );
         return ExitCode::FAILURE;
     }
 
@@ -628,7 +666,9 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
 }
 
 fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
-    if job.transport.is_raw() {
+    if job.transport.is_inproc() {
+        inproc::measure(job)
+    } else if job.transport.is_raw() {
         raw::measure(ctx, job)
     } else {
         ours::measure(ctx, job)
@@ -711,7 +751,21 @@ fn versus(row: &Row, rows: &[Row]) -> String {
             l[1] as f64 / b[1].max(1) as f64,
             base_t.name()
         ),
-        (_, _, Some(r), Some(b)) => format!("{:.2}x {}", r / b, base_t.name()),
+        (_, _, Some(r), Some(b)) => {
+            let mut out = format!("{:.2}x {}", r / b, base_t.name());
+            // Our ring across processes next to the usual in-process queue.
+            if matches!(row.transport, Transport::Shm | Transport::ShmPark) {
+                let inproc = rows.iter().find(|b| {
+                    b.transport == Transport::InprocArrayqueue
+                        && b.scenario == row.scenario
+                        && b.size == row.size
+                });
+                if let Some(b) = inproc.and_then(|b| b.msgs_per_s) {
+                    let _ = write!(out, ", {:.2}x inproc-arrayqueue", r / b);
+                }
+            }
+            out
+        }
         _ => "-".into(),
     }
 }
@@ -720,7 +774,7 @@ fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:<10} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>9}  vs raw",
+        "{:<10} {:<17} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>9}  vs raw",
         "scenario",
         "transport",
         "size",
@@ -737,7 +791,7 @@ fn table(rows: &[Row]) -> String {
         let l = |i: usize| row.latency.map_or_else(dash, |l| l[i].to_string());
         let _ = writeln!(
             out,
-            "{:<10} {:<10} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>9}  {}",
+            "{:<10} {:<17} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>9}  {}",
             row.scenario.name(),
             row.transport.name(),
             row.size,
@@ -754,8 +808,10 @@ fn table(rows: &[Row]) -> String {
     out.push_str(
         "latency: one way = round trip / 2, nearest-rank percentiles; MB = 10^6 bytes of payload.\n\
          vs raw: latency = ours / baseline (1.00x: as fast as the raw floor; higher is slower);\n\
-         throughput = our msgs/s / baseline msgs/s (higher is faster). Spinning rows (shm, \
-         raw-atomic) need two idle CPUs.\n",
+         throughput = our msgs/s / baseline msgs/s (higher is faster); shm also / inproc-arrayqueue.\n\
+         inproc-*: two threads of this process (no peer); arrayqueue and rtrb carry [u8; N],\n\
+         N = size rounded up to a power of two, and skip sizes above 1024 B.\n\
+         Spinning rows (shm, raw-atomic, inproc-*) need two idle CPUs.\n",
     );
     out
 }
