@@ -96,7 +96,10 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
 fn endpoints(ctx: &Ctx, job: &Job) -> Result<Endpoints, String> {
     let name = ctx.unique();
     let size = job.size;
-    let ring = |dir: &str, wait: &str| format!("shm://{name}-{dir}?max_message={size}&wait={wait}");
+    let capacity = super::ring_capacity(size);
+    let ring = |dir: &str, wait: &str| {
+        format!("shm://{name}-{dir}?capacity={capacity}&max_message={size}&wait={wait}")
+    };
     let queue = |dir: &str| format!("msgq://{name}-{dir}?max_message={size}");
     Ok(match job.transport {
         Transport::Shm => Endpoints {

@@ -423,6 +423,15 @@ fn remove_if_peer_fails(pid: u32, queue: Arc<MsgQueue>) {
     });
 }
 
+/// `kernel.msgmax`: the longest text one `msgsnd` may carry (the kernel's default, 8192, if it
+/// cannot be read).
+pub(super) fn msgmax() -> usize {
+    std::fs::read_to_string("/proc/sys/kernel/msgmax")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(8192)
+}
+
 fn msgq_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let queue = Arc::new(MsgQueue::create_private()?);
     let result = (|| -> Result<Measured, String> {
