@@ -509,6 +509,42 @@ fn pin_to(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// A progress line on stderr (a terminal) for a measurement that takes over a second: the
+/// measurement's label and its elapsed time, rewritten in place with `\r` four times a second.
+struct Progress {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<bool>,
+    label: String,
+}
+
+impl Progress {
+    fn start(label: String, started: Instant) -> Progress {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let line = label.clone();
+        let thread = std::thread::spawn(move || {
+            let mut printed = false;
+            let mut wait = Duration::from_secs(1);
+            // Any message or a hang-up (the sender dropped) ends it.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                // \x1b[K: erase to the end of the line (what was printed after the label).
+                eprint!("\r{line} ... {:.1} s\x1b[K", started.elapsed().as_secs_f64());
+                printed = true;
+                wait = Duration::from_millis(250);
+            }
+            printed
+        });
+        Progress { stop, thread, label }
+    }
+
+    /// Stops the ticking; if it printed, puts the label back alone for the result to follow.
+    fn stop(self) {
+        drop(self.stop);
+        if let Ok(true) = self.thread.join() {
+            eprint!("\r{}\x1b[K", self.label);
+        }
+    }
+}
+
 /// `shmpipe bench`.
 pub(crate) fn run(args: BenchArgs) -> ExitCode {
     let started = Instant::now();
@@ -623,8 +659,10 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     };
     let mut rows = Vec::new();
     let mut failed = 0;
+    // SAFETY: isatty only inspects descriptor 2.
+    let tty = unsafe { libc::isatty(2) } == 1;
     for (i, job) in jobs.iter().enumerate() {
-        eprint!(
+        let label = format!(
             "[{:>2}/{}] {} {} {} B",
             i + 1,
             jobs.len(),
@@ -632,8 +670,14 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             job.transport.name(),
             job.size
         );
+        eprint!("{label}");
         let t = Instant::now();
-        match measure(&ctx, job) {
+        let ticker = tty.then(|| Progress::start(label.clone(), t));
+        let result = measure(&ctx, job);
+        if let Some(ticker) = ticker {
+            ticker.stop();
+        }
+        match result {
             Ok(m) => {
                 eprintln!(" {:.2} s", t.elapsed().as_secs_f64());
                 let (latency, msgs_per_s) = match m {
