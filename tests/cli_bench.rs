@@ -12,7 +12,7 @@ const MESSAGES: u64 = 300;
 /// Generous bound for the whole run on a busy 2-core machine.
 const LIMIT: Duration = Duration::from_secs(180);
 
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "scenario",
     "transport",
     "size",
@@ -23,6 +23,7 @@ const KEYS: [&str; 10] = [
     "max_ns",
     "msgs_per_s",
     "bytes_per_s",
+    "ns_per_msg",
 ];
 
 /// A SysV object listed in /proc/sysvipc: kind, id, and the pids it records (creator and last
@@ -90,13 +91,22 @@ fn number(fields: &BTreeMap<String, String>, key: &str) -> Option<f64> {
     }
 }
 
-#[test]
-fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
+/// A finished, successful `shmpipe bench` run.
+struct Run {
+    stdout: String,
+    stderr: String,
+    bench_pid: u32,
+    before: BTreeSet<(&'static str, u64)>,
+}
+
+/// Runs `shmpipe bench ARGS` within [`LIMIT`]; panics unless it succeeds.
+fn run_bench(args: &[&str]) -> Run {
     let before: BTreeSet<(&str, u64)> = sysv_objects().iter().map(|o| (o.kind, o.id)).collect();
 
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shmpipe"))
-        .args(["bench", "--quick", "--json", "--messages", &MESSAGES.to_string()])
+        .arg("bench")
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -130,6 +140,44 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
     let stdout = pipes.next().unwrap().join().unwrap();
     let stderr = pipes.next().unwrap().join().unwrap();
     assert!(status.success(), "bench failed ({status}); stderr:\n{stderr}");
+    Run {
+        stdout,
+        stderr,
+        bench_pid,
+        before,
+    }
+}
+
+/// Asserts that at least `peers` peers ran and that nothing new in /proc/sysvipc was created or
+/// used by the bench or one of its peers.
+fn assert_no_leak(run: &Run, peers: usize) {
+    let Run {
+        stderr,
+        bench_pid,
+        before,
+        ..
+    } = run;
+    let mut ours: BTreeSet<u32> = stderr
+        .split("peer pid ")
+        .skip(1)
+        .map(|s| {
+            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().expect("a pid after \"peer pid \"")
+        })
+        .collect();
+    assert!(ours.len() >= peers, "{peers} peers expected; stderr:\n{stderr}");
+    ours.insert(*bench_pid);
+    let leaked: Vec<IpcObject> = sysv_objects()
+        .into_iter()
+        .filter(|o| !before.contains(&(o.kind, o.id)) && o.pids.iter().any(|p| ours.contains(p)))
+        .collect();
+    assert!(leaked.is_empty(), "left behind: {leaked:?}");
+}
+
+#[test]
+fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
+    let run = run_bench(&["--quick", "--json", "--messages", &MESSAGES.to_string()]);
+    let stdout = &run.stdout;
 
     // Every line is a result with exactly the documented keys.
     let mut seen = BTreeSet::new();
@@ -202,28 +250,42 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
     }
     assert_eq!(seen, expected, "result lines; stdout:\n{stdout}");
 
-    // Nothing new in /proc/sysvipc that the bench or one of its peers created or used.
-    let mut ours: BTreeSet<u32> = stderr
-        .split("peer pid ")
-        .skip(1)
-        .map(|s| {
-            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().expect("a pid after \"peer pid \"")
-        })
-        .collect();
     // The in-process baselines run no peer.
     let with_peer = expected
         .iter()
         .filter(|(_, t, _)| !t.starts_with("inproc-"))
         .count();
-    assert!(
-        ours.len() >= with_peer,
-        "one peer per result expected; stderr:\n{stderr}"
-    );
-    ours.insert(bench_pid);
-    let leaked: Vec<IpcObject> = sysv_objects()
-        .into_iter()
-        .filter(|o| !before.contains(&(o.kind, o.id)) && o.pids.iter().any(|p| ours.contains(p)))
-        .collect();
-    assert!(leaked.is_empty(), "left behind: {leaked:?}");
+    assert_no_leak(&run, with_peer);
+}
+
+#[test]
+fn crossover_run_covers_every_count_and_leaks_nothing() {
+    let run = run_bench(&["--scenario", "crossover", "--json", "--size", "8,1024"]);
+    let mut seen = BTreeSet::new();
+    for line in run.stdout.lines() {
+        let f = parse_line(line);
+        let keys: BTreeSet<&str> = f.keys().map(String::as_str).collect();
+        assert_eq!(keys, KEYS.into_iter().collect(), "keys of {line}");
+        assert_eq!(f["scenario"], "crossover", "{line}");
+        assert!(number(&f, "ns_per_msg").unwrap_or(0.0) > 0.0, "no time: {line}");
+        for k in ["p50_ns", "msgs_per_s", "bytes_per_s"] {
+            assert_eq!(number(&f, k), None, "{k}: {line}");
+        }
+        let size = number(&f, "size").expect("size") as u64;
+        let n = number(&f, "messages").expect("messages") as u64;
+        assert!(
+            seen.insert((f["transport"].clone(), size, n)),
+            "duplicate: {line}"
+        );
+    }
+    let mut expected = BTreeSet::new();
+    for t in ["shm", "msgq", "unix"] {
+        for size in [8, 1024] {
+            for n in [1, 10, 100, 1000] {
+                expected.insert((t.to_string(), size, n));
+            }
+        }
+    }
+    assert_eq!(seen, expected, "result lines; stdout:\n{}", run.stdout);
+    assert_no_leak(&run, expected.len());
 }

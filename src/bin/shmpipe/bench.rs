@@ -12,6 +12,8 @@
 //!   rate = (N - 1) / elapsed.
 //! - `latency`: 8-byte ping-pong, one channel per direction (our transports are one-way); the
 //!   one-way latency of an iteration is its round trip / 2. Warm-up iterations are not recorded.
+//! - `crossover` (only when asked for): ns per message of open + send N + close, setup
+//!   included, for `shm`, `msgq` and `unix` (see [`crossover`]).
 //!
 //! Transports (ours, through `Endpoint::parse(..).open_sender()/open_receiver()` and the
 //! `Sender`/`Receiver` traits): `shm` (`?wait=spin`), `shm-park` (`?wait=park`: every wait
@@ -21,6 +23,7 @@
 //! [`inproc`]): `inproc-ring`, `inproc-arrayqueue`, `inproc-rtrb`.
 
 mod cleanup;
+mod crossover;
 mod inproc;
 mod ours;
 mod raw;
@@ -41,15 +44,19 @@ pub(crate) enum Scenario {
     Throughput,
     /// 8-byte ping-pong: one-way latency percentiles.
     Latency,
+    /// Open + send N + close, setup included, ns per message, for shm, msgq and unix (only
+    /// when asked for).
+    Crossover,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 2] = [Scenario::Throughput, Scenario::Latency];
+    const ALL: [Scenario; 3] = [Scenario::Throughput, Scenario::Latency, Scenario::Crossover];
 
     fn name(self) -> &'static str {
         match self {
             Scenario::Throughput => "throughput",
             Scenario::Latency => "latency",
+            Scenario::Crossover => "crossover",
         }
     }
 }
@@ -141,6 +148,7 @@ impl Transport {
                     && (!self.is_inproc() || inproc::supports(self, size))
             }
             Scenario::Latency => !self.is_inproc(),
+            Scenario::Crossover => crossover::TRANSPORTS.contains(&self),
         }
     }
 
@@ -179,7 +187,7 @@ pub(crate) struct BenchArgs {
     /// Only these transports and baselines (repeatable or comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     transport: Vec<Transport>,
-    /// Only these scenarios (repeatable or comma-separated).
+    /// Only these scenarios (repeatable or comma-separated; default throughput and latency).
     #[arg(long, value_enum, value_delimiter = ',')]
     scenario: Vec<Scenario>,
     /// Print one JSON object per result line instead of the table.
@@ -222,6 +230,9 @@ pub(crate) fn ring_capacity(size: usize) -> usize {
         64
     }
 }
+
+/// Where the throughput and latency code meets a crossover job (dispatched before it).
+const NOT_CROSSOVER: &str = "the crossover scenario is measured by its own module";
 
 /// Size of a latency message.
 const PING_SIZE: usize = 8;
@@ -389,6 +400,7 @@ impl Job {
         match self.scenario {
             Scenario::Throughput => self.messages,
             Scenario::Latency => self.warmup + self.messages,
+            Scenario::Crossover => self.messages,
         }
     }
 }
@@ -399,6 +411,8 @@ enum Measured {
     Rate(f64),
     /// Round-trip times in nanoseconds, one per timed iteration.
     RoundTrips(Vec<u64>),
+    /// Nanoseconds per message, setup included (crossover).
+    PerMessage(u64),
 }
 
 /// One line of the report.
@@ -410,6 +424,8 @@ struct Row {
     /// One-way p50, p99, p99.9, max in ns.
     latency: Option<[u64; 4]>,
     msgs_per_s: Option<f64>,
+    /// Crossover: ns per message, setup included.
+    ns_per_msg: Option<u64>,
 }
 
 impl Row {
@@ -611,11 +627,21 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         if !args.scenario.is_empty() && !args.scenario.contains(&scenario) {
             continue;
         }
+        if scenario == Scenario::Crossover && args.scenario.is_empty() {
+            // Many short runs, a question of its own: only when asked for.
+            continue;
+        }
         let sizes = match scenario {
             Scenario::Throughput => sizes.clone(),
             Scenario::Latency => vec![PING_SIZE],
+            Scenario::Crossover if args.size.is_empty() => crossover::SIZES.to_vec(),
+            Scenario::Crossover => args.size.iter().map(|&s| s as usize).collect(),
         };
-        for &size in &sizes {
+        let counts: &[u64] = match scenario {
+            Scenario::Crossover => &crossover::COUNTS,
+            _ => &[0],
+        };
+        for (&size, &count) in sizes.iter().flat_map(|s| counts.iter().map(move |c| (s, c))) {
             for transport in Transport::ALL {
                 if !transport.supports(scenario, size)
                     || (!args.transport.is_empty() && !args.transport.contains(&transport))
@@ -633,6 +659,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
                         0,
                     ),
                     Scenario::Latency => (latency_n, warmup),
+                    Scenario::Crossover => (count, 0),
                 };
                 jobs.push(Job {
                     scenario,
@@ -647,7 +674,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     if jobs.is_empty() {
         eprintln!(
             "shmpipe: bench: nothing to run (raw-atomic and raw-futex measure latency only, the \
-             inproc- baselines throughput only)"
+             inproc- baselines throughput only, crossover compares shm, msgq and unix)"
         );
         return ExitCode::FAILURE;
     }
@@ -680,9 +707,10 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         match result {
             Ok(m) => {
                 eprintln!(" {:.2} s", t.elapsed().as_secs_f64());
-                let (latency, msgs_per_s) = match m {
-                    Measured::Rate(r) => (None, Some(r)),
-                    Measured::RoundTrips(rtt) => (Some(one_way_percentiles(rtt)), None),
+                let (latency, msgs_per_s, ns_per_msg) = match m {
+                    Measured::Rate(r) => (None, Some(r), None),
+                    Measured::RoundTrips(rtt) => (Some(one_way_percentiles(rtt)), None, None),
+                    Measured::PerMessage(ns) => (None, None, Some(ns)),
                 };
                 rows.push(Row {
                     scenario: job.scenario,
@@ -691,6 +719,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
                     messages: job.messages,
                     latency,
                     msgs_per_s,
+                    ns_per_msg,
                 });
             }
             Err(e) => {
@@ -731,7 +760,9 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
 }
 
 fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
-    if job.transport.is_inproc() {
+    if job.scenario == Scenario::Crossover {
+        crossover::measure(ctx, job)
+    } else if job.transport.is_inproc() {
         inproc::measure(job)
     } else if job.transport.is_raw() {
         raw::measure(ctx, job)
@@ -756,7 +787,9 @@ pub(crate) fn peer(args: PeerArgs) -> ExitCode {
             eprintln!("shmpipe bench-peer: pinning to CPU {cpu}: {e}");
         }
     }
-    let result = if args.transport.is_raw() {
+    let result = if args.scenario == Scenario::Crossover {
+        crossover::peer(&args)
+    } else if args.transport.is_raw() {
         raw::peer(&args)
     } else {
         ours::peer(&args)
@@ -784,7 +817,8 @@ fn json_line(row: &Row) -> String {
     let l = |i: usize| int(row.latency.map(|l| l[i]));
     format!(
         "{{\"scenario\":\"{}\",\"transport\":\"{}\",\"size\":{},\"messages\":{},\"p50_ns\":{},\
-         \"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"msgs_per_s\":{},\"bytes_per_s\":{}}}",
+         \"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"msgs_per_s\":{},\"bytes_per_s\":{},\
+         \"ns_per_msg\":{}}}",
         row.scenario.name(),
         row.transport.name(),
         row.size,
@@ -795,6 +829,7 @@ fn json_line(row: &Row) -> String {
         l(3),
         float(row.msgs_per_s),
         float(row.bytes_per_s()),
+        int(row.ns_per_msg),
     )
 }
 
@@ -837,6 +872,9 @@ fn versus(row: &Row, rows: &[Row]) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::new();
+    if rows.iter().all(|r| r.scenario == Scenario::Crossover) {
+        return crossover_table(rows);
+    }
     let _ = writeln!(
         out,
         "{:<10} {:<17} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>9}  vs raw",
@@ -852,7 +890,7 @@ fn table(rows: &[Row]) -> String {
         "MB/s"
     );
     let dash = || "-".to_string();
-    for row in rows {
+    for row in rows.iter().filter(|r| r.scenario != Scenario::Crossover) {
         let l = |i: usize| row.latency.map_or_else(dash, |l| l[i].to_string());
         let _ = writeln!(
             out,
@@ -878,6 +916,49 @@ fn table(rows: &[Row]) -> String {
          N = size rounded up to a power of two, and skip sizes above 1024 B.\n\
          Spinning rows (shm, raw-atomic, inproc-*) need two idle CPUs.\n",
     );
+    out.push_str(&crossover_table(rows));
+    out
+}
+
+/// The crossover rows as a matrix: size and count down, transports across, the fastest marked.
+fn crossover_table(rows: &[Row]) -> String {
+    let cross: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.scenario == Scenario::Crossover)
+        .collect();
+    if cross.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\ncrossover: ns per message of open + send N + close, setup included (median of trials)"
+    );
+    let _ = write!(out, "{:>6} {:>5}", "size", "N");
+    for t in crossover::TRANSPORTS {
+        let _ = write!(out, " {:>11}", t.name());
+    }
+    let _ = writeln!(out, "  fastest");
+    let mut keys: Vec<(usize, u64)> = cross.iter().map(|r| (r.size, r.messages)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for (size, n) in keys {
+        let _ = write!(out, "{size:>6} {n:>5}");
+        let mut best: Option<(u64, Transport)> = None;
+        for t in crossover::TRANSPORTS {
+            let v = cross
+                .iter()
+                .find(|r| r.transport == t && r.size == size && r.messages == n)
+                .and_then(|r| r.ns_per_msg);
+            let _ = write!(out, " {:>11}", v.map_or_else(|| "-".into(), |v| v.to_string()));
+            if let Some(v) = v {
+                if best.is_none_or(|(b, _)| v < b) {
+                    best = Some((v, t));
+                }
+            }
+        }
+        let _ = writeln!(out, "  {}", best.map_or("-", |(_, t)| t.name()));
+    }
     out
 }
 

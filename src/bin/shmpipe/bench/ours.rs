@@ -17,13 +17,13 @@ type Tx = Box<dyn Sender + Send>;
 type Rx = Box<dyn Receiver + Send>;
 
 /// A private directory for Unix socket files, removed with everything in it on drop.
-struct TempDir {
-    path: PathBuf,
+pub(super) struct TempDir {
+    pub(super) path: PathBuf,
     token: Token,
 }
 
 impl TempDir {
-    fn new(name: &str) -> Result<TempDir, String> {
+    pub(super) fn new(name: &str) -> Result<TempDir, String> {
         use std::os::unix::fs::DirBuilderExt;
         let path = std::env::temp_dir().join(format!("shmpipe-{name}"));
         let mut reg = cleanup::lock();
@@ -144,13 +144,13 @@ fn endpoints(ctx: &Ctx, job: &Job) -> Result<Endpoints, String> {
     })
 }
 
-fn open_tx(endpoint: &str) -> Result<Tx, String> {
+pub(super) fn open_tx(endpoint: &str) -> Result<Tx, String> {
     Endpoint::parse(endpoint)
         .and_then(Endpoint::open_sender)
         .map_err(|e| format!("opening {endpoint}: {e}"))
 }
 
-fn open_rx(endpoint: &str) -> Result<Rx, String> {
+pub(super) fn open_rx(endpoint: &str) -> Result<Rx, String> {
     Endpoint::parse(endpoint)
         .and_then(Endpoint::open_receiver)
         .map_err(|e| format!("opening {endpoint}: {e}"))
@@ -159,6 +159,7 @@ fn open_rx(endpoint: &str) -> Result<Rx, String> {
 pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let eps = endpoints(ctx, job)?;
     match job.scenario {
+        Scenario::Crossover => Err(super::NOT_CROSSOVER.into()),
         Scenario::Throughput => {
             let mut rx = open_rx(&eps.up)?;
             let peer = PeerProc::spawn(ctx, job, std::slice::from_ref(&eps.up), &[])?;
@@ -231,6 +232,7 @@ fn ping(tx: &mut Tx, rx: &mut Rx, warmup: u64, n: u64) -> Result<Vec<u64>, Strin
 /// The peer's side.
 pub(super) fn peer(args: &PeerArgs) -> Result<(), String> {
     match args.scenario {
+        Scenario::Crossover => Err(super::NOT_CROSSOVER.into()),
         Scenario::Throughput => {
             let [up] = &args.addr[..] else {
                 return Err("expected one --addr".into());

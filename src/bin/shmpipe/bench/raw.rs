@@ -438,6 +438,7 @@ fn msgq_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
         let peer = PeerProc::spawn(ctx, job, &[queue.id.to_string()], &[])?;
         remove_if_peer_fails(peer.pid(), Arc::clone(&queue));
         let measured = match job.scenario {
+            Scenario::Crossover => return Err(super::NOT_CROSSOVER.into()),
             Scenario::Throughput => {
                 let mut buf = MsgBuf::new(job.size);
                 let mut clock = StreamClock::new();
@@ -558,6 +559,7 @@ where
     for<'a> &'a S: Read + Write,
 {
     let measured = match job.scenario {
+        Scenario::Crossover => return Err(super::NOT_CROSSOVER.into()),
         Scenario::Throughput => Measured::Rate(stream_receive(stream, job.size, job.messages)?),
         Scenario::Latency => Measured::RoundTrips(stream_ping(stream, stream, job.warmup, job.messages)?),
     };
@@ -579,6 +581,7 @@ fn unix_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
 fn pipe_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let (up_r, up_w) = io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let measured = match job.scenario {
+        Scenario::Crossover => return Err(super::NOT_CROSSOVER.into()),
         Scenario::Throughput => {
             let fd = up_w.as_raw_fd();
             let peer = PeerProc::spawn(ctx, job, &[fd.to_string()], &[fd])?;
@@ -602,7 +605,7 @@ fn pipe_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
 }
 
 /// Takes ownership of descriptor `arg` (a decimal number), inherited from the bench process.
-fn inherited_fd(arg: &str) -> Result<OwnedFd, String> {
+pub(super) fn inherited_fd(arg: &str) -> Result<OwnedFd, String> {
     let fd: i32 = arg.parse().map_err(|_| format!("bad --addr {arg:?}"))?;
     if fd < 0 {
         return Err(format!("bad --addr {arg:?}"));
@@ -652,6 +655,7 @@ where
     for<'a> &'a S: Read + Write,
 {
     match args.scenario {
+        Scenario::Crossover => Err(super::NOT_CROSSOVER.into()),
         Scenario::Throughput => stream_send(stream, args.size, args.messages),
         Scenario::Latency => stream_echo(stream, stream, args.messages),
     }
@@ -707,6 +711,7 @@ pub(super) fn peer(args: &PeerArgs) -> Result<(), String> {
         Transport::RawMsgq => {
             let queue = MsgQueue::open(one_addr(args)?);
             match args.scenario {
+                Scenario::Crossover => return Err(super::NOT_CROSSOVER.into()),
                 Scenario::Throughput => {
                     let mut buf = MsgBuf::new(args.size);
                     buf.text_mut().fill(0xa5);
