@@ -763,7 +763,7 @@ fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     if job.scenario == Scenario::Crossover {
         crossover::measure(ctx, job)
     } else if job.transport.is_inproc() {
-        inproc::measure(job)
+        inproc::measure(ctx, job)
     } else if job.transport.is_raw() {
         raw::measure(ctx, job)
     } else {

@@ -5,7 +5,8 @@
 //! Each streams the same N messages of SIZE bytes (sequence number in the first 8), the
 //! producer retrying a non-blocking push while the queue is full and the consumer a
 //! non-blocking pop while it is empty (spinning, yielding every 4096 rounds so a single CPU
-//! still progresses). The clock is the one of the other rows: first to last arrival.
+//! still progresses). The clock is the one of the other rows: first to last arrival. With
+//! `--pin`, the consumer runs on our CPU and the producer on the peer's.
 //!
 //! - `inproc-ring`: [`shmpipe::ring::spsc::channel`] (our ring on the heap), `try_send` /
 //!   `try_recv_ref`; capacity as the `shm` rows ([`ring_capacity`]), messages of exactly SIZE
@@ -17,7 +18,7 @@
 //!   that large would be a different benchmark (a copy into the queue's heap slots of the whole
 //!   element on every push), not this one's baseline.
 
-use super::{check, ring_capacity, stamp, Job, Measured, StreamClock, Transport, STALL};
+use super::{check, pin_to, ring_capacity, stamp, Ctx, Job, Measured, StreamClock, Transport, STALL};
 use crossbeam_queue::ArrayQueue;
 use shmpipe::ring::spsc;
 use shmpipe::{Sender, TryRecvError, TrySendError};
@@ -47,7 +48,7 @@ impl Drop for SetOnDrop<'_> {
 
 /// Streams `n` messages between two threads. `push(i)` tries to send message `i` (`Ok(false)`:
 /// full); `pop(i)` tries to receive and check message `i` (`Ok(false)`: empty). Returns msgs/s.
-fn drive<P, C>(n: u64, mut push: P, mut pop: C) -> Result<f64, String>
+fn drive<P, C>(core: Option<usize>, n: u64, mut push: P, mut pop: C) -> Result<f64, String>
 where
     P: FnMut(u64) -> Result<bool, String> + Send,
     C: FnMut(u64) -> Result<bool, String>,
@@ -57,6 +58,9 @@ where
     std::thread::scope(|s| {
         let producer = s.spawn(|| {
             let _done = SetOnDrop(&producer_done);
+            if let Some(cpu) = core {
+                pin_to(cpu).map_err(|e| format!("pinning the producer to CPU {cpu}: {e}"))?;
+            }
             for i in 0..n {
                 let mut rounds: u32 = 0;
                 while !push(i)? {
@@ -111,11 +115,12 @@ where
     })
 }
 
-fn ring(size: usize, n: u64) -> Result<f64, String> {
+fn ring(core: Option<usize>, size: usize, n: u64) -> Result<f64, String> {
     let (mut tx, mut rx) =
         spsc::channel(ring_capacity(size), size).map_err(|e| format!("spsc::channel: {e}"))?;
     let mut msg = vec![0xa5u8; size];
     drive(
+        core,
         n,
         move |i| {
             stamp(&mut msg, i);
@@ -133,10 +138,11 @@ fn ring(size: usize, n: u64) -> Result<f64, String> {
     )
 }
 
-fn array_queue<const N: usize>(size: usize, n: u64) -> Result<f64, String> {
+fn array_queue<const N: usize>(core: Option<usize>, size: usize, n: u64) -> Result<f64, String> {
     let q = ArrayQueue::<[u8; N]>::new(CAPACITY);
     let mut msg = [0xa5u8; N];
     drive(
+        core,
         n,
         |i| {
             stamp(&mut msg, i);
@@ -149,10 +155,11 @@ fn array_queue<const N: usize>(size: usize, n: u64) -> Result<f64, String> {
     )
 }
 
-fn rtrb_queue<const N: usize>(size: usize, n: u64) -> Result<f64, String> {
+fn rtrb_queue<const N: usize>(core: Option<usize>, size: usize, n: u64) -> Result<f64, String> {
     let (mut tx, mut rx) = rtrb::RingBuffer::<[u8; N]>::new(CAPACITY);
     let mut msg = [0xa5u8; N];
     drive(
+        core,
         n,
         move |i| {
             stamp(&mut msg, i);
@@ -165,19 +172,19 @@ fn rtrb_queue<const N: usize>(size: usize, n: u64) -> Result<f64, String> {
     )
 }
 
-/// Runs `$f::<N>(size, n)` with N the size class of `size`.
+/// Runs `$f::<N>(core, size, n)` with N the size class of `size`.
 macro_rules! by_class {
-    ($f:ident, $size:expr, $n:expr) => {{
-        let (size, n): (usize, u64) = ($size, $n);
+    ($f:ident, $core:expr, $size:expr, $n:expr) => {{
+        let (core, size, n): (Option<usize>, usize, u64) = ($core, $size, $n);
         match size.max(8).next_power_of_two() {
-            8 => $f::<8>(size, n),
-            16 => $f::<16>(size, n),
-            32 => $f::<32>(size, n),
-            64 => $f::<64>(size, n),
-            128 => $f::<128>(size, n),
-            256 => $f::<256>(size, n),
-            512 => $f::<512>(size, n),
-            1024 => $f::<1024>(size, n),
+            8 => $f::<8>(core, size, n),
+            16 => $f::<16>(core, size, n),
+            32 => $f::<32>(core, size, n),
+            64 => $f::<64>(core, size, n),
+            128 => $f::<128>(core, size, n),
+            256 => $f::<256>(core, size, n),
+            512 => $f::<512>(core, size, n),
+            1024 => $f::<1024>(core, size, n),
             _ => Err(format!(
                 "{size} B is above the {MAX_FIXED} B of the fixed-element queues"
             )),
@@ -185,11 +192,12 @@ macro_rules! by_class {
     }};
 }
 
-pub(super) fn measure(job: &Job) -> Result<Measured, String> {
+pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
+    let core = ctx.peer_core;
     let rate = match job.transport {
-        Transport::InprocRing => ring(job.size, job.messages)?,
-        Transport::InprocArrayqueue => by_class!(array_queue, job.size, job.messages)?,
-        Transport::InprocRtrb => by_class!(rtrb_queue, job.size, job.messages)?,
+        Transport::InprocRing => ring(core, job.size, job.messages)?,
+        Transport::InprocArrayqueue => by_class!(array_queue, core, job.size, job.messages)?,
+        Transport::InprocRtrb => by_class!(rtrb_queue, core, job.size, job.messages)?,
         t => return Err(format!("{} is not an in-process baseline", t.name())),
     };
     Ok(Measured::Rate(rate))
