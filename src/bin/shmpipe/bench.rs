@@ -835,38 +835,38 @@ fn json_line(row: &Row) -> String {
 
 /// The row's comparison with its baseline, if both were measured.
 fn versus(row: &Row, rows: &[Row]) -> String {
-    let Some(base_t) = row.transport.baseline(row.scenario) else {
-        return "-".into();
+    let find = |t: Transport| {
+        rows.iter()
+            .find(|b| b.transport == t && b.scenario == row.scenario && b.size == row.size)
     };
-    let Some(base) = rows
-        .iter()
-        .find(|b| b.transport == base_t && b.scenario == row.scenario && b.size == row.size)
-    else {
-        return "-".into();
-    };
-    match (row.latency, base.latency, row.msgs_per_s, base.msgs_per_s) {
-        (Some(l), Some(b), _, _) => format!(
-            "p50 {:.2}x p99 {:.2}x {}",
-            l[0] as f64 / b[0].max(1) as f64,
-            l[1] as f64 / b[1].max(1) as f64,
-            base_t.name()
-        ),
-        (_, _, Some(r), Some(b)) => {
-            let mut out = format!("{:.2}x {}", r / b, base_t.name());
-            // Our ring across processes next to the usual in-process queue.
-            if matches!(row.transport, Transport::Shm | Transport::ShmPark) {
-                let inproc = rows.iter().find(|b| {
-                    b.transport == Transport::InprocArrayqueue
-                        && b.scenario == row.scenario
-                        && b.size == row.size
-                });
-                if let Some(b) = inproc.and_then(|b| b.msgs_per_s) {
-                    let _ = write!(out, ", {:.2}x inproc-arrayqueue", r / b);
-                }
-            }
-            out
+    let mut parts = Vec::new();
+    if let Some((base_t, base)) = row
+        .transport
+        .baseline(row.scenario)
+        .and_then(|t| find(t).map(|b| (t, b)))
+    {
+        match (row.latency, base.latency, row.msgs_per_s, base.msgs_per_s) {
+            (Some(l), Some(b), _, _) => parts.push(format!(
+                "p50 {:.2}x p99 {:.2}x {}",
+                l[0] as f64 / b[0].max(1) as f64,
+                l[1] as f64 / b[1].max(1) as f64,
+                base_t.name()
+            )),
+            (_, _, Some(r), Some(b)) => parts.push(format!("{:.2}x {}", r / b, base_t.name())),
+            _ => {}
         }
-        _ => "-".into(),
+    }
+    // Our ring across processes next to the usual in-process queue.
+    if matches!(row.transport, Transport::Shm | Transport::ShmPark) {
+        let inproc = find(Transport::InprocArrayqueue).and_then(|b| b.msgs_per_s);
+        if let (Some(r), Some(b)) = (row.msgs_per_s, inproc) {
+            parts.push(format!("{:.2}x inproc-arrayqueue", r / b));
+        }
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
     }
 }
 
