@@ -15,7 +15,8 @@
 //!   socket transport likewise writes a frame at once and reads what is there into a buffer).
 //! - `raw-pipe`: `std::io::pipe` pairs (`pipe2(O_CLOEXEC)`), one per direction; the peer inherits
 //!   its ends (close-on-exec cleared in the child only) and gets their numbers on the command
-//!   line; frames as `raw-unix`. Pipes have no timeouts: a peer that dies is seen as end of file
+//!   line; frames as `raw-unix`. The throughput pipe is grown to 1 MiB (`F_SETPIPE_SZ`, best
+//!   effort), as a socket's buffer holds several large frames. Pipes have no timeouts: a peer that dies is seen as end of file
 //!   (or `EPIPE`), but one that hangs alive blocks the measurement until it is killed.
 //!
 //! Cleanup: segments and queues are `IPC_RMID`ed by RAII guards on every path. A segment is
@@ -578,11 +579,18 @@ fn unix_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     socket_measure(job, &ours, peer)
 }
 
+/// Bytes a `raw-pipe` stream pipe is asked to hold (the default 64 KiB holds no 64 KiB frame):
+/// the usual `fs.pipe-max-size`.
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
 fn pipe_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let (up_r, up_w) = io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let measured = match job.scenario {
         Scenario::Crossover => return Err(super::NOT_CROSSOVER.into()),
         Scenario::Throughput => {
+            // Best effort: an unprivileged process may be refused more than fs.pipe-max-size.
+            // SAFETY: F_SETPIPE_SZ takes an int and only resizes the pipe's buffer.
+            unsafe { libc::fcntl(up_w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
             let fd = up_w.as_raw_fd();
             let peer = PeerProc::spawn(ctx, job, &[fd.to_string()], &[fd])?;
             // Ours closed, so the peer's death is end of file.
