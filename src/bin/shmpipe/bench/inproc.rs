@@ -109,9 +109,9 @@ where
             .join()
             .map_err(|_| "the producer thread panicked".to_string())
             .and_then(|r| r);
-        let rate = consumed?;
+        // The producer's own error first: the consumer only sees that it stopped.
         produced?;
-        Ok(rate)
+        consumed
     })
 }
 
