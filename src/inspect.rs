@@ -307,49 +307,14 @@ impl RingView {
     /// Attaches the ring at `addr` read-only. Refuses a segment of another uid (unless we are
     /// root) and anything whose header does not validate as a ring of that name.
     pub fn open(addr: &SegmentAddr) -> Result<RingView, Error> {
-        let key = addr.key();
-        let id = shm::lookup(key).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => Error::Endpoint(format!("no ring at key {key:#x}")),
-            _ => io_err("shmget")(e),
-        })?;
-        let expect = match addr {
-            SegmentAddr::Name(n) => Some(n.as_str()),
-            SegmentAddr::Key(_) => None,
-        };
-        let st = shm::stat(id).map_err(io_err("shmctl(IPC_STAT)"))?;
-        if !ours(st.uid, st.cuid) {
-            return Err(Error::Permission(format!(
-                "segment at key {key:#x} is owned by uid {}, we are uid {}",
-                st.uid,
-                euid()
-            )));
-        }
-        Self::attach(key, id, expect)
+        let (key, id) = find(addr)?;
+        Self::attach(key, id, expected_name(addr))
     }
 
     /// Attaches `id` (found at `key`) read-only and validates it; `expect` is the name it must
-    /// carry, if any. The caller checked ownership.
+    /// carry, if any.
     fn attach(key: i32, id: ShmId, expect: Option<&str>) -> Result<RingView, Error> {
-        let st = shm::stat(id).map_err(io_err("shmctl(IPC_STAT)"))?;
-        if st.size < layout::SLOTS_OFFSET {
-            return Err(Error::Foreign {
-                key,
-                reason: format!("segment of {} bytes is too small for a ring", st.size),
-            });
-        }
-        let att = Attachment::attach_read_only(id, st.size).map_err(io_err("shmat"))?;
-        let backing = SegmentBacking { att };
-        let layout = match backing.header().validate(key, expect, st.size) {
-            Ok(layout) => layout,
-            Err(HeaderCheck::Reject(e)) => return Err(e),
-            Err(HeaderCheck::NotReady) => {
-                return Err(Error::InUse(format!(
-                    "segment at key {key:#x} has no header yet (being created, or its creator pid {} died \
-                     first)",
-                    st.cpid
-                )))
-            }
-        };
+        let (backing, layout) = attach_ring(key, id, expect, Access::ReadOnly)?;
         Ok(RingView { backing, layout, key })
     }
 
@@ -441,6 +406,71 @@ fn ring_info(
     }
 }
 
+/// The segment at `addr`'s key.
+fn find(addr: &SegmentAddr) -> Result<(i32, ShmId), Error> {
+    let key = addr.key();
+    let id = shm::lookup(key).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => Error::Endpoint(format!("no ring at key {key:#x}")),
+        _ => io_err("shmget")(e),
+    })?;
+    Ok((key, id))
+}
+
+/// The name a ring found by `addr` must carry: none for a raw key.
+fn expected_name(addr: &SegmentAddr) -> Option<&str> {
+    match addr {
+        SegmentAddr::Name(n) => Some(n.as_str()),
+        SegmentAddr::Key(_) => None,
+    }
+}
+
+/// How [`attach_ring`] maps a segment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// To look (`ls`, `stat`).
+    ReadOnly,
+    /// To flag it recycled before removing it (`rm`).
+    ReadWrite,
+}
+
+/// Attaches the segment `id` found at `key` and validates it as a ring (named `expect`, if
+/// given), after refusing one that is not ours (unless we are root) or too small to hold a ring.
+fn attach_ring(
+    key: i32,
+    id: ShmId,
+    expect: Option<&str>,
+    access: Access,
+) -> Result<(SegmentBacking, Layout), Error> {
+    let st = shm::stat(id).map_err(io_err("shmctl(IPC_STAT)"))?;
+    if !ours(st.uid, st.cuid) {
+        return Err(Error::Permission(format!(
+            "segment at key {key:#x} is owned by uid {}, we are uid {}",
+            st.uid,
+            euid()
+        )));
+    }
+    if st.size < layout::SLOTS_OFFSET {
+        return Err(Error::Foreign {
+            key,
+            reason: format!("segment of {} bytes is too small for a ring", st.size),
+        });
+    }
+    let att = match access {
+        Access::ReadOnly => Attachment::attach_read_only(id, st.size),
+        Access::ReadWrite => Attachment::attach(id, st.size),
+    }
+    .map_err(io_err("shmat"))?;
+    let backing = SegmentBacking { att };
+    match backing.header().validate(key, expect, st.size) {
+        Ok(layout) => Ok((backing, layout)),
+        Err(HeaderCheck::Reject(e)) => Err(e),
+        Err(HeaderCheck::NotReady) => Err(Error::InUse(format!(
+            "segment at key {key:#x} has no header yet (being created, or its creator pid {} died first)",
+            st.cpid
+        ))),
+    }
+}
+
 /// Which rings [`remove`] may remove.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Removal {
@@ -457,44 +487,12 @@ pub enum Removal {
 /// judged under the lock; a ring `rule` does not allow is left alone with `InUse`. Returns the
 /// ring as it was just before removal.
 pub fn remove(addr: &SegmentAddr, rule: Removal) -> Result<RingInfo, Error> {
-    let key = addr.key();
-    let id = shm::lookup(key).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) => Error::Endpoint(format!("no ring at key {key:#x}")),
-        _ => io_err("shmget")(e),
-    })?;
-    let expect = match addr {
-        SegmentAddr::Name(n) => Some(n.as_str()),
-        SegmentAddr::Key(_) => None,
-    };
-    remove_id(key, id, expect, rule)
+    let (key, id) = find(addr)?;
+    remove_id(key, id, expected_name(addr), rule)
 }
 
 fn remove_id(key: i32, id: ShmId, expect: Option<&str>, rule: Removal) -> Result<RingInfo, Error> {
-    let st = shm::stat(id).map_err(io_err("shmctl(IPC_STAT)"))?;
-    if !ours(st.uid, st.cuid) {
-        return Err(Error::Permission(format!(
-            "segment at key {key:#x} is owned by uid {}, we are uid {}",
-            st.uid,
-            euid()
-        )));
-    }
-    if st.size < layout::SLOTS_OFFSET {
-        return Err(Error::Foreign {
-            key,
-            reason: format!("segment of {} bytes is too small for a ring", st.size),
-        });
-    }
-    let att = Attachment::attach(id, st.size).map_err(io_err("shmat"))?;
-    let backing = SegmentBacking { att };
-    let layout = match backing.header().validate(key, expect, st.size) {
-        Ok(l) => l,
-        Err(HeaderCheck::Reject(e)) => return Err(e),
-        Err(HeaderCheck::NotReady) => {
-            return Err(Error::InUse(format!(
-                "segment at key {key:#x} has no header yet; not removed"
-            )))
-        }
-    };
+    let (backing, layout) = attach_ring(key, id, expect, Access::ReadWrite)?;
     let deadline = Instant::now() + Duration::from_secs(1);
     let lock = match OpenLock::acquire(&backing.shared().lock, deadline) {
         Ok(l) => Some(l),
