@@ -2,8 +2,11 @@
 //!
 //! Supported now:
 //! - `shm://NAME` and `shm://0xKEY`, with options `capacity` (slots, power of two), `max_message`
-//!   (bytes), `mode` (octal permission bits, e.g. `0660`), `allow_other_owner` (`true`/`false`),
-//!   `wait` (`spin`, `park` or the default `adaptive`);
+//!   (bytes), `mode` (`spsc`, the default, or `mpmc` for a ring any number of senders and
+//!   receivers share; or octal permission bits, e.g. `0660`, also spelled `perm=0660`),
+//!   `allow_other_owner` (`true`/`false`), `wait` (`spin`, `park` or the default `adaptive`),
+//!   `senders` (MPMC receivers: how many senders must have joined before "no sender left" ends
+//!   the stream; default 1);
 //! - `msgq://NAME` and `msgq://0xKEY` (a System V message queue), with options `max_message`,
 //!   `mode` and `allow_other_owner`;
 //! - `unix:///absolute/path.sock` and `tcp://HOST:PORT` (`tcp://127.0.0.1:8080`,
@@ -14,7 +17,7 @@
 
 use crate::channel::{Receiver, Sender};
 use crate::error::Error;
-use crate::ring::WaitStrategy;
+use crate::ring::{RingKind, WaitStrategy};
 use crate::transport::msgq::MsgqConfig;
 use crate::transport::shm::{SegmentAddr, ShmConfig};
 use crate::transport::socket::{SocketAddress, SocketConfig};
@@ -213,7 +216,12 @@ impl Endpoint {
                     match k {
                         "capacity" => cfg.capacity = parse_usize(k, v)?,
                         "max_message" => cfg.max_message = parse_usize(k, v)?,
-                        "mode" => cfg.mode = parse_mode(v)?,
+                        "mode" if v == "spsc" => cfg.kind = RingKind::Spsc,
+                        "mode" if v == "mpmc" => cfg.kind = RingKind::Mpmc,
+                        "mode" | "perm" => cfg.mode = parse_mode(v)?,
+                        "senders" => {
+                            cfg.expect_senders = parse_usize(k, v)?.clamp(1, u32::MAX as usize) as u32
+                        }
                         "allow_other_owner" => cfg.allow_other_owner = parse_bool(k, v)?,
                         "wait" => {
                             cfg.wait = match v {
@@ -229,8 +237,8 @@ impl Endpoint {
                         }
                         _ => {
                             return Err(Error::Endpoint(format!(
-                                "unknown option {k:?}; shm:// takes capacity, max_message, mode, \
-                                 allow_other_owner, wait"
+                                "unknown option {k:?}; shm:// takes capacity, max_message, mode \
+                                 (spsc, mpmc or octal bits), perm, senders, allow_other_owner, wait"
                             )))
                         }
                     }
@@ -302,6 +310,7 @@ impl Endpoint {
     /// Opens (or creates) the channel and takes its sending end.
     pub fn open_sender(self) -> Result<Box<dyn Sender + Send>, Error> {
         Ok(match self {
+            Endpoint::Shm(cfg) if cfg.kind == RingKind::Mpmc => Box::new(cfg.open_mpmc_sender()?),
             Endpoint::Shm(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Msgq(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_sender()?),
@@ -312,6 +321,7 @@ impl Endpoint {
     /// Opens (or creates) the channel and takes its receiving end.
     pub fn open_receiver(self) -> Result<Box<dyn Receiver + Send>, Error> {
         Ok(match self {
+            Endpoint::Shm(cfg) if cfg.kind == RingKind::Mpmc => Box::new(cfg.open_mpmc_receiver()?),
             Endpoint::Shm(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Msgq(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_receiver()?),
@@ -360,6 +370,23 @@ mod tests {
         };
         assert_eq!(cfg.addr, SegmentAddr::Key(0x1234));
         assert_eq!(cfg.max_message, crate::transport::msgq::DEFAULT_MAX_MESSAGE);
+    }
+
+    #[test]
+    fn shm_mode_selects_the_ring_kind_or_the_permissions() {
+        let Endpoint::Shm(cfg) = Endpoint::parse("shm://jobs?mode=mpmc&senders=4&perm=0660").unwrap() else {
+            panic!("not shm")
+        };
+        assert_eq!(
+            (cfg.kind, cfg.expect_senders, cfg.mode),
+            (RingKind::Mpmc, 4, 0o660)
+        );
+        let Endpoint::Shm(cfg) = Endpoint::parse("shm://jobs?mode=0640").unwrap() else {
+            panic!("not shm")
+        };
+        assert_eq!((cfg.kind, cfg.mode), (RingKind::Spsc, 0o640));
+        assert!(err("shm://jobs?mode=fifo").contains("octal"));
+        assert!(err("shm://jobs?senders=x").contains("whole number"));
     }
 
     #[test]

@@ -12,12 +12,14 @@
 
 use crate::error::Error;
 use crate::ring::layout::{self, HeaderCheck, Layout, FLAG_RECYCLED};
-use crate::ring::spsc::SpscShared;
+use crate::ring::lock::RingLock;
+use crate::ring::mpmc;
 use crate::ring::Peer;
+use crate::ring::RingKind;
 use crate::sys::proc;
 use crate::sys::shm::{self, Attachment, ShmId, SHM_DEST};
 use crate::sys::{msgq, proc::euid};
-use crate::transport::shm::{status, OpenLock, SegmentAddr, SegmentBacking};
+use crate::transport::shm::{status, SegmentAddr, SegmentBacking};
 use crate::transport::sysv::{io_err, is_gone};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
@@ -97,8 +99,10 @@ pub struct RingInfo {
     pub key: i32,
     /// SysV segment id.
     pub id: i32,
-    /// Ring kind; `"spsc"`.
+    /// Ring kind; `"spsc"` or `"mpmc"`.
     pub kind: &'static str,
+    /// Live senders and receivers attached (MPMC rings; SPSC rings have at most one each).
+    pub members: (u32, u32),
     /// Slots.
     pub capacity: usize,
     /// Largest message in bytes.
@@ -325,7 +329,7 @@ impl RingView {
 
     /// The counters now.
     pub fn counters(&self) -> Counters {
-        counters(self.backing.shared())
+        counters(&self.backing, &self.layout)
     }
 
     /// Everything about the ring now (a few syscalls: liveness of the role holders, `IPC_STAT`).
@@ -343,12 +347,29 @@ impl RingView {
     }
 }
 
-fn counters(shared: &SpscShared) -> Counters {
-    let c = &shared.counters;
+fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
     // Relaxed: a snapshot for display; nothing is read on the strength of these values.
+    let (messages_in, messages_out, c) = match layout.kind {
+        RingKind::Spsc => {
+            let shared = backing.shared();
+            (
+                shared.tail.load(Relaxed),
+                shared.head.load(Relaxed),
+                &*shared.counters,
+            )
+        }
+        RingKind::Mpmc => {
+            let shared = backing.mpmc_shared();
+            (
+                shared.enqueue.load(Relaxed),
+                shared.dequeue.load(Relaxed),
+                &*shared.counters,
+            )
+        }
+    };
     Counters {
-        messages_in: shared.tail.load(Relaxed),
-        messages_out: shared.head.load(Relaxed),
+        messages_in,
+        messages_out,
         full_waits: c.full_waits.load(Relaxed),
         empty_waits: c.empty_waits.load(Relaxed),
         parks: c.parks.load(Relaxed),
@@ -372,28 +393,63 @@ fn ring_info(
     removed: bool,
     nattch_uid: (u64, u32),
 ) -> RingInfo {
-    let shared = backing.shared();
-    let unread = shared
-        .indices(layout.geometry.capacity)
-        .ok()
-        .map(|(head, tail)| tail.wrapping_sub(head));
-    let (sender, receiver) = (role(&shared.sender), role(&shared.receiver));
+    let cap = layout.geometry.capacity;
+    let (unread, sender, receiver, members, pending) = match layout.kind {
+        RingKind::Spsc => {
+            let shared = backing.shared();
+            let unread = shared
+                .indices(cap)
+                .ok()
+                .map(|(head, tail)| tail.wrapping_sub(head));
+            let (sender, receiver) = (role(&shared.sender), role(&shared.receiver));
+            let alive = |r: RoleInfo| u32::from(r.peer == Peer::Alive);
+            (unread, sender, receiver, (alive(sender), alive(receiver)), None)
+        }
+        RingKind::Mpmc => {
+            let shared = backing.mpmc_shared();
+            let unread = shared.positions(cap).ok().map(|(d, e)| e.wrapping_sub(d));
+            let (live, c) = (shared.live_members(), shared.census());
+            let summary = |live: u32, pid: u32, joined: u32, died: u32| RoleInfo {
+                peer: if live > 0 {
+                    Peer::Alive
+                } else {
+                    mpmc::peer_state(0, joined, died)
+                },
+                pid,
+            };
+            let sender = summary(live.senders, live.sender_pid, c.senders_joined, c.senders_died);
+            let receiver = summary(
+                live.receivers,
+                live.receiver_pid,
+                c.receivers_joined,
+                c.receivers_died,
+            );
+            // As `transport::shm` decides: with nobody alive, a ring is kept only for a finished
+            // stream whose messages await their first receiver.
+            let pending = unread.map(|n| n > 0 && c.receivers_joined == 0);
+            (unread, sender, receiver, (live.senders, live.receivers), pending)
+        }
+    };
     // Acquire: pairs with `retire`'s Release, as the opener's check does.
     let recycled = backing.header().flags.load(Acquire) & FLAG_RECYCLED != 0;
     let st = if recycled || removed {
         RingStatus::Removing
     } else {
-        match unread {
-            Some(n) => status(sender.peer, receiver.peer, n),
-            None if sender.peer == Peer::Alive || receiver.peer == Peer::Alive => RingStatus::Live,
-            None => RingStatus::Corrupted,
+        match (unread, pending) {
+            _ if members.0 + members.1 > 0 && layout.kind == RingKind::Mpmc => RingStatus::Live,
+            (Some(_), Some(true)) => RingStatus::Pending,
+            (Some(_), Some(false)) => RingStatus::Stale,
+            (Some(n), None) => status(sender.peer, receiver.peer, n),
+            (None, _) if sender.peer == Peer::Alive || receiver.peer == Peer::Alive => RingStatus::Live,
+            (None, _) => RingStatus::Corrupted,
         }
     };
     RingInfo {
         name: layout.name.clone(),
         key,
         id: backing.att.id().0,
-        kind: "spsc",
+        kind: layout.kind.name(),
+        members,
         capacity: layout.geometry.capacity,
         max_message: layout.geometry.max_message,
         unread,
@@ -402,7 +458,7 @@ fn ring_info(
         sender,
         receiver,
         status: st,
-        counters: counters(shared),
+        counters: counters(backing, layout),
     }
 }
 
@@ -461,7 +517,7 @@ fn attach_ring(
     }
     .map_err(io_err("shmat"))?;
     let backing = SegmentBacking { att };
-    match backing.header().validate(key, expect, st.size) {
+    match backing.header().validate(key, expect, None, st.size) {
         Ok(layout) => Ok((backing, layout)),
         Err(HeaderCheck::Reject(e)) => Err(e),
         Err(HeaderCheck::NotReady) => Err(Error::InUse(format!(
@@ -494,7 +550,11 @@ pub fn remove(addr: &SegmentAddr, rule: Removal) -> Result<RingInfo, Error> {
 fn remove_id(key: i32, id: ShmId, expect: Option<&str>, rule: Removal) -> Result<RingInfo, Error> {
     let (backing, layout) = attach_ring(key, id, expect, Access::ReadWrite)?;
     let deadline = Instant::now() + Duration::from_secs(1);
-    let lock = match OpenLock::acquire(&backing.shared().lock, deadline) {
+    let lock_word = match layout.kind {
+        RingKind::Spsc => &backing.shared().lock,
+        RingKind::Mpmc => &backing.mpmc_shared().lock,
+    };
+    let lock = match RingLock::acquire(lock_word, deadline) {
         Ok(l) => Some(l),
         Err(_) if rule == Removal::Force => None,
         Err(e) => return Err(e),

@@ -2,17 +2,20 @@
 //!
 //! ```text
 //! offset 0     Header (256 bytes): magic, layout version, kind, geometry, creator, flags, name
-//! offset 256   control block (SpscShared): producer, consumer, doorbell, lock, role and counter
-//!              lines, 128 B each
-//! SLOTS_OFFSET slots: capacity x stride bytes; each slot = u32 length, 4 bytes pad, payload
+//! offset 256   control block, 128-byte lines:
+//!              spsc: SpscShared (producer, consumer, doorbells, lock, roles, counters)
+//!              mpmc: MpmcShared (positions, doorbells, lock, roster, counters, member table)
+//! slots_offset slots: capacity x stride bytes; each slot = u32 length, 4 bytes pad,
+//!              (mpmc only: u64 sequence word), payload
 //! ```
 //!
 //! Every header field is an atomic read once at attach into a local [`Layout`] and validated
 //! there; after that the ring uses only the local copy, so later corruption of the header cannot
 //! move an access outside the segment.
 
+use super::mpmc::MpmcShared;
 use super::spsc::SpscShared;
-use super::Geometry;
+use super::{Geometry, RingKind};
 use crate::error::{Corrupted, Error};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
@@ -23,6 +26,8 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
 pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// `Header::kind` of an SPSC ring.
 pub(crate) const KIND_SPSC: u32 = 1;
+/// `Header::kind` of an MPMC ring.
+pub(crate) const KIND_MPMC: u32 = 2;
 /// Longest ring name stored in the header.
 pub const MAX_NAME_LEN: usize = 64;
 /// `Header::flags` bit: the segment is being removed; anyone who finds it must not use it.
@@ -30,7 +35,25 @@ pub(crate) const FLAG_RECYCLED: u32 = 1;
 
 pub(crate) const HEADER_SIZE: usize = 256;
 pub(crate) const CONTROL_OFFSET: usize = HEADER_SIZE;
+/// Where an SPSC ring's slots start (and the smallest segment that can be a ring).
 pub(crate) const SLOTS_OFFSET: usize = (CONTROL_OFFSET + size_of::<SpscShared>()).next_multiple_of(128);
+/// Where an MPMC ring's slots start.
+pub(crate) const MPMC_SLOTS_OFFSET: usize = (CONTROL_OFFSET + size_of::<MpmcShared>()).next_multiple_of(128);
+
+/// Where the slots of a ring of `kind` start.
+pub(crate) const fn slots_offset(kind: RingKind) -> usize {
+    match kind {
+        RingKind::Spsc => SLOTS_OFFSET,
+        RingKind::Mpmc => MPMC_SLOTS_OFFSET,
+    }
+}
+
+const fn kind_code(kind: RingKind) -> u32 {
+    match kind {
+        RingKind::Spsc => KIND_SPSC,
+        RingKind::Mpmc => KIND_MPMC,
+    }
+}
 
 /// The first 256 bytes of a segment.
 #[repr(C)]
@@ -51,22 +74,24 @@ pub(crate) struct Header {
 }
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
-const _: () = assert!(SLOTS_OFFSET.is_multiple_of(128));
+const _: () = assert!(SLOTS_OFFSET.is_multiple_of(128) && MPMC_SLOTS_OFFSET.is_multiple_of(128));
+const _: () = assert!(SLOTS_OFFSET <= MPMC_SLOTS_OFFSET);
 #[cfg(target_arch = "x86_64")]
 const _: () = assert!(SLOTS_OFFSET == 1280);
 
 /// What the header says, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Layout {
+    pub(crate) kind: RingKind,
     pub(crate) geometry: Geometry,
     pub(crate) size: usize,
     pub(crate) name: String,
     pub(crate) creator_pid: u32,
 }
 
-/// Total segment size for `geometry`.
-pub(crate) fn segment_size(geometry: &Geometry) -> usize {
-    SLOTS_OFFSET + geometry.slots_size()
+/// Total segment size of a ring of `kind` with `geometry`.
+pub(crate) fn segment_size(kind: RingKind, geometry: &Geometry) -> usize {
+    slots_offset(kind) + geometry.slots_size_for(kind)
 }
 
 /// Why a header was not accepted.
@@ -79,13 +104,14 @@ pub(crate) enum HeaderCheck {
 
 impl Header {
     /// Writes a fresh header for a segment nobody else can use yet (magic last).
-    pub(crate) fn init(&self, geometry: &Geometry, name: &str, uid: u32, pid: u32) {
+    pub(crate) fn init(&self, kind: RingKind, geometry: &Geometry, name: &str, uid: u32, pid: u32) {
         self.version.store(LAYOUT_VERSION, Relaxed);
-        self.kind.store(KIND_SPSC, Relaxed);
+        self.kind.store(kind_code(kind), Relaxed);
         self.capacity.store(geometry.capacity as u64, Relaxed);
         self.max_message.store(geometry.max_message as u64, Relaxed);
-        self.stride.store(geometry.stride() as u64, Relaxed);
-        self.segment_size.store(segment_size(geometry) as u64, Relaxed);
+        self.stride.store(geometry.stride_for(kind) as u64, Relaxed);
+        self.segment_size
+            .store(segment_size(kind, geometry) as u64, Relaxed);
         self.creator_uid.store(uid, Relaxed);
         self.creator_pid.store(pid, Relaxed);
         let bytes = name.as_bytes();
@@ -105,11 +131,13 @@ impl Header {
     }
 
     /// Reads and validates the header of a segment of `actual_size` bytes found at `key`.
-    /// `expect_name` is `None` when the user addressed the ring by raw key.
+    /// `expect_name` is `None` when the user addressed the ring by raw key; `expect_kind` is
+    /// `None` when any kind will do (listing).
     pub(crate) fn validate(
         &self,
         key: i32,
         expect_name: Option<&str>,
+        expect_kind: Option<RingKind>,
         actual_size: usize,
     ) -> Result<Layout, HeaderCheck> {
         let foreign = |reason: String| HeaderCheck::Reject(Error::Foreign { key, reason });
@@ -134,10 +162,14 @@ impl Header {
                 "layout version {version}, this build speaks {LAYOUT_VERSION}"
             )));
         }
-        let kind = self.kind.load(Relaxed);
-        if kind != KIND_SPSC {
+        let kind = match self.kind.load(Relaxed) {
+            KIND_SPSC => RingKind::Spsc,
+            KIND_MPMC => RingKind::Mpmc,
+            other => return Err(corrupt(format!("unknown ring kind {other}"))),
+        };
+        if let Some(expected) = expect_kind.filter(|&k| k != kind) {
             return Err(HeaderCheck::Reject(Error::InvalidConfig(format!(
-                "ring {name:?} is of kind {kind}, opened as spsc"
+                "ring {name:?} is {kind}, opened as {expected} (the mode is fixed when a ring is created)"
             ))));
         }
         let capacity = self.capacity.load(Relaxed);
@@ -152,13 +184,13 @@ impl Header {
                 ))
             })?;
         let stride = self.stride.load(Relaxed);
-        if stride != geometry.stride() as u64 {
+        if stride != geometry.stride_for(kind) as u64 {
             return Err(corrupt(format!(
                 "slot stride {stride}, expected {}",
-                geometry.stride()
+                geometry.stride_for(kind)
             )));
         }
-        let size = segment_size(&geometry);
+        let size = segment_size(kind, &geometry);
         let recorded = self.segment_size.load(Relaxed);
         if recorded != size as u64 || size > actual_size {
             return Err(corrupt(format!(
@@ -166,6 +198,7 @@ impl Header {
             )));
         }
         Ok(Layout {
+            kind,
             geometry,
             size,
             name,
@@ -207,16 +240,17 @@ mod fuzz {
 
     /// What the test checks about any outcome of `validate`.
     fn check(header: &Header, expect_name: Option<&str>, actual_size: usize) -> Result<(), TestCaseError> {
-        match header.validate(0x1234, expect_name, actual_size) {
+        match header.validate(0x1234, expect_name, None, actual_size) {
             Err(_) => {}
             Ok(layout) => {
                 let g = &layout.geometry;
                 prop_assert!(layout.size <= actual_size, "{layout:?} in {actual_size} bytes");
-                prop_assert_eq!(layout.size, segment_size(g));
+                let kind = layout.kind;
+                prop_assert_eq!(layout.size, segment_size(kind, g));
                 prop_assert!(g.capacity.is_power_of_two() && g.capacity >= 2);
-                prop_assert!(g.stride() >= g.max_message + 4);
+                prop_assert!(g.stride_for(kind) >= g.max_message + kind.slot_header());
                 // Every slot, payload included, lies inside the segment.
-                let end = SLOTS_OFFSET as u128 + g.capacity as u128 * g.stride() as u128;
+                let end = slots_offset(kind) as u128 + g.capacity as u128 * g.stride_for(kind) as u128;
                 prop_assert!(end <= actual_size as u128);
                 prop_assert!(layout.name.len() <= 4 * MAX_NAME_LEN);
                 if let Some(name) = expect_name {
@@ -263,7 +297,7 @@ mod fuzz {
             noise in prop::array::uniform32(any::<[u8; 8]>()),
             magic in prop_oneof![4 => Just(MAGIC), 1 => Just(0u64), 1 => any::<u64>()],
             version in prop_oneof![4 => Just(LAYOUT_VERSION), 1 => any::<u32>()],
-            kind in prop_oneof![4 => Just(KIND_SPSC), 1 => any::<u32>()],
+            kind in prop_oneof![2 => Just(KIND_SPSC), 2 => Just(KIND_MPMC), 1 => any::<u32>()],
             capacity in prop_oneof![3 => (1u32..=24).prop_map(|s| 1u64 << s), 1 => size_like()],
             max_message in prop_oneof![3 => 1u64..70_000, 1 => size_like()],
             stride in prop_oneof![3 => Just(None), 1 => size_like().prop_map(Some)],
@@ -290,8 +324,9 @@ mod fuzz {
                 .ok()
                 .zip(usize::try_from(max_message).ok())
                 .and_then(|(c, m)| super::Geometry::new(c, m).ok());
-            let right_stride = geometry.as_ref().map_or(0, |g| g.stride() as u64);
-            let right_size = geometry.as_ref().map_or(0, |g| segment_size(g) as u64);
+            let as_kind = if kind == KIND_MPMC { RingKind::Mpmc } else { RingKind::Spsc };
+            let right_stride = geometry.as_ref().map_or(0, |g| g.stride_for(as_kind) as u64);
+            let right_size = geometry.as_ref().map_or(0, |g| segment_size(as_kind, g) as u64);
             h.stride.store(stride.unwrap_or(right_stride), Relaxed);
             h.segment_size.store(recorded.unwrap_or(right_size), Relaxed);
             // The segment: exactly the size needed, or off by a little, or anything.

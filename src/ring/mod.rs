@@ -9,24 +9,113 @@
 
 #[cfg(not(loom))]
 pub(crate) mod layout;
+pub(crate) mod lock;
+pub mod mpmc;
 pub mod spsc;
 pub(crate) mod wait;
 
+use crate::error::{Corrupted, TooLarge, TrySendError};
 use crate::sync::{AtomicU32, AtomicU64};
 use std::ptr::NonNull;
 #[cfg_attr(loom, allow(unused_imports))]
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::time::{Duration, Instant};
 
 pub use wait::WaitStrategy;
 
-/// Bytes before the payload in every slot: the payload length (u32) and padding.
+/// Bytes before the payload in an SPSC slot: the payload length (u32) and padding.
 pub(crate) const SLOT_HEADER: usize = 8;
+/// Bytes before the payload in an MPMC slot: the length (u32), padding, and the slot's sequence
+/// word (u64, see `mpmc`).
+pub(crate) const MPMC_SLOT_HEADER: usize = 16;
 /// Slots are a whole number of cache lines, so neighbours never share one.
 pub(crate) const SLOT_ALIGN: usize = 64;
 /// Largest capacity (slots) a ring may have.
 pub const MAX_CAPACITY: usize = 1 << 24;
 /// Largest message a ring may be configured for (16 MiB).
 pub const MAX_MESSAGE_LIMIT: usize = 16 << 20;
+
+/// How often a `try_` call that finds the ring full/empty checks whether the peer process died
+/// (a few syscalls). Blocking calls check after every park slice instead.
+pub(crate) const LIVENESS_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Rate limit for liveness checks on the non-blocking paths.
+pub(crate) struct LivenessTimer {
+    next: Option<Instant>,
+}
+
+impl LivenessTimer {
+    pub(crate) const fn new() -> Self {
+        LivenessTimer { next: None }
+    }
+
+    pub(crate) fn due(&mut self) -> bool {
+        if cfg!(loom) {
+            return false;
+        }
+        let now = Instant::now();
+        match self.next {
+            Some(next) if now < next => false,
+            _ => {
+                self.next = Some(now + LIVENESS_INTERVAL);
+                true
+            }
+        }
+    }
+}
+
+/// Error paths, kept out of line so the hot paths stay small enough to inline.
+#[cold]
+#[inline(never)]
+pub(crate) fn cold_clone(c: &Corrupted) -> Corrupted {
+    c.clone()
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) fn too_large(len: usize, max: usize) -> TrySendError {
+    TrySendError::TooLarge(TooLarge { len, max })
+}
+
+/// Under loom, a model that failed unwinds through our drops with no execution running, and
+/// touching loom then aborts the test binary; skip the close protocol while panicking there.
+pub(crate) fn unwinding_under_loom() -> bool {
+    cfg!(loom) && std::thread::panicking()
+}
+
+/// Which ring algorithm a segment holds, fixed when it is created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RingKind {
+    /// One sender and one receiver ([`spsc`]): the fastest ring.
+    #[default]
+    Spsc,
+    /// Any number of senders and receivers ([`mpmc`]), each a process or a thread.
+    Mpmc,
+}
+
+impl RingKind {
+    /// Bytes before the payload in each slot of this kind.
+    pub(crate) const fn slot_header(self) -> usize {
+        match self {
+            RingKind::Spsc => SLOT_HEADER,
+            RingKind::Mpmc => MPMC_SLOT_HEADER,
+        }
+    }
+
+    /// The name used in endpoints (`?mode=`) and messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RingKind::Spsc => "spsc",
+            RingKind::Mpmc => "mpmc",
+        }
+    }
+}
+
+impl std::fmt::Display for RingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Which end of a channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,9 +220,14 @@ pub(crate) struct Slots {
     base: NonNull<u8>,
     stride: usize,
     mask: u64,
+    /// Offset of the payload in a slot: `RingKind::slot_header`.
+    payload_at: usize,
     /// Under loom the length words are separate loom atomics.
     #[cfg(loom)]
     lens: Box<[AtomicU32]>,
+    /// Under loom, the MPMC sequence words too.
+    #[cfg(loom)]
+    seqs: Box<[AtomicU64]>,
     /// Under loom, one access marker per slot: loom cannot see plain payload bytes, so every
     /// payload access is also recorded on the slot's marker, and a read and a write of the same
     /// slot that are not ordered by happens-before are reported as a causality violation.
@@ -150,15 +244,19 @@ unsafe impl Sync for Slots {}
 impl Slots {
     /// # Safety
     /// `base` must point to `capacity * stride` bytes, 8-aligned, valid for reads and writes for
-    /// as long as this value is used, with `stride` a multiple of 8 and at least `SLOT_HEADER`.
-    pub(crate) unsafe fn new(base: NonNull<u8>, capacity: usize, stride: usize) -> Self {
-        debug_assert!(capacity.is_power_of_two() && stride.is_multiple_of(8) && stride >= SLOT_HEADER);
+    /// as long as this value is used, with `stride` a multiple of 8 and at least
+    /// `kind.slot_header()`.
+    pub(crate) unsafe fn new(base: NonNull<u8>, capacity: usize, stride: usize, kind: RingKind) -> Self {
+        debug_assert!(capacity.is_power_of_two() && stride.is_multiple_of(8) && stride >= kind.slot_header());
         Slots {
             base,
             stride,
             mask: capacity as u64 - 1,
+            payload_at: kind.slot_header(),
             #[cfg(loom)]
             lens: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            #[cfg(loom)]
+            seqs: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             #[cfg(loom)]
             marks: (0..capacity).map(|_| loom::cell::UnsafeCell::new(())).collect(),
         }
@@ -200,11 +298,28 @@ impl Slots {
         }
     }
 
-    /// The payload bytes of the slot for `index`: `stride - SLOT_HEADER` bytes.
+    /// The sequence word of the slot for `index` (MPMC slots only: bytes 8..16 of the slot).
+    #[inline]
+    pub(crate) fn seq_word(&self, index: u64) -> &AtomicU64 {
+        debug_assert!(self.payload_at >= MPMC_SLOT_HEADER);
+        #[cfg(loom)]
+        {
+            &self.seqs[(index & self.mask) as usize]
+        }
+        #[cfg(not(loom))]
+        // SAFETY: `offset + 8` is below `capacity * stride` with 8 bytes to spare (an MPMC slot's
+        // header is 16 bytes), 8-aligned; an AtomicU64 may alias memory other processes access
+        // atomically.
+        unsafe {
+            &*self.base.as_ptr().add(self.offset(index) + 8).cast::<AtomicU64>()
+        }
+    }
+
+    /// The payload bytes of the slot for `index`: `stride - slot header` bytes.
     #[inline]
     pub(crate) fn payload(&self, index: u64) -> *mut u8 {
         // SAFETY: as in `len_word`; the payload ends at the slot's end, inside the region.
-        unsafe { self.base.as_ptr().add(self.offset(index) + SLOT_HEADER) }
+        unsafe { self.base.as_ptr().add(self.offset(index) + self.payload_at) }
     }
 }
 
@@ -237,13 +352,23 @@ impl Geometry {
         })
     }
 
-    /// Bytes from one slot to the next: header plus payload, rounded up to a cache line.
+    /// Bytes from one SPSC slot to the next: header plus payload, rounded up to a cache line.
     pub fn stride(&self) -> usize {
-        (SLOT_HEADER + self.max_message).next_multiple_of(SLOT_ALIGN)
+        self.stride_for(RingKind::Spsc)
     }
 
-    /// Bytes of slot memory.
+    /// Bytes from one slot to the next in a ring of `kind`.
+    pub fn stride_for(&self, kind: RingKind) -> usize {
+        (kind.slot_header() + self.max_message).next_multiple_of(SLOT_ALIGN)
+    }
+
+    /// Bytes of SPSC slot memory.
     pub fn slots_size(&self) -> usize {
-        self.capacity * self.stride()
+        self.slots_size_for(RingKind::Spsc)
+    }
+
+    /// Bytes of slot memory in a ring of `kind`.
+    pub fn slots_size_for(&self, kind: RingKind) -> usize {
+        self.capacity * self.stride_for(kind)
     }
 }

@@ -10,11 +10,15 @@
 //!   other side's, reloading it only when the ring looks full or empty (as rtrb does), so in
 //!   steady streaming each side touches the other's cache line once per lap, not per message.
 
+use super::lock::LockWord;
 use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
-use super::{Geometry, Peer, Role, RoleRecord, Slots, WaitStrategy, ROLE_CLOSED};
+use super::{
+    cold_clone, too_large, unwinding_under_loom, Geometry, LivenessTimer, Peer, RingKind, Role, RoleRecord,
+    Slots, WaitStrategy, ROLE_CLOSED,
+};
 use crate::channel::{Receiver, Sender};
 use crate::error::*;
-use crate::sync::{AtomicU32, AtomicU64, PUBLISH};
+use crate::sync::{AtomicU64, PUBLISH};
 use crossbeam_utils::CachePadded;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
@@ -51,10 +55,7 @@ impl SpscShared {
             head: CachePadded::new(AtomicU64::new(0)),
             not_empty: CachePadded::new(Doorbell::new()),
             not_full: CachePadded::new(Doorbell::new()),
-            lock: CachePadded::new(LockWord {
-                pid: AtomicU32::new(0),
-                start_time: AtomicU64::new(0),
-            }),
+            lock: CachePadded::new(LockWord::new()),
             sender: CachePadded::new(RoleRecord::new()),
             receiver: CachePadded::new(RoleRecord::new()),
             counters: CachePadded::new(WaitCounters::new()),
@@ -80,14 +81,6 @@ impl SpscShared {
             Role::Receiver => &self.receiver,
         }
     }
-}
-
-/// The open/close lock: the holder's pid (0: free) and its start time (0: not written yet), so
-/// a holder that died and whose pid was reused is still recognised as gone.
-#[repr(C)]
-pub(crate) struct LockWord {
-    pub(crate) pid: AtomicU32,
-    pub(crate) start_time: AtomicU64,
 }
 
 /// Where a ring's memory lives, and what happens when one of its ends closes.
@@ -187,7 +180,7 @@ pub fn channel(capacity: usize, max_message: usize) -> Result<(Producer, Consume
     // of 64. Both allocations are owned by the HeapBacking and outlive the core.
     let core = unsafe {
         let base = NonNull::new_unchecked(slots.cast::<u8>());
-        let slot_mem = Slots::new(base, geometry.capacity, geometry.stride());
+        let slot_mem = Slots::new(base, geometry.capacity, geometry.stride(), RingKind::Spsc);
         RingCore::new(
             NonNull::new_unchecked(shared),
             slot_mem,
@@ -201,44 +194,6 @@ pub fn channel(capacity: usize, max_message: usize) -> Result<(Producer, Consume
     let tx = Producer::new(Arc::clone(&core)).map_err(crate::Error::Corrupted)?;
     let rx = Consumer::new(core).map_err(crate::Error::Corrupted)?;
     Ok((tx, rx))
-}
-
-/// How often a `try_` call that finds the ring full/empty checks whether the peer process died
-/// (a few syscalls). Blocking calls check after every park slice instead.
-const LIVENESS_INTERVAL: Duration = Duration::from_millis(20);
-
-/// Rate limit for liveness checks on the non-blocking paths.
-struct LivenessTimer {
-    next: Option<Instant>,
-}
-
-impl LivenessTimer {
-    fn due(&mut self) -> bool {
-        if cfg!(loom) {
-            return false;
-        }
-        let now = Instant::now();
-        match self.next {
-            Some(next) if now < next => false,
-            _ => {
-                self.next = Some(now + LIVENESS_INTERVAL);
-                true
-            }
-        }
-    }
-}
-
-/// Error paths, kept out of line so the hot paths stay small enough to inline.
-#[cold]
-#[inline(never)]
-fn cold_clone(c: &Corrupted) -> Corrupted {
-    c.clone()
-}
-
-#[cold]
-#[inline(never)]
-fn too_large(len: usize, max: usize) -> TrySendError {
-    TrySendError::TooLarge(TooLarge { len, max })
 }
 
 /// The sending end of an SPSC ring. See the [crate docs](crate) for the guarantees.
@@ -265,7 +220,7 @@ impl Producer {
             cached_head: head,
             wait: WaitStrategy::default(),
             fault: None,
-            liveness: LivenessTimer { next: None },
+            liveness: LivenessTimer::new(),
             disconnected: false,
         })
     }
@@ -469,12 +424,6 @@ impl Sender for Producer {
     }
 }
 
-/// Under loom, a model that failed unwinds through our drops with no execution running, and
-/// touching loom then aborts the test binary; skip the close protocol while panicking there.
-fn unwinding_under_loom() -> bool {
-    cfg!(loom) && std::thread::panicking()
-}
-
 impl Drop for Producer {
     fn drop(&mut self) {
         if unwinding_under_loom() {
@@ -557,7 +506,7 @@ impl Consumer {
             cached_tail: tail,
             wait: WaitStrategy::default(),
             fault: None,
-            liveness: LivenessTimer { next: None },
+            liveness: LivenessTimer::new(),
             sender_gone: false,
         })
     }

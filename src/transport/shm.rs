@@ -20,15 +20,16 @@
 use crate::error::Error;
 use crate::inspect::RingStatus;
 use crate::ring::layout::{self, Header, HeaderCheck, Layout, FLAG_RECYCLED, MAX_NAME_LEN};
-use crate::ring::spsc::{Backing, Consumer, LockWord, Producer, RingCore, SpscShared};
-use crate::ring::{Geometry, Peer, Role, Slots, WaitStrategy};
+use crate::ring::lock::RingLock;
+use crate::ring::mpmc::{self, MpmcBacking, MpmcCore, MpmcShared};
+use crate::ring::spsc::{Backing, Consumer, Producer, RingCore, SpscShared};
+use crate::ring::{Geometry, Peer, RingKind, Role, Slots, WaitStrategy};
 use crate::sys::proc::{self, ProcessId};
 use crate::sys::shm::{self, Attachment, ShmId, SHM_DEST};
 use crate::transport::sysv::{check_owner, io_err, is_gone, Owner};
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,6 +123,12 @@ pub struct ShmConfig {
     pub wait: WaitStrategy,
     /// How long `open` may retry while another process is creating, recycling or closing the ring.
     pub open_timeout: Duration,
+    /// The ring algorithm of a ring this call creates (default SPSC). Opening an existing ring
+    /// of the other kind is an [`Error::InvalidConfig`].
+    pub kind: RingKind,
+    /// MPMC receivers: the end of the stream is when at least this many senders have joined and
+    /// none is left (default 1). See [`mpmc::Consumer::set_expect_senders`].
+    pub expect_senders: u32,
 }
 
 impl ShmConfig {
@@ -135,6 +142,8 @@ impl ShmConfig {
             allow_other_owner: false,
             wait: WaitStrategy::default(),
             open_timeout: Duration::from_secs(5),
+            kind: RingKind::Spsc,
+            expect_senders: 1,
         }
     }
 
@@ -155,20 +164,61 @@ impl ShmConfig {
         self
     }
 
-    /// Opens (or creates) the ring and takes its sending end.
+    /// Sets the ring algorithm for a ring this call creates.
+    pub fn kind(mut self, kind: RingKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Opens (or creates) the SPSC ring and takes its sending end.
     pub fn open_sender(&self) -> Result<ShmSender, Error> {
-        let core = open(self, Role::Sender)?;
+        let core = open(self.as_kind(RingKind::Spsc)?, Role::Sender)?.spsc();
         let mut tx = Producer::new(core).map_err(Error::Corrupted)?;
         tx.set_wait_strategy(self.wait);
         Ok(tx)
     }
 
-    /// Opens (or creates) the ring and takes its receiving end.
+    /// Opens (or creates) the SPSC ring and takes its receiving end.
     pub fn open_receiver(&self) -> Result<ShmReceiver, Error> {
-        let core = open(self, Role::Receiver)?;
+        let core = open(self.as_kind(RingKind::Spsc)?, Role::Receiver)?.spsc();
         let mut rx = Consumer::new(core).map_err(Error::Corrupted)?;
         rx.set_wait_strategy(self.wait);
         Ok(rx)
+    }
+
+    /// Opens (or creates) the MPMC ring and joins it as one more sender.
+    ///
+    /// ```no_run
+    /// use shmpipe::{transport::shm::ShmConfig, ring::RingKind, Sender};
+    /// let mut tx = ShmConfig::named("jobs")?.kind(RingKind::Mpmc).open_mpmc_sender()?;
+    /// tx.send(b"job 1")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_mpmc_sender(&self) -> Result<mpmc::Producer, Error> {
+        let (core, me) = open(self.as_kind(RingKind::Mpmc)?, Role::Sender)?.mpmc();
+        let mut tx = mpmc::Producer::joined(core, me);
+        tx.set_wait_strategy(self.wait);
+        Ok(tx)
+    }
+
+    /// Opens (or creates) the MPMC ring and joins it as one more receiver.
+    pub fn open_mpmc_receiver(&self) -> Result<mpmc::Consumer, Error> {
+        let (core, me) = open(self.as_kind(RingKind::Mpmc)?, Role::Receiver)?.mpmc();
+        let mut rx = mpmc::Consumer::joined(core, me);
+        rx.set_wait_strategy(self.wait);
+        rx.set_expect_senders(self.expect_senders);
+        Ok(rx)
+    }
+
+    /// This configuration, checked to be for a ring of `kind`.
+    fn as_kind(&self, kind: RingKind) -> Result<&Self, Error> {
+        if self.kind != kind {
+            return Err(Error::InvalidConfig(format!(
+                "this configuration is for an {} ring; open it with the {} methods (or an endpoint)",
+                self.kind, self.kind
+            )));
+        }
+        Ok(self)
     }
 }
 
@@ -184,10 +234,20 @@ impl SegmentBacking {
         unsafe { &*self.att.as_ptr().cast::<Header>() }
     }
 
+    /// The SPSC control block. Only for a segment whose header validated as SPSC.
     pub(crate) fn shared(&self) -> &SpscShared {
         // SAFETY: the attachment covers the control block (size validated against the layout),
         // CONTROL_OFFSET is 128-aligned, and SpscShared is atomics only, valid for any bytes.
         unsafe { &*self.att.as_ptr().add(layout::CONTROL_OFFSET).cast::<SpscShared>() }
+    }
+
+    /// The MPMC control block. Only for a segment whose header validated as MPMC (which makes
+    /// the attachment at least `MPMC_SLOTS_OFFSET` bytes).
+    pub(crate) fn mpmc_shared(&self) -> &MpmcShared {
+        assert!(self.att.len() >= layout::MPMC_SLOTS_OFFSET, "validated as mpmc");
+        // SAFETY: the attachment covers the control block (checked above), CONTROL_OFFSET is
+        // 128-aligned, and MpmcShared is atomics only, valid for any bytes.
+        unsafe { &*self.att.as_ptr().add(layout::CONTROL_OFFSET).cast::<MpmcShared>() }
     }
 
     /// Flags the segment so nobody adopts it, then removes its key. Needs a read-write attachment.
@@ -203,7 +263,7 @@ impl Backing for SegmentBacking {
     fn on_close(&self, role: Role, shared: &SpscShared) {
         // Best effort: if the lock cannot be had (a hostile holder), deciding without it can at
         // worst remove a ring a newcomer was about to join; it then retries and creates afresh.
-        let _lock = OpenLock::acquire(&shared.lock, Instant::now() + Duration::from_secs(1)).ok();
+        let _lock = RingLock::acquire(&shared.lock, Instant::now() + Duration::from_secs(1)).ok();
         let remove = match role {
             Role::Receiver => true,
             Role::Sender => match shared.receiver.peer() {
@@ -218,90 +278,73 @@ impl Backing for SegmentBacking {
     }
 
     fn unreachable(&self) -> bool {
-        // Removed (IPC_RMID by `shmpipe rm --force`, `ipcrm`, ...): the key now leads elsewhere.
+        self.removed()
+    }
+}
+
+impl SegmentBacking {
+    /// Removed (IPC_RMID by `shmpipe rm --force`, `ipcrm`, ...): the key now leads elsewhere.
+    fn removed(&self) -> bool {
         shm::stat(self.att.id()).map_or(true, |st| st.mode & SHM_DEST != 0)
     }
 }
 
-/// Threads of this process holding or trying to take an open lock, whatever ring it belongs to.
-/// A lock naming our pid while only the caller is counted was left by a dead process whose pid
-/// we now have. Counted before the CAS, so a thread that just took a lock is always seen.
-static HELD_HERE: AtomicUsize = AtomicUsize::new(0);
-
-/// The lock word in the segment, held by the process inside `open`/`close`. A holder that died
-/// (SIGKILL mid-open) is detected by pid and start time, and the lock taken over.
-pub(crate) struct OpenLock<'a> {
-    word: &'a LockWord,
-    me: u32,
-}
-
-impl<'a> OpenLock<'a> {
-    pub(crate) fn acquire(word: &'a LockWord, deadline: Instant) -> Result<Self, Error> {
-        let me = proc::current();
-        // AcqRel: ordered with the counts of other threads of ours (see `gone` below).
-        HELD_HERE.fetch_add(1, AcqRel);
-        loop {
-            // Acquire: what the previous holder did under the lock is visible to us.
-            match word.pid.compare_exchange(0, me.pid, Acquire, Relaxed) {
-                Ok(_) => return Ok(Self::held(word, me)),
-                Err(holder) => {
-                    // Acquire: reading a holder's pid (a CAS continuing the last release's release
-                    // sequence) shows its start time or the 0 the last release left, never an
-                    // older holder's.
-                    let start_time = word.start_time.load(Acquire);
-                    let gone = if holder == me.pid {
-                        // Another thread of ours may hold it; a dead namesake cannot.
-                        (start_time != 0 && start_time != me.start_time)
-                            || (start_time == 0 && HELD_HERE.load(Acquire) == 1)
-                    } else {
-                        !proc::is_alive(ProcessId {
-                            pid: holder,
-                            start_time,
-                        })
-                    };
-                    if gone
-                        && word
-                            .pid
-                            .compare_exchange(holder, me.pid, Acquire, Relaxed)
-                            .is_ok()
-                    {
-                        return Ok(Self::held(word, me));
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(Error::InUse(format!(
-                            "the ring's open lock is held by pid {holder}"
-                        )));
-                    }
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            }
+impl MpmcBacking for SegmentBacking {
+    fn on_leave(&self, shared: &MpmcShared) {
+        shared.reap();
+        if mpmc_abandoned(shared) {
+            self.retire();
         }
     }
 
-    fn held(word: &'a LockWord, me: ProcessId) -> Self {
-        // Release: pairs with the Acquire load in `acquire` of whoever finds the lock held.
-        word.start_time.store(me.start_time, Release);
-        OpenLock { word, me: me.pid }
+    fn unreachable(&self) -> bool {
+        self.removed()
     }
 }
 
-impl Drop for OpenLock<'_> {
-    fn drop(&mut self) {
-        // Relaxed: published by the Release on the pid below.
-        self.word.start_time.store(0, Relaxed);
-        // Release: our changes under the lock happen before the next holder's Acquire.
-        let _ = self.word.pid.compare_exchange(self.me, 0, Release, Relaxed);
-        HELD_HERE.fetch_sub(1, AcqRel);
+/// Whether nobody will use an MPMC ring again: no live member, and not a finished stream whose
+/// messages await their first receiver (kept, as a message queue would keep them). Called under
+/// the lock, after reaping.
+fn mpmc_abandoned(shared: &MpmcShared) -> bool {
+    let c = shared.census();
+    if c.senders + c.receivers > 0 {
+        return false;
     }
+    let unread = shared
+        .positions(usize::MAX)
+        .map_or(0, |(dequeue, enqueue)| enqueue.wrapping_sub(dequeue));
+    !(unread > 0 && c.receivers_joined == 0)
 }
 
 /// One step of `open`: done, or look again from the start (the segment changed under us).
 enum Step {
-    Done(Arc<RingCore>),
+    Done(Opened),
     Retry,
 }
 
-fn open(cfg: &ShmConfig, role: Role) -> Result<Arc<RingCore>, Error> {
+/// An opened ring of either kind (an MPMC one with the member record we joined).
+enum Opened {
+    Spsc(Arc<RingCore>),
+    Mpmc(Arc<MpmcCore>, usize),
+}
+
+impl Opened {
+    fn spsc(self) -> Arc<RingCore> {
+        match self {
+            Opened::Spsc(core) => core,
+            Opened::Mpmc(..) => unreachable!("opened with kind spsc"),
+        }
+    }
+
+    fn mpmc(self) -> (Arc<MpmcCore>, usize) {
+        match self {
+            Opened::Mpmc(core, me) => (core, me),
+            Opened::Spsc(_) => unreachable!("opened with kind mpmc"),
+        }
+    }
+}
+
+fn open(cfg: &ShmConfig, role: Role) -> Result<Opened, Error> {
     let geometry = Geometry::new(cfg.capacity, cfg.max_message)?;
     if cfg.mode & !0o777 != 0 || cfg.mode & 0o600 != 0o600 {
         return Err(Error::InvalidConfig(format!(
@@ -313,10 +356,11 @@ fn open(cfg: &ShmConfig, role: Role) -> Result<Arc<RingCore>, Error> {
     let deadline = Instant::now() + cfg.open_timeout;
     let mut backoff = Duration::from_micros(100);
     loop {
-        let step = match shm::create_exclusive(key, layout::segment_size(&geometry), cfg.mode) {
+        let size = layout::segment_size(cfg.kind, &geometry);
+        let step = match shm::create_exclusive(key, size, cfg.mode) {
             Ok(id) => create_new(cfg, id, &geometry, role)?,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => attach_existing(cfg, key, role, deadline)?,
-            Err(e) => return Err(create_error(e, &geometry)),
+            Err(e) => return Err(create_error(e, size)),
         };
         match step {
             Step::Done(core) => return Ok(core),
@@ -334,8 +378,7 @@ fn open(cfg: &ShmConfig, role: Role) -> Result<Arc<RingCore>, Error> {
     }
 }
 
-fn create_error(e: io::Error, geometry: &Geometry) -> Error {
-    let size = layout::segment_size(geometry);
+fn create_error(e: io::Error, size: usize) -> Error {
     let limit = |name: &str| shm::kernel_limit(name).map_or("unknown".to_string(), |v| v.to_string());
     match e.raw_os_error() {
         Some(libc::EINVAL) => Error::Limit(format!(
@@ -352,36 +395,53 @@ fn create_error(e: io::Error, geometry: &Geometry) -> Error {
     }
 }
 
-fn build_core(att: Attachment, layout: &Layout) -> Arc<RingCore> {
+/// The ring in `att`, of the validated `layout`; `member` is the MPMC record we joined.
+fn build_core(att: Attachment, layout: &Layout, member: usize) -> Opened {
     assert!(
         layout.size <= att.len(),
         "layout validated against the attachment's size"
     );
     let base = att.as_ptr();
+    let backing = Box::new(SegmentBacking { att });
+    let (kind, g) = (layout.kind, layout.geometry);
     // The attachment holds at least `layout.size` bytes (checked against IPC_STAT), so the
-    // control block and the capacity * stride slot bytes lie inside it. It moves into the backing.
-    // SAFETY: both offsets are in bounds and 128-aligned in a page-aligned mapping; stride is a
-    // multiple of 64; the backing keeps the mapping alive for as long as the core.
+    // control block and the capacity * stride slot bytes of this kind lie inside it. It moves
+    // into the backing, which the core keeps (and so the mapping) for as long as it lives.
+    // SAFETY: both offsets are in bounds and 128-aligned in a page-aligned mapping; the stride is
+    // a multiple of 64 and covers the kind's slot header.
     unsafe {
-        let shared = NonNull::new_unchecked(base.add(layout::CONTROL_OFFSET).cast::<SpscShared>());
         let slots = Slots::new(
-            NonNull::new_unchecked(base.add(layout::SLOTS_OFFSET)),
-            layout.geometry.capacity,
-            layout.geometry.stride(),
+            NonNull::new_unchecked(base.add(layout::slots_offset(kind))),
+            g.capacity,
+            g.stride_for(kind),
+            kind,
         );
-        Arc::new(RingCore::new(
-            shared,
-            slots,
-            layout.geometry,
-            Box::new(SegmentBacking { att }),
-        ))
+        let control = base.add(layout::CONTROL_OFFSET);
+        match kind {
+            RingKind::Spsc => Opened::Spsc(Arc::new(RingCore::new(
+                NonNull::new_unchecked(control.cast::<SpscShared>()),
+                slots,
+                g,
+                backing,
+            ))),
+            RingKind::Mpmc => Opened::Mpmc(
+                Arc::new(MpmcCore::new(
+                    NonNull::new_unchecked(control.cast::<MpmcShared>()),
+                    slots,
+                    g,
+                    backing,
+                )),
+                member,
+            ),
+        }
     }
 }
 
 /// We created the segment: nobody can use it before the magic is stored, so claim our role
 /// first and publish the header last.
 fn create_new(cfg: &ShmConfig, id: ShmId, geometry: &Geometry, role: Role) -> Result<Step, Error> {
-    let size = layout::segment_size(geometry);
+    let kind = cfg.kind;
+    let size = layout::segment_size(kind, geometry);
     let att = match Attachment::attach(id, size) {
         Ok(a) => a,
         Err(e) => {
@@ -391,16 +451,29 @@ fn create_new(cfg: &ShmConfig, id: ShmId, geometry: &Geometry, role: Role) -> Re
     };
     let backing = SegmentBacking { att };
     let me = proc::current();
-    backing.shared().role(role).claim();
+    let member = match kind {
+        RingKind::Spsc => {
+            backing.shared().role(role).claim();
+            0
+        }
+        RingKind::Mpmc => match backing.mpmc_shared().join(role) {
+            Ok(member) => member,
+            Err(e) => {
+                backing.retire();
+                return Err(e);
+            }
+        },
+    };
     let name = cfg.addr.header_name();
-    backing.header().init(geometry, &name, proc::euid(), me.pid);
+    backing.header().init(kind, geometry, &name, proc::euid(), me.pid);
     let layout = Layout {
+        kind,
         geometry: *geometry,
         size,
         name,
         creator_pid: me.pid,
     };
-    Ok(Step::Done(build_core(backing.att, &layout)))
+    Ok(Step::Done(build_core(backing.att, &layout, member)))
 }
 
 fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> Result<Step, Error> {
@@ -442,7 +515,10 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
         SegmentAddr::Key(_) => None,
     };
     let layout = loop {
-        match backing.header().validate(key, expect_name, st.size) {
+        match backing
+            .header()
+            .validate(key, expect_name, Some(cfg.kind), st.size)
+        {
             Ok(layout) => break layout,
             Err(HeaderCheck::Reject(e)) => return Err(e),
             Err(HeaderCheck::NotReady) => {
@@ -471,8 +547,11 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
             }
         }
     };
-    let shared = backing.shared();
-    let _lock = OpenLock::acquire(&shared.lock, deadline)?;
+    let lock_word = match layout.kind {
+        RingKind::Spsc => &backing.shared().lock,
+        RingKind::Mpmc => &backing.mpmc_shared().lock,
+    };
+    let lock = RingLock::acquire(lock_word, deadline)?;
     // Acquire: pairs with `retire`'s Release; a ring being removed is never adopted.
     if backing.header().flags.load(Acquire) & FLAG_RECYCLED != 0 {
         let _ = shm::remove(id);
@@ -484,28 +563,62 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
         Err(e) if is_gone(&e) => return Ok(Step::Retry),
         Err(e) => return Err(io_err("shmctl(IPC_STAT)")(e)),
     }
+    let decision = match layout.kind {
+        RingKind::Spsc => decide_spsc(&backing, &layout, role)?,
+        RingKind::Mpmc => decide_mpmc(&backing, &layout, role)?,
+    };
+    match decision {
+        (Decision::Claim, member) => {
+            drop(lock);
+            Ok(Step::Done(build_core(backing.att, &layout, member)))
+        }
+        (Decision::Recycle, _) => {
+            backing.retire();
+            Ok(Step::Retry)
+        }
+        (Decision::Refuse(why), _) => Err(Error::InUse(format!("{} ({why})", layout.name))),
+    }
+}
+
+fn corrupted_ring(layout: &Layout) -> impl FnOnce(crate::Corrupted) -> Error + '_ {
+    |mut c| {
+        c.reason = format!("ring {:?}: {}", layout.name, c.reason);
+        Error::Corrupted(c)
+    }
+}
+
+/// Under the lock: claim the SPSC role (then the role is ours), recycle, or refuse.
+fn decide_spsc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<(Decision, usize), Error> {
+    let shared = backing.shared();
     let (mine, theirs) = match role {
         Role::Sender => (&shared.sender, &shared.receiver),
         Role::Receiver => (&shared.receiver, &shared.sender),
     };
     // Checked before claiming, so a refused open leaves the role free.
-    let (head, tail) = shared.indices(layout.geometry.capacity).map_err(|mut c| {
-        c.reason = format!("ring {:?}: {}", layout.name, c.reason);
-        Error::Corrupted(c)
-    })?;
+    let (head, tail) = shared
+        .indices(layout.geometry.capacity)
+        .map_err(corrupted_ring(layout))?;
     let unread = tail.wrapping_sub(head);
-    match decide(role, mine.peer(), theirs.peer(), mine.pid.load(Relaxed), unread) {
-        Decision::Claim => {
-            mine.claim();
-            drop(_lock);
-            Ok(Step::Done(build_core(backing.att, &layout)))
-        }
-        Decision::Recycle => {
-            backing.retire();
-            Ok(Step::Retry)
-        }
-        Decision::Refuse(why) => Err(Error::InUse(format!("{} ({why})", layout.name))),
+    let decision = decide(role, mine.peer(), theirs.peer(), mine.pid.load(Relaxed), unread);
+    if decision == Decision::Claim {
+        mine.claim();
     }
+    Ok((decision, 0))
+}
+
+/// Under the lock: join the MPMC ring (then the returned member record is ours) or recycle it.
+/// Dead members are reaped first; a ring with no live member is stale unless it holds a finished
+/// stream awaiting its first receiver.
+fn decide_mpmc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<(Decision, usize), Error> {
+    let shared = backing.mpmc_shared();
+    shared
+        .positions(layout.geometry.capacity)
+        .map_err(corrupted_ring(layout))?;
+    shared.reap();
+    if mpmc_abandoned(shared) {
+        return Ok((Decision::Recycle, 0));
+    }
+    Ok((Decision::Claim, shared.join(role)?))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,1611 @@
+//! Multi-producer multi-consumer ring of variable-length messages in fixed-size slots, shared by
+//! any number of sending and receiving processes (or threads), that survives a member's SIGKILL.
+//!
+//! # Algorithm
+//! Dmitry Vyukov's bounded MPMC queue (as in crossbeam's `ArrayQueue`): two free-running u64
+//! positions, `enqueue` and `dequeue`, and in every slot a sequence word saying which position
+//! the slot is ready for. For position `p` in slot `p % capacity`:
+//!
+//! ```text
+//! seq == p              free: a producer may claim p (CAS enqueue p -> p+1), write, then store p+1
+//! seq == p + 1          published: a consumer may claim p (CAS dequeue p -> p+1), read, then
+//!                       store p + capacity (free for the next lap)
+//! seq == TOMB | (p + 1) published, but empty: consumers skip it (a reservation dropped without
+//!                       commit, or the slot of a producer that died holding it)
+//! ```
+//!
+//! The sequence is stored relative to the slot number (`seq - slot`), so zeroed memory (a fresh
+//! segment) is the initial state: slot `i` free for position `i`.
+//!
+//! Messages of one producer are received in the order sent by every consumer (positions claimed
+//! by one producer increase, and so do the positions one consumer claims); across consumers
+//! there is no order.
+//!
+//! # A member killed mid-operation
+//! A naive Vyukov queue wedges when a producer dies between claiming a position and publishing
+//! it (every consumer waits on that slot forever), or a consumer dies between claiming a message
+//! and freeing its slot (producers wait at that slot a lap later). Here every member announces
+//! the position it is about to claim in its own record (`Member::claim`, stored before the CAS
+//! that claims it, published by that CAS's Release), and clears it when an attempt ends without a
+//! claim. A side stalled on a slot (after a park slice, or every `LIVENESS_INTERVAL` for `try_`
+//! calls) looks at the members of the other role: if no *live* member announces the stalled
+//! position, the member that claimed it is dead (or left without publishing), and the slot is
+//! recovered with one CAS on its sequence from the exact stalled value:
+//!
+//! - a producer's claimed, unwritten slot becomes a tombstone (consumers skip it) and
+//!   `lost` counts it;
+//! - a consumer's claimed, unreleased slot is freed for the next lap and `dropped` counts it.
+//!
+//! The CAS cannot succeed on a slot that has moved on, so a slow live member is never robbed: a
+//! live claimant is always visible (its announcement happens before its claiming CAS, which
+//! happens before the stalled side's Acquire load of the position that proves the claim).
+//!
+//! Guarantee: every message a live producer publishes is received exactly once, unless every
+//! receiver leaves; a producer that dies loses at most the one message it was writing, a consumer
+//! that dies at most the one it was reading; both losses are counted ([`Stats`]).
+//!
+//! # Membership
+//! A table of [`MAX_MEMBERS`] records in the control block says who is attached, as what, with
+//! pid and start time. Joining, leaving and reaping dead members happen under the ring's lock
+//! word (`ring::lock`), which also recounts the live senders and receivers from the table, so the
+//! counts are corrected when a member dies without leaving. Receivers get `Disconnected` once at
+//! least `expect_senders` senders (default 1) have joined, none is left, and the ring is drained;
+//! senders get `Disconnected` once a receiver has joined and none is left.
+
+use super::lock::{LockWord, RingLock};
+use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
+use super::{
+    cold_clone, too_large, unwinding_under_loom, Geometry, LivenessTimer, Peer, RingKind, Role, Slots,
+    WaitStrategy,
+};
+use crate::channel::{Receiver, Sender};
+use crate::error::*;
+use crate::sync::{AtomicU32, AtomicU64, PUBLISH};
+use crossbeam_utils::CachePadded;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most members (senders plus receivers) a ring can have at once.
+pub const MAX_MEMBERS: usize = if cfg!(loom) { 4 } else { 64 };
+
+/// Sequence flag: the published slot carries no message.
+const TOMB: u64 = 1 << 63;
+
+const VACANT: u32 = 0;
+const SENDER: u32 = 1;
+const RECEIVER: u32 = 2;
+
+fn role_code(role: Role) -> u32 {
+    match role {
+        Role::Sender => SENDER,
+        Role::Receiver => RECEIVER,
+    }
+}
+
+/// One member of the ring. Its owner writes `claim` on every operation; the rest changes only
+/// under the ring lock.
+#[repr(C)]
+pub(crate) struct Member {
+    /// `VACANT`, `SENDER` or `RECEIVER`.
+    pub(crate) role: AtomicU32,
+    pub(crate) pid: AtomicU32,
+    pub(crate) start_time: AtomicU64,
+    /// 1 + the position this member is claiming or holds; 0 when it holds none.
+    pub(crate) claim: AtomicU64,
+}
+
+/// Who is attached, counted from the member table under the lock.
+#[repr(C)]
+pub(crate) struct Roster {
+    pub(crate) senders: AtomicU32,
+    pub(crate) receivers: AtomicU32,
+    /// How many senders / receivers ever joined.
+    pub(crate) senders_joined: AtomicU32,
+    pub(crate) receivers_joined: AtomicU32,
+    /// How many were found dead (reaped) rather than leaving.
+    pub(crate) senders_died: AtomicU32,
+    pub(crate) receivers_died: AtomicU32,
+}
+
+/// What recovery and validation had to throw away, for [`Stats`] and `shmpipe stat`.
+#[repr(C)]
+pub(crate) struct LossCounters {
+    /// Slots claimed by a producer that died (or left) before publishing: skipped.
+    pub(crate) lost: AtomicU64,
+    /// Messages claimed by a consumer that died before freeing the slot.
+    pub(crate) dropped: AtomicU64,
+    /// Reservations dropped without commit.
+    pub(crate) discarded: AtomicU64,
+    /// Messages with an impossible length word, skipped and reported as `Corrupted`.
+    pub(crate) corrupt: AtomicU64,
+}
+
+/// The control block of an MPMC ring, each group on its own 128-byte line. All-zero bytes are a
+/// valid initial state.
+#[repr(C)]
+pub(crate) struct MpmcShared {
+    pub(crate) enqueue: CachePadded<AtomicU64>,
+    pub(crate) dequeue: CachePadded<AtomicU64>,
+    /// Receivers sleep here while the ring is empty.
+    pub(crate) not_empty: CachePadded<Doorbell>,
+    /// Senders sleep here while the ring is full.
+    pub(crate) not_full: CachePadded<Doorbell>,
+    pub(crate) lock: CachePadded<LockWord>,
+    pub(crate) roster: CachePadded<Roster>,
+    pub(crate) counters: CachePadded<WaitCounters>,
+    pub(crate) losses: CachePadded<LossCounters>,
+    pub(crate) members: [CachePadded<Member>; MAX_MEMBERS],
+}
+
+impl MpmcShared {
+    pub(crate) fn new() -> Self {
+        MpmcShared {
+            enqueue: CachePadded::new(AtomicU64::new(0)),
+            dequeue: CachePadded::new(AtomicU64::new(0)),
+            not_empty: CachePadded::new(Doorbell::new()),
+            not_full: CachePadded::new(Doorbell::new()),
+            lock: CachePadded::new(LockWord::new()),
+            roster: CachePadded::new(Roster {
+                senders: AtomicU32::new(0),
+                receivers: AtomicU32::new(0),
+                senders_joined: AtomicU32::new(0),
+                receivers_joined: AtomicU32::new(0),
+                senders_died: AtomicU32::new(0),
+                receivers_died: AtomicU32::new(0),
+            }),
+            counters: CachePadded::new(WaitCounters::new()),
+            losses: CachePadded::new(LossCounters {
+                lost: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                discarded: AtomicU64::new(0),
+                corrupt: AtomicU64::new(0),
+            }),
+            members: std::array::from_fn(|_| {
+                CachePadded::new(Member {
+                    role: AtomicU32::new(VACANT),
+                    pid: AtomicU32::new(0),
+                    start_time: AtomicU64::new(0),
+                    claim: AtomicU64::new(0),
+                })
+            }),
+        }
+    }
+
+    /// Reads both positions (Acquire) and checks `0 <= enqueue - dequeue <= capacity`.
+    pub(crate) fn positions(&self, capacity: usize) -> Result<(u64, u64), Corrupted> {
+        let (dequeue, enqueue) = (self.dequeue.load(Acquire), self.enqueue.load(Acquire));
+        if enqueue.wrapping_sub(dequeue) > capacity as u64 {
+            return Err(Corrupted {
+                reason: format!("positions dequeue={dequeue} enqueue={enqueue} are more than a ring apart"),
+            });
+        }
+        Ok((dequeue, enqueue))
+    }
+
+    /// Live senders and receivers as last counted, and how many of each ever joined.
+    pub(crate) fn census(&self) -> Census {
+        let r = &self.roster;
+        // Acquire: pairs with the Release stores of the counts (in `recount`), so whatever a
+        // member did before leaving is visible to whoever sees it gone.
+        Census {
+            senders: r.senders.load(Acquire),
+            receivers: r.receivers.load(Acquire),
+            senders_joined: r.senders_joined.load(Acquire),
+            receivers_joined: r.receivers_joined.load(Acquire),
+            senders_died: r.senders_died.load(Relaxed),
+            receivers_died: r.receivers_died.load(Relaxed),
+        }
+    }
+
+    /// Whether every receiver that joined has gone (none may have joined yet: then false). One
+    /// load while receivers are attached: this is on every send.
+    #[inline]
+    pub(crate) fn receivers_gone(&self) -> bool {
+        // Acquire: pairs with the Release stores of `recount`.
+        self.roster.receivers.load(Acquire) == 0 && self.roster.receivers_joined.load(Acquire) > 0
+    }
+
+    /// Takes a vacant member record for this process. Caller holds the ring lock.
+    pub(crate) fn join(&self, role: Role) -> Result<usize, crate::Error> {
+        for pass in 0..2 {
+            if let Some(index) = self.members.iter().position(|m| m.role.load(Acquire) == VACANT) {
+                let m = &self.members[index];
+                #[cfg(not(loom))]
+                {
+                    let me = crate::sys::proc::current();
+                    m.pid.store(me.pid, Relaxed);
+                    m.start_time.store(me.start_time, Relaxed);
+                }
+                // Relaxed (all three): published by the Release store of the role below.
+                m.claim.store(0, Relaxed);
+                m.role.store(role_code(role), Release);
+                let joined = match role {
+                    Role::Sender => &self.roster.senders_joined,
+                    Role::Receiver => &self.roster.receivers_joined,
+                };
+                // Release: pairs with `census`.
+                joined.fetch_add(1, Release);
+                self.recount();
+                return Ok(index);
+            }
+            if pass == 0 {
+                self.reap();
+            }
+        }
+        Err(crate::Error::Limit(format!(
+            "the ring already has {MAX_MEMBERS} senders and receivers attached"
+        )))
+    }
+
+    /// Gives up a member record. Caller holds the ring lock (or could not get it: best effort).
+    fn leave(&self, index: usize, role: Role) {
+        let m = &self.members[index];
+        // Only if the record is still ours (a corrupted table may say otherwise).
+        if m.role.load(Acquire) == role_code(role) {
+            // Release: everything we published happens before a member that sees us gone.
+            m.role.store(VACANT, Release);
+        }
+        self.recount();
+    }
+
+    /// Vacates the records of members whose process died, and recounts. Caller holds the lock.
+    /// Returns how many were reaped.
+    pub(crate) fn reap(&self) -> u32 {
+        let mut reaped = 0;
+        for m in self.members.iter() {
+            let role = m.role.load(Acquire);
+            let died = match role {
+                VACANT => continue,
+                SENDER => &self.roster.senders_died,
+                RECEIVER => &self.roster.receivers_died,
+                // No correct process writes this: free the record.
+                _ => {
+                    m.role.store(VACANT, Release);
+                    continue;
+                }
+            };
+            if !member_alive(m) {
+                m.role.store(VACANT, Release);
+                // Relaxed: a statistic, published with the counts by `recount`.
+                died.fetch_add(1, Relaxed);
+                reaped += 1;
+            }
+        }
+        self.recount();
+        reaped
+    }
+
+    /// Counts the live records of each role into the roster (self-healing: a count is never
+    /// adjusted, always recomputed).
+    fn recount(&self) {
+        let (mut senders, mut receivers) = (0, 0);
+        for m in self.members.iter() {
+            match m.role.load(Acquire) {
+                SENDER => senders += 1,
+                RECEIVER => receivers += 1,
+                _ => {}
+            }
+        }
+        // Release: pairs with `census`.
+        self.roster.senders.store(senders, Release);
+        self.roster.receivers.store(receivers, Release);
+    }
+
+    /// Live members of each role right now (checking their processes, writing nothing: usable on
+    /// a read-only attachment), with one live pid of each.
+    pub(crate) fn live_members(&self) -> LiveMembers {
+        let mut live = LiveMembers::default();
+        for m in self.members.iter() {
+            let (count, pid) = match m.role.load(Acquire) {
+                SENDER => (&mut live.senders, &mut live.sender_pid),
+                RECEIVER => (&mut live.receivers, &mut live.receiver_pid),
+                _ => continue,
+            };
+            if member_alive(m) {
+                *count += 1;
+                // Relaxed: ordered by the Acquire load of the role.
+                *pid = m.pid.load(Relaxed);
+            }
+        }
+        live
+    }
+
+    /// Whether a live member of `role` announces `claim` (1 + a position).
+    fn live_claimant(&self, role: Role, claim: u64) -> bool {
+        self.members.iter().any(|m| {
+            // Acquire (both): a claimant's announcement is ordered before its claiming CAS, which
+            // the caller has seen; an announcement withdrawn after publishing shows the publication.
+            m.role.load(Acquire) == role_code(role) && m.claim.load(Acquire) == claim && member_alive(m)
+        })
+    }
+}
+
+/// Whether the process holding `m` is alive (pid and start time). Under loom every member is.
+fn member_alive(_m: &Member) -> bool {
+    #[cfg(not(loom))]
+    {
+        let id = crate::sys::proc::ProcessId {
+            // Relaxed: ordered by the caller's Acquire load of the role.
+            pid: _m.pid.load(Relaxed),
+            start_time: _m.start_time.load(Relaxed),
+        };
+        if id.pid == 0 || !crate::sys::proc::is_alive(id) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Live members found by [`MpmcShared::live_members`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LiveMembers {
+    pub(crate) senders: u32,
+    pub(crate) receivers: u32,
+    /// The pid of a live sender / receiver (the last found), 0 if none.
+    pub(crate) sender_pid: u32,
+    pub(crate) receiver_pid: u32,
+}
+
+/// Live and total members, from the roster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Census {
+    pub(crate) senders: u32,
+    pub(crate) receivers: u32,
+    pub(crate) senders_joined: u32,
+    pub(crate) receivers_joined: u32,
+    pub(crate) senders_died: u32,
+    pub(crate) receivers_died: u32,
+}
+
+/// A snapshot of an MPMC ring's membership and losses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Senders attached now (dead ones are removed when noticed).
+    pub senders: u32,
+    /// Receivers attached now.
+    pub receivers: u32,
+    /// Senders found dead (killed without leaving).
+    pub senders_died: u32,
+    /// Receivers found dead.
+    pub receivers_died: u32,
+    /// Slots a dead producer had claimed and never published: skipped.
+    pub lost: u64,
+    /// Messages a dead consumer had claimed and never finished: gone.
+    pub dropped: u64,
+    /// Reservations dropped without commit.
+    pub discarded: u64,
+    /// Messages skipped for an impossible length word.
+    pub corrupt: u64,
+}
+
+/// Where an MPMC ring's memory lives, and what happens when a member leaves.
+pub(crate) trait MpmcBacking: Send + Sync {
+    /// Called under the ring lock after a member left (its record vacated and counted).
+    fn on_leave(&self, _shared: &MpmcShared) {}
+
+    /// Whether the memory can no longer be found by newcomers (segment removed out of band).
+    fn unreachable(&self) -> bool {
+        false
+    }
+}
+
+/// A ring's memory and validated geometry, shared by the ends in this process.
+pub(crate) struct MpmcCore {
+    shared: NonNull<MpmcShared>,
+    slots: Slots,
+    geometry: Geometry,
+    cap: u64,
+    /// Owns the memory `shared` and `slots` point into; dropped last.
+    backing: Box<dyn MpmcBacking>,
+}
+
+// SAFETY: the pointers refer to memory owned by `backing` (Send + Sync) and accessed only through
+// atomics or through slots the ring protocol assigns to one member at a time.
+unsafe impl Send for MpmcCore {}
+// SAFETY: as above.
+unsafe impl Sync for MpmcCore {}
+
+impl MpmcCore {
+    /// # Safety
+    /// `shared` must point to a valid `MpmcShared` and `slots` to `geometry.capacity` MPMC slots,
+    /// both kept alive and mapped by `backing`.
+    pub(crate) unsafe fn new(
+        shared: NonNull<MpmcShared>,
+        slots: Slots,
+        geometry: Geometry,
+        backing: Box<dyn MpmcBacking>,
+    ) -> Self {
+        #[cfg(not(loom))]
+        crate::sys::membarrier::register();
+        MpmcCore {
+            shared,
+            slots,
+            geometry,
+            cap: geometry.capacity as u64,
+            backing,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &MpmcShared {
+        // SAFETY: valid for our lifetime by the contract of `new`.
+        unsafe { self.shared.as_ref() }
+    }
+
+    fn member(&self, index: usize) -> &Member {
+        &self.shared().members[index]
+    }
+
+    /// The logical sequence of the slot for `pos` (stored relative to the slot number).
+    #[inline]
+    fn seq(&self, pos: u64) -> u64 {
+        // Acquire: a published sequence makes the slot's contents visible (pairs with PUBLISH).
+        decode(self.slots.seq_word(pos).load(Acquire), pos & (self.cap - 1))
+    }
+
+    /// Stores the logical sequence `value` for the slot of `pos` with `order`.
+    #[inline]
+    fn set_seq(&self, pos: u64, value: u64, order: std::sync::atomic::Ordering) {
+        self.slots
+            .seq_word(pos)
+            .store(encode(value, pos & (self.cap - 1)), order);
+    }
+
+    /// Replaces the logical sequence `current` of the slot for `pos` by `new`, if it is still
+    /// `current`.
+    fn cas_seq(&self, pos: u64, current: u64, new: u64) -> bool {
+        let slot = pos & (self.cap - 1);
+        // AcqRel: acquires what the stalled member left, releases the slot's new state.
+        self.slots
+            .seq_word(pos)
+            .compare_exchange(
+                encode(current, slot),
+                encode(new, slot),
+                std::sync::atomic::Ordering::AcqRel,
+                Relaxed,
+            )
+            .is_ok()
+    }
+
+    fn corrupt_positions(&self, what: &str, pos: u64, seq: u64) -> Corrupted {
+        Corrupted {
+            reason: format!(
+                "{what} position {pos} and slot sequence {:#x} are inconsistent (capacity {})",
+                seq, self.cap
+            ),
+        }
+    }
+
+    /// One attempt by member `me` to claim a free slot: `Ok(None)` when the ring is full.
+    #[inline]
+    fn claim_free(&self, me: usize) -> Result<Option<u64>, Corrupted> {
+        let shared = self.shared();
+        let claim = &self.member(me).claim;
+        // Relaxed: a starting guess; the slot's sequence (Acquire) decides.
+        let mut pos = shared.enqueue.load(Relaxed);
+        let mut announced = false;
+        loop {
+            let seq = self.seq(pos);
+            if seq == pos {
+                // Relaxed: published by the Release of the claiming CAS below.
+                claim.store(pos.wrapping_add(1), Relaxed);
+                announced = true;
+                // Release: our announcement happens before anyone who sees the new position.
+                match shared
+                    .enqueue
+                    .compare_exchange_weak(pos, pos.wrapping_add(1), Release, Relaxed)
+                {
+                    Ok(_) => return Ok(Some(pos)),
+                    Err(now) => pos = now,
+                }
+            } else if (seq & !TOMB).wrapping_sub(pos) as i64 > 0 {
+                // The slot is further on than `pos`: our position is stale (we may have been
+                // preempted for laps). Someone claimed `pos` and the position moved on (their
+                // claiming CAS happened before the sequence we acquired), so a reload differs.
+                // Relaxed: coherence guarantees the newer value, see above.
+                let now = shared.enqueue.load(Relaxed);
+                if now == pos {
+                    return Err(self.corrupt_positions("enqueue", pos, seq));
+                }
+                pos = now;
+            } else if seq == pos.wrapping_sub(self.cap)
+                || seq & !TOMB == pos.wrapping_sub(self.cap).wrapping_add(1)
+            {
+                // Last lap's message is being written, or is still there: full.
+                if announced {
+                    // Relaxed: withdrawing only lets recovery proceed sooner; nothing is ordered.
+                    claim.store(0, Relaxed);
+                }
+                return Ok(None);
+            } else {
+                return Err(self.corrupt_positions("enqueue", pos, seq));
+            }
+        }
+    }
+
+    /// One attempt by member `me` to claim a published message: `Ok(None)` when none is ready.
+    /// Tombstones are claimed, freed and skipped here.
+    #[inline]
+    fn claim_ready(&self, me: usize) -> Result<Option<(u64, usize)>, TakeError> {
+        let shared = self.shared();
+        let claim = &self.member(me).claim;
+        // Relaxed: a starting guess; the slot's sequence (Acquire) decides.
+        let mut pos = shared.dequeue.load(Relaxed);
+        let mut announced = false;
+        loop {
+            let seq = self.seq(pos);
+            if seq & !TOMB == pos.wrapping_add(1) {
+                // Relaxed: published by the Release of the claiming CAS below.
+                claim.store(pos.wrapping_add(1), Relaxed);
+                announced = true;
+                // Release: our announcement happens before anyone who sees the new position.
+                match shared
+                    .dequeue
+                    .compare_exchange_weak(pos, pos.wrapping_add(1), Release, Relaxed)
+                {
+                    Ok(_) if seq & TOMB != 0 => {
+                        self.free(pos);
+                        pos = pos.wrapping_add(1);
+                    }
+                    Ok(_) => {
+                        // Relaxed: ordered by the Acquire load of the sequence that found it published.
+                        let len = self.slots.len_word(pos).load(Relaxed) as usize;
+                        if len > self.geometry.max_message {
+                            self.free(pos);
+                            // Relaxed: a statistic.
+                            shared.losses.corrupt.fetch_add(1, Relaxed);
+                            return Err(TakeError::Message(Corrupted {
+                                reason: format!(
+                                    "message at position {pos} has length {len}, over the maximum {}; skipped",
+                                    self.geometry.max_message
+                                ),
+                            }));
+                        }
+                        return Ok(Some((pos, len)));
+                    }
+                    Err(now) => pos = now,
+                }
+            } else if seq == pos || seq & !TOMB == pos.wrapping_sub(self.cap).wrapping_add(1) {
+                // Not yet written (or last lap's message not yet freed): nothing here for us.
+                if announced {
+                    // Relaxed: withdrawing only lets recovery proceed sooner.
+                    claim.store(0, Relaxed);
+                }
+                return Ok(None);
+            } else if (seq & !TOMB).wrapping_sub(pos) as i64 > 1 {
+                // The slot is further on than `pos`: our position is stale (see `claim_free`).
+                // Relaxed: coherence guarantees the newer value (see `claim_free`).
+                let now = shared.dequeue.load(Relaxed);
+                if now == pos {
+                    return Err(TakeError::Index(self.corrupt_positions("dequeue", pos, seq)));
+                }
+                pos = now;
+            } else {
+                return Err(TakeError::Index(self.corrupt_positions("dequeue", pos, seq)));
+            }
+        }
+    }
+
+    /// Publishes the claimed slot `pos` with `len` bytes written (or as a tombstone).
+    #[inline]
+    fn publish(&self, pos: u64, len: usize, tomb: bool) {
+        let shared = self.shared();
+        // Relaxed: ordered before the consumer's read by the sequence store below.
+        self.slots.len_word(pos).store(len as u32, Relaxed);
+        let seq = pos.wrapping_add(1) | if tomb { TOMB } else { 0 };
+        // PUBLISH (Release): the slot's length and bytes happen before the consumer's Acquire
+        // load of the sequence that finds them.
+        self.set_seq(pos, seq, PUBLISH);
+        shared.not_empty.ring(1, &shared.counters.wakes);
+    }
+
+    /// Frees the claimed slot `pos` for the next lap.
+    #[inline]
+    fn free(&self, pos: u64) {
+        let shared = self.shared();
+        // PUBLISH (Release): our reads of the slot happen before a producer reuses it.
+        self.set_seq(pos, pos.wrapping_add(self.cap), PUBLISH);
+        shared.not_full.ring(1, &shared.counters.wakes);
+    }
+
+    /// Slow path of a stalled member of `role`: reaps dead members (if the lock is free soon)
+    /// and recovers the slot the other role stalled. Returns whether a slot was recovered.
+    fn maintain(&self, role: Role) -> bool {
+        let shared = self.shared();
+        if let Ok(_lock) = RingLock::acquire(&shared.lock, Instant::now() + Duration::from_millis(5)) {
+            shared.reap();
+        }
+        match role {
+            Role::Receiver => self.recover_unpublished(),
+            Role::Sender => self.recover_unfreed(),
+        }
+    }
+
+    /// A consumer stalled at `dequeue` on a slot a producer claimed but never published: if no
+    /// live producer announces it, tombstone it.
+    fn recover_unpublished(&self) -> bool {
+        let shared = self.shared();
+        let pos = shared.dequeue.load(Acquire);
+        if self.seq(pos) != pos {
+            return false;
+        }
+        // Acquire: if `pos` was claimed, we synchronise with the claiming CAS (or a later one in
+        // its release sequence), so the claimant's announcement is visible to `live_claimant`.
+        let enqueue = shared.enqueue.load(Acquire);
+        let claimed = enqueue.wrapping_sub(pos);
+        if claimed == 0 || claimed > self.cap {
+            return false;
+        }
+        if shared.live_claimant(Role::Sender, pos.wrapping_add(1)) {
+            return false;
+        }
+        if self.cas_seq(pos, pos, TOMB | pos.wrapping_add(1)) {
+            // Relaxed: a statistic.
+            shared.losses.lost.fetch_add(1, Relaxed);
+            shared.not_empty.ring(1, &shared.counters.wakes);
+            return true;
+        }
+        false
+    }
+
+    /// A producer stalled at `enqueue` on a slot whose message a consumer claimed a lap ago and
+    /// never freed: if no live consumer announces it, free it.
+    fn recover_unfreed(&self) -> bool {
+        let shared = self.shared();
+        let pos = shared.enqueue.load(Acquire);
+        let last_lap = pos.wrapping_sub(self.cap);
+        let seq = self.seq(pos);
+        if seq & !TOMB != last_lap.wrapping_add(1) {
+            return false;
+        }
+        // Acquire: as in `recover_unpublished`, for the consumer's claiming CAS.
+        let dequeue = shared.dequeue.load(Acquire);
+        let past = dequeue.wrapping_sub(last_lap);
+        if past == 0 || past > self.cap {
+            return false;
+        }
+        if shared.live_claimant(Role::Receiver, last_lap.wrapping_add(1)) {
+            return false;
+        }
+        if self.cas_seq(pos, seq, pos) {
+            if seq & TOMB == 0 {
+                // Relaxed: a statistic.
+                shared.losses.dropped.fetch_add(1, Relaxed);
+            }
+            shared.not_full.ring(1, &shared.counters.wakes);
+            return true;
+        }
+        false
+    }
+
+    fn stats(&self) -> Stats {
+        let shared = self.shared();
+        let c = shared.census();
+        let l = &shared.losses;
+        // Relaxed: statistics.
+        Stats {
+            senders: c.senders,
+            receivers: c.receivers,
+            senders_died: c.senders_died,
+            receivers_died: c.receivers_died,
+            lost: l.lost.load(Relaxed),
+            dropped: l.dropped.load(Relaxed),
+            discarded: l.discarded.load(Relaxed),
+            corrupt: l.corrupt.load(Relaxed),
+        }
+    }
+
+    /// Joins the ring as `role` under its lock.
+    fn join(&self, role: Role) -> Result<usize, crate::Error> {
+        let shared = self.shared();
+        let _lock = RingLock::acquire(&shared.lock, Instant::now() + Duration::from_secs(5))?;
+        shared.join(role)
+    }
+
+    /// Leaves the ring (record vacated, counts updated, backing told), then wakes every sleeper
+    /// so they re-check the counts.
+    fn leave(&self, index: usize, role: Role) {
+        let shared = self.shared();
+        {
+            // Best effort: if the lock cannot be had (a hostile holder), leave without it; the
+            // counts are recomputed by the next member who reaps.
+            let _lock = RingLock::acquire(&shared.lock, Instant::now() + Duration::from_secs(1)).ok();
+            shared.leave(index, role);
+            self.backing.on_leave(shared);
+        }
+        shared.not_empty.ring(u32::MAX, &shared.counters.wakes);
+        shared.not_full.ring(u32::MAX, &shared.counters.wakes);
+    }
+}
+
+/// Sequence words are stored minus the slot number, so that zeroed memory means "slot `i` free
+/// for position `i`". The tombstone flag is kept as is.
+#[inline]
+fn encode(seq: u64, slot: u64) -> u64 {
+    (seq & TOMB) | (seq & !TOMB).wrapping_sub(slot) & !TOMB
+}
+
+#[inline]
+fn decode(raw: u64, slot: u64) -> u64 {
+    (raw & TOMB) | (raw & !TOMB).wrapping_add(slot) & !TOMB
+}
+
+/// Memory for a ring on the heap (in-process channels).
+struct HeapBacking {
+    shared: *mut MpmcShared,
+    slots: *mut [u64],
+}
+
+// SAFETY: owns two heap allocations; no thread affinity.
+unsafe impl Send for HeapBacking {}
+// SAFETY: as above.
+unsafe impl Sync for HeapBacking {}
+
+impl MpmcBacking for HeapBacking {}
+
+impl Drop for HeapBacking {
+    fn drop(&mut self) {
+        // SAFETY: both came from Box::into_raw in `channel` and are freed once, here, after every
+        // member that used them has gone (the core holding us is dropped last).
+        unsafe {
+            drop(Box::from_raw(self.shared));
+            drop(Box::from_raw(self.slots));
+        }
+    }
+}
+
+/// Creates an in-process MPMC channel on the heap: the same ring as `shm://NAME?mode=mpmc`,
+/// without the segment. More ends come from [`Producer::try_clone`] and
+/// [`Consumer::try_clone`] (at most [`MAX_MEMBERS`] in all).
+///
+/// ```
+/// use shmpipe::{ring::mpmc, Receiver, Sender};
+/// let (mut tx, mut rx) = mpmc::channel(8, 64).unwrap();
+/// let mut tx2 = tx.try_clone().unwrap();
+/// tx.send(b"from one").unwrap();
+/// tx2.send(b"from two").unwrap();
+/// let mut buf = Vec::new();
+/// rx.recv(&mut buf).unwrap();
+/// assert_eq!(buf, b"from one");
+/// rx.recv(&mut buf).unwrap();
+/// assert_eq!(buf, b"from two");
+/// ```
+pub fn channel(capacity: usize, max_message: usize) -> Result<(Producer, Consumer), crate::Error> {
+    let geometry = Geometry::new(capacity, max_message)?;
+    let shared = Box::into_raw(Box::new(MpmcShared::new()));
+    let words = geometry.slots_size_for(RingKind::Mpmc) / 8;
+    let slots = Box::into_raw(vec![0u64; words].into_boxed_slice());
+    // SAFETY: `slots` is a live allocation of the slots' size, 8-aligned, zeroed (the initial
+    // state); stride is a multiple of 64. Both allocations are owned by the HeapBacking and
+    // outlive the core.
+    let core = unsafe {
+        let base = NonNull::new_unchecked(slots.cast::<u8>());
+        let slot_mem = Slots::new(
+            base,
+            geometry.capacity,
+            geometry.stride_for(RingKind::Mpmc),
+            RingKind::Mpmc,
+        );
+        MpmcCore::new(
+            NonNull::new_unchecked(shared),
+            slot_mem,
+            geometry,
+            Box::new(HeapBacking { shared, slots }),
+        )
+    };
+    let core = Arc::new(core);
+    let tx = Producer::join(Arc::clone(&core))?;
+    let rx = Consumer::join(core)?;
+    Ok((tx, rx))
+}
+
+/// A sending member of an MPMC ring.
+pub struct Producer {
+    core: Arc<MpmcCore>,
+    me: usize,
+    wait: WaitStrategy,
+    fault: Option<Corrupted>,
+    liveness: LivenessTimer,
+    /// `Disconnected` was returned: every receiver is gone, for good.
+    disconnected: bool,
+}
+
+impl Producer {
+    /// Joins `core` as a sender (takes the ring lock).
+    pub(crate) fn join(core: Arc<MpmcCore>) -> Result<Self, crate::Error> {
+        let me = core.join(Role::Sender)?;
+        Ok(Self::joined(core, me))
+    }
+
+    /// Wraps the member record `me` the caller already joined as a sender.
+    pub(crate) fn joined(core: Arc<MpmcCore>, me: usize) -> Self {
+        Producer {
+            core,
+            me,
+            wait: WaitStrategy::default(),
+            fault: None,
+            liveness: LivenessTimer::new(),
+            disconnected: false,
+        }
+    }
+
+    /// Another sender on the same ring (a new member; fails when the ring has [`MAX_MEMBERS`]).
+    pub fn try_clone(&self) -> Result<Self, crate::Error> {
+        let mut p = Self::join(Arc::clone(&self.core))?;
+        p.wait = self.wait;
+        Ok(p)
+    }
+
+    /// Sets how [`send`](Sender::send) and [`reserve`](Self::reserve) wait for room.
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.core.geometry.capacity
+    }
+
+    /// Membership and loss counters of the ring.
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
+    }
+
+    /// Whether every receiver that joined has gone (none may have joined yet: then false).
+    #[inline]
+    fn receivers_gone(&self) -> bool {
+        self.core.shared().receivers_gone()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn poison(&mut self, c: Corrupted) -> Corrupted {
+        self.fault = Some(c.clone());
+        c
+    }
+
+    /// One non-blocking attempt; `Full` means wait and retry.
+    #[inline]
+    fn try_claim(&mut self, len: usize) -> Result<u64, TrySendError> {
+        if let Some(c) = &self.fault {
+            return Err(TrySendError::Corrupted(cold_clone(c)));
+        }
+        let max = self.core.geometry.max_message;
+        if len > max {
+            return Err(too_large(len, max));
+        }
+        if self.disconnected || self.receivers_gone() {
+            self.disconnected = true;
+            return Err(TrySendError::Disconnected);
+        }
+        match self.core.claim_free(self.me) {
+            Ok(Some(pos)) => return Ok(pos),
+            Ok(None) => {}
+            Err(c) => return Err(TrySendError::Corrupted(self.poison(c))),
+        }
+        if self.liveness.due() {
+            self.core.maintain(Role::Sender);
+            if self.receivers_gone() {
+                self.disconnected = true;
+                return Err(TrySendError::Disconnected);
+            }
+        }
+        Err(TrySendError::Full)
+    }
+
+    fn claim_deadline(&mut self, len: usize, deadline: Option<Instant>) -> Result<u64, SendTimeoutError> {
+        match self.try_claim(len) {
+            Err(TrySendError::Full) => {}
+            r => return r.map_err(Into::into),
+        }
+        let core = Arc::clone(&self.core);
+        let me = self.me;
+        let gone = || core.shared().receivers_gone();
+        let r = wait_until(
+            &core.shared().not_full,
+            Tally {
+                waits: &core.shared().counters.full_waits,
+                parks: &core.shared().counters.parks,
+            },
+            &self.wait,
+            deadline,
+            || match core.claim_free(me) {
+                Ok(Some(pos)) => Check::Done(Ok(pos)),
+                Ok(None) if gone() => Check::Done(Err(SendTimeoutError::Disconnected)),
+                Ok(None) => Check::NotYet,
+                Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
+            },
+            || {
+                core.maintain(Role::Sender);
+                let c = core.shared().census();
+                if gone() || (c.receivers_joined == 0 && core.backing.unreachable()) {
+                    Check::Done(Err(SendTimeoutError::Disconnected))
+                } else {
+                    Check::NotYet
+                }
+            },
+            || SendTimeoutError::Timeout,
+        );
+        match &r {
+            Err(SendTimeoutError::Disconnected) => self.disconnected = true,
+            Err(SendTimeoutError::Corrupted(c)) => self.fault = Some(c.clone()),
+            _ => {}
+        }
+        r
+    }
+
+    #[inline]
+    fn write(&mut self, pos: u64, msg: &[u8]) {
+        self.core.slots.mark_write(pos);
+        // A hostile process could write the slot concurrently: that changes bytes, never where.
+        // SAFETY: the slot for `pos` is ours (we won its position while it was free), its payload
+        // holds max_message >= msg.len() bytes, and consumers read it only after `publish`.
+        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), self.core.slots.payload(pos), msg.len()) };
+        self.core.publish(pos, msg.len(), false);
+    }
+
+    /// Reserves a slot for a message of `len` bytes without blocking. Write into the guard, then
+    /// [`commit`](WriteGuard::commit); dropping it uncommitted publishes an empty slot that
+    /// receivers skip (the position is already taken). Receivers wait at this slot until it is
+    /// committed or dropped, so keep the guard briefly.
+    pub fn try_reserve(&mut self, len: usize) -> Result<WriteGuard<'_>, TrySendError> {
+        let pos = self.try_claim(len)?;
+        Ok(WriteGuard {
+            producer: self,
+            pos,
+            len,
+            done: false,
+        })
+    }
+
+    /// Reserves a slot, waiting while the ring is full.
+    pub fn reserve(&mut self, len: usize) -> Result<WriteGuard<'_>, SendError> {
+        let pos = self.claim_deadline(len, None)?;
+        Ok(WriteGuard {
+            producer: self,
+            pos,
+            len,
+            done: false,
+        })
+    }
+}
+
+impl Sender for Producer {
+    #[inline]
+    fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
+        let pos = self.try_claim(msg.len())?;
+        self.write(pos, msg);
+        Ok(())
+    }
+
+    fn send_deadline(&mut self, msg: &[u8], deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
+        let pos = self.claim_deadline(msg.len(), deadline)?;
+        self.write(pos, msg);
+        Ok(())
+    }
+
+    fn max_message_size(&self) -> usize {
+        self.core.geometry.max_message
+    }
+
+    fn peer(&self) -> Option<Peer> {
+        let c = self.core.shared().census();
+        Some(peer_state(c.receivers, c.receivers_joined, c.receivers_died))
+    }
+}
+
+/// The state of "the other side" of an MPMC ring, summarised from its members.
+pub(crate) fn peer_state(live: u32, joined: u32, died: u32) -> Peer {
+    match (live, joined, died) {
+        (0, 0, _) => Peer::NotYet,
+        (0, _, 0) => Peer::Closed,
+        (0, _, _) => Peer::Dead,
+        _ => Peer::Alive,
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if unwinding_under_loom() {
+            return;
+        }
+        self.core.leave(self.me, Role::Sender);
+    }
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("mpmc::Producer")
+            .field("member", &self.me)
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+/// A reserved slot being written. Derefs to the message bytes (`len` long).
+pub struct WriteGuard<'a> {
+    producer: &'a mut Producer,
+    pos: u64,
+    len: usize,
+    done: bool,
+}
+
+impl WriteGuard<'_> {
+    /// Publishes the message.
+    pub fn commit(mut self) {
+        self.done = true;
+        self.producer.core.publish(self.pos, self.len, false);
+    }
+
+    /// Publishes only the first `len` bytes (at most the reserved length).
+    pub fn commit_len(mut self, len: usize) {
+        self.len = self.len.min(len);
+        self.commit();
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done && !unwinding_under_loom() {
+            let core = &self.producer.core;
+            // Relaxed: a statistic.
+            core.shared().losses.discarded.fetch_add(1, Relaxed);
+            core.publish(self.pos, 0, true);
+        }
+    }
+}
+
+impl Deref for WriteGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the claimed slot's payload holds at least `len` (<= max_message) initialised
+        // bytes (segments and heap rings start zeroed) and is ours until published.
+        unsafe { std::slice::from_raw_parts(self.producer.core.slots.payload(self.pos), self.len) }
+    }
+}
+
+impl DerefMut for WriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.producer.core.slots.mark_write(self.pos);
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference into the slot here.
+        unsafe { std::slice::from_raw_parts_mut(self.producer.core.slots.payload(self.pos), self.len) }
+    }
+}
+
+/// A receiving member of an MPMC ring.
+pub struct Consumer {
+    core: Arc<MpmcCore>,
+    me: usize,
+    wait: WaitStrategy,
+    fault: Option<Corrupted>,
+    liveness: LivenessTimer,
+    /// Senders to see join before "no sender left" means the end.
+    expect_senders: u32,
+    /// `Disconnected` was returned: the senders are gone and the ring drained, for good.
+    senders_gone: bool,
+}
+
+impl Consumer {
+    /// Joins `core` as a receiver (takes the ring lock).
+    pub(crate) fn join(core: Arc<MpmcCore>) -> Result<Self, crate::Error> {
+        let me = core.join(Role::Receiver)?;
+        Ok(Self::joined(core, me))
+    }
+
+    /// Wraps the member record `me` the caller already joined as a receiver.
+    pub(crate) fn joined(core: Arc<MpmcCore>, me: usize) -> Self {
+        Consumer {
+            core,
+            me,
+            wait: WaitStrategy::default(),
+            fault: None,
+            liveness: LivenessTimer::new(),
+            expect_senders: 1,
+            senders_gone: false,
+        }
+    }
+
+    /// Another receiver on the same ring (a new member; fails when the ring has [`MAX_MEMBERS`]).
+    pub fn try_clone(&self) -> Result<Self, crate::Error> {
+        let mut c = Self::join(Arc::clone(&self.core))?;
+        c.wait = self.wait;
+        c.expect_senders = self.expect_senders;
+        Ok(c)
+    }
+
+    /// Sets how blocking calls wait for messages.
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    /// `Disconnected` only once at least `n` senders have joined the ring (over its lifetime)
+    /// and none is left. Default 1. Use the number of producers a pipeline starts, so that a
+    /// receiver does not end when the first one finishes before the others have joined.
+    pub fn set_expect_senders(&mut self, n: u32) {
+        self.expect_senders = n.max(1);
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.core.geometry.capacity
+    }
+
+    /// The largest message the ring holds.
+    pub fn max_message_size(&self) -> usize {
+        self.core.geometry.max_message
+    }
+
+    /// Membership and loss counters of the ring.
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
+    }
+
+    /// One attempt; on "nothing ready", decides between `Empty` and `Disconnected`, running
+    /// the recovery slow path when `slow` (or when every sender is gone).
+    fn take(&mut self, slow: bool) -> Result<(u64, usize), TryRecvError> {
+        if let Some(c) = &self.fault {
+            return Err(TryRecvError::Corrupted(cold_clone(c)));
+        }
+        if self.senders_gone {
+            return Err(TryRecvError::Disconnected);
+        }
+        // A recovery makes a tombstone we then skip: at most a few rounds.
+        for _ in 0..4 {
+            match take_once(&self.core, self.me, self.expect_senders, slow) {
+                Ok(Taken::Message(pos, len)) => return Ok((pos, len)),
+                Ok(Taken::Retry) => continue,
+                Ok(Taken::Empty) => return Err(TryRecvError::Empty),
+                Ok(Taken::Gone) => return Err(self.failed(TakeError::Gone)),
+                Err(e) => return Err(self.failed(e)),
+            }
+        }
+        Err(TryRecvError::Empty)
+    }
+
+    #[inline]
+    fn try_take(&mut self) -> Result<(u64, usize), TryRecvError> {
+        if self.fault.is_none() && !self.senders_gone {
+            match self.core.claim_ready(self.me) {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => {}
+                Err(e) => return Err(self.failed(e)),
+            }
+        }
+        let slow = self.liveness.due();
+        self.take(slow)
+    }
+
+    /// A bad message is skipped (the next call goes on); inconsistent positions poison this end.
+    #[cold]
+    fn failed(&mut self, e: TakeError) -> TryRecvError {
+        match e {
+            TakeError::Index(c) => {
+                self.fault = Some(c.clone());
+                TryRecvError::Corrupted(c)
+            }
+            TakeError::Message(c) => TryRecvError::Corrupted(c),
+            TakeError::Gone => {
+                self.senders_gone = true;
+                TryRecvError::Disconnected
+            }
+            TakeError::Timeout => TryRecvError::Empty,
+        }
+    }
+
+    fn take_deadline(&mut self, deadline: Option<Instant>) -> Result<(u64, usize), RecvTimeoutError> {
+        match self.try_take() {
+            Err(TryRecvError::Empty) => {}
+            r => return r.map_err(Into::into),
+        }
+        let core = Arc::clone(&self.core);
+        let (me, expect) = (self.me, self.expect_senders);
+        let r = wait_until(
+            &core.shared().not_empty,
+            Tally {
+                waits: &core.shared().counters.empty_waits,
+                parks: &core.shared().counters.parks,
+            },
+            &self.wait,
+            deadline,
+            || match take_once(&core, me, expect, false) {
+                Ok(Taken::Message(pos, len)) => Check::Done(Ok((pos, len))),
+                Ok(Taken::Retry | Taken::Empty) => Check::NotYet,
+                Ok(Taken::Gone) => Check::Done(Err(TakeError::Gone)),
+                Err(e) => Check::Done(Err(e)),
+            },
+            || match take_once(&core, me, expect, true) {
+                Ok(Taken::Message(pos, len)) => Check::Done(Ok((pos, len))),
+                Ok(Taken::Gone) => Check::Done(Err(TakeError::Gone)),
+                Ok(Taken::Retry | Taken::Empty) => {
+                    let c = core.shared().census();
+                    if c.senders_joined == 0 && core.backing.unreachable() {
+                        Check::Done(Err(TakeError::Gone))
+                    } else {
+                        Check::NotYet
+                    }
+                }
+                Err(e) => Check::Done(Err(e)),
+            },
+            || TakeError::Timeout,
+        );
+        match r {
+            Ok(found) => Ok(found),
+            Err(TakeError::Timeout) => Err(RecvTimeoutError::Timeout),
+            Err(e) => Err(self.failed(e).into()),
+        }
+    }
+
+    fn guard(&mut self, (pos, len): (u64, usize)) -> ReadGuard<'_> {
+        ReadGuard {
+            consumer: self,
+            pos,
+            len,
+        }
+    }
+
+    /// Borrows the next message in place, without blocking; its slot is freed when the guard
+    /// drops (producers wait at that slot a lap later until then).
+    pub fn try_recv_ref(&mut self) -> Result<ReadGuard<'_>, TryRecvError> {
+        let found = self.try_take()?;
+        Ok(self.guard(found))
+    }
+
+    /// Borrows the next message in place, waiting while the ring is empty.
+    pub fn recv_ref(&mut self) -> Result<ReadGuard<'_>, RecvError> {
+        let found = self.take_deadline(None)?;
+        Ok(self.guard(found))
+    }
+
+    /// Borrows the next message in place, waiting at most `timeout`.
+    pub fn recv_ref_timeout(&mut self, timeout: Duration) -> Result<ReadGuard<'_>, RecvTimeoutError> {
+        let found = self.take_deadline(Instant::now().checked_add(timeout))?;
+        Ok(self.guard(found))
+    }
+
+    #[inline]
+    fn copy_out(&mut self, found: (u64, usize), buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&self.guard(found));
+    }
+}
+
+/// What one look at the ring found.
+enum Taken {
+    Message(u64, usize),
+    /// A stalled slot was recovered: look again.
+    Retry,
+    Empty,
+    /// Every sender gone and the ring drained.
+    Gone,
+}
+
+/// Why a blocking receive ended without a message.
+enum TakeError {
+    /// Positions are inconsistent: this end is poisoned.
+    Index(Corrupted),
+    /// One message was bad and has been skipped.
+    Message(Corrupted),
+    Gone,
+    Timeout,
+}
+
+fn take_once(core: &MpmcCore, me: usize, expect_senders: u32, slow: bool) -> Result<Taken, TakeError> {
+    if let Some((pos, len)) = core.claim_ready(me)? {
+        return Ok(Taken::Message(pos, len));
+    }
+    if slow && core.maintain(Role::Receiver) {
+        return Ok(Taken::Retry);
+    }
+    let shared = core.shared();
+    let c = shared.census();
+    if c.senders != 0 || c.senders_joined < expect_senders {
+        return Ok(Taken::Empty);
+    }
+    // Every sender is gone: what they published is visible (their leaving, seen through the
+    // counts, happened after it). Drained?
+    let (dequeue, enqueue) = shared
+        .positions(core.geometry.capacity)
+        .map_err(TakeError::Index)?;
+    if dequeue == enqueue {
+        return Ok(Taken::Gone);
+    }
+    // Something is left: a message just published, or a slot a dead sender claimed.
+    match core.claim_ready(me)? {
+        Some((pos, len)) => Ok(Taken::Message(pos, len)),
+        None if core.recover_unpublished() => Ok(Taken::Retry),
+        None => Ok(Taken::Empty),
+    }
+}
+
+impl Receiver for Consumer {
+    #[inline]
+    fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<(), TryRecvError> {
+        let found = self.try_take()?;
+        self.copy_out(found, buf);
+        Ok(())
+    }
+
+    fn recv_deadline(
+        &mut self,
+        buf: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), RecvTimeoutError> {
+        let found = self.take_deadline(deadline)?;
+        self.copy_out(found, buf);
+        Ok(())
+    }
+
+    fn peer(&self) -> Option<Peer> {
+        let c = self.core.shared().census();
+        Some(peer_state(c.senders, c.senders_joined, c.senders_died))
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if unwinding_under_loom() {
+            return;
+        }
+        self.core.leave(self.me, Role::Receiver);
+    }
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("mpmc::Consumer")
+            .field("member", &self.me)
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+/// A received message borrowed in place. Derefs to its bytes; the slot is freed on drop.
+pub struct ReadGuard<'a> {
+    consumer: &'a mut Consumer,
+    pos: u64,
+    len: usize,
+}
+
+impl Deref for ReadGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.consumer.core.slots.mark_read(self.pos);
+        // SAFETY: we claimed the published slot for `pos` (its sequence seen with Acquire) and it
+        // stays ours until `free`; `len` was checked against max_message, and the payload area is
+        // at least that long.
+        unsafe { std::slice::from_raw_parts(self.consumer.core.slots.payload(self.pos), self.len) }
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        self.consumer.core.free(self.pos);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_encoding_round_trips_and_zero_is_free() {
+        for slot in [0u64, 1, 7, 1023] {
+            for seq in [
+                0u64,
+                1,
+                slot,
+                slot + 1,
+                1 << 40,
+                (1 << 63) - 1,
+                TOMB | 5,
+                TOMB | slot,
+            ] {
+                assert_eq!(decode(encode(seq, slot), slot), seq, "seq {seq:#x} slot {slot}");
+            }
+            assert_eq!(
+                decode(0, slot),
+                slot,
+                "zeroed slot {slot} is free for its own position"
+            );
+        }
+    }
+
+    #[test]
+    fn fifo_with_wraparound_and_varied_lengths() {
+        let (mut tx, mut rx) = channel(4, 32).unwrap();
+        let mut buf = Vec::new();
+        for round in 0..50u32 {
+            for i in 0..3u32 {
+                let n = round * 3 + i;
+                tx.try_send(&vec![n as u8; (n % 33) as usize]).unwrap();
+            }
+            for i in 0..3u32 {
+                let n = round * 3 + i;
+                rx.try_recv(&mut buf).unwrap();
+                assert_eq!(buf, vec![n as u8; (n % 33) as usize]);
+            }
+        }
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn full_then_room_again_and_oversize_rejected() {
+        let (mut tx, mut rx) = channel(2, 8).unwrap();
+        assert_eq!(
+            tx.try_send(&[0; 9]),
+            Err(TrySendError::TooLarge(TooLarge { len: 9, max: 8 }))
+        );
+        tx.try_send(b"a").unwrap();
+        tx.try_send(b"b").unwrap();
+        assert_eq!(tx.try_send(b"c"), Err(TrySendError::Full));
+        let mut buf = Vec::new();
+        rx.try_recv(&mut buf).unwrap();
+        assert_eq!(buf, b"a");
+        tx.try_send(b"c").unwrap();
+    }
+
+    #[test]
+    fn uncommitted_reservation_is_skipped_and_counted() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        {
+            let mut g = tx.try_reserve(3).unwrap();
+            g.copy_from_slice(b"abc");
+        }
+        let mut g = tx.try_reserve(8).unwrap();
+        g[..2].copy_from_slice(b"hi");
+        g.commit_len(2);
+        assert_eq!(&*rx.try_recv_ref().unwrap(), b"hi");
+        assert!(matches!(rx.try_recv_ref(), Err(TryRecvError::Empty)));
+        assert_eq!(rx.stats().discarded, 1);
+    }
+
+    #[test]
+    fn last_sender_leaving_disconnects_after_drain() {
+        let (tx, mut rx) = channel(4, 8).unwrap();
+        let mut tx2 = tx.try_clone().unwrap();
+        drop(tx);
+        tx2.send(b"x").unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(rx.try_recv(&mut buf), Ok(()));
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+        drop(tx2);
+        assert_eq!(rx.recv(&mut buf), Err(RecvError::Disconnected));
+        assert_eq!(rx.peer(), Some(Peer::Closed));
+    }
+
+    #[test]
+    fn expect_senders_waits_for_the_others() {
+        let (tx, mut rx) = channel(4, 8).unwrap();
+        rx.set_expect_senders(2);
+        let tx2 = tx.try_clone().unwrap();
+        drop(tx);
+        drop(tx2);
+        let mut buf = Vec::new();
+        // Two joined and left: the end.
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+        let (tx, mut rx) = channel(4, 8).unwrap();
+        rx.set_expect_senders(2);
+        drop(tx);
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn last_receiver_leaving_disconnects_senders() {
+        let (mut tx, rx) = channel(4, 8).unwrap();
+        let rx2 = rx.try_clone().unwrap();
+        drop(rx);
+        tx.send(b"x").unwrap();
+        drop(rx2);
+        assert_eq!(tx.send(b"y"), Err(SendError::Disconnected));
+    }
+
+    #[test]
+    fn member_table_full_is_a_limit_error() {
+        let (tx, _rx) = channel(4, 8).unwrap();
+        let mut more = Vec::new();
+        while more.len() < MAX_MEMBERS - 2 {
+            more.push(tx.try_clone().unwrap());
+        }
+        assert!(matches!(tx.try_clone(), Err(crate::Error::Limit(_))));
+        more.pop();
+        assert!(tx.try_clone().is_ok());
+    }
+
+    #[test]
+    fn stalled_claim_of_a_vanished_producer_is_skipped_and_counted() {
+        // A producer that claims a slot and then leaves without publishing (as a killed process
+        // would, except that here it leaves its record too): the consumer recovers the slot.
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let ghost = tx.try_clone().unwrap();
+        let pos = ghost.core.claim_free(ghost.me).unwrap().unwrap();
+        assert_eq!(pos, 0);
+        // Leave without publishing.
+        drop(ghost);
+        tx.send(b"after").unwrap();
+        let mut buf = Vec::new();
+        rx.recv_timeout(&mut buf, Duration::from_secs(2)).unwrap();
+        assert_eq!(buf, b"after");
+        assert_eq!(rx.stats().lost, 1);
+    }
+
+    #[test]
+    fn corrupted_length_skips_one_message_only() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        tx.try_send(b"a").unwrap();
+        tx.try_send(b"b").unwrap();
+        rx.core.slots.len_word(0).store(9999, Relaxed);
+        let mut buf = Vec::new();
+        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+        rx.try_recv(&mut buf).unwrap();
+        assert_eq!(buf, b"b");
+        assert_eq!(rx.stats().corrupt, 1);
+    }
+
+    #[test]
+    fn corrupted_position_is_reported_not_followed() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        tx.try_send(b"a").unwrap();
+        rx.core.shared().dequeue.store(1 << 40, Relaxed);
+        let mut buf = Vec::new();
+        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+    }
+
+    #[test]
+    fn threads_exactly_once_with_per_producer_order() {
+        const P: u32 = 3;
+        const C: usize = 3;
+        const N: u32 = 20_000;
+        let (tx, rx) = channel(8, 16).unwrap();
+        let mut handles = Vec::new();
+        for c in 0..C {
+            let mut rx = rx.try_clone().unwrap();
+            rx.set_expect_senders(P);
+            let _ = c;
+            handles.push(std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut got = Vec::new();
+                while rx.recv(&mut buf).is_ok() {
+                    let p = u32::from_le_bytes(buf[..4].try_into().unwrap());
+                    let i = u32::from_le_bytes(buf[4..8].try_into().unwrap());
+                    got.push((p, i));
+                }
+                got
+            }));
+        }
+        drop(rx);
+        let mut senders = Vec::new();
+        for p in 0..P {
+            let mut tx = tx.try_clone().unwrap();
+            senders.push(std::thread::spawn(move || {
+                for i in 0..N {
+                    let mut m = [0u8; 8];
+                    m[..4].copy_from_slice(&p.to_le_bytes());
+                    m[4..].copy_from_slice(&i.to_le_bytes());
+                    tx.send(&m).unwrap();
+                }
+            }));
+        }
+        drop(tx);
+        for s in senders {
+            s.join().unwrap();
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            let got = h.join().unwrap();
+            let mut last = [None::<u32>; P as usize];
+            for &(p, i) in &got {
+                let prev = &mut last[p as usize];
+                assert!(prev.is_none_or(|x| x < i), "producer {p}: {i} after {prev:?}");
+                *prev = Some(i);
+            }
+            all.extend(got);
+        }
+        all.sort_unstable();
+        let expected: Vec<(u32, u32)> = (0..P).flat_map(|p| (0..N).map(move |i| (p, i))).collect();
+        assert_eq!(all.len(), expected.len());
+        assert!(all == expected, "the union is not exactly the messages sent");
+    }
+}
