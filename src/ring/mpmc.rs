@@ -95,6 +95,8 @@ pub(crate) struct Member {
     pub(crate) start_time: AtomicU64,
     /// 1 + the position this member is claiming or holds; 0 when it holds none.
     pub(crate) claim: AtomicU64,
+    /// 1 while counted as a sleeper on its role's doorbell (`wait::Tally::mark`).
+    pub(crate) parked: AtomicU32,
 }
 
 /// Who is attached, counted from the member table under the lock.
@@ -169,6 +171,7 @@ impl MpmcShared {
                     pid: AtomicU32::new(0),
                     start_time: AtomicU64::new(0),
                     claim: AtomicU64::new(0),
+                    parked: AtomicU32::new(0),
                 })
             }),
         }
@@ -221,6 +224,7 @@ impl MpmcShared {
                 }
                 // Relaxed (all three): published by the Release store of the role below.
                 m.claim.store(0, Relaxed);
+                m.parked.store(0, Relaxed);
                 m.role.store(role_code(role), Release);
                 let joined = match role {
                     Role::Sender => &self.roster.senders_joined,
@@ -257,10 +261,10 @@ impl MpmcShared {
         let mut reaped = 0;
         for m in self.members.iter() {
             let role = m.role.load(Acquire);
-            let died = match role {
+            let (died, bell) = match role {
                 VACANT => continue,
-                SENDER => &self.roster.senders_died,
-                RECEIVER => &self.roster.receivers_died,
+                SENDER => (&self.roster.senders_died, &self.not_full),
+                RECEIVER => (&self.roster.receivers_died, &self.not_empty),
                 // No correct process writes this: free the record.
                 _ => {
                     m.role.store(VACANT, Release);
@@ -268,6 +272,10 @@ impl MpmcShared {
                 }
             };
             if !member_alive(m) {
+                // Relaxed: the dead process wrote it before dying; nobody else writes it.
+                if m.parked.swap(0, Relaxed) == 1 {
+                    bell.forget_waiter();
+                }
                 m.role.store(VACANT, Release);
                 // Relaxed: a statistic, published with the counts by `recount`.
                 died.fetch_add(1, Relaxed);
@@ -908,6 +916,7 @@ impl Producer {
             Tally {
                 waits: &core.shared().counters.full_waits,
                 parks: &core.shared().counters.parks,
+                mark: Some(&core.member(me).parked),
             },
             &self.wait,
             deadline,
@@ -1206,6 +1215,7 @@ impl Consumer {
             Tally {
                 waits: &core.shared().counters.empty_waits,
                 parks: &core.shared().counters.parks,
+                mark: Some(&core.member(me).parked),
             },
             &self.wait,
             deadline,
@@ -1528,6 +1538,53 @@ mod tests {
         rx.recv_timeout(&mut buf, Duration::from_secs(2)).unwrap();
         assert_eq!(buf, b"after");
         assert_eq!(rx.stats().lost, 1);
+    }
+
+    /// The pid of a process that has exited and been reaped.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn a_dead_member_is_reaped_with_its_sleeper_count_and_its_stalled_claim() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let ghost = rx.try_clone().unwrap();
+        let shared = rx.core.shared();
+        // The ghost "dies" parked on not_empty while holding message 0 (claimed, never freed).
+        tx.try_send(b"m0").unwrap();
+        let (pos, _) = ghost.core.claim_ready(ghost.me).ok().flatten().unwrap();
+        let record = ghost.core.member(ghost.me);
+        record.pid.store(dead_pid(), Relaxed);
+        record.parked.store(1, Relaxed);
+        shared.not_empty.waiters.fetch_add(1, Relaxed);
+        std::mem::forget(ghost);
+        assert_eq!(rx.stats().receivers, 2);
+        {
+            let _lock = RingLock::acquire(&shared.lock, Instant::now() + Duration::from_secs(1)).unwrap();
+            assert_eq!(shared.reap(), 1);
+        }
+        assert_eq!(
+            shared.not_empty.waiters.load(Relaxed),
+            0,
+            "the dead sleeper's count is taken back"
+        );
+        let st = rx.stats();
+        assert_eq!((st.receivers, st.receivers_died), (1, 1));
+        // Fill the ring: the producer stalls at the slot the ghost held, then recovers it.
+        for m in [b"m1", b"m2", b"m3"] {
+            tx.try_send(m).unwrap();
+        }
+        assert_eq!(pos, 0);
+        tx.send_timeout(b"m4", Duration::from_secs(2)).unwrap();
+        assert_eq!(tx.stats().dropped, 1);
+        let mut buf = Vec::new();
+        for m in [b"m1", b"m2", b"m3", b"m4"] {
+            rx.try_recv(&mut buf).unwrap();
+            assert_eq!(buf, m);
+        }
     }
 
     #[test]

@@ -318,6 +318,7 @@ impl Producer {
             Tally {
                 waits: &core.shared().counters.full_waits,
                 parks: &core.shared().counters.parks,
+                mark: None,
             },
             &wait,
             deadline,
@@ -631,6 +632,7 @@ impl Consumer {
             Tally {
                 waits: &core.shared().counters.empty_waits,
                 parks: &core.shared().counters.parks,
+                mark: None,
             },
             &wait,
             deadline,

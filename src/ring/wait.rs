@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 #[repr(C)]
 pub(crate) struct Doorbell {
     word: FutexWord,
-    waiters: AtomicU32,
+    pub(crate) waiters: AtomicU32,
 }
 
 impl Doorbell {
@@ -31,6 +31,12 @@ impl Doorbell {
             word: FutexWord::new(),
             waiters: AtomicU32::new(0),
         }
+    }
+
+    /// Takes back the count of a waiter that died while counted (see [`Tally::mark`]).
+    pub(crate) fn forget_waiter(&self) {
+        // Relaxed: only the value matters; a saturating decrement, so a bad mark cannot wrap it.
+        let _ = self.waiters.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
     }
 
     /// Called after publishing progress: wakes sleepers if there are any, counting the wake in
@@ -147,6 +153,11 @@ impl WaitCounters {
 pub(crate) struct Tally<'a> {
     pub(crate) waits: &'a AtomicU64,
     pub(crate) parks: &'a AtomicU64,
+    /// A member of a shared ring: set to 1 while this waiter is counted in the doorbell's
+    /// `waiters`, so that if its process is killed while parked, whoever reaps it can take the
+    /// count back ([`Doorbell::forget_waiter`]). Otherwise every later publish would make a futex
+    /// syscall for a sleeper that no longer exists.
+    pub(crate) mark: Option<&'a AtomicU32>,
 }
 
 /// The outcome of one look at the condition being waited for.
@@ -194,6 +205,10 @@ pub(crate) fn wait_until<T, E>(
         }
         // Relaxed increment: the barrier right after orders it before the re-check (StoreLoad).
         bell.waiters.fetch_add(1, Relaxed);
+        // Relaxed (both marks): read only by a reaper after this process died.
+        if let Some(mark) = tally.mark {
+            mark.store(1, Relaxed);
+        }
         let fenced = sleeper_barrier();
         // Acquire: read the word before re-checking, so a ring that happens after the re-check
         // changes it and the sleep below returns at once.
@@ -213,6 +228,9 @@ pub(crate) fn wait_until<T, E>(
             };
             tally.parks.fetch_add(1, Relaxed);
             bell.word.wait(seen, until);
+        }
+        if let Some(mark) = tally.mark {
+            mark.store(0, Relaxed);
         }
         // Release: nothing depends on it but keeps the count from moving before our loads.
         bell.waiters.fetch_sub(1, Release);
