@@ -71,6 +71,8 @@ use std::time::{Duration, Instant};
 /// Most members (senders plus receivers) a ring can have at once.
 pub const MAX_MEMBERS: usize = if cfg!(loom) { 4 } else { 64 };
 
+const _: () = assert!(MAX_MEMBERS.is_power_of_two());
+
 /// Sequence flag: the published slot carries no message.
 const TOMB: u64 = 1 << 63;
 
@@ -442,8 +444,11 @@ impl MpmcCore {
         unsafe { self.shared.as_ref() }
     }
 
+    #[inline]
     fn member(&self, index: usize) -> &Member {
-        &self.shared().members[index]
+        // `index` came from `join` (so it is in range); the modulo (a mask) only spares the
+        // bounds check on every message.
+        &self.shared().members[index % MAX_MEMBERS]
     }
 
     /// The logical sequence of the slot for `pos` (stored relative to the slot number).
@@ -729,15 +734,18 @@ impl MpmcCore {
 }
 
 /// Sequence words are stored minus the slot number, so that zeroed memory means "slot `i` free
-/// for position `i`". The tombstone flag is kept as is.
+/// for position `i`". Every sequence a correct ring stores for slot `i` is `i + k * capacity` or
+/// one more, so at least `i`: the subtraction never borrows from the tombstone bit, and adding
+/// the slot back never carries into it while positions stay below 2^63 - capacity (centuries).
+/// A corrupted word decodes to some value the classification in `claim_*` rejects.
 #[inline]
 fn encode(seq: u64, slot: u64) -> u64 {
-    (seq & TOMB) | (seq & !TOMB).wrapping_sub(slot) & !TOMB
+    seq.wrapping_sub(slot)
 }
 
 #[inline]
 fn decode(raw: u64, slot: u64) -> u64 {
-    (raw & TOMB) | (raw & !TOMB).wrapping_add(slot) & !TOMB
+    raw.wrapping_add(slot)
 }
 
 /// Memory for a ring on the heap (in-process channels).
