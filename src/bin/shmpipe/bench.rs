@@ -11,7 +11,9 @@
 //!   arrives (so process start-up and connecting are not counted) and stops at the last:
 //!   rate = (N - 1) / elapsed.
 //! - `latency`: 8-byte ping-pong, one channel per direction (our transports are one-way); the
-//!   one-way latency of an iteration is its round trip / 2. Warm-up iterations are not recorded.
+//!   one-way latency of an iteration is its round trip / 2, recorded in an HdrHistogram
+//!   ([`Latencies`]; p50, p99, p99.9 and max are read from it). Warm-up iterations are not
+//!   recorded.
 //! - `crossover` (only when asked for): ns per message of open + send N + close, setup
 //!   included, for `shm`, `msgq` and `unix` (see [`crossover`]).
 //!
@@ -29,6 +31,7 @@ mod ours;
 mod raw;
 
 use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::io;
 use std::os::fd::RawFd;
@@ -409,8 +412,8 @@ impl Job {
 enum Measured {
     /// Messages per second.
     Rate(f64),
-    /// Round-trip times in nanoseconds, one per timed iteration.
-    RoundTrips(Vec<u64>),
+    /// One-way latencies (round trip / 2) of the timed iterations.
+    Latency(Latencies),
     /// Nanoseconds per message, setup included (crossover).
     PerMessage(u64),
 }
@@ -423,6 +426,9 @@ struct Row {
     messages: u64,
     /// One-way p50, p99, p99.9, max in ns.
     latency: Option<[u64; 4]>,
+    /// Every one-way latency recorded, for the plot.
+    #[allow(dead_code)]
+    distribution: Option<Latencies>,
     msgs_per_s: Option<f64>,
     /// Crossover: ns per message, setup included.
     ns_per_msg: Option<u64>,
@@ -434,15 +440,50 @@ impl Row {
     }
 }
 
-/// One-way p50, p99, p99.9 and max (nearest rank) of round trips `rtt` (ns), halved.
-fn one_way_percentiles(mut rtt: Vec<u64>) -> [u64; 4] {
-    rtt.sort_unstable();
-    let n = rtt.len();
-    let at = |q: f64| {
-        let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
-        rtt[rank - 1] / 2
-    };
-    [at(0.50), at(0.99), at(0.999), rtt[n - 1] / 2]
+/// The one-way latencies of a latency run: an HdrHistogram of round trip / 2 in ns, one value
+/// per timed iteration (the warm-up ones are never recorded).
+pub(crate) struct Latencies(Histogram<u64>);
+
+impl Latencies {
+    /// Largest value kept apart: twice [`STALL`] (a longer wait has already failed the run);
+    /// anything above is recorded as this.
+    const HIGHEST_NS: u64 = 2 * STALL.as_nanos() as u64;
+    /// Significant decimal digits: each value is kept to within 0.1%.
+    const DIGITS: u8 = 3;
+
+    /// Empty. Allocates the whole histogram (about 200 KiB) now, so recording never does.
+    pub(crate) fn new() -> Latencies {
+        Latencies(
+            Histogram::new_with_bounds(1, Self::HIGHEST_NS, Self::DIGITS).expect("valid histogram bounds"),
+        )
+    }
+
+    /// Records one iteration's round trip, halved.
+    #[inline]
+    pub(crate) fn record_round_trip(&mut self, round_trip: Duration) {
+        let one_way = (round_trip.as_nanos() / 2).min(u128::from(Self::HIGHEST_NS)) as u64;
+        self.0.saturating_record(one_way);
+    }
+
+    /// Recorded iterations.
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The one-way latency (ns) below which a `q` fraction of the iterations fall.
+    fn quantile(&self, q: f64) -> u64 {
+        self.0.value_at_quantile(q)
+    }
+
+    /// p50, p99, p99.9 and max in ns.
+    fn summary(&self) -> [u64; 4] {
+        [
+            self.quantile(0.50),
+            self.quantile(0.99),
+            self.quantile(0.999),
+            self.0.max(),
+        ]
+    }
 }
 
 /// Stamps a message with its sequence number (its first 8 bytes).
@@ -704,12 +745,21 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         if let Some(ticker) = ticker {
             ticker.stop();
         }
+        let result = result.and_then(|m| match m {
+            // Every timed iteration, and only those, is in the histogram.
+            Measured::Latency(l) if l.len() != job.messages => Err(format!(
+                "{} one-way latencies recorded for {} timed round trips",
+                l.len(),
+                job.messages
+            )),
+            m => Ok(m),
+        });
         match result {
             Ok(m) => {
                 eprintln!(" {:.2} s", t.elapsed().as_secs_f64());
-                let (latency, msgs_per_s, ns_per_msg) = match m {
+                let (distribution, msgs_per_s, ns_per_msg) = match m {
                     Measured::Rate(r) => (None, Some(r), None),
-                    Measured::RoundTrips(rtt) => (Some(one_way_percentiles(rtt)), None, None),
+                    Measured::Latency(l) => (Some(l), None, None),
                     Measured::PerMessage(ns) => (None, None, Some(ns)),
                 };
                 rows.push(Row {
@@ -717,7 +767,8 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
                     transport: job.transport,
                     size: job.size,
                     messages: job.messages,
-                    latency,
+                    latency: distribution.as_ref().map(Latencies::summary),
+                    distribution,
                     msgs_per_s,
                     ns_per_msg,
                 });
@@ -909,7 +960,7 @@ fn table(rows: &[Row]) -> String {
         );
     }
     out.push_str(
-        "latency: one way = round trip / 2, nearest-rank percentiles; MB = 10^6 bytes of payload.\n\
+        "latency: one way = round trip / 2, HdrHistogram percentiles (3 digits), warm-up excluded; MB = 10^6 bytes of payload.\n\
          vs raw: latency = ours / baseline (1.00x: as fast as the raw floor; higher is slower);\n\
          throughput = our msgs/s / baseline msgs/s (higher is faster); shm also / inproc-arrayqueue.\n\
          inproc-*: two threads of this process (no peer); arrayqueue and rtrb carry [u8; N],\n\
@@ -977,9 +1028,28 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_are_nearest_rank_of_half_round_trips() {
-        let rtt: Vec<u64> = (1..=1000).map(|i| i * 2).collect();
-        assert_eq!(one_way_percentiles(rtt), [500, 990, 999, 1000]);
-        assert_eq!(one_way_percentiles(vec![10]), [5, 5, 5, 5]);
+    fn percentiles_are_of_half_round_trips_within_a_thousandth() {
+        let mut l = Latencies::new();
+        for i in 1..=1000u64 {
+            l.record_round_trip(Duration::from_nanos(i * 2));
+        }
+        assert_eq!(l.len(), 1000);
+        assert_eq!(l.summary(), [500, 990, 999, 1000]);
+        let mut l = Latencies::new();
+        l.record_round_trip(Duration::from_nanos(10));
+        assert_eq!(l.summary(), [5, 5, 5, 5]);
+    }
+
+    #[test]
+    fn large_latencies_keep_three_digits_and_saturate() {
+        let mut l = Latencies::new();
+        for us in [20_000u64, 21_000, 1_000_000] {
+            l.record_round_trip(Duration::from_nanos(2 * us));
+        }
+        let [p50, _, _, max] = l.summary();
+        assert!((21_000..=21_021).contains(&p50), "{p50}");
+        assert!((1_000_000..=1_001_000).contains(&max), "{max}");
+        l.record_round_trip(Duration::from_secs(3600));
+        assert!(l.summary()[3] >= Latencies::HIGHEST_NS);
     }
 }
