@@ -17,6 +17,9 @@
 //! - `crossover` (only when asked for): ns per message of open + send N + close, setup
 //!   included, for `shm`, `msgq` and `unix` (see [`crossover`]).
 //!
+//! `--plot FILE.svg` also draws the latency percentile curves and the throughput bars of the
+//! run into one SVG (see [`plot`]).
+//!
 //! Transports (ours, through `Endpoint::parse(..).open_sender()/open_receiver()` and the
 //! `Sender`/`Receiver` traits): `shm` (`?wait=spin`), `shm-park` (`?wait=park`: every wait
 //! parks on the futex at once, so latency includes a wake-up), `msgq`, `unix`, `tcp`. Raw
@@ -28,6 +31,7 @@ mod cleanup;
 mod crossover;
 mod inproc;
 mod ours;
+mod plot;
 mod raw;
 
 use clap::{Args, ValueEnum};
@@ -135,6 +139,17 @@ impl Transport {
         }
     }
 
+    /// What kind of row this is, for the plot's colours.
+    fn family(self) -> Family {
+        if self.is_raw() {
+            Family::Raw
+        } else if self.is_inproc() {
+            Family::Inproc
+        } else {
+            Family::Ours
+        }
+    }
+
     fn is_raw(self) -> bool {
         self.name().starts_with("raw-")
     }
@@ -170,6 +185,17 @@ impl Transport {
     }
 }
 
+/// The kinds of transport, told apart in the plot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// A transport of ours.
+    Ours,
+    /// A raw syscall baseline.
+    Raw,
+    /// Two threads of one process.
+    Inproc,
+}
+
 /// `shmpipe bench` options.
 #[derive(Args, Debug)]
 pub(crate) struct BenchArgs {
@@ -200,6 +226,10 @@ pub(crate) struct BenchArgs {
     /// on an unrestricted machine). With fewer than two CPUs available, a warning and no pinning.
     #[arg(long)]
     pin: bool,
+    /// Also draw the results into an SVG file: latency percentile curves and throughput bars,
+    /// both on log scales (crossover results are not plotted).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 /// The hidden `bench-peer` subcommand: the other end of one measurement.
@@ -427,7 +457,6 @@ struct Row {
     /// One-way p50, p99, p99.9, max in ns.
     latency: Option<[u64; 4]>,
     /// Every one-way latency recorded, for the plot.
-    #[allow(dead_code)]
     distribution: Option<Latencies>,
     msgs_per_s: Option<f64>,
     /// Crossover: ns per message, setup included.
@@ -463,6 +492,11 @@ impl Latencies {
     pub(crate) fn record_round_trip(&mut self, round_trip: Duration) {
         let one_way = (round_trip.as_nanos() / 2).min(u128::from(Self::HIGHEST_NS)) as u64;
         self.0.saturating_record(one_way);
+    }
+
+    /// The histogram itself.
+    fn histogram(&self) -> &Histogram<u64> {
+        &self.0
     }
 
     /// Recorded iterations.
@@ -793,6 +827,16 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         );
         print!("{}", table(&rows));
     }
+    let mut plot_failed = false;
+    if let Some(path) = &args.plot {
+        match plot::write(path, &rows) {
+            Ok(()) => eprintln!("shmpipe bench: plot written to {}", path.display()),
+            Err(e) => {
+                eprintln!("shmpipe bench: {}: {e}", path.display());
+                plot_failed = true;
+            }
+        }
+    }
     eprintln!(
         "shmpipe bench: {} measurements in {:.1} s{}",
         jobs.len(),
@@ -803,7 +847,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             String::new()
         }
     );
-    if failed > 0 {
+    if failed > 0 || plot_failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
