@@ -172,6 +172,14 @@ fn assert_no_leak(run: &Run, peers: usize) {
         .filter(|o| !before.contains(&(o.kind, o.id)) && o.pids.iter().any(|p| ours.contains(p)))
         .collect();
     assert!(leaked.is_empty(), "left behind: {leaked:?}");
+    // Nor a temporary directory (socket files, ipmpsc's ring files): `shmpipe-bench-PID-N`.
+    let prefix = format!("shmpipe-bench-{bench_pid}-");
+    let dirs: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .expect("listing the temp dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert!(dirs.is_empty(), "temporary directories left behind: {dirs:?}");
 }
 
 #[test]
@@ -218,6 +226,7 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
     for t in [
         "shm",
         "shm-park",
+        "ipmpsc",
         "msgq",
         "raw-msgq",
         "unix",
@@ -238,6 +247,7 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
         "shm-park",
         "raw-atomic",
         "raw-futex",
+        "ipmpsc",
         "msgq",
         "raw-msgq",
         "unix",

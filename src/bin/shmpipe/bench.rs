@@ -25,11 +25,13 @@
 //! parks on the futex at once, so latency includes a wake-up), `msgq`, `unix`, `tcp`. Raw
 //! baselines (libc/std only, see [`raw`]): `raw-atomic`, `raw-futex` (latency only), `raw-msgq`,
 //! `raw-unix`, `raw-pipe`, `raw-tcp`. In-process baselines (two threads, throughput only, see
-//! [`inproc`]): `inproc-ring`, `inproc-arrayqueue`, `inproc-rtrb`.
+//! [`inproc`]): `inproc-ring`, `inproc-arrayqueue`, `inproc-rtrb`. Another crate's shared-memory
+//! channel across the same two processes (see [`ipc_crate`]): `ipmpsc`.
 
 mod cleanup;
 mod crossover;
 mod inproc;
+mod ipc_crate;
 mod ours;
 mod plot;
 mod raw;
@@ -79,6 +81,8 @@ pub(crate) enum Transport {
     RawAtomic,
     /// Raw: FUTEX_WAIT/FUTEX_WAKE on shared futex words (latency only)
     RawFutex,
+    /// Another crate: an ipmpsc channel (a file-backed ring mapped with memmap2)
+    Ipmpsc,
     /// msgq://NAME
     Msgq,
     /// Raw: blocking msgsnd/msgrcv on an IPC_PRIVATE queue
@@ -103,11 +107,12 @@ pub(crate) enum Transport {
 
 impl Transport {
     /// Every transport, in the order of the report: each of ours next to its baseline.
-    const ALL: [Transport; 14] = [
+    const ALL: [Transport; 15] = [
         Transport::Shm,
         Transport::ShmPark,
         Transport::RawAtomic,
         Transport::RawFutex,
+        Transport::Ipmpsc,
         Transport::Msgq,
         Transport::RawMsgq,
         Transport::Unix,
@@ -126,6 +131,7 @@ impl Transport {
             Transport::ShmPark => "shm-park",
             Transport::RawAtomic => "raw-atomic",
             Transport::RawFutex => "raw-futex",
+            Transport::Ipmpsc => "ipmpsc",
             Transport::Msgq => "msgq",
             Transport::RawMsgq => "raw-msgq",
             Transport::Unix => "unix",
@@ -141,7 +147,9 @@ impl Transport {
 
     /// What kind of row this is, for the plot's colours.
     fn family(self) -> Family {
-        if self.is_raw() {
+        if self == Transport::Ipmpsc {
+            Family::Crate
+        } else if self.is_raw() {
             Family::Raw
         } else if self.is_inproc() {
             Family::Inproc
@@ -194,6 +202,8 @@ pub(crate) enum Family {
     Raw,
     /// Two threads of one process.
     Inproc,
+    /// Another crate's channel across the same two processes.
+    Crate,
 }
 
 /// `shmpipe bench` options.
@@ -856,13 +866,13 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
 
 fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     if job.scenario == Scenario::Crossover {
-        crossover::measure(ctx, job)
-    } else if job.transport.is_inproc() {
-        inproc::measure(ctx, job)
-    } else if job.transport.is_raw() {
-        raw::measure(ctx, job)
-    } else {
-        ours::measure(ctx, job)
+        return crossover::measure(ctx, job);
+    }
+    match job.transport.family() {
+        Family::Ours => ours::measure(ctx, job),
+        Family::Raw => raw::measure(ctx, job),
+        Family::Inproc => inproc::measure(ctx, job),
+        Family::Crate => ipc_crate::measure(ctx, job),
     }
 }
 
@@ -884,10 +894,13 @@ pub(crate) fn peer(args: PeerArgs) -> ExitCode {
     }
     let result = if args.scenario == Scenario::Crossover {
         crossover::peer(&args)
-    } else if args.transport.is_raw() {
-        raw::peer(&args)
     } else {
-        ours::peer(&args)
+        match args.transport.family() {
+            Family::Ours => ours::peer(&args),
+            Family::Raw => raw::peer(&args),
+            Family::Crate => ipc_crate::peer(&args),
+            Family::Inproc => Err("an in-process baseline has no peer".into()),
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -928,6 +941,15 @@ fn json_line(row: &Row) -> String {
     )
 }
 
+/// A ratio as "1.23x", or in scientific notation below 0.1 ("2.10e-3x", not "0.00x").
+fn times(r: f64) -> String {
+    if r < 0.1 {
+        format!("{r:.2e}x")
+    } else {
+        format!("{r:.2}x")
+    }
+}
+
 /// The row's comparison with its baseline, if both were measured.
 fn versus(row: &Row, rows: &[Row]) -> String {
     let find = |t: Transport| {
@@ -951,11 +973,21 @@ fn versus(row: &Row, rows: &[Row]) -> String {
             _ => {}
         }
     }
-    // Our ring across processes next to the usual in-process queue.
+    // Our ring across processes next to the usual in-process queue, and next to another
+    // crate's shared-memory channel between the same two processes.
     if matches!(row.transport, Transport::Shm | Transport::ShmPark) {
         let inproc = find(Transport::InprocArrayqueue).and_then(|b| b.msgs_per_s);
         if let (Some(r), Some(b)) = (row.msgs_per_s, inproc) {
             parts.push(format!("{:.2}x inproc-arrayqueue", r / b));
+        }
+        if let Some(other) = find(Transport::Ipmpsc) {
+            match (row.latency, other.latency, row.msgs_per_s, other.msgs_per_s) {
+                (Some(l), Some(b), _, _) => {
+                    parts.push(format!("p50 {} ipmpsc", times(l[0] as f64 / b[0].max(1) as f64)))
+                }
+                (_, _, Some(r), Some(b)) => parts.push(format!("{} ipmpsc", times(r / b))),
+                _ => {}
+            }
         }
     }
     if parts.is_empty() {
@@ -1006,7 +1038,8 @@ fn table(rows: &[Row]) -> String {
     out.push_str(
         "latency: one way = round trip / 2, HdrHistogram percentiles (3 digits), warm-up excluded; MB = 10^6 bytes of payload.\n\
          vs raw: latency = ours / baseline (1.00x: as fast as the raw floor; higher is slower);\n\
-         throughput = our msgs/s / baseline msgs/s (higher is faster); shm also / inproc-arrayqueue.\n\
+         throughput = our msgs/s / baseline msgs/s (higher is faster); shm also / inproc-arrayqueue\n\
+         and / ipmpsc (another crate's shared-memory channel, across the same two processes).\n\
          inproc-*: two threads of this process (no peer); arrayqueue and rtrb carry [u8; N],\n\
          N = size rounded up to a power of two, and skip sizes above 1024 B.\n\
          Spinning rows (shm, raw-atomic, inproc-*) need two idle CPUs.\n",

@@ -5,7 +5,8 @@
 //!   (x = -log10(1 - q): 90% at 1, 99% at 2, 99.9% at 3, ...) up to the rarest iteration
 //!   measured, so the tail is as wide as the median.
 //! - Throughput (when measured): one horizontal bar per transport and message size, msgs/s on a
-//!   log scale, grouped by size, coloured by family (ours, raw baseline, in-process).
+//!   log scale, grouped by size, coloured by family (ours, raw baseline, in-process, another
+//!   crate).
 //!
 //! Crossover results are not plotted (the table shows them).
 
@@ -29,6 +30,7 @@ fn family_style(f: Family) -> (RGBColor, &'static str) {
         Family::Ours => (RGBColor(0x1f, 0x77, 0xb4), "shmpipe transport"),
         Family::Raw => (RGBColor(0x7f, 0x7f, 0x7f), "raw baseline (libc/std)"),
         Family::Inproc => (RGBColor(0x2c, 0xa0, 0x2c), "in-process (two threads)"),
+        Family::Crate => (RGBColor(0xff, 0x7f, 0x0e), "other crate (ipmpsc)"),
     }
 }
 
