@@ -172,6 +172,14 @@ fn assert_no_leak(run: &Run, peers: usize) {
         .filter(|o| !before.contains(&(o.kind, o.id)) && o.pids.iter().any(|p| ours.contains(p)))
         .collect();
     assert!(leaked.is_empty(), "left behind: {leaked:?}");
+    // Nor a temporary directory (socket files, ipmpsc's ring files): `shmpipe-bench-PID-N`.
+    let prefix = format!("shmpipe-bench-{bench_pid}-");
+    let dirs: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .expect("listing the temp dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert!(dirs.is_empty(), "temporary directories left behind: {dirs:?}");
 }
 
 #[test]
@@ -218,6 +226,7 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
     for t in [
         "shm",
         "shm-park",
+        "ipmpsc",
         "msgq",
         "raw-msgq",
         "unix",
@@ -238,6 +247,7 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
         "shm-park",
         "raw-atomic",
         "raw-futex",
+        "ipmpsc",
         "msgq",
         "raw-msgq",
         "unix",
@@ -288,4 +298,103 @@ fn crossover_run_covers_every_count_and_leaks_nothing() {
     }
     assert_eq!(seen, expected, "result lines; stdout:\n{}", run.stdout);
     assert_no_leak(&run, expected.len());
+}
+
+/// The text of every `<text>` element of an SVG document, after checking that it is one `<svg>`
+/// element whose tags are balanced (a well-formedness check enough for what plotters writes:
+/// no CDATA, no comments, no `<` or `>` in attribute values).
+fn svg_texts(svg: &str) -> Vec<String> {
+    let body = svg.trim();
+    let body = match body.strip_prefix("<?xml") {
+        Some(rest) => rest
+            .split_once("?>")
+            .expect("an XML declaration ends")
+            .1
+            .trim_start(),
+        None => body,
+    };
+    assert!(
+        body.starts_with("<svg "),
+        "does not start with <svg: {}",
+        &body[..body.len().min(80)]
+    );
+    assert!(body.ends_with("</svg>"), "does not end with </svg>");
+    assert!(
+        body.contains("xmlns=\"http://www.w3.org/2000/svg\""),
+        "no SVG namespace"
+    );
+    let mut open: Vec<&str> = Vec::new();
+    let mut texts = Vec::new();
+    let mut rest = body;
+    let mut roots = 0;
+    while let Some(start) = rest.find('<') {
+        let text = &rest[..start];
+        assert!(!text.contains('>'), "stray '>' in {text:?}");
+        if open.last() == Some(&"text") {
+            texts.push(text.trim().to_owned());
+        }
+        let end = rest[start..].find('>').expect("an unclosed tag") + start;
+        let tag = &rest[start + 1..end];
+        rest = &rest[end + 1..];
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(open.pop(), Some(name.trim()), "mismatched </{name}>");
+            continue;
+        }
+        let name = tag.split_whitespace().next().expect("a tag name");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ':'),
+            "bad tag name {name:?}"
+        );
+        if open.is_empty() {
+            roots += 1;
+        }
+        if !tag.ends_with('/') {
+            open.push(name);
+        }
+    }
+    assert!(open.is_empty(), "unclosed elements: {open:?}");
+    assert!(rest.trim().is_empty(), "text after the root element: {rest:?}");
+    assert_eq!(roots, 1, "one root element");
+    texts
+}
+
+#[test]
+fn plot_writes_an_svg_naming_every_transport() {
+    let dir = std::env::temp_dir().join(format!("shmpipe-cli-bench-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a temp dir");
+    let path = dir.join("bench.svg");
+    let transports = ["shm", "raw-unix", "inproc-ring"];
+    let run = run_bench(&[
+        "--quick",
+        "--json",
+        "--messages",
+        &MESSAGES.to_string(),
+        "--transport",
+        &transports.join(","),
+        "--plot",
+        path.to_str().expect("a UTF-8 temp path"),
+    ]);
+    let svg = std::fs::read_to_string(&path);
+    let _ = std::fs::remove_dir_all(&dir);
+    let svg = svg.expect("reading the plot");
+    let texts = svg_texts(&svg);
+    // The latency curves' legend names each transport run in that scenario; the throughput bars
+    // are labelled "SIZE B TRANSPORT".
+    for t in ["shm", "raw-unix"] {
+        assert!(
+            texts.iter().any(|s| s == t),
+            "no latency legend for {t}: {texts:?}"
+        );
+    }
+    for t in transports {
+        for size in [64, 1024] {
+            let label = format!("{size} B {t}");
+            assert!(texts.contains(&label), "no throughput bar {label:?}: {texts:?}");
+        }
+    }
+    assert!(run.stderr.contains("plot written to"), "{}", run.stderr);
+    // The JSON lines are still one per result.
+    assert_eq!(run.stdout.lines().count(), 2 + 3 * 2, "stdout:\n{}", run.stdout);
+    assert_no_leak(&run, 2 + 2 * 2);
 }

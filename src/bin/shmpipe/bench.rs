@@ -11,24 +11,33 @@
 //!   arrives (so process start-up and connecting are not counted) and stops at the last:
 //!   rate = (N - 1) / elapsed.
 //! - `latency`: 8-byte ping-pong, one channel per direction (our transports are one-way); the
-//!   one-way latency of an iteration is its round trip / 2. Warm-up iterations are not recorded.
+//!   one-way latency of an iteration is its round trip / 2, recorded in an HdrHistogram
+//!   ([`Latencies`]; p50, p99, p99.9 and max are read from it). Warm-up iterations are not
+//!   recorded.
 //! - `crossover` (only when asked for): ns per message of open + send N + close, setup
 //!   included, for `shm`, `msgq` and `unix` (see [`crossover`]).
+//!
+//! `--plot FILE.svg` also draws the latency percentile curves and the throughput bars of the
+//! run into one SVG (see [`plot`]).
 //!
 //! Transports (ours, through `Endpoint::parse(..).open_sender()/open_receiver()` and the
 //! `Sender`/`Receiver` traits): `shm` (`?wait=spin`), `shm-park` (`?wait=park`: every wait
 //! parks on the futex at once, so latency includes a wake-up), `msgq`, `unix`, `tcp`. Raw
 //! baselines (libc/std only, see [`raw`]): `raw-atomic`, `raw-futex` (latency only), `raw-msgq`,
 //! `raw-unix`, `raw-pipe`, `raw-tcp`. In-process baselines (two threads, throughput only, see
-//! [`inproc`]): `inproc-ring`, `inproc-arrayqueue`, `inproc-rtrb`.
+//! [`inproc`]): `inproc-ring`, `inproc-arrayqueue`, `inproc-rtrb`. Another crate's shared-memory
+//! channel across the same two processes (see [`ipc_crate`]): `ipmpsc`.
 
 mod cleanup;
 mod crossover;
 mod inproc;
+mod ipc_crate;
 mod ours;
+mod plot;
 mod raw;
 
 use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::io;
 use std::os::fd::RawFd;
@@ -38,6 +47,12 @@ use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// What is measured.
+///
+/// Adding a scenario: a variant here, in [`Scenario::ALL`] and [`Scenario::name`]; whether it
+/// runs without `--scenario` ([`Scenario::by_default`]); which transports run it
+/// ([`Transport::supports`]); its sizes and message counts in [`run`]; and its measurement in the
+/// module of each transport family that runs it (and its peer side). Every one of those is an
+/// exhaustive `match`, so the compiler lists what is left to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Scenario {
     /// A stream of N messages of SIZE bytes from the peer: msgs/s and bytes/s.
@@ -59,6 +74,15 @@ impl Scenario {
             Scenario::Crossover => "crossover",
         }
     }
+
+    /// Whether it runs when no `--scenario` is given.
+    fn by_default(self) -> bool {
+        match self {
+            Scenario::Throughput | Scenario::Latency => true,
+            // Many short runs, a question of its own: only when asked for.
+            Scenario::Crossover => false,
+        }
+    }
 }
 
 /// A transport of ours, or a raw baseline.
@@ -72,6 +96,8 @@ pub(crate) enum Transport {
     RawAtomic,
     /// Raw: FUTEX_WAIT/FUTEX_WAKE on shared futex words (latency only)
     RawFutex,
+    /// Another crate: an ipmpsc channel (a file-backed ring mapped with memmap2)
+    Ipmpsc,
     /// msgq://NAME
     Msgq,
     /// Raw: blocking msgsnd/msgrcv on an IPC_PRIVATE queue
@@ -96,11 +122,12 @@ pub(crate) enum Transport {
 
 impl Transport {
     /// Every transport, in the order of the report: each of ours next to its baseline.
-    const ALL: [Transport; 14] = [
+    const ALL: [Transport; 15] = [
         Transport::Shm,
         Transport::ShmPark,
         Transport::RawAtomic,
         Transport::RawFutex,
+        Transport::Ipmpsc,
         Transport::Msgq,
         Transport::RawMsgq,
         Transport::Unix,
@@ -119,6 +146,7 @@ impl Transport {
             Transport::ShmPark => "shm-park",
             Transport::RawAtomic => "raw-atomic",
             Transport::RawFutex => "raw-futex",
+            Transport::Ipmpsc => "ipmpsc",
             Transport::Msgq => "msgq",
             Transport::RawMsgq => "raw-msgq",
             Transport::Unix => "unix",
@@ -129,6 +157,19 @@ impl Transport {
             Transport::InprocRing => "inproc-ring",
             Transport::InprocArrayqueue => "inproc-arrayqueue",
             Transport::InprocRtrb => "inproc-rtrb",
+        }
+    }
+
+    /// What kind of row this is, for the plot's colours.
+    fn family(self) -> Family {
+        if self == Transport::Ipmpsc {
+            Family::Crate
+        } else if self.is_raw() {
+            Family::Raw
+        } else if self.is_inproc() {
+            Family::Inproc
+        } else {
+            Family::Ours
         }
     }
 
@@ -167,6 +208,19 @@ impl Transport {
     }
 }
 
+/// The kinds of transport, told apart in the plot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// A transport of ours.
+    Ours,
+    /// A raw syscall baseline.
+    Raw,
+    /// Two threads of one process.
+    Inproc,
+    /// Another crate's channel across the same two processes.
+    Crate,
+}
+
 /// `shmpipe bench` options.
 #[derive(Args, Debug)]
 pub(crate) struct BenchArgs {
@@ -197,6 +251,10 @@ pub(crate) struct BenchArgs {
     /// on an unrestricted machine). With fewer than two CPUs available, a warning and no pinning.
     #[arg(long)]
     pin: bool,
+    /// Also draw the results into an SVG file: latency percentile curves and throughput bars,
+    /// both on log scales (crossover results are not plotted).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 /// The hidden `bench-peer` subcommand: the other end of one measurement.
@@ -409,8 +467,8 @@ impl Job {
 enum Measured {
     /// Messages per second.
     Rate(f64),
-    /// Round-trip times in nanoseconds, one per timed iteration.
-    RoundTrips(Vec<u64>),
+    /// One-way latencies (round trip / 2) of the timed iterations.
+    Latency(Latencies),
     /// Nanoseconds per message, setup included (crossover).
     PerMessage(u64),
 }
@@ -423,6 +481,8 @@ struct Row {
     messages: u64,
     /// One-way p50, p99, p99.9, max in ns.
     latency: Option<[u64; 4]>,
+    /// Every one-way latency recorded, for the plot.
+    distribution: Option<Latencies>,
     msgs_per_s: Option<f64>,
     /// Crossover: ns per message, setup included.
     ns_per_msg: Option<u64>,
@@ -434,15 +494,55 @@ impl Row {
     }
 }
 
-/// One-way p50, p99, p99.9 and max (nearest rank) of round trips `rtt` (ns), halved.
-fn one_way_percentiles(mut rtt: Vec<u64>) -> [u64; 4] {
-    rtt.sort_unstable();
-    let n = rtt.len();
-    let at = |q: f64| {
-        let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
-        rtt[rank - 1] / 2
-    };
-    [at(0.50), at(0.99), at(0.999), rtt[n - 1] / 2]
+/// The one-way latencies of a latency run: an HdrHistogram of round trip / 2 in ns, one value
+/// per timed iteration (the warm-up ones are never recorded).
+pub(crate) struct Latencies(Histogram<u64>);
+
+impl Latencies {
+    /// Largest value kept apart: twice [`STALL`] (a longer wait has already failed the run);
+    /// anything above is recorded as this.
+    const HIGHEST_NS: u64 = 2 * STALL.as_nanos() as u64;
+    /// Significant decimal digits: each value is kept to within 0.1%.
+    const DIGITS: u8 = 3;
+
+    /// Empty. Allocates the whole histogram (about 200 KiB) now, so recording never does.
+    pub(crate) fn new() -> Latencies {
+        Latencies(
+            Histogram::new_with_bounds(1, Self::HIGHEST_NS, Self::DIGITS).expect("valid histogram bounds"),
+        )
+    }
+
+    /// Records one iteration's round trip, halved.
+    #[inline]
+    pub(crate) fn record_round_trip(&mut self, round_trip: Duration) {
+        let one_way = (round_trip.as_nanos() / 2).min(u128::from(Self::HIGHEST_NS)) as u64;
+        self.0.saturating_record(one_way);
+    }
+
+    /// The histogram itself.
+    fn histogram(&self) -> &Histogram<u64> {
+        &self.0
+    }
+
+    /// Recorded iterations.
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The one-way latency (ns) below which a `q` fraction of the iterations fall.
+    fn quantile(&self, q: f64) -> u64 {
+        self.0.value_at_quantile(q)
+    }
+
+    /// p50, p99, p99.9 and max in ns.
+    fn summary(&self) -> [u64; 4] {
+        [
+            self.quantile(0.50),
+            self.quantile(0.99),
+            self.quantile(0.999),
+            self.0.max(),
+        ]
+    }
 }
 
 /// Stamps a message with its sequence number (its first 8 bytes).
@@ -624,11 +724,12 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     let msgmax = raw::msgmax();
     let mut jobs = Vec::new();
     for scenario in Scenario::ALL {
-        if !args.scenario.is_empty() && !args.scenario.contains(&scenario) {
-            continue;
-        }
-        if scenario == Scenario::Crossover && args.scenario.is_empty() {
-            // Many short runs, a question of its own: only when asked for.
+        let wanted = if args.scenario.is_empty() {
+            scenario.by_default()
+        } else {
+            args.scenario.contains(&scenario)
+        };
+        if !wanted {
             continue;
         }
         let sizes = match scenario {
@@ -704,12 +805,21 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         if let Some(ticker) = ticker {
             ticker.stop();
         }
+        let result = result.and_then(|m| match m {
+            // Every timed iteration, and only those, is in the histogram.
+            Measured::Latency(l) if l.len() != job.messages => Err(format!(
+                "{} one-way latencies recorded for {} timed round trips",
+                l.len(),
+                job.messages
+            )),
+            m => Ok(m),
+        });
         match result {
             Ok(m) => {
                 eprintln!(" {:.2} s", t.elapsed().as_secs_f64());
-                let (latency, msgs_per_s, ns_per_msg) = match m {
+                let (distribution, msgs_per_s, ns_per_msg) = match m {
                     Measured::Rate(r) => (None, Some(r), None),
-                    Measured::RoundTrips(rtt) => (Some(one_way_percentiles(rtt)), None, None),
+                    Measured::Latency(l) => (Some(l), None, None),
                     Measured::PerMessage(ns) => (None, None, Some(ns)),
                 };
                 rows.push(Row {
@@ -717,7 +827,8 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
                     transport: job.transport,
                     size: job.size,
                     messages: job.messages,
-                    latency,
+                    latency: distribution.as_ref().map(Latencies::summary),
+                    distribution,
                     msgs_per_s,
                     ns_per_msg,
                 });
@@ -742,6 +853,16 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         );
         print!("{}", table(&rows));
     }
+    let mut plot_failed = false;
+    if let Some(path) = &args.plot {
+        match plot::write(path, &rows) {
+            Ok(()) => eprintln!("shmpipe bench: plot written to {}", path.display()),
+            Err(e) => {
+                eprintln!("shmpipe bench: {}: {e}", path.display());
+                plot_failed = true;
+            }
+        }
+    }
     eprintln!(
         "shmpipe bench: {} measurements in {:.1} s{}",
         jobs.len(),
@@ -752,7 +873,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             String::new()
         }
     );
-    if failed > 0 {
+    if failed > 0 || plot_failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -761,13 +882,13 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
 
 fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     if job.scenario == Scenario::Crossover {
-        crossover::measure(ctx, job)
-    } else if job.transport.is_inproc() {
-        inproc::measure(ctx, job)
-    } else if job.transport.is_raw() {
-        raw::measure(ctx, job)
-    } else {
-        ours::measure(ctx, job)
+        return crossover::measure(ctx, job);
+    }
+    match job.transport.family() {
+        Family::Ours => ours::measure(ctx, job),
+        Family::Raw => raw::measure(ctx, job),
+        Family::Inproc => inproc::measure(ctx, job),
+        Family::Crate => ipc_crate::measure(ctx, job),
     }
 }
 
@@ -789,10 +910,13 @@ pub(crate) fn peer(args: PeerArgs) -> ExitCode {
     }
     let result = if args.scenario == Scenario::Crossover {
         crossover::peer(&args)
-    } else if args.transport.is_raw() {
-        raw::peer(&args)
     } else {
-        ours::peer(&args)
+        match args.transport.family() {
+            Family::Ours => ours::peer(&args),
+            Family::Raw => raw::peer(&args),
+            Family::Crate => ipc_crate::peer(&args),
+            Family::Inproc => Err("an in-process baseline has no peer".into()),
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -833,6 +957,15 @@ fn json_line(row: &Row) -> String {
     )
 }
 
+/// A ratio as "1.23x", or in scientific notation below 0.1 ("2.10e-3x", not "0.00x").
+fn times(r: f64) -> String {
+    if r < 0.1 {
+        format!("{r:.2e}x")
+    } else {
+        format!("{r:.2}x")
+    }
+}
+
 /// The row's comparison with its baseline, if both were measured.
 fn versus(row: &Row, rows: &[Row]) -> String {
     let find = |t: Transport| {
@@ -856,11 +989,21 @@ fn versus(row: &Row, rows: &[Row]) -> String {
             _ => {}
         }
     }
-    // Our ring across processes next to the usual in-process queue.
+    // Our ring across processes next to the usual in-process queue, and next to another
+    // crate's shared-memory channel between the same two processes.
     if matches!(row.transport, Transport::Shm | Transport::ShmPark) {
         let inproc = find(Transport::InprocArrayqueue).and_then(|b| b.msgs_per_s);
         if let (Some(r), Some(b)) = (row.msgs_per_s, inproc) {
             parts.push(format!("{:.2}x inproc-arrayqueue", r / b));
+        }
+        if let Some(other) = find(Transport::Ipmpsc) {
+            match (row.latency, other.latency, row.msgs_per_s, other.msgs_per_s) {
+                (Some(l), Some(b), _, _) => {
+                    parts.push(format!("p50 {} ipmpsc", times(l[0] as f64 / b[0].max(1) as f64)))
+                }
+                (_, _, Some(r), Some(b)) => parts.push(format!("{} ipmpsc", times(r / b))),
+                _ => {}
+            }
         }
     }
     if parts.is_empty() {
@@ -909,9 +1052,10 @@ fn table(rows: &[Row]) -> String {
         );
     }
     out.push_str(
-        "latency: one way = round trip / 2, nearest-rank percentiles; MB = 10^6 bytes of payload.\n\
+        "latency: one way = round trip / 2, HdrHistogram percentiles (3 digits), warm-up excluded; MB = 10^6 bytes of payload.\n\
          vs raw: latency = ours / baseline (1.00x: as fast as the raw floor; higher is slower);\n\
-         throughput = our msgs/s / baseline msgs/s (higher is faster); shm also / inproc-arrayqueue.\n\
+         throughput = our msgs/s / baseline msgs/s (higher is faster); shm also / inproc-arrayqueue\n\
+         and / ipmpsc (another crate's shared-memory channel, across the same two processes).\n\
          inproc-*: two threads of this process (no peer); arrayqueue and rtrb carry [u8; N],\n\
          N = size rounded up to a power of two, and skip sizes above 1024 B.\n\
          Spinning rows (shm, raw-atomic, inproc-*) need two idle CPUs.\n",
@@ -977,9 +1121,28 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_are_nearest_rank_of_half_round_trips() {
-        let rtt: Vec<u64> = (1..=1000).map(|i| i * 2).collect();
-        assert_eq!(one_way_percentiles(rtt), [500, 990, 999, 1000]);
-        assert_eq!(one_way_percentiles(vec![10]), [5, 5, 5, 5]);
+    fn percentiles_are_of_half_round_trips_within_a_thousandth() {
+        let mut l = Latencies::new();
+        for i in 1..=1000u64 {
+            l.record_round_trip(Duration::from_nanos(i * 2));
+        }
+        assert_eq!(l.len(), 1000);
+        assert_eq!(l.summary(), [500, 990, 999, 1000]);
+        let mut l = Latencies::new();
+        l.record_round_trip(Duration::from_nanos(10));
+        assert_eq!(l.summary(), [5, 5, 5, 5]);
+    }
+
+    #[test]
+    fn large_latencies_keep_three_digits_and_saturate() {
+        let mut l = Latencies::new();
+        for us in [20_000u64, 21_000, 1_000_000] {
+            l.record_round_trip(Duration::from_nanos(2 * us));
+        }
+        let [p50, _, _, max] = l.summary();
+        assert!((21_000..=21_021).contains(&p50), "{p50}");
+        assert!((1_000_000..=1_001_000).contains(&max), "{max}");
+        l.record_round_trip(Duration::from_secs(3600));
+        assert!(l.summary()[3] >= Latencies::HIGHEST_NS);
     }
 }

@@ -5,7 +5,9 @@
 //! we listen on both (`down` gets `listen=sender`), so the peer only ever connects.
 
 use super::cleanup::{self, Resource, Token};
-use super::{check, stamp, Ctx, Job, Measured, PeerArgs, PeerProc, Scenario, StreamClock, Transport, STALL};
+use super::{
+    check, stamp, Ctx, Job, Latencies, Measured, PeerArgs, PeerProc, Scenario, StreamClock, Transport, STALL,
+};
 use shmpipe::endpoint::Endpoint;
 use shmpipe::transport::shm::key_for_name;
 use shmpipe::{Receiver, Sender, TryRecvError};
@@ -172,10 +174,10 @@ pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
             let mut tx = open_tx(&eps.down)?;
             let mut rx = open_rx(&eps.up)?;
             let peer = PeerProc::spawn(ctx, job, &[eps.down.clone(), eps.up.clone()], &[])?;
-            let rtt = ping(&mut tx, &mut rx, job.warmup, job.messages)?;
+            let latencies = ping(&mut tx, &mut rx, job.warmup, job.messages)?;
             drop((tx, rx));
             peer.finish()?;
-            Ok(Measured::RoundTrips(rtt))
+            Ok(Measured::Latency(latencies))
         }
     }
 }
@@ -200,9 +202,9 @@ fn receive_stream(rx: &mut Rx, size: usize, n: u64) -> Result<f64, String> {
     clock.rate(n)
 }
 
-/// `warmup` then `n` timed round trips; returns the timed round trips in ns.
-fn ping(tx: &mut Tx, rx: &mut Rx, warmup: u64, n: u64) -> Result<Vec<u64>, String> {
-    let mut rtt = Vec::with_capacity(n as usize);
+/// `warmup` then `n` timed round trips; returns the timed ones, halved.
+fn ping(tx: &mut Tx, rx: &mut Rx, warmup: u64, n: u64) -> Result<Latencies, String> {
+    let mut latencies = Latencies::new();
     let mut buf = Vec::with_capacity(super::PING_SIZE);
     for i in 0..warmup + n {
         let msg = i.to_le_bytes();
@@ -223,10 +225,10 @@ fn ping(tx: &mut Tx, rx: &mut Rx, warmup: u64, n: u64) -> Result<Vec<u64>, Strin
         let dt = t0.elapsed();
         check(&buf, super::PING_SIZE, i)?;
         if i >= warmup {
-            rtt.push(dt.as_nanos() as u64);
+            latencies.record_round_trip(dt);
         }
     }
-    Ok(rtt)
+    Ok(latencies)
 }
 
 /// The peer's side.

@@ -27,7 +27,8 @@
 
 use super::cleanup::{self, Resource, Token};
 use super::{
-    check, stamp, Ctx, Job, Measured, PeerArgs, PeerProc, Scenario, StreamClock, Transport, PING_SIZE, STALL,
+    check, stamp, Ctx, Job, Latencies, Measured, PeerArgs, PeerProc, Scenario, StreamClock, Transport,
+    PING_SIZE, STALL,
 };
 use std::hint::spin_loop;
 use std::io::{self, BufReader, Read, Write};
@@ -239,18 +240,18 @@ fn atomic_latency(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let mut peer = PeerProc::spawn(ctx, job, &[seg.id.to_string()], &[])?;
     let word = seg.u64_at(ATOMIC_AT);
     let mut alive = || peer.check_alive();
-    let mut rtt = Vec::with_capacity(job.messages as usize);
+    let mut latencies = Latencies::new();
     for i in 0..job.warmup + job.messages {
         let t0 = Instant::now();
         word.store(2 * i + 1, Release);
         spin_until(|| word.load(Acquire) == 2 * i + 2, &mut alive)?;
         let dt = t0.elapsed();
         if i >= job.warmup {
-            rtt.push(dt.as_nanos() as u64);
+            latencies.record_round_trip(dt);
         }
     }
     peer.finish()?;
-    Ok(Measured::RoundTrips(rtt))
+    Ok(Measured::Latency(latencies))
 }
 
 fn futex_latency(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
@@ -258,7 +259,7 @@ fn futex_latency(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let mut peer = PeerProc::spawn(ctx, job, &[seg.id.to_string()], &[])?;
     let (ping, pong) = (seg.u32_at(PING_FUTEX_AT), seg.u32_at(PONG_FUTEX_AT));
     let mut alive = || peer.check_alive();
-    let mut rtt = Vec::with_capacity(job.messages as usize);
+    let mut latencies = Latencies::new();
     for i in 0..job.warmup + job.messages {
         // Wraps after 2^32 round trips, harmlessly: only equality with the last value counts.
         let seq = (i as u32).wrapping_add(1);
@@ -268,11 +269,11 @@ fn futex_latency(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
         futex_wait_for(pong, seq, &mut alive)?;
         let dt = t0.elapsed();
         if i >= job.warmup {
-            rtt.push(dt.as_nanos() as u64);
+            latencies.record_round_trip(dt);
         }
     }
     peer.finish()?;
-    Ok(Measured::RoundTrips(rtt))
+    Ok(Measured::Latency(latencies))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,7 +454,7 @@ fn msgq_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
             Scenario::Latency => {
                 let mut ping = MsgBuf::new(PING_SIZE);
                 let mut pong = MsgBuf::new(PING_SIZE);
-                let mut rtt = Vec::with_capacity(job.messages as usize);
+                let mut latencies = Latencies::new();
                 for i in 0..job.warmup + job.messages {
                     stamp(ping.text_mut(), i);
                     let t0 = Instant::now();
@@ -462,10 +463,10 @@ fn msgq_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
                     let dt = t0.elapsed();
                     check(&pong.text()[..len], PING_SIZE, i)?;
                     if i >= job.warmup {
-                        rtt.push(dt.as_nanos() as u64);
+                        latencies.record_round_trip(dt);
                     }
                 }
-                Measured::RoundTrips(rtt)
+                Measured::Latency(latencies)
             }
         };
         peer.finish()?;
@@ -521,10 +522,10 @@ fn ping_frame(seq: u64) -> [u8; 4 + PING_SIZE] {
     f
 }
 
-/// `warmup` then `n` timed round trips of ping frames; returns the timed ones in ns.
-fn stream_ping(r: impl Read, mut w: impl Write, warmup: u64, n: u64) -> Result<Vec<u64>, String> {
+/// `warmup` then `n` timed round trips of ping frames; returns the timed ones, halved.
+fn stream_ping(r: impl Read, mut w: impl Write, warmup: u64, n: u64) -> Result<Latencies, String> {
     let mut r = BufReader::with_capacity(1 << 16, r);
-    let mut rtt = Vec::with_capacity(n as usize);
+    let mut latencies = Latencies::new();
     let mut answer = [0u8; 4 + PING_SIZE];
     for i in 0..warmup + n {
         let frame = ping_frame(i);
@@ -537,10 +538,10 @@ fn stream_ping(r: impl Read, mut w: impl Write, warmup: u64, n: u64) -> Result<V
             return Err(format!("round trip {i}: a wrong answer"));
         }
         if i >= warmup {
-            rtt.push(dt.as_nanos() as u64);
+            latencies.record_round_trip(dt);
         }
     }
-    Ok(rtt)
+    Ok(latencies)
 }
 
 /// The peer's side of `stream_ping`: echoes `n` frames.
@@ -562,7 +563,7 @@ where
     let measured = match job.scenario {
         Scenario::Crossover => return Err(super::NOT_CROSSOVER.into()),
         Scenario::Throughput => Measured::Rate(stream_receive(stream, job.size, job.messages)?),
-        Scenario::Latency => Measured::RoundTrips(stream_ping(stream, stream, job.warmup, job.messages)?),
+        Scenario::Latency => Measured::Latency(stream_ping(stream, stream, job.warmup, job.messages)?),
     };
     peer.finish()?;
     Ok(measured)
@@ -603,8 +604,8 @@ fn pipe_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
             let fds = [down_r.as_raw_fd(), up_w.as_raw_fd()];
             let peer = PeerProc::spawn(ctx, job, &fds.map(|f| f.to_string()), &fds)?;
             drop((down_r, up_w));
-            let rtt = stream_ping(&up_r, &down_w, job.warmup, job.messages)?;
-            (peer, Measured::RoundTrips(rtt))
+            let latencies = stream_ping(&up_r, &down_w, job.warmup, job.messages)?;
+            (peer, Measured::Latency(latencies))
         }
     };
     let (peer, measured) = measured;
