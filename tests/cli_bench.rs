@@ -215,6 +215,14 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
                 assert_eq!(number(&f, "msgs_per_s"), None, "{line}");
                 assert_eq!(size, 8.0, "{line}");
             }
+            "mpmc" => {
+                assert!(
+                    number(&f, "msgs_per_s").unwrap_or(0.0) > 0.0,
+                    "no throughput: {line}"
+                );
+                assert_eq!(number(&f, "p50_ns"), None, "{line}");
+                assert_eq!(size, 64.0, "{line}");
+            }
             other => panic!("unknown scenario {other:?}: {line}"),
         }
         assert!(
@@ -258,13 +266,17 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
     ] {
         expected.insert(("latency".to_string(), t.to_string(), 8));
     }
+    for t in ["shm-mpmc", "inproc-mpmc", "inproc-arrayqueue"] {
+        expected.insert(("mpmc".to_string(), t.to_string(), 64));
+    }
     assert_eq!(seen, expected, "result lines; stdout:\n{stdout}");
 
-    // The in-process baselines run no peer.
+    // The in-process baselines run no peer; shm-mpmc runs one a producer (two).
     let with_peer = expected
         .iter()
         .filter(|(_, t, _)| !t.starts_with("inproc-"))
-        .count();
+        .count()
+        + 1;
     assert_no_leak(&run, with_peer);
 }
 

@@ -32,6 +32,7 @@ mod cleanup;
 mod crossover;
 mod inproc;
 mod ipc_crate;
+mod mpmc;
 mod ours;
 mod plot;
 mod raw;
@@ -62,23 +63,32 @@ pub(crate) enum Scenario {
     /// Open + send N + close, setup included, ns per message, for shm, msgq and unix (only
     /// when asked for).
     Crossover,
+    /// 2 producers x 2 consumers of 64-byte messages through one queue: msgs/s (shm-mpmc with
+    /// producer processes; inproc-mpmc and inproc-arrayqueue with threads).
+    Mpmc,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 3] = [Scenario::Throughput, Scenario::Latency, Scenario::Crossover];
+    const ALL: [Scenario; 4] = [
+        Scenario::Throughput,
+        Scenario::Latency,
+        Scenario::Mpmc,
+        Scenario::Crossover,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Scenario::Throughput => "throughput",
             Scenario::Latency => "latency",
             Scenario::Crossover => "crossover",
+            Scenario::Mpmc => "mpmc",
         }
     }
 
     /// Whether it runs when no `--scenario` is given.
     fn by_default(self) -> bool {
         match self {
-            Scenario::Throughput | Scenario::Latency => true,
+            Scenario::Throughput | Scenario::Latency | Scenario::Mpmc => true,
             // Many short runs, a question of its own: only when asked for.
             Scenario::Crossover => false,
         }
@@ -92,6 +102,8 @@ pub(crate) enum Transport {
     Shm,
     /// shm://NAME?wait=park (wakes through the futex every time)
     ShmPark,
+    /// shm://NAME?mode=mpmc (mpmc scenario: producer processes, consumer threads)
+    ShmMpmc,
     /// Raw: one AtomicU64 in an IPC_PRIVATE segment, both sides spinning (latency only)
     RawAtomic,
     /// Raw: FUTEX_WAIT/FUTEX_WAKE on shared futex words (latency only)
@@ -118,13 +130,16 @@ pub(crate) enum Transport {
     InprocArrayqueue,
     /// In-process: rtrb::RingBuffer between two threads (throughput, <= 1024 B)
     InprocRtrb,
+    /// In-process: our MPMC ring on the heap (mpmc scenario)
+    InprocMpmc,
 }
 
 impl Transport {
     /// Every transport, in the order of the report: each of ours next to its baseline.
-    const ALL: [Transport; 15] = [
+    const ALL: [Transport; 17] = [
         Transport::Shm,
         Transport::ShmPark,
+        Transport::ShmMpmc,
         Transport::RawAtomic,
         Transport::RawFutex,
         Transport::Ipmpsc,
@@ -138,12 +153,14 @@ impl Transport {
         Transport::InprocRing,
         Transport::InprocArrayqueue,
         Transport::InprocRtrb,
+        Transport::InprocMpmc,
     ];
 
     fn name(self) -> &'static str {
         match self {
             Transport::Shm => "shm",
             Transport::ShmPark => "shm-park",
+            Transport::ShmMpmc => "shm-mpmc",
             Transport::RawAtomic => "raw-atomic",
             Transport::RawFutex => "raw-futex",
             Transport::Ipmpsc => "ipmpsc",
@@ -157,6 +174,7 @@ impl Transport {
             Transport::InprocRing => "inproc-ring",
             Transport::InprocArrayqueue => "inproc-arrayqueue",
             Transport::InprocRtrb => "inproc-rtrb",
+            Transport::InprocMpmc => "inproc-mpmc",
         }
     }
 
@@ -183,7 +201,10 @@ impl Transport {
 
     /// Whether this is run in `scenario` with messages of `size` bytes.
     fn supports(self, scenario: Scenario, size: usize) -> bool {
+        let mpmc_only = matches!(self, Transport::ShmMpmc | Transport::InprocMpmc);
         match scenario {
+            Scenario::Mpmc => mpmc_only || self == Transport::InprocArrayqueue,
+            _ if mpmc_only => false,
             Scenario::Throughput => {
                 !matches!(self, Transport::RawAtomic | Transport::RawFutex)
                     && (!self.is_inproc() || inproc::supports(self, size))
@@ -203,6 +224,8 @@ impl Transport {
             (Transport::Msgq, _) => Transport::RawMsgq,
             (Transport::Unix, _) => Transport::RawUnix,
             (Transport::Tcp, _) => Transport::RawTcp,
+            // The reference for an MPMC queue, in the same shape.
+            (Transport::ShmMpmc | Transport::InprocMpmc, Scenario::Mpmc) => Transport::InprocArrayqueue,
             _ => return None,
         })
     }
@@ -289,8 +312,9 @@ pub(crate) fn ring_capacity(size: usize) -> usize {
     }
 }
 
-/// Where the throughput and latency code meets a crossover job (dispatched before it).
-const NOT_CROSSOVER: &str = "the crossover scenario is measured by its own module";
+/// Where the throughput and latency code meets a crossover or mpmc job (each dispatched to its
+/// own module before it).
+const NOT_CROSSOVER: &str = "the crossover and mpmc scenarios are measured by their own modules";
 
 /// Size of a latency message.
 const PING_SIZE: usize = 8;
@@ -459,6 +483,7 @@ impl Job {
             Scenario::Throughput => self.messages,
             Scenario::Latency => self.warmup + self.messages,
             Scenario::Crossover => self.messages,
+            Scenario::Mpmc => (self.messages / mpmc::PRODUCERS as u64).max(1),
         }
     }
 }
@@ -737,6 +762,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             Scenario::Latency => vec![PING_SIZE],
             Scenario::Crossover if args.size.is_empty() => crossover::SIZES.to_vec(),
             Scenario::Crossover => args.size.iter().map(|&s| s as usize).collect(),
+            Scenario::Mpmc => vec![mpmc::SIZE],
         };
         let counts: &[u64] = match scenario {
             Scenario::Crossover => &crossover::COUNTS,
@@ -761,6 +787,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
                     ),
                     Scenario::Latency => (latency_n, warmup),
                     Scenario::Crossover => (count, 0),
+                    Scenario::Mpmc => (throughput_n, 0),
                 };
                 jobs.push(Job {
                     scenario,
@@ -881,8 +908,10 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
 }
 
 fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
-    if job.scenario == Scenario::Crossover {
-        return crossover::measure(ctx, job);
+    match job.scenario {
+        Scenario::Crossover => return crossover::measure(ctx, job),
+        Scenario::Mpmc => return mpmc::measure(ctx, job),
+        _ => {}
     }
     match job.transport.family() {
         Family::Ours => ours::measure(ctx, job),
@@ -910,6 +939,8 @@ pub(crate) fn peer(args: PeerArgs) -> ExitCode {
     }
     let result = if args.scenario == Scenario::Crossover {
         crossover::peer(&args)
+    } else if args.scenario == Scenario::Mpmc {
+        mpmc::peer(&args)
     } else {
         match args.transport.family() {
             Family::Ours => ours::peer(&args),

@@ -114,10 +114,13 @@ pub(super) fn write(path: &Path, rows: &[Row]) -> Result<(), String> {
         .collect();
     let mut throughput: Vec<&Row> = rows
         .iter()
-        .filter(|r| r.scenario == Scenario::Throughput && r.msgs_per_s.is_some_and(|r| r > 0.0))
+        .filter(|r| {
+            matches!(r.scenario, Scenario::Throughput | Scenario::Mpmc)
+                && r.msgs_per_s.is_some_and(|r| r > 0.0)
+        })
         .collect();
     // Grouped by size, each group in the report's transport order (sort is stable).
-    throughput.sort_by_key(|r| r.size);
+    throughput.sort_by_key(|r| (r.size, r.scenario == Scenario::Mpmc));
     if latency.is_empty() && throughput.is_empty() {
         return Err("plotting: no latency or throughput result to plot".into());
     }
@@ -236,7 +239,16 @@ fn throughput_chart(area: &Area, rows: &[&Row]) -> Result<(), String> {
     let x_hi = 10f64.powf((hi * 4.0).log10().ceil());
     let names: Vec<String> = rows
         .iter()
-        .map(|r| format!("{} B {}", r.size, r.transport.name()))
+        .map(|r| match r.scenario {
+            Scenario::Mpmc => format!(
+                "{} B {} {}x{}",
+                r.size,
+                r.transport.name(),
+                super::mpmc::PRODUCERS,
+                super::mpmc::CONSUMERS
+            ),
+            _ => format!("{} B {}", r.size, r.transport.name()),
+        })
         .collect();
     let n = rows.len();
     let (plot_area, legend_area) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
