@@ -77,9 +77,11 @@ fn printable(s: &str) -> String {
     s.chars().flat_map(char::escape_debug).collect()
 }
 
-fn role_cell(r: &inspect::RoleInfo) -> String {
+/// A role's column: its holder (SPSC), or how many members hold it (MPMC).
+fn role_cell(kind: &str, r: &inspect::RoleInfo, live: u32) -> String {
     match r.peer {
         shmpipe::Peer::NotYet => "vacant".into(),
+        shmpipe::Peer::Alive if kind == "mpmc" => format!("{live} alive"),
         p => format!("{}/{}", peer_name(p), r.pid),
     }
 }
@@ -90,7 +92,7 @@ fn ring_json(r: &RingInfo) -> String {
     format!(
         "{{\"type\":\"shm\",\"name\":{},\"key\":\"{}\",\"id\":{},\"kind\":\"{}\",\"status\":\"{}\",\
          \"capacity\":{},\"max_message\":{},\"unread\":{},\"attached\":{},\"uid\":{},\"sender\":{},\
-         \"receiver\":{},\"in\":{},\"out\":{},\"full_waits\":{},\"empty_waits\":{},\"parks\":{},\"wakes\":{}}}",
+         \"receiver\":{},\"senders\":{},\"receivers\":{},\"in\":{},\"out\":{},\"full_waits\":{},\"empty_waits\":{},\"parks\":{},\"wakes\":{}}}",
         json_str(&r.name),
         key_hex(r.key),
         r.id,
@@ -103,6 +105,8 @@ fn ring_json(r: &RingInfo) -> String {
         r.uid,
         role(&r.sender),
         role(&r.receiver),
+        r.members.0,
+        r.members.1,
         c.messages_in,
         c.messages_out,
         c.full_waits,
@@ -187,8 +191,8 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
                     r.max_message,
                     r.unread.map_or("corrupted".to_string(), |n| n.to_string()),
                     r.attached,
-                    role_cell(&r.sender),
-                    role_cell(&r.receiver)
+                    role_cell(r.kind, &r.sender, r.members.0),
+                    role_cell(r.kind, &r.receiver, r.members.1)
                 );
             }
             Segment::Other(o) if args.all => {
