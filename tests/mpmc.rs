@@ -1199,7 +1199,10 @@ fn assert_kind_mismatch(r: Result<impl std::fmt::Debug, Error>, ring: &Ring) {
     match r {
         Err(Error::InvalidConfig(msg)) => {
             assert!(
-                msg.contains("spsc") && msg.contains("mpmc") && msg.contains(&ring.name),
+                msg.contains("spsc")
+                    && msg.contains("mpmc")
+                    && msg.contains(&ring.name)
+                    && msg.contains("kind"),
                 "the message should name the ring and both kinds: {msg}"
             );
         }
@@ -1211,6 +1214,25 @@ fn info(ring: &Ring) -> inspect::RingInfo {
     inspect::RingView::open(&SegmentAddr::Name(ring.name.clone()))
         .expect("RingView::open")
         .info()
+}
+
+#[test]
+fn a_configuration_of_one_kind_refuses_the_other_kinds_methods() {
+    let ring = Ring::new("mpmc-kind-cfg");
+    for r in [
+        ring.cfg(8, MAX).open_mpmc_sender().map(drop),
+        ring.cfg(8, MAX).open_mpmc_receiver().map(drop),
+        ring.cfg(8, MAX).kind(RingKind::Mpmc).open_sender().map(drop),
+        ring.cfg(8, MAX).kind(RingKind::Mpmc).open_receiver().map(drop),
+    ] {
+        match r {
+            Err(Error::InvalidConfig(m)) => {
+                assert!(m.contains("spsc") && m.contains("mpmc"), "{m}")
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+    assert!(!ring.exists(), "a refused open created a segment");
 }
 
 #[test]
