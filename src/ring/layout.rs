@@ -165,11 +165,21 @@ impl Header {
         let kind = match self.kind.load(Relaxed) {
             KIND_SPSC => RingKind::Spsc,
             KIND_MPMC => RingKind::Mpmc,
-            other => return Err(corrupt(format!("unknown ring kind {other}"))),
+            // A kind this build does not know (a newer shmpipe's, say) is a ring of another
+            // kind, refused as a configuration mismatch as before MPMC existed, not reported
+            // as corrupted (tests/faults.rs relies on this).
+            other => {
+                return Err(HeaderCheck::Reject(Error::InvalidConfig(format!(
+                    "ring {name:?} is of unknown kind {other}; this build knows spsc ({KIND_SPSC}) \
+                     and mpmc ({KIND_MPMC})"
+                ))))
+            }
         };
         if let Some(expected) = expect_kind.filter(|&k| k != kind) {
+            // Names the word "kind" and both kinds: the mismatch is the whole story.
             return Err(HeaderCheck::Reject(Error::InvalidConfig(format!(
-                "ring {name:?} is {kind}, opened as {expected} (the mode is fixed when a ring is created)"
+                "ring {name:?} is of kind {kind}, opened as {expected} (the kind, mode=spsc or \
+                 mode=mpmc, is fixed when a ring is created)"
             ))));
         }
         let capacity = self.capacity.load(Relaxed);

@@ -212,10 +212,19 @@ impl ShmConfig {
 
     /// This configuration, checked to be for a ring of `kind`.
     fn as_kind(&self, kind: RingKind) -> Result<&Self, Error> {
+        // The message names both kinds (it used to name the configured one twice, which did not
+        // say what the caller had asked for).
+        let methods = |k: RingKind| match k {
+            RingKind::Spsc => "open_sender / open_receiver",
+            RingKind::Mpmc => "open_mpmc_sender / open_mpmc_receiver",
+        };
         if self.kind != kind {
             return Err(Error::InvalidConfig(format!(
-                "this configuration is for an {} ring; open it with the {} methods (or an endpoint)",
-                self.kind, self.kind
+                "{} needs a configuration for an {kind} ring, this one is for an {} ring (open it with \
+                 {}, or set ShmConfig::kind to {kind}, or use an endpoint)",
+                methods(kind),
+                self.kind,
+                methods(self.kind)
             )));
         }
         Ok(self)

@@ -480,6 +480,13 @@ impl Proc {
         }
     }
 
+    /// The next stdout line if one arrives within `timeout`, else `None` (for checking that a
+    /// child has *not* said anything yet).
+    pub fn try_line(&mut self, timeout: Duration) -> Option<String> {
+        let rx = self.lines.as_ref().expect("stdout not in line mode");
+        rx.recv_timeout(timeout).ok()
+    }
+
     /// The next protocol line, which must start with `word`; returns the words after it.
     pub fn expect(&mut self, word: &str) -> Vec<String> {
         let line = self.line(SOON);
