@@ -3,13 +3,14 @@
 //!
 //! - `shm-mpmc`: `shm://NAME?mode=mpmc`. Each producer is a `bench-peer` process sending its share
 //!   of the messages; the consumers are threads of this process, each its own member of the ring
-//!   (its own `open`, as separate processes would be), waiting the default adaptive way (spin,
-//!   yield, park): with four busy members on a 2-CPU machine, spinning waiters would only
-//!   delay the ones they wait for.
+//!   (its own `open`, as separate processes would be).
 //! - `inproc-mpmc`: the same ring on the heap ([`shmpipe::ring::mpmc::channel`]), all threads of
 //!   this process.
 //! - `inproc-arrayqueue`: `crossbeam_queue::ArrayQueue<[u8; 64]>` of the same capacity, all
 //!   threads of this process: the reference.
+//!
+//! Every side of every queue waits the same way ([`backoff`]): `try_` calls, spinning, yielding
+//! the CPU every 64 failures (four busy threads on this 2-CPU machine), never parking.
 //!
 //! Every message carries its producer and its number within that producer; every consumer checks
 //! that each producer's numbers only grow, and the run fails unless the consumers together got
@@ -20,7 +21,7 @@ use super::{ours, Ctx, Job, Measured, PeerArgs, PeerProc, Transport, STALL};
 use crossbeam_queue::ArrayQueue;
 use shmpipe::ring::mpmc;
 use shmpipe::transport::shm::key_for_name;
-use shmpipe::{RecvTimeoutError, Sender, TryRecvError};
+use shmpipe::{Sender, TryRecvError, TrySendError};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Barrier;
 use std::time::Instant;
@@ -124,14 +125,19 @@ fn across_processes(ctx: &Ctx, job: &Job) -> Result<Vec<Seen>, String> {
                     s.spawn(move || {
                         let mut seen = Seen::default();
                         let mut buf = Vec::with_capacity(SIZE);
+                        let (mut fails, mut idle_since) = (0u32, None::<Instant>);
                         loop {
                             match rx.try_recv(&mut buf) {
-                                Ok(()) => seen.take(&buf)?,
-                                Err(TryRecvError::Empty) => match rx.recv_timeout(&mut buf, STALL) {
-                                    Ok(()) => seen.take(&buf)?,
-                                    Err(RecvTimeoutError::Disconnected) => return Ok(seen),
-                                    Err(e) => return Err(format!("receiving: {e}")),
-                                },
+                                Ok(()) => {
+                                    seen.take(&buf)?;
+                                    idle_since = None;
+                                }
+                                Err(TryRecvError::Empty) => {
+                                    backoff(&mut fails);
+                                    if idle_since.get_or_insert_with(Instant::now).elapsed() > STALL {
+                                        return Err(format!("no message for {STALL:?}"));
+                                    }
+                                }
                                 Err(TryRecvError::Disconnected) => return Ok(seen),
                                 Err(e) => return Err(format!("receiving: {e}")),
                             }
@@ -161,11 +167,31 @@ pub(super) fn peer(args: &PeerArgs) -> Result<(), String> {
     let p: usize = p.parse().map_err(|_| format!("producer number {p:?}"))?;
     let mut tx = ours::open_tx(ep)?;
     let mut buf = vec![0x5au8; args.size];
+    let mut fails = 0;
     for i in 0..args.messages {
         tag(&mut buf, p, i);
-        tx.send(&buf).map_err(|e| format!("sending message {i}: {e}"))?;
+        let since = Instant::now();
+        loop {
+            match tx.try_send(&buf) {
+                Ok(()) => break,
+                Err(TrySendError::Full) if since.elapsed() < STALL => backoff(&mut fails),
+                Err(e) => return Err(format!("sending message {i}: {e}")),
+            }
+        }
     }
     Ok(())
+}
+
+/// The waiting of every side of every mpmc measurement (the same for every queue): spin, and
+/// yield the core every 64 failed tries (more busy threads than CPUs here). No parking: this
+/// scenario compares the queues, not the futex.
+fn backoff(fails: &mut u32) {
+    *fails += 1;
+    if fails.is_multiple_of(64) {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
 }
 
 /// Runs a producer thread for each of `txs` calling `push(tx, msg)` until it succeeds for each
@@ -182,14 +208,6 @@ fn threads<T: Send, R: Send>(
     let total = per * txs.len() as u64;
     let taken = AtomicU64::new(0);
     let start = Barrier::new(txs.len() + rxs.len());
-    let backoff = |fails: &mut u32| {
-        *fails += 1;
-        if fails.is_multiple_of(64) {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    };
     std::thread::scope(|s| {
         for (p, mut tx) in txs.into_iter().enumerate() {
             let (push, start) = (&push, &start);
