@@ -174,19 +174,20 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<10} {:>8} {:<9} {:>6} {:>7} {:>9} {:>3}  {:<14} {:<14}",
-        "NAME", "KEY", "SHMID", "STATUS", "CAP", "MAXMSG", "UNREAD", "ATT", "SENDER", "RECEIVER"
+        "{:<24} {:<10} {:>8} {:<9} {:<4} {:>6} {:>7} {:>9} {:>3}  {:<14} {:<14}",
+        "NAME", "KEY", "SHMID", "STATUS", "KIND", "CAP", "MAXMSG", "UNREAD", "ATT", "SENDER", "RECEIVER"
     );
     for s in &segments {
         match s {
             Segment::Ring(r) => {
                 let _ = writeln!(
                     out,
-                    "{:<24} {:<10} {:>8} {:<9} {:>6} {:>7} {:>9} {:>3}  {:<14} {:<14}",
+                    "{:<24} {:<10} {:>8} {:<9} {:<4} {:>6} {:>7} {:>9} {:>3}  {:<14} {:<14}",
                     printable(&r.name),
                     key_hex(r.key),
                     r.id,
                     r.status.as_str(),
+                    r.kind,
                     r.capacity,
                     r.max_message,
                     r.unread.map_or("corrupted".to_string(), |n| n.to_string()),
@@ -198,11 +199,12 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
             Segment::Other(o) if args.all => {
                 let _ = writeln!(
                     out,
-                    "{:<24} {:<10} {:>8} {:<9} {:>6} {:>7} {:>9} {:>3}  {}",
+                    "{:<24} {:<10} {:>8} {:<9} {:<4} {:>6} {:>7} {:>9} {:>3}  {}",
                     "-",
                     key_hex(o.key),
                     o.id,
                     "other",
+                    "-",
                     "-",
                     "-",
                     "-",
