@@ -88,6 +88,10 @@ pub struct Counters {
     pub parks: u64,
     /// Futex wakes issued.
     pub wakes: u64,
+    /// MPMC rings: slots recovered from members that died holding them (a producer's unpublished
+    /// slot skipped, or a consumer's unfreed message dropped). `None` for SPSC rings, where a
+    /// dead peer ends the channel instead.
+    pub recovered: Option<u64>,
 }
 
 /// A shmpipe ring found on the machine.
@@ -349,21 +353,24 @@ impl RingView {
 
 fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
     // Relaxed: a snapshot for display; nothing is read on the strength of these values.
-    let (messages_in, messages_out, c) = match layout.kind {
+    let (messages_in, messages_out, c, recovered) = match layout.kind {
         RingKind::Spsc => {
             let shared = backing.shared();
             (
                 shared.tail.load(Relaxed),
                 shared.head.load(Relaxed),
                 &*shared.counters,
+                None,
             )
         }
         RingKind::Mpmc => {
             let shared = backing.mpmc_shared();
+            let l = &shared.losses;
             (
                 shared.enqueue.load(Relaxed),
                 shared.dequeue.load(Relaxed),
                 &*shared.counters,
+                Some(l.lost.load(Relaxed).wrapping_add(l.dropped.load(Relaxed))),
             )
         }
     };
@@ -374,6 +381,7 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
         empty_waits: c.empty_waits.load(Relaxed),
         parks: c.parks.load(Relaxed),
         wakes: c.wakes.load(Relaxed),
+        recovered,
     }
 }
 

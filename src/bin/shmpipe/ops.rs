@@ -371,7 +371,7 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
             c.wakes,
             rin,
             rout,
-            "n.a.",
+            c.recovered.map_or("n.a.".to_string(), |r| r.to_string()),
             info.status.as_str()
         );
         last = Some((now, c));
