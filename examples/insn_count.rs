@@ -5,7 +5,10 @@
 //! at once, through
 //! - `shm_send_recv_ref`: `spsc::channel(1024, 64)`, `try_send(&[u8; 64])` + `try_recv_ref()`;
 //! - `shm_reserve_recv_ref`: the same ring, `try_reserve(64)` + copy + `commit()` + `try_recv_ref()`;
-//! - `rtrb_push_pop`: `rtrb::RingBuffer::<[u8; 64]>::new(1024)`, `push` + `pop`.
+//! - `rtrb_push_pop`: `rtrb::RingBuffer::<[u8; 64]>::new(1024)`, `push` + `pop`;
+//! - `shm_send_recv_blocking_8b`: the blocking calls each side of a ping-pong makes,
+//!   `send(&[u8; 8])` then `recv(&mut Vec)`, with the message always there (so no waiting): the
+//!   code on the path of `shmpipe bench --scenario latency`, without its cache misses.
 //!
 //! Each runs in its own `#[inline(never)]` function, so its inclusive cost divided by the number
 //! of iterations is its instructions per message (setup is outside the functions). Run:
@@ -23,7 +26,7 @@
 //! Without valgrind the program prints wall time per message, which is only a sanity check.
 
 use shmpipe::ring::spsc;
-use shmpipe::Sender;
+use shmpipe::{Receiver, Sender};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -65,6 +68,16 @@ fn rtrb_push_pop(tx: &mut rtrb::Producer<Msg>, rx: &mut rtrb::Consumer<Msg>, n: 
     }
 }
 
+#[inline(never)]
+fn shm_send_recv_blocking_8b(tx: &mut dyn Sender, rx: &mut dyn Receiver, n: u64) {
+    let mut buf = Vec::with_capacity(8);
+    for i in 0..n {
+        tx.send(black_box(&i.to_le_bytes())).unwrap();
+        rx.recv(&mut buf).unwrap();
+        black_box(&buf);
+    }
+}
+
 fn per_msg(name: &str, n: u64, f: impl FnOnce()) {
     let t = Instant::now();
     f();
@@ -84,6 +97,12 @@ fn main() {
         let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
         per_msg("shm_reserve_recv_ref", n, || {
             shm_reserve_recv_ref(&mut tx, &mut rx, n)
+        });
+    }
+    {
+        let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
+        per_msg("shm_send_recv_blocking_8b", n, || {
+            shm_send_recv_blocking_8b(&mut tx, &mut rx, n)
         });
     }
     {
