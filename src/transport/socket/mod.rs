@@ -491,23 +491,28 @@ impl Mode {
 /// Writes `bufs` to the stream, always with `MSG_NOSIGNAL` (a closed peer is `EPIPE`, never
 /// `SIGPIPE`), retrying `EINTR` when nothing was written. One buffer (every small frame, see
 /// `frame::SMALL_FRAME`) goes through `send(2)`; several through `sendmsg(2)`
-/// (`sys::send_nosignal`, never blocking: with `Mode::Wait` it waits with `poll` for room).
+/// (`sys::send_nosignal` when it must not block).
 fn send_bytes(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>], mode: Mode) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
-    let [one] = bufs else {
-        loop {
-            match sys::send_nosignal(fd, bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && mode == Mode::Wait => {
-                    sys::poll_until(fd, POLLOUT, None)?;
-                }
-                r => return r,
-            }
-        }
-    };
+    if bufs.len() > 1 && mode == Mode::NoWait {
+        return sys::send_nosignal(fd, bufs);
+    }
     loop {
-        // SAFETY: `one` is a live buffer of `one.len()` initialised bytes for the whole call;
-        // send only reads it.
-        let n = unsafe { libc::send(fd.as_raw_fd(), one.as_ptr().cast(), one.len(), mode.flags()) };
+        let n = if let [one] = bufs {
+            // SAFETY: `one` is a live buffer of `one.len()` initialised bytes for the whole call;
+            // send only reads it.
+            unsafe { libc::send(fd.as_raw_fd(), one.as_ptr().cast(), one.len(), mode.flags()) }
+        } else {
+            // SAFETY: msghdr is plain data (pointers and integers); all-zero is a valid, empty
+            // value.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            // IoSlice is documented to be ABI-compatible with `struct iovec` on Unix.
+            msg.msg_iov = bufs.as_ptr().cast_mut().cast::<libc::iovec>();
+            msg.msg_iovlen = bufs.len() as _;
+            // SAFETY: `msg` points at `bufs.len()` iovecs borrowed for the duration of the call,
+            // with no name and no control data; sendmsg only reads them.
+            unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, mode.flags()) }
+        };
         if n >= 0 {
             return Ok(n as usize);
         }
