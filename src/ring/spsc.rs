@@ -9,6 +9,10 @@
 //! - Each side keeps its own index locally (the shared copy is only published) and caches the
 //!   other side's, reloading it only when the ring looks full or empty (as rtrb does), so in
 //!   steady streaming each side touches the other's cache line once per lap, not per message.
+//! - The per-message paths read process-local copies of the geometry and addresses (`Hot`), and
+//!   a stopped end is caught by the same size/room/fill checks every message makes anyway (its
+//!   gates are closed), with everything else out of line. `examples/insn_count.rs` counts the
+//!   instructions per message (callgrind) against rtrb.
 
 use super::lock::LockWord;
 use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
@@ -18,7 +22,7 @@ use super::{
 };
 use crate::channel::{Receiver, Sender};
 use crate::error::*;
-use crate::sync::{AtomicU64, PUBLISH};
+use crate::sync::{AtomicU32, AtomicU64, PUBLISH};
 use crossbeam_utils::CachePadded;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
@@ -196,6 +200,101 @@ pub fn channel(capacity: usize, max_message: usize) -> Result<(Producer, Consume
     Ok((tx, rx))
 }
 
+/// What every message reads from its `RingCore`, copied into each end when it is made, so the
+/// hot paths reach it without an `Arc` dereference and keep it in registers across the payload
+/// copy. `shared` points into memory that the `Arc<RingCore>` held by the same end keeps alive
+/// (so this is only ever used through that end).
+struct Hot {
+    shared: NonNull<SpscShared>,
+    /// The hot path's gates: the geometry's capacity and maximum message size while the end
+    /// works, 0 once it has stopped (`Producer::stop` closes both, `Consumer::poison` the
+    /// capacity), so that the room, size and fill checks every message makes anyway also stop a
+    /// stopped end, whose slow paths then say why. Everything else reads `core.geometry`.
+    capacity: u64,
+    max_message: usize,
+    /// Outside loom, a copy of `core.slots` (an address and the geometry, nothing owned), so a
+    /// slot's address costs no `Arc` dereference either. Under loom `Slots` also owns the
+    /// modelled length words and access markers, so the ends use the core's (`slots()`).
+    #[cfg(not(loom))]
+    slots: Slots,
+}
+
+// SAFETY: `Hot` is a shared reference to `SpscShared` (atomics only, so `Sync`) whose lifetime
+// the end's `Arc<RingCore>` (Send + Sync) enforces, plus plain numbers.
+unsafe impl Send for Hot {}
+// SAFETY: as above.
+unsafe impl Sync for Hot {}
+
+impl Hot {
+    fn new(core: &RingCore) -> Self {
+        Hot {
+            shared: core.shared,
+            capacity: core.geometry.capacity as u64,
+            max_message: core.geometry.max_message,
+            // SAFETY: the same memory and geometry as `core.slots`, for which `RingCore::new`'s
+            // caller met `Slots::new`'s contract; the end holding this keeps the core alive.
+            #[cfg(not(loom))]
+            slots: unsafe {
+                Slots::new(
+                    core.slots.base,
+                    core.geometry.capacity,
+                    core.slots.stride,
+                    RingKind::Spsc,
+                )
+            },
+        }
+    }
+
+    #[inline]
+    fn shared(&self) -> &SpscShared {
+        // SAFETY: valid while the core lives (the contract of `RingCore::new`), and the end that
+        // holds this `Hot` holds an `Arc` of that core.
+        unsafe { self.shared.as_ref() }
+    }
+}
+
+/// Why a producer refuses every further call.
+enum Stopped {
+    /// The receiver is gone for good (`Disconnected` was returned).
+    Disconnected,
+    /// A bad index was seen: poisoned.
+    Corrupted(Corrupted),
+}
+
+/// Copies `src` to `dst`, inline for up to 64 bytes: a `memcpy` call costs about as many
+/// instructions as the whole rest of a send, for a message of a cache line or two.
+///
+/// # Safety
+/// `dst` must be valid for writes of `src.len()` bytes and must not overlap `src`.
+#[inline(always)]
+unsafe fn copy_payload(src: &[u8], dst: *mut u8) {
+    /// Copies `n` bytes, `K <= n <= 2 * K`, as two `K`-byte blocks that overlap in the middle.
+    ///
+    /// # Safety
+    /// As `copy_payload`, for `n` bytes at `s`, with `K <= n`.
+    #[inline(always)]
+    unsafe fn two_blocks<const K: usize>(s: *const u8, d: *mut u8, n: usize) {
+        // SAFETY: both blocks lie within the `n` bytes at `s` (read) and at `d` (written), since
+        // `K <= n`; unaligned accesses are used, and the buffers do not overlap.
+        unsafe {
+            let first = s.cast::<[u8; K]>().read_unaligned();
+            let last = s.add(n - K).cast::<[u8; K]>().read_unaligned();
+            d.cast::<[u8; K]>().write_unaligned(first);
+            d.add(n - K).cast::<[u8; K]>().write_unaligned(last);
+        }
+    }
+    let (s, n) = (src.as_ptr(), src.len());
+    // SAFETY: each branch's length condition is `two_blocks`'s; the rest is the caller's contract.
+    unsafe {
+        match n {
+            33..=64 => two_blocks::<32>(s, dst, n),
+            16..=32 => two_blocks::<16>(s, dst, n),
+            8..=15 => two_blocks::<8>(s, dst, n),
+            _ => std::ptr::copy_nonoverlapping(s, dst, n),
+        }
+    }
+}
+
 /// The sending end of an SPSC ring. See the [crate docs](crate) for the guarantees.
 pub struct Producer {
     core: Arc<RingCore>,
@@ -203,11 +302,12 @@ pub struct Producer {
     tail: u64,
     /// Last `head` seen; the true one is the same or further on.
     cached_head: u64,
+    /// What every message reads from the core, copied here (no `Arc` dereference per message).
+    hot: Hot,
     wait: WaitStrategy,
-    fault: Option<Corrupted>,
+    /// Set once this end has returned `Corrupted` or `Disconnected`: it stays that way.
+    stopped: Option<Stopped>,
     liveness: LivenessTimer,
-    /// `Disconnected` was returned: the receiver is gone for good.
-    disconnected: bool,
 }
 
 impl Producer {
@@ -215,14 +315,23 @@ impl Producer {
     pub(crate) fn new(core: Arc<RingCore>) -> Result<Self, Corrupted> {
         let (head, tail) = core.shared().indices(core.geometry.capacity)?;
         Ok(Producer {
+            hot: Hot::new(&core),
             core,
             tail,
             cached_head: head,
             wait: WaitStrategy::default(),
-            fault: None,
+            stopped: None,
             liveness: LivenessTimer::new(),
-            disconnected: false,
         })
+    }
+
+    /// The ring's slots: `Hot`'s copy outside loom, the core's under it.
+    #[inline(always)]
+    fn slots(&self) -> &Slots {
+        #[cfg(not(loom))]
+        return &self.hot.slots;
+        #[cfg(loom)]
+        &self.core.slots
     }
 
     /// Sets how [`send`](Sender::send) and [`reserve`](Self::reserve) wait for room.
@@ -237,7 +346,7 @@ impl Producer {
 
     /// The receiver's state, including whether its process died (a few syscalls).
     pub fn receiver(&self) -> Peer {
-        self.core.shared().receiver.peer()
+        self.hot.shared().receiver.peer()
     }
 
     /// Poisons this end: a consumer index that no correct consumer could have written.
@@ -248,8 +357,37 @@ impl Producer {
         let c = Corrupted {
             reason: format!("consumer index {head} is not within {cap} of producer index {tail}"),
         };
-        self.fault = Some(c.clone());
+        self.stop(Stopped::Corrupted(c.clone()));
         c
+    }
+
+    /// Stops this end for good (a poisoned end stays poisoned): closes the hot path's gates, so
+    /// every later `try_claim` reaches a slow path that checks `stopped` (see `Hot`).
+    fn stop(&mut self, why: Stopped) {
+        if !matches!(self.stopped, Some(Stopped::Corrupted(_))) {
+            self.stopped = Some(why);
+        }
+        self.hot.capacity = 0;
+        self.hot.max_message = 0;
+    }
+
+    /// Why `try_claim` refuses a message of `len` bytes, checked in its order: a poisoned end,
+    /// then the size, then a stopped end or a closed receiver. Called by each of its slow paths,
+    /// which is how a stopped end (whose gates are closed) gets its answer.
+    #[cold]
+    #[inline(never)]
+    fn refusal(&self, len: usize) -> TrySendError {
+        let max = self.core.geometry.max_message;
+        match &self.stopped {
+            Some(Stopped::Corrupted(c)) => TrySendError::Corrupted(c.clone()),
+            _ if len > max => too_large(len, max),
+            _ => TrySendError::Disconnected,
+        }
+    }
+
+    /// Marks the receiver gone for good (unless this end is already poisoned).
+    fn set_disconnected(&mut self) {
+        self.stop(Stopped::Disconnected);
     }
 
     /// Whether a slot is free, reloading the consumer's index only when the cached one says full.
@@ -261,7 +399,7 @@ impl Producer {
         }
         // Acquire: pairs with the consumer's release of `head`; its reads of the slot we are about
         // to overwrite happen before our writes.
-        let head = self.core.shared().head.load(Acquire);
+        let head = self.hot.shared().head.load(Acquire);
         let used = self.tail.wrapping_sub(head);
         if used > cap {
             return Err(self.index_fault(head));
@@ -273,31 +411,46 @@ impl Producer {
     /// One non-blocking attempt; `Full` means wait and retry.
     #[inline]
     fn try_claim(&mut self, len: usize) -> Result<(), TrySendError> {
-        if let Some(c) = &self.fault {
-            return Err(TrySendError::Corrupted(cold_clone(c)));
+        // A stopped end fails one of the gates (`Hot`): 0 bytes fit, but no slot is free.
+        if len > self.hot.max_message {
+            return Err(self.refusal(len));
         }
-        let max = self.core.geometry.max_message;
-        if len > max {
-            return Err(too_large(len, max));
+        if self.hot.shared().receiver.state() == ROLE_CLOSED {
+            return Err(self.refusal(len));
         }
-        let receiver = &self.core.shared().receiver;
-        if self.disconnected || receiver.state() == ROLE_CLOSED {
-            return Err(TrySendError::Disconnected);
-        }
-        if self.has_room()? {
+        // The cached `head` says there is room (the common case), or a reload of it does: settled
+        // with plain booleans, not `has_room`'s `Result`, which the compiler would build in memory.
+        if self.tail.wrapping_sub(self.cached_head) < self.hot.capacity || self.reload_head() {
             return Ok(());
         }
-        if self.liveness.due() && self.core.shared().receiver.peer() == Peer::Dead {
-            self.disconnected = true;
-            return Err(TrySendError::Disconnected);
+        Err(self.no_room(len))
+    }
+
+    /// `try_claim` when the cached `head` says full (once a lap while streaming): whether there is
+    /// room after reloading it. False also for a stopped end, or a bad index (which stops it).
+    #[inline(never)]
+    fn reload_head(&mut self) -> bool {
+        self.stopped.is_none() && matches!(self.has_room(), Ok(true))
+    }
+
+    /// `try_claim` found no room: why. The end's own state, or `Full` unless the receiver died.
+    #[cold]
+    #[inline(never)]
+    fn no_room(&mut self, len: usize) -> TrySendError {
+        if self.stopped.is_some() {
+            return self.refusal(len);
         }
-        Err(TrySendError::Full)
+        if self.liveness.due() && self.hot.shared().receiver.peer() == Peer::Dead {
+            self.set_disconnected();
+            return TrySendError::Disconnected;
+        }
+        TrySendError::Full
     }
 
     fn claim_deadline(&mut self, len: usize, deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
         let r = self.claim_deadline_inner(len, deadline);
         if r == Err(SendTimeoutError::Disconnected) {
-            self.disconnected = true;
+            self.set_disconnected();
         }
         r
     }
@@ -341,12 +494,14 @@ impl Producer {
         )
     }
 
-    /// Publishes the claimed slot with `len` bytes of payload already written.
+    /// Publishes the claimed slot `at` with `len` bytes of payload already written.
     #[inline]
-    fn publish(&mut self, len: usize) {
-        let shared = self.core.shared();
+    fn publish(&mut self, at: Claimed, len: usize) {
+        // SAFETY: `at` is `self.slot()` (see `write` and `guard`): the length word of the slot at
+        // `tail` and the control block, in the core that `self` keeps alive.
+        let (len_word, shared) = unsafe { (at.len_word.as_ref(), at.shared.as_ref()) };
         // Relaxed: ordered before the consumer's read by the `tail` store below.
-        self.core.slots.len_word(self.tail).store(len as u32, Relaxed);
+        len_word.store(len as u32, Relaxed);
         self.tail = self.tail.wrapping_add(1);
         // PUBLISH (Release): the slot's length and bytes happen before the consumer's Acquire
         // load of `tail` that finds them.
@@ -354,9 +509,25 @@ impl Producer {
         shared.not_empty.ring(1, &shared.counters.wakes);
     }
 
+    /// The claimed slot at `tail`, addressed once per message.
+    #[inline]
+    fn slot(&self) -> Claimed {
+        let slots = self.slots();
+        Claimed {
+            len_word: NonNull::from(slots.len_word(self.tail)),
+            payload: slots.payload(self.tail),
+            shared: self.hot.shared,
+        }
+    }
+
     #[inline]
     fn guard(&mut self, len: usize) -> WriteGuard<'_> {
-        WriteGuard { producer: self, len }
+        let at = self.slot();
+        WriteGuard {
+            producer: self,
+            len,
+            at,
+        }
     }
 
     /// Reserves a slot for a message of `len` bytes without blocking. Write into the guard, then
@@ -393,12 +564,14 @@ impl Producer {
 
     #[inline]
     fn write(&mut self, msg: &[u8]) {
-        self.core.slots.mark_write(self.tail);
+        self.slots().mark_write(self.tail);
+        // Every address before the copy: after it, they would be reloaded from memory.
+        let at = self.slot();
         // A hostile process could write the slot concurrently: that changes bytes, never where.
         // SAFETY: the slot at `tail` is ours (claimed: `tail - head < capacity`), its payload holds
         // max_message >= msg.len() bytes, and the consumer reads it only after `publish`.
-        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), self.core.slots.payload(self.tail), msg.len()) };
-        self.publish(msg.len());
+        unsafe { copy_payload(msg, at.payload) };
+        self.publish(at, msg.len());
     }
 }
 
@@ -450,13 +623,32 @@ impl std::fmt::Debug for Producer {
 pub struct WriteGuard<'a> {
     producer: &'a mut Producer,
     len: usize,
+    /// The slot (`Producer::slot`), addressed once.
+    at: Claimed,
 }
+
+/// Where a producer's claimed slot is: the addresses `publish` needs, computed before the payload
+/// is written so that they stay in registers. All point into the producer's core.
+#[derive(Clone, Copy)]
+struct Claimed {
+    len_word: NonNull<AtomicU32>,
+    payload: *mut u8,
+    shared: NonNull<SpscShared>,
+}
+
+// SAFETY: a `WriteGuard` is a `&mut Producer` (Send + Sync) plus addresses into that producer's
+// core, used only through the guard's `&self`/`&mut self`: nothing a `&mut Producer` would not
+// allow. (The raw pointers alone would make it neither.)
+unsafe impl Send for WriteGuard<'_> {}
+// SAFETY: as above; through `&WriteGuard` only `deref` reads the slot.
+unsafe impl Sync for WriteGuard<'_> {}
 
 impl WriteGuard<'_> {
     /// Publishes the message.
+    #[inline]
     pub fn commit(self) {
-        let len = self.len;
-        self.producer.publish(len);
+        let (at, len) = (self.at, self.len);
+        self.producer.publish(at, len);
     }
 
     /// Publishes only the first `len` bytes (at most the reserved length).
@@ -468,20 +660,20 @@ impl WriteGuard<'_> {
 
 impl Deref for WriteGuard<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: the claimed slot's payload holds at least `len` (<= max_message) initialised
         // bytes (segments and heap rings start zeroed) and is ours until published.
-        unsafe { std::slice::from_raw_parts(self.producer.core.slots.payload(self.producer.tail), self.len) }
+        unsafe { std::slice::from_raw_parts(self.at.payload, self.len) }
     }
 }
 
 impl DerefMut for WriteGuard<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
-        self.producer.core.slots.mark_write(self.producer.tail);
+        self.producer.slots().mark_write(self.producer.tail);
         // SAFETY: as in `deref`; `&mut self` makes this the only reference into the slot here.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.producer.core.slots.payload(self.producer.tail), self.len)
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.at.payload, self.len) }
     }
 }
 
@@ -490,6 +682,8 @@ pub struct Consumer {
     core: Arc<RingCore>,
     head: u64,
     cached_tail: u64,
+    /// What every message reads from the core, copied here (no `Arc` dereference per message).
+    hot: Hot,
     wait: WaitStrategy,
     fault: Option<Corrupted>,
     liveness: LivenessTimer,
@@ -502,6 +696,7 @@ impl Consumer {
     pub(crate) fn new(core: Arc<RingCore>) -> Result<Self, Corrupted> {
         let (head, tail) = core.shared().indices(core.geometry.capacity)?;
         Ok(Consumer {
+            hot: Hot::new(&core),
             core,
             head,
             cached_tail: tail,
@@ -510,6 +705,15 @@ impl Consumer {
             liveness: LivenessTimer::new(),
             sender_gone: false,
         })
+    }
+
+    /// The ring's slots: `Hot`'s copy outside loom, the core's under it.
+    #[inline(always)]
+    fn slots(&self) -> &Slots {
+        #[cfg(not(loom))]
+        return &self.hot.slots;
+        #[cfg(loom)]
+        &self.core.slots
     }
 
     /// Sets how [`recv`](Receiver::recv) and [`recv_ref`](Self::recv_ref) wait for messages.
@@ -530,7 +734,7 @@ impl Consumer {
     /// The sender's state: after `Disconnected`, `Closed` means a clean end of stream and `Dead`
     /// that the sending process died.
     pub fn sender(&self) -> Peer {
-        self.core.shared().sender.peer()
+        self.hot.shared().sender.peer()
     }
 
     /// Poisons this end: a producer index that no correct producer could have written.
@@ -553,9 +757,13 @@ impl Consumer {
         ))
     }
 
+    /// Poisons this end for good. Closes the hot path's gate (`Hot`) and forgets the cached
+    /// `tail`, so every later `try_front` reaches `nothing_yet`, which checks `fault`.
     fn poison(&mut self, reason: String) -> Corrupted {
         let c = Corrupted { reason };
         self.fault = Some(c.clone());
+        self.cached_tail = self.head;
+        self.hot.capacity = 0;
         c
     }
 
@@ -566,7 +774,7 @@ impl Consumer {
             return Ok(true);
         }
         // Acquire: pairs with the producer's publishing store; the slot's contents are visible.
-        let tail = self.core.shared().tail.load(Acquire);
+        let tail = self.hot.shared().tail.load(Acquire);
         let avail = tail.wrapping_sub(self.head);
         let cap = self.core.geometry.capacity as u64;
         if avail > cap {
@@ -576,16 +784,17 @@ impl Consumer {
         Ok(avail != 0)
     }
 
-    /// The length of the message at `head`, validated.
+    /// The message at `head`: its length, validated, and where its payload is.
     #[inline]
-    fn front_len(&mut self) -> Result<usize, Corrupted> {
+    fn front(&mut self) -> Result<Front, Corrupted> {
+        let slots = self.slots();
+        let payload = slots.payload(self.head);
         // Relaxed: ordered by the Acquire load of `tail` that found this slot full.
-        let len = self.core.slots.len_word(self.head).load(Relaxed) as usize;
-        let max = self.core.geometry.max_message;
-        if len > max {
+        let len = slots.len_word(self.head).load(Relaxed) as usize;
+        if len > self.hot.max_message {
             return Err(self.length_fault(len));
         }
-        Ok(len)
+        Ok(Front { len, payload })
     }
 
     /// Empty, or disconnected if the sender is gone: `Ok(true)` means a message arrived meanwhile.
@@ -608,19 +817,52 @@ impl Consumer {
         Err(TryRecvError::Disconnected)
     }
 
-    #[inline]
-    fn try_front(&mut self) -> Result<usize, TryRecvError> {
+    #[inline(always)]
+    fn try_front(&mut self) -> Result<Front, TryRecvError> {
+        // A poisoned end never passes `poll` (see `poison`).
+        if !self.poll() {
+            self.nothing_yet()?;
+        }
+        Ok(self.front()?)
+    }
+
+    /// `has_message` for the hot path: true if the cached `tail` or a fresh load of it shows a
+    /// message at `head`. False means "ask `has_message`": the ring looked empty, or the index was
+    /// bad (which `has_message` reports).
+    #[inline(always)]
+    fn poll(&mut self) -> bool {
+        let head = self.head;
+        if head != self.cached_tail {
+            return true;
+        }
+        // Acquire: pairs with the producer's publishing store; the slot's contents are visible.
+        let tail = self.hot.shared().tail.load(Acquire);
+        // 1..=capacity messages waiting, in one comparison: 0 and anything over the capacity
+        // both wrap to at least the capacity.
+        if tail.wrapping_sub(head).wrapping_sub(1) < self.hot.capacity {
+            self.cached_tail = tail;
+            return true;
+        }
+        false
+    }
+
+    /// `try_front` found the ring empty (or a bad index, or the end poisoned): `Empty`, unless the
+    /// sender is gone, or a message arrived meanwhile (`Ok`).
+    #[cold]
+    #[inline(never)]
+    fn nothing_yet(&mut self) -> Result<(), TryRecvError> {
         if let Some(c) = &self.fault {
             return Err(TryRecvError::Corrupted(cold_clone(c)));
         }
-        if !self.has_message()? {
-            let due = self.liveness.due();
-            self.empty_or_gone(due)?;
+        if self.has_message()? {
+            return Ok(());
         }
-        Ok(self.front_len()?)
+        let due = self.liveness.due();
+        self.empty_or_gone(due)?;
+        Ok(())
     }
 
-    fn front_deadline(&mut self, deadline: Option<Instant>) -> Result<usize, RecvTimeoutError> {
+    fn front_deadline(&mut self, deadline: Option<Instant>) -> Result<Front, RecvTimeoutError> {
         match self.try_front() {
             Err(TryRecvError::Empty) => {}
             r => return r.map_err(Into::into),
@@ -663,13 +905,13 @@ impl Consumer {
         if !self.has_message()? {
             self.empty_or_gone(true)?;
         }
-        Ok(self.front_len()?)
+        Ok(self.front()?)
     }
 
     /// Frees the slot at `head` for the producer.
     #[inline]
     fn release(&mut self) {
-        let shared = self.core.shared();
+        let shared = self.hot.shared();
         self.head = self.head.wrapping_add(1);
         // PUBLISH (Release): our reads of the slot happen before the producer reuses it.
         shared.head.store(self.head, PUBLISH);
@@ -677,40 +919,60 @@ impl Consumer {
     }
 
     #[inline]
-    fn guard(&mut self, len: usize) -> ReadGuard<'_> {
-        ReadGuard { consumer: self, len }
+    fn guard(&mut self, front: Front) -> ReadGuard<'_> {
+        ReadGuard {
+            consumer: self,
+            len: front.len,
+            payload: front.payload,
+        }
     }
 
     /// Borrows the next message in place, without blocking; its slot is freed when the guard drops.
+    #[inline]
     pub fn try_recv_ref(&mut self) -> Result<ReadGuard<'_>, TryRecvError> {
-        let len = self.try_front()?;
-        Ok(self.guard(len))
+        let front = self.try_front()?;
+        Ok(self.guard(front))
     }
 
     /// Borrows the next message in place, waiting while the ring is empty.
     pub fn recv_ref(&mut self) -> Result<ReadGuard<'_>, RecvError> {
-        let len = self.front_deadline(None)?;
-        Ok(self.guard(len))
+        let front = self.front_deadline(None)?;
+        Ok(self.guard(front))
     }
 
     /// Borrows the next message in place, waiting at most `timeout`.
     pub fn recv_ref_timeout(&mut self, timeout: Duration) -> Result<ReadGuard<'_>, RecvTimeoutError> {
-        let len = self.front_deadline(Instant::now().checked_add(timeout))?;
-        Ok(self.guard(len))
+        let front = self.front_deadline(Instant::now().checked_add(timeout))?;
+        Ok(self.guard(front))
     }
 
     #[inline]
-    fn copy_out(&mut self, len: usize, buf: &mut Vec<u8>) {
+    fn copy_out(&mut self, front: Front, buf: &mut Vec<u8>) {
+        let msg = self.guard(front);
         buf.clear();
-        buf.extend_from_slice(&self.guard(len));
+        buf.reserve(msg.len());
+        // `copy_payload` rather than `extend_from_slice`: a short message without a memcpy call.
+        // SAFETY: after `reserve`, `buf`'s allocation has room for `msg.len()` bytes at its start
+        // (length 0), and is not the ring's memory, so the two do not overlap; `copy_payload`
+        // initialises exactly those bytes before `set_len` says so.
+        unsafe {
+            copy_payload(&msg, buf.as_mut_ptr());
+            buf.set_len(msg.len());
+        }
     }
+}
+
+/// The message at a consumer's `head`: validated length and payload address.
+struct Front {
+    len: usize,
+    payload: *mut u8,
 }
 
 impl Receiver for Consumer {
     #[inline]
     fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<(), TryRecvError> {
-        let len = self.try_front()?;
-        self.copy_out(len, buf);
+        let front = self.try_front()?;
+        self.copy_out(front, buf);
         Ok(())
     }
 
@@ -719,8 +981,8 @@ impl Receiver for Consumer {
         buf: &mut Vec<u8>,
         deadline: Option<Instant>,
     ) -> Result<(), RecvTimeoutError> {
-        let len = self.front_deadline(deadline)?;
-        self.copy_out(len, buf);
+        let front = self.front_deadline(deadline)?;
+        self.copy_out(front, buf);
         Ok(())
     }
 
@@ -754,20 +1016,30 @@ impl std::fmt::Debug for Consumer {
 pub struct ReadGuard<'a> {
     consumer: &'a mut Consumer,
     len: usize,
+    /// The payload of the slot at `head` (`Consumer::front`).
+    payload: *mut u8,
 }
+
+// SAFETY: a `ReadGuard` is a `&mut Consumer` (Send + Sync) plus the address of the slot at its
+// `head`, used only through the guard: nothing a `&mut Consumer` would not allow.
+unsafe impl Send for ReadGuard<'_> {}
+// SAFETY: as above; through `&ReadGuard` the slot is only read.
+unsafe impl Sync for ReadGuard<'_> {}
 
 impl Deref for ReadGuard<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
-        self.consumer.core.slots.mark_read(self.consumer.head);
-        // SAFETY: the slot at `head` is published (head < tail, seen with Acquire) and stays ours
-        // until `release`; `len` was checked against max_message, and the payload area is at
-        // least that long.
-        unsafe { std::slice::from_raw_parts(self.consumer.core.slots.payload(self.consumer.head), self.len) }
+        self.consumer.slots().mark_read(self.consumer.head);
+        // SAFETY: `payload` is the slot at `head`, which is published (head < tail, seen with
+        // Acquire) and stays ours until `release`; `len` was checked against max_message, and the
+        // payload area is at least that long.
+        unsafe { std::slice::from_raw_parts(self.payload, self.len) }
     }
 }
 
 impl Drop for ReadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.consumer.release();
     }
@@ -905,6 +1177,79 @@ mod tests {
         assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
         // Poisoned from now on.
         assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+    }
+
+    #[test]
+    fn ends_and_guards_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Producer>();
+        check::<Consumer>();
+        check::<WriteGuard<'static>>();
+        check::<ReadGuard<'static>>();
+    }
+
+    #[test]
+    fn every_length_round_trips_byte_for_byte() {
+        // `copy_payload` has a branch per size class (overlapping blocks); each byte distinct.
+        let (mut tx, mut rx) = channel(4, 200).unwrap();
+        for len in 0..=200usize {
+            let msg: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            tx.try_send(&msg).unwrap();
+            assert_eq!(&*rx.try_recv_ref().unwrap(), &msg[..], "length {len}");
+            let mut w = tx.try_reserve(len).unwrap();
+            w.copy_from_slice(&msg);
+            w.commit();
+            let mut buf = Vec::new();
+            rx.try_recv(&mut buf).unwrap();
+            assert_eq!(buf, msg, "length {len}, reserved");
+        }
+    }
+
+    #[test]
+    fn corrupted_head_poisons_the_producer_for_every_later_call() {
+        let (mut tx, _rx) = channel(2, 8).unwrap();
+        tx.try_send(b"a").unwrap();
+        tx.try_send(b"b").unwrap();
+        // Full: the next call reloads `head` and finds it impossible.
+        tx.core.shared().head.store(1 << 40, Relaxed);
+        assert!(matches!(tx.try_send(b"c"), Err(TrySendError::Corrupted(_))));
+        tx.core.shared().head.store(2, Relaxed);
+        // Room again in shared memory, but poisoned: Corrupted first, whatever the size.
+        assert!(matches!(tx.try_send(b""), Err(TrySendError::Corrupted(_))));
+        assert!(matches!(tx.try_send(&[0; 9]), Err(TrySendError::Corrupted(_))));
+        assert!(matches!(tx.try_reserve(1), Err(TrySendError::Corrupted(_))));
+        assert!(matches!(tx.send(b"c"), Err(SendError::Corrupted(_))));
+        assert_eq!(tx.max_message_size(), 8);
+    }
+
+    #[test]
+    fn disconnected_producer_keeps_its_answers_in_order() {
+        let (mut tx, rx) = channel(4, 8).unwrap();
+        drop(rx);
+        assert_eq!(tx.send(b"x"), Err(SendError::Disconnected));
+        // Stopped: the size check still comes first, then Disconnected, for good.
+        assert_eq!(
+            tx.try_send(&[0; 9]),
+            Err(TrySendError::TooLarge(TooLarge { len: 9, max: 8 }))
+        );
+        assert_eq!(tx.try_send(b""), Err(TrySendError::Disconnected));
+        assert_eq!(tx.try_send(b"y"), Err(TrySendError::Disconnected));
+    }
+
+    #[test]
+    fn corrupted_length_poisons_even_with_messages_cached() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        tx.try_send(b"a").unwrap();
+        tx.try_send(b"b").unwrap();
+        tx.try_send(b"c").unwrap();
+        rx.core.slots.len_word(0).store(9999, Relaxed);
+        let mut buf = Vec::new();
+        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+        // Messages 1 and 2 are still there and valid, but the end is poisoned.
+        rx.core.slots.len_word(0).store(1, Relaxed);
+        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+        assert!(matches!(rx.try_recv_ref(), Err(TryRecvError::Corrupted(_))));
+        assert!(matches!(rx.recv(&mut buf), Err(RecvError::Corrupted(_))));
     }
 
     #[test]

@@ -49,15 +49,24 @@
 //! # Semantics
 //!
 //! - **Order**: frames arrive in order, each once, as TCP and Unix stream sockets guarantee.
-//! - **`try_send` never blocks.** The socket is non-blocking and each frame is written with one
-//!   `sendmsg`. A frame the kernel took only part of is *accepted*: its remainder is kept (at most
-//!   one frame's) and written first by the next call, by [`SocketSender::flush_deadline`], or
-//!   when the sender drops (waiting at most `close_timeout`, default 1 s). While a remainder
-//!   cannot be written, `try_send` returns `Full` and accepts nothing. The blocking forms wait
-//!   with `poll(2)` and also push out the remainder of the frame they wrote before returning
-//!   (when the deadline passes first, the frame is still accepted and `Ok` is returned).
-//! - **`try_recv`** reads whatever the socket has (one `read`) into a reusable buffer and
-//!   returns one complete frame, or `Empty`. Frames already in the buffer cost no syscall.
+//! - **`try_send` never blocks.** Each frame is written with one non-blocking (`MSG_DONTWAIT`)
+//!   call: a frame of up to 4 KiB is copied behind its header and written with `send`, a larger
+//!   one in place with a two-part `sendmsg`. A frame the kernel took only part of is *accepted*:
+//!   its remainder is kept (at most one frame's) and written first by the next call, by
+//!   [`SocketSender::flush_deadline`], or when the sender drops (waiting at most
+//!   `close_timeout`, default 1 s). While a remainder cannot be written, `try_send` returns
+//!   `Full` and accepts nothing. The blocking forms also push out the remainder of the frame they
+//!   wrote before returning (when the deadline passes first, the frame is still accepted and `Ok`
+//!   is returned).
+//! - **`try_recv`** reads whatever the socket has (one non-blocking `recv`) into a reusable buffer
+//!   and returns one complete frame, or `Empty`. Frames already in the buffer cost no syscall.
+//! - **Waiting** costs what it costs a plain blocking socket where it can: the socket itself is in
+//!   blocking mode, and `send`/`recv` without a deadline make one blocking call, which the kernel
+//!   returns from when there is room or data. A receive with a deadline at least 100 ms away
+//!   waits in a blocking `recv` bounded by the socket's read timeout (`SO_RCVTIMEO`, set to end
+//!   at least 25 ms before the deadline, and reset only when it no longer fits, so a loop of
+//!   `recv_timeout(same)` sets it once); the rest of the way, shorter deadlines, sends with a
+//!   deadline and a listening end waiting for its peer use `poll(2)`, to the millisecond.
 //! - **Size**: a message over the sender's `max_message` (default 1 MiB) is `TooLarge` and
 //!   nothing is written. A receiver reading a length over *its* `max_message` returns
 //!   `Corrupted("frame of N bytes exceeds the maximum of M bytes")` after delivering every frame
@@ -98,7 +107,7 @@ use crate::error::*;
 use crate::sys::socket::{self as sys, POLLIN, POLLOUT};
 use frame::{FrameReader, FrameWriter};
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -381,6 +390,8 @@ impl SocketConfig {
             conn: self.open(self.listen == Listen::Receiver)?,
             reader: FrameReader::new(self.max_message),
             reset: false,
+            drained: false,
+            read_timeout: None,
         })
     }
 }
@@ -413,6 +424,11 @@ fn resolve(addr: &SocketAddress) -> Result<Vec<SocketAddr>, Error> {
 }
 
 /// A connected stream.
+///
+/// The socket is in *blocking* mode, and each call says whether it may wait: the non-blocking
+/// operations (`try_send`, `try_recv`, flushing) pass `MSG_DONTWAIT`, and a `send` or `recv`
+/// without a deadline makes one blocking call, so that waiting for room or for data costs that
+/// one call (as it does a plain blocking socket) instead of a failed attempt, a `poll` and a retry.
 enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
@@ -428,22 +444,104 @@ impl Stream {
 
     fn tcp(s: TcpStream) -> io::Result<Self> {
         s.set_nodelay(true)?;
-        s.set_nonblocking(true)?;
+        s.set_nonblocking(false)?;
         Ok(Stream::Tcp(s))
     }
 
     fn unix(s: UnixStream) -> io::Result<Self> {
-        s.set_nonblocking(true)?;
+        s.set_nonblocking(false)?;
         Ok(Stream::Unix(s))
+    }
+
+    /// Bounds how long a blocking read waits (`SO_RCVTIMEO`; `None`: for ever).
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Tcp(s) => s.set_read_timeout(t),
+        }
     }
 }
 
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+/// A receive whose deadline is at least this far off waits in a blocking read bounded by the
+/// socket's read timeout, not in `poll`; closer deadlines are left to `poll`, which keeps them to
+/// the millisecond.
+const READ_TIMEOUT_FROM: Duration = Duration::from_millis(100);
+/// How far before the deadline such a read timeout ends at the latest: the kernel rounds it up to
+/// whole clock ticks (up to 10 ms), and the rest of the wait is left to `poll`.
+const READ_TIMEOUT_MARGIN: Duration = Duration::from_millis(25);
+
+/// Whether a call on a [`Stream`] may wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `MSG_DONTWAIT`: `WouldBlock` instead of waiting.
+    NoWait,
+    /// Wait as long as it takes (a call without a deadline).
+    Wait,
+}
+
+impl Mode {
+    fn flags(self) -> libc::c_int {
         match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
+            Mode::NoWait => libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            Mode::Wait => libc::MSG_NOSIGNAL,
         }
+    }
+}
+
+/// Writes `bufs` to the stream, always with `MSG_NOSIGNAL` (a closed peer is `EPIPE`, never
+/// `SIGPIPE`), retrying `EINTR` when nothing was written. One buffer (every small frame, see
+/// `frame::SMALL_FRAME`) goes through `send(2)`; several through `sendmsg(2)`
+/// (`sys::send_nosignal` when it must not block).
+fn send_bytes(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>], mode: Mode) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    if bufs.len() > 1 && mode == Mode::NoWait {
+        return sys::send_nosignal(fd, bufs);
+    }
+    loop {
+        let n = if let [one] = bufs {
+            // SAFETY: `one` is a live buffer of `one.len()` initialised bytes for the whole call;
+            // send only reads it.
+            unsafe { libc::send(fd.as_raw_fd(), one.as_ptr().cast(), one.len(), mode.flags()) }
+        } else {
+            // SAFETY: msghdr is plain data (pointers and integers); all-zero is a valid, empty
+            // value.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            // IoSlice is documented to be ABI-compatible with `struct iovec` on Unix.
+            msg.msg_iov = bufs.as_ptr().cast_mut().cast::<libc::iovec>();
+            msg.msg_iovlen = bufs.len() as _;
+            // SAFETY: `msg` points at `bufs.len()` iovecs borrowed for the duration of the call,
+            // with no name and no control data; sendmsg only reads them.
+            unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, mode.flags()) }
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// A [`Stream`] read with `recv(2)` in the given mode (`Interrupted` is returned, not retried).
+struct Recv<'a>(&'a Stream, Mode);
+
+impl Read for Recv<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes for the whole call.
+        let n = unsafe {
+            libc::recv(
+                self.0.fd().as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                self.1.flags() & !libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 }
 
@@ -628,6 +726,13 @@ impl Conn {
         self.link = Link::Closed;
     }
 
+    fn connected(&mut self) -> Option<&mut Stream> {
+        match &mut self.link {
+            Link::Connected(s) => Some(s),
+            _ => None,
+        }
+    }
+
     fn describe(&self) -> &'static str {
         match self.link {
             Link::Listening(_) => "listening",
@@ -664,6 +769,12 @@ impl SocketSender {
     /// Writes the remainder of a partly written frame, waiting until `deadline`; `Timeout` if
     /// some of it is still pending then. `flush_deadline(Some(Instant::now()))` never blocks.
     pub fn flush_deadline(&mut self, deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
+        // Without a deadline the writes themselves wait (see `Stream`).
+        let mode = if deadline.is_none() {
+            Mode::Wait
+        } else {
+            Mode::NoWait
+        };
         loop {
             if self.writer.pending() == 0 {
                 return Ok(());
@@ -672,7 +783,7 @@ impl SocketSender {
                 return Err(SendTimeoutError::Disconnected);
             };
             let fd = stream.fd();
-            match self.writer.flush(|b| sys::send_nosignal(fd, b)) {
+            match self.writer.flush(|b| send_bytes(fd, b, mode)) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(_) => {
@@ -690,10 +801,10 @@ impl SocketSender {
         self.conn.close();
         self.writer = FrameWriter::default();
     }
-}
 
-impl Sender for SocketSender {
-    fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
+    /// `try_send`, or with `Mode::Wait` the same but waiting in the writes for room (once
+    /// connected): `Full` then only means the peer has not connected yet.
+    fn send_now(&mut self, msg: &[u8], mode: Mode) -> Result<(), TrySendError> {
         self.check_len(msg).map_err(TrySendError::TooLarge)?;
         let stream = match self.conn.state() {
             State::Ready(s) => s,
@@ -701,8 +812,8 @@ impl Sender for SocketSender {
             State::Closed => return Err(TrySendError::Disconnected),
         };
         let fd = stream.fd();
-        let written = match self.writer.flush(|b| sys::send_nosignal(fd, b)) {
-            Ok(true) => self.writer.write_frame(msg, |b| sys::send_nosignal(fd, b)),
+        let written = match self.writer.flush(|b| send_bytes(fd, b, mode)) {
+            Ok(true) => self.writer.write_frame(msg, |b| send_bytes(fd, b, mode)),
             other => other.map(|_| false),
         };
         match written {
@@ -714,11 +825,24 @@ impl Sender for SocketSender {
             }
         }
     }
+}
+
+impl Sender for SocketSender {
+    fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
+        self.send_now(msg, Mode::NoWait)
+    }
 
     fn send_deadline(&mut self, msg: &[u8], deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
         self.check_len(msg).map_err(SendTimeoutError::TooLarge)?;
+        // Without a deadline, one blocking write waits for room (see `Stream`); with one, a
+        // non-blocking write and `poll` until the deadline.
+        let mode = if deadline.is_none() {
+            Mode::Wait
+        } else {
+            Mode::NoWait
+        };
         loop {
-            match self.try_send(msg) {
+            match self.send_now(msg, mode) {
                 Ok(()) => break,
                 Err(TrySendError::Full) => {
                     if self.conn.wait(POLLOUT, deadline) == Wait::TimedOut {
@@ -770,12 +894,53 @@ pub struct SocketReceiver {
     reader: FrameReader,
     /// The connection was reset: an incomplete last frame is dropped, not reported.
     reset: bool,
+    /// The last read found nothing to read (`WouldBlock`), and nothing was read since: a wait
+    /// can go straight to `poll` instead of trying that read again first.
+    drained: bool,
+    /// The read timeout set on the socket (`None`: none, as a new socket has); see `read_mode`.
+    read_timeout: Option<Duration>,
 }
 
 impl SocketReceiver {
     /// The largest frame this receiver accepts.
     pub fn max_message_size(&self) -> usize {
         self.reader.max()
+    }
+
+    /// How a receive waiting until `deadline` reads: `Mode::Wait`, a blocking read (which is how
+    /// a plain blocking socket waits: one call), or `Mode::NoWait`, then `poll`. Without a
+    /// deadline, a blocking read with no read timeout. With a deadline at least
+    /// `READ_TIMEOUT_FROM` away, a blocking read whose read timeout ends at least
+    /// `READ_TIMEOUT_MARGIN` before it; the timeout is set (a syscall) only when the one already
+    /// set does not fit (ends too late, or before half the time left), so repeated receives with
+    /// the same timeout reuse it. Otherwise, or while not connected, `poll`.
+    fn read_mode(&mut self, deadline: Option<Instant>) -> Mode {
+        let want = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left < READ_TIMEOUT_FROM {
+                    return Mode::NoWait;
+                }
+                let limit = left - READ_TIMEOUT_MARGIN;
+                match self.read_timeout {
+                    Some(t) if t <= limit && t >= limit / 2 => return Mode::Wait,
+                    // Whole milliseconds, rounded down: the next call's `limit` is a little
+                    // shorter, and usually still fits.
+                    _ => Some(Duration::from_millis(limit.as_millis() as u64)),
+                }
+            }
+        };
+        let Some(stream) = self.conn.connected() else {
+            return Mode::NoWait;
+        };
+        if want != self.read_timeout {
+            if stream.set_read_timeout(want).is_err() {
+                return Mode::NoWait;
+            }
+            self.read_timeout = want;
+        }
+        Mode::Wait
     }
 
     /// The stream has ended and no complete frame is left.
@@ -791,8 +956,10 @@ impl SocketReceiver {
     }
 }
 
-impl Receiver for SocketReceiver {
-    fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<(), TryRecvError> {
+impl SocketReceiver {
+    /// `try_recv`, or with `Mode::Wait` the same but waiting in the read for data (once
+    /// connected): `Empty` then only means the peer has not connected yet.
+    fn receive(&mut self, buf: &mut Vec<u8>, mode: Mode) -> Result<(), TryRecvError> {
         loop {
             match self.reader.next_frame() {
                 Ok(Some(frame)) => {
@@ -813,13 +980,20 @@ impl Receiver for SocketReceiver {
                 State::Waiting => return Err(TryRecvError::Empty),
                 State::Closed => return Err(self.end_of_stream()),
             };
-            match self.reader.fill_from(stream) {
+            match self.reader.fill_from(&mut Recv(stream, mode)) {
                 Ok(0) => {
                     self.conn.close();
                     return Err(self.end_of_stream());
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(TryRecvError::Empty),
+                Ok(_) => self.drained = false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.drained = true;
+                    return Err(TryRecvError::Empty);
+                }
+                // A blocking read's caller re-checks its deadline before reading again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && mode == Mode::Wait => {
+                    return Err(TryRecvError::Empty)
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     // Reset (or another read error): deliver the complete frames already
@@ -830,6 +1004,12 @@ impl Receiver for SocketReceiver {
             }
         }
     }
+}
+
+impl Receiver for SocketReceiver {
+    fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<(), TryRecvError> {
+        self.receive(buf, Mode::NoWait)
+    }
 
     fn recv_deadline(
         &mut self,
@@ -837,13 +1017,27 @@ impl Receiver for SocketReceiver {
         deadline: Option<Instant>,
     ) -> Result<(), RecvTimeoutError> {
         loop {
-            match self.try_recv(buf) {
-                Err(TryRecvError::Empty) => {}
-                other => return other.map_err(Into::into),
+            let mode = self.read_mode(deadline);
+            // Before a `poll`, a read that just found nothing (typically the caller's own
+            // `try_recv`) is not repeated: `poll` returns at once if data came meanwhile.
+            if mode == Mode::Wait || !self.drained || self.reader.has_frame() {
+                match self.receive(buf, mode) {
+                    Err(TryRecvError::Empty) => {}
+                    other => return other.map_err(Into::into),
+                }
+                if mode == Mode::Wait && self.conn.connected().is_some() {
+                    // The read's timeout ran out, or a signal came: look at the deadline again.
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(RecvTimeoutError::Timeout);
+                    }
+                    continue;
+                }
             }
             if self.conn.wait(POLLIN, deadline) == Wait::TimedOut {
                 return Err(RecvTimeoutError::Timeout);
             }
+            // Readable, hung up or failed: the next read says which.
+            self.drained = false;
         }
     }
 }
@@ -875,6 +1069,92 @@ mod tests {
             Err(Error::Endpoint(m)) => m,
             other => panic!("{s}: expected an endpoint error, got {other:?}"),
         }
+    }
+
+    /// A fresh directory, removed when this is dropped.
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A Unix-socket pair in a fresh directory.
+    fn pair(tag: &str) -> (SocketSender, SocketReceiver, TempDir) {
+        let dir = std::env::temp_dir().join(format!("shmpipe-m-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let cfg = SocketConfig::unix(dir.join("s.sock"));
+        let rx = cfg.open_receiver().unwrap();
+        let tx = cfg.open_sender().unwrap();
+        (tx, rx, TempDir(dir))
+    }
+
+    #[test]
+    fn receive_deadlines_hold_whichever_way_the_receiver_waits() {
+        let (tx, mut rx, _dir) = pair("deadlines");
+        let mut m = Vec::new();
+        // Polled only (< READ_TIMEOUT_FROM), then a read timeout plus poll for the rest.
+        for ms in [30, 150, 400] {
+            let t = Duration::from_millis(ms);
+            let start = Instant::now();
+            assert_eq!(rx.recv_timeout(&mut m, t), Err(RecvTimeoutError::Timeout));
+            let took = start.elapsed();
+            assert!(
+                took >= t && took < t + Duration::from_secs(1),
+                "{took:?} for {t:?}"
+            );
+        }
+        // A long read timeout is set and kept; a message ends the wait at once.
+        let mut tx = tx;
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            tx.send(b"late").unwrap();
+            tx
+        });
+        let start = Instant::now();
+        rx.recv_timeout(&mut m, Duration::from_secs(20)).unwrap();
+        assert_eq!(m, b"late");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(rx.read_timeout.is_some());
+        // No deadline: the read timeout is cleared, and the read waits as long as it takes.
+        let mut tx = late.join().unwrap();
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            tx.send(b"later").unwrap();
+            tx
+        });
+        rx.recv(&mut m).unwrap();
+        assert_eq!(m, b"later");
+        assert_eq!(rx.read_timeout, None);
+        drop(later.join().unwrap());
+    }
+
+    #[test]
+    fn send_without_deadline_waits_in_the_write_for_room() {
+        let (mut tx, mut rx, _dir) = pair("blocking-send");
+        let chunk: Vec<u8> = (0..60_000u32).map(|i| i as u8).collect();
+        let mut sent = 0u32;
+        // Connect, then fill the kernel's buffers.
+        assert_eq!(rx.try_recv(&mut Vec::new()), Err(TryRecvError::Empty));
+        while tx.try_send(&chunk).is_ok() {
+            sent += 1;
+        }
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut m = Vec::new();
+            for _ in 0..sent + 2 {
+                rx.recv(&mut m).unwrap();
+                assert_eq!(m, (0..60_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+            }
+            rx
+        });
+        // Blocks until the reader makes room, then writes the whole frame.
+        tx.send(&chunk).unwrap();
+        assert_eq!(tx.pending_bytes(), 0);
+        tx.send(&chunk).unwrap();
+        drop(reader.join().unwrap());
     }
 
     #[test]

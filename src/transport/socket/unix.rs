@@ -166,7 +166,8 @@ impl UnixListenerFile {
                     {
                         continue;
                     }
-                    stream.set_nonblocking(true)?;
+                    // Left in blocking mode, as `Stream` wants it (accept4 does not inherit the
+                    // listener's O_NONBLOCK on Linux).
                     return Ok(Some(stream));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),

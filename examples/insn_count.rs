@@ -1,0 +1,112 @@
+//! Instructions per message of the SPSC ring against rtrb, for callgrind (repeatable counts, unlike
+//! wall time on a noisy machine).
+//!
+//! One thread, one message in flight: each iteration sends one 64-byte message and receives it
+//! at once, through
+//! - `shm_send_recv_ref`: `spsc::channel(1024, 64)`, `try_send(&[u8; 64])` + `try_recv_ref()`;
+//! - `shm_reserve_recv_ref`: the same ring, `try_reserve(64)` + copy + `commit()` + `try_recv_ref()`;
+//! - `rtrb_push_pop`: `rtrb::RingBuffer::<[u8; 64]>::new(1024)`, `push` + `pop`;
+//! - `shm_send_recv_blocking_8b`: the blocking calls each side of a ping-pong makes,
+//!   `send(&[u8; 8])` then `recv(&mut Vec)`, with the message always there (so no waiting): the
+//!   code on the path of `shmpipe bench --scenario latency`, without its cache misses.
+//!
+//! Each runs in its own `#[inline(never)]` function, so its inclusive cost divided by the number
+//! of iterations is its instructions per message (setup is outside the functions). Run:
+//!
+//! ```sh
+//! export CARGO_TARGET_DIR=/work/target-perf   # or wherever yours is
+//! cargo build --release --example insn_count
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/insn.out \
+//!     $CARGO_TARGET_DIR/release/examples/insn_count 1000000
+//! callgrind_annotate --inclusive=yes /tmp/insn.out | grep -E 'insn_count::(shm|rtrb)_'
+//! ```
+//!
+//! and divide each `Ir` by the iteration count (1000000 here). For the line by line picture,
+//! `callgrind_annotate --auto=yes --include=src/ring /tmp/insn.out`.
+//! Without valgrind the program prints wall time per message, which is only a sanity check.
+
+use shmpipe::ring::spsc;
+use shmpipe::{Receiver, Sender};
+use std::hint::black_box;
+use std::time::Instant;
+
+const CAPACITY: usize = 1024;
+type Msg = [u8; 64];
+
+#[inline(never)]
+fn shm_send_recv_ref(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, n: u64) {
+    let mut msg: Msg = [7; 64];
+    for i in 0..n {
+        msg[0] = i as u8;
+        tx.try_send(black_box(&msg)).unwrap();
+        let g = rx.try_recv_ref().unwrap();
+        black_box(&*g);
+    }
+}
+
+#[inline(never)]
+fn shm_reserve_recv_ref(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, n: u64) {
+    let mut msg: Msg = [7; 64];
+    for i in 0..n {
+        msg[0] = i as u8;
+        let mut w = tx.try_reserve(64).unwrap();
+        w.copy_from_slice(black_box(&msg));
+        w.commit();
+        let g = rx.try_recv_ref().unwrap();
+        black_box(&*g);
+    }
+}
+
+#[inline(never)]
+fn rtrb_push_pop(tx: &mut rtrb::Producer<Msg>, rx: &mut rtrb::Consumer<Msg>, n: u64) {
+    let mut msg: Msg = [7; 64];
+    for i in 0..n {
+        msg[0] = i as u8;
+        tx.push(*black_box(&msg)).unwrap();
+        let m = rx.pop().unwrap();
+        black_box(&m);
+    }
+}
+
+#[inline(never)]
+fn shm_send_recv_blocking_8b(tx: &mut dyn Sender, rx: &mut dyn Receiver, n: u64) {
+    let mut buf = Vec::with_capacity(8);
+    for i in 0..n {
+        tx.send(black_box(&i.to_le_bytes())).unwrap();
+        rx.recv(&mut buf).unwrap();
+        black_box(&buf);
+    }
+}
+
+fn per_msg(name: &str, n: u64, f: impl FnOnce()) {
+    let t = Instant::now();
+    f();
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    println!("{name:22} {ns:7.2} ns/msg (wall time; use callgrind for instruction counts)");
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .map_or(1_000_000, |s| s.parse().expect("iterations"));
+    {
+        let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
+        per_msg("shm_send_recv_ref", n, || shm_send_recv_ref(&mut tx, &mut rx, n));
+    }
+    {
+        let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
+        per_msg("shm_reserve_recv_ref", n, || {
+            shm_reserve_recv_ref(&mut tx, &mut rx, n)
+        });
+    }
+    {
+        let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
+        per_msg("shm_send_recv_blocking_8b", n, || {
+            shm_send_recv_blocking_8b(&mut tx, &mut rx, n)
+        });
+    }
+    {
+        let (mut tx, mut rx) = rtrb::RingBuffer::<Msg>::new(CAPACITY);
+        per_msg("rtrb_push_pop", n, || rtrb_push_pop(&mut tx, &mut rx, n));
+    }
+}
