@@ -55,8 +55,8 @@
 use super::lock::{LockWord, RingLock};
 use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
 use super::{
-    cold_clone, too_large, unwinding_under_loom, Geometry, LivenessTimer, Peer, RingKind, Role, Slots,
-    WaitStrategy,
+    cold_clone, copy_payload, too_large, unwinding_under_loom, Geometry, LivenessTimer, Peer, RingKind, Role,
+    Slots, WaitStrategy,
 };
 use crate::channel::{Receiver, Sender};
 use crate::error::*;
@@ -482,6 +482,8 @@ impl MpmcCore {
             .is_ok()
     }
 
+    #[cold]
+    #[inline(never)]
     fn corrupt_positions(&self, what: &str, pos: u64, seq: u64) -> Corrupted {
         Corrupted {
             reason: format!(
@@ -492,7 +494,7 @@ impl MpmcCore {
     }
 
     /// One attempt by member `me` to claim a free slot: `Ok(None)` when the ring is full.
-    #[inline]
+    #[inline(always)]
     fn claim_free(&self, me: usize) -> Result<Option<u64>, Corrupted> {
         let shared = self.shared();
         let claim = &self.member(me).claim;
@@ -540,7 +542,7 @@ impl MpmcCore {
 
     /// One attempt by member `me` to claim a published message: `Ok(None)` when none is ready.
     /// Tombstones are claimed, freed and skipped here.
-    #[inline]
+    #[inline(always)]
     fn claim_ready(&self, me: usize) -> Result<Option<(u64, usize)>, TakeError> {
         let shared = self.shared();
         let claim = &self.member(me).claim;
@@ -566,15 +568,7 @@ impl MpmcCore {
                         // Relaxed: ordered by the Acquire load of the sequence that found it published.
                         let len = self.slots.len_word(pos).load(Relaxed) as usize;
                         if len > self.geometry.max_message {
-                            self.free(pos);
-                            // Relaxed: a statistic.
-                            shared.losses.corrupt.fetch_add(1, Relaxed);
-                            return Err(TakeError::Message(Corrupted {
-                                reason: format!(
-                                    "message at position {pos} has length {len}, over the maximum {}; skipped",
-                                    self.geometry.max_message
-                                ),
-                            }));
+                            return Err(self.skip_bad_length(pos, len));
                         }
                         return Ok(Some((pos, len)));
                     }
@@ -599,6 +593,21 @@ impl MpmcCore {
                 return Err(TakeError::Index(self.corrupt_positions("dequeue", pos, seq)));
             }
         }
+    }
+
+    /// Frees the claimed slot `pos`, whose length word is impossible, and says so.
+    #[cold]
+    #[inline(never)]
+    fn skip_bad_length(&self, pos: u64, len: usize) -> TakeError {
+        self.free(pos);
+        // Relaxed: a statistic.
+        self.shared().losses.corrupt.fetch_add(1, Relaxed);
+        TakeError::Message(Corrupted {
+            reason: format!(
+                "message at position {pos} has length {len}, over the maximum {}; skipped",
+                self.geometry.max_message
+            ),
+        })
     }
 
     /// Publishes the claimed slot `pos` with `len` bytes written (or as a tombstone).
@@ -958,8 +967,9 @@ impl Producer {
         self.core.slots.mark_write(pos);
         // A hostile process could write the slot concurrently: that changes bytes, never where.
         // SAFETY: the slot for `pos` is ours (we won its position while it was free), its payload
-        // holds max_message >= msg.len() bytes, and consumers read it only after `publish`.
-        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), self.core.slots.payload(pos), msg.len()) };
+        // holds max_message >= msg.len() bytes, not overlapping `msg` (the caller's memory), and
+        // consumers read it only after `publish`.
+        unsafe { copy_payload(msg, self.core.slots.payload(pos)) };
         self.core.publish(pos, msg.len(), false);
     }
 
@@ -1265,6 +1275,7 @@ impl Consumer {
 
     /// Borrows the next message in place, without blocking; its slot is freed when the guard
     /// drops (producers wait at that slot a lap later until then).
+    #[inline]
     pub fn try_recv_ref(&mut self) -> Result<ReadGuard<'_>, TryRecvError> {
         let found = self.try_take()?;
         Ok(self.guard(found))
@@ -1284,8 +1295,16 @@ impl Consumer {
 
     #[inline]
     fn copy_out(&mut self, found: (u64, usize), buf: &mut Vec<u8>) {
+        let msg = self.guard(found);
         buf.clear();
-        buf.extend_from_slice(&self.guard(found));
+        buf.reserve(msg.len());
+        // SAFETY: after `reserve`, `buf`'s allocation has room for `msg.len()` bytes at its start
+        // (length 0) and is not the ring's memory; `copy_payload` initialises exactly those bytes
+        // before `set_len` says so.
+        unsafe {
+            copy_payload(&msg, buf.as_mut_ptr());
+            buf.set_len(msg.len());
+        }
     }
 }
 
@@ -1398,6 +1417,7 @@ impl Deref for ReadGuard<'_> {
 }
 
 impl Drop for ReadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.consumer.core.free(self.pos);
     }
