@@ -54,7 +54,7 @@ fn child_entry() {
         std::process::exit(97);
     });
     let ring = std::env::var(RING_ENV).expect("ring name");
-    let a = MArgs::from_env();
+    let a = Args::from_env();
     match role.as_str() {
         "m_prod" => role_prod(&ring, &a),
         "m_cons" => role_cons(&ring, &a),
@@ -171,33 +171,7 @@ fn num(m: &HashMap<String, String>, k: &str) -> u64 {
 // Child roles
 // ---------------------------------------------------------------------------------------------
 
-struct MArgs(Vec<(String, String)>);
-
-impl MArgs {
-    fn from_env() -> MArgs {
-        let s = std::env::var(ARGS_ENV).unwrap_or_default();
-        MArgs(
-            s.split_whitespace()
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-    fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
-    }
-    fn num(&self, k: &str, default: u64) -> u64 {
-        self.get(k).map_or(default, |v| v.parse().unwrap())
-    }
-    fn opt(&self, k: &str) -> Option<u64> {
-        self.get(k).map(|v| v.parse().unwrap())
-    }
-    fn flag(&self, k: &str) -> bool {
-        self.get(k) == Some("1")
-    }
-}
-
-fn mcfg(ring: &str, a: &MArgs) -> ShmConfig {
+fn mcfg(ring: &str, a: &Args) -> ShmConfig {
     let mut cfg = ShmConfig::named(ring)
         .unwrap()
         .capacity(a.num("cap", 64) as usize)
@@ -226,7 +200,7 @@ fn sleep_forever() -> ! {
 }
 
 /// The report pipe (fd 3), if the parent gave us one (`report=1`, set by [`Member::spawn`]).
-fn report_fd(a: &MArgs) -> Option<i32> {
+fn report_fd(a: &Args) -> Option<i32> {
     a.flag("report").then_some(3)
 }
 
@@ -234,7 +208,7 @@ fn report_fd(a: &MArgs) -> Option<i32> {
 /// it: a kill then often lands in that window (claimed, not yet reported), which otherwise is
 /// a few instructions wide, while the report's write(2) is wide (and a SIGKILL arriving during
 /// a write lets it complete first).
-fn dawdle(n: u32, a: &MArgs) {
+fn dawdle(n: u32, a: &Args) {
     if let Some(k) = a.opt("dawdle") {
         if u64::from(n) % k == k - 1 {
             std::thread::sleep(Duration::from_micros(200));
@@ -256,7 +230,7 @@ fn report(fd: i32, r: &[u8; 8]) {
 /// `reserve` guard, reported, then committed; `linger=1` waits for `GO` after `DONE`, then leaves;
 /// `throttle=K` sleeps 1 ms every K messages. Ends with
 /// `DONE sent=N <stats>` (the sender still attached) and exits.
-fn role_prod(ring: &str, a: &MArgs) {
+fn role_prod(ring: &str, a: &Args) {
     let id = a.num("id", 0) as u32;
     let mut tx = mcfg(ring, a).open_mpmc_sender().expect("child open_mpmc_sender");
     tell("READY");
@@ -332,7 +306,7 @@ fn role_prod(ring: &str, a: &MArgs) {
 /// `recv_ref` guard is held (one write(2) per message, or buffered with `batch=1`); see
 /// [`dawdle`]. Ends with
 /// `END <result> <sender peer> count=N <stats>` and exits.
-fn role_cons(ring: &str, a: &MArgs) {
+fn role_cons(ring: &str, a: &Args) {
     let mut rx = mcfg(ring, a)
         .open_mpmc_receiver()
         .expect("child open_mpmc_receiver");
@@ -391,7 +365,7 @@ fn role_cons(ring: &str, a: &MArgs) {
 
 /// A consumer that takes one message with `recv_ref`, says `HOLDING id seq` and holds the
 /// guard until killed.
-fn role_hold_ref(ring: &str, a: &MArgs) {
+fn role_hold_ref(ring: &str, a: &Args) {
     let mut rx = mcfg(ring, a)
         .open_mpmc_receiver()
         .expect("child open_mpmc_receiver");
@@ -404,7 +378,7 @@ fn role_hold_ref(ring: &str, a: &MArgs) {
 
 /// A producer that, on `GO`, reserves a slot with `try_reserve`, writes half a message into it,
 /// says `RESERVED` and holds the uncommitted guard until killed.
-fn role_hold_reserve(ring: &str, a: &MArgs) {
+fn role_hold_reserve(ring: &str, a: &Args) {
     let mut tx = mcfg(ring, a).open_mpmc_sender().expect("child open_mpmc_sender");
     tell("READY");
     wait_go();

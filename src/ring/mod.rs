@@ -249,6 +249,50 @@ impl RoleRecord {
     }
 }
 
+/// A ring's memory on the heap (in-process channels): a control block of type `S` and zeroed
+/// slot memory, freed when this is dropped (last, by the core that owns it).
+pub(crate) struct HeapMemory<S> {
+    shared: NonNull<S>,
+    slots: NonNull<[u64]>,
+}
+
+// SAFETY: owns two heap allocations; no thread affinity. `S` is a control block of atomics.
+unsafe impl<S: Send + Sync> Send for HeapMemory<S> {}
+// SAFETY: as above.
+unsafe impl<S: Send + Sync> Sync for HeapMemory<S> {}
+
+impl<S> HeapMemory<S> {
+    /// Allocates `shared` and `slots_size` zeroed bytes (a multiple of 8), 8-aligned.
+    pub(crate) fn new(shared: S, slots_size: usize) -> Self {
+        let slots = Box::into_raw(vec![0u64; slots_size / 8].into_boxed_slice());
+        HeapMemory {
+            shared: NonNull::from(Box::leak(Box::new(shared))),
+            // SAFETY: `Box::into_raw` never returns null.
+            slots: unsafe { NonNull::new_unchecked(slots) },
+        }
+    }
+
+    pub(crate) fn shared(&self) -> NonNull<S> {
+        self.shared
+    }
+
+    /// The start of the slot memory.
+    pub(crate) fn slots(&self) -> NonNull<u8> {
+        self.slots.cast::<u8>()
+    }
+}
+
+impl<S> Drop for HeapMemory<S> {
+    fn drop(&mut self) {
+        // SAFETY: both came from `Box` allocations in `new` and are freed once, here, after every
+        // end that used them has gone (the core holding us is dropped last).
+        unsafe {
+            drop(Box::from_raw(self.shared.as_ptr()));
+            drop(Box::from_raw(self.slots.as_ptr()));
+        }
+    }
+}
+
 /// The slots of a ring, addressed by `index & mask` only.
 pub(crate) struct Slots {
     base: NonNull<u8>,

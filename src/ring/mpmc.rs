@@ -55,8 +55,8 @@
 use super::lock::{LockWord, RingLock};
 use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
 use super::{
-    cold_clone, copy_payload, too_large, unwinding_under_loom, Geometry, LivenessTimer, Peer, RingKind, Role,
-    Slots, WaitStrategy,
+    cold_clone, copy_payload, too_large, unwinding_under_loom, Geometry, HeapMemory, LivenessTimer, Peer,
+    RingKind, Role, Slots, WaitStrategy,
 };
 use crate::channel::{Receiver, Sender};
 use crate::error::*;
@@ -757,29 +757,7 @@ fn decode(raw: u64, slot: u64) -> u64 {
     raw.wrapping_add(slot)
 }
 
-/// Memory for a ring on the heap (in-process channels).
-struct HeapBacking {
-    shared: *mut MpmcShared,
-    slots: *mut [u64],
-}
-
-// SAFETY: owns two heap allocations; no thread affinity.
-unsafe impl Send for HeapBacking {}
-// SAFETY: as above.
-unsafe impl Sync for HeapBacking {}
-
-impl MpmcBacking for HeapBacking {}
-
-impl Drop for HeapBacking {
-    fn drop(&mut self) {
-        // SAFETY: both came from Box::into_raw in `channel` and are freed once, here, after every
-        // member that used them has gone (the core holding us is dropped last).
-        unsafe {
-            drop(Box::from_raw(self.shared));
-            drop(Box::from_raw(self.slots));
-        }
-    }
-}
+impl MpmcBacking for HeapMemory<MpmcShared> {}
 
 /// Creates an in-process MPMC channel on the heap: the same ring as `shm://NAME?mode=mpmc`,
 /// without the segment. More ends come from [`Producer::try_clone`] and
@@ -799,26 +777,17 @@ impl Drop for HeapBacking {
 /// ```
 pub fn channel(capacity: usize, max_message: usize) -> Result<(Producer, Consumer), crate::Error> {
     let geometry = Geometry::new(capacity, max_message)?;
-    let shared = Box::into_raw(Box::new(MpmcShared::new()));
-    let words = geometry.slots_size_for(RingKind::Mpmc) / 8;
-    let slots = Box::into_raw(vec![0u64; words].into_boxed_slice());
-    // SAFETY: `slots` is a live allocation of the slots' size, 8-aligned, zeroed (the initial
-    // state); stride is a multiple of 64. Both allocations are owned by the HeapBacking and
-    // outlive the core.
+    let memory = HeapMemory::new(MpmcShared::new(), geometry.slots_size_for(RingKind::Mpmc));
+    // SAFETY: the slot memory is the slots' size, 8-aligned, zeroed (the initial state); stride
+    // is a multiple of 64. The memory moves into the core (its backing), which frees it last.
     let core = unsafe {
-        let base = NonNull::new_unchecked(slots.cast::<u8>());
         let slot_mem = Slots::new(
-            base,
+            memory.slots(),
             geometry.capacity,
             geometry.stride_for(RingKind::Mpmc),
             RingKind::Mpmc,
         );
-        MpmcCore::new(
-            NonNull::new_unchecked(shared),
-            slot_mem,
-            geometry,
-            Box::new(HeapBacking { shared, slots }),
-        )
+        MpmcCore::new(memory.shared(), slot_mem, geometry, Box::new(memory))
     };
     let core = Arc::new(core);
     let tx = Producer::join(Arc::clone(&core))?;

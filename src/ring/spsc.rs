@@ -17,8 +17,8 @@
 use super::lock::LockWord;
 use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
 use super::{
-    cold_clone, copy_payload, too_large, unwinding_under_loom, Geometry, LivenessTimer, Peer, RingKind, Role,
-    RoleRecord, Slots, WaitStrategy, ROLE_CLOSED,
+    cold_clone, copy_payload, too_large, unwinding_under_loom, Geometry, HeapMemory, LivenessTimer, Peer,
+    RingKind, Role, RoleRecord, Slots, WaitStrategy, ROLE_CLOSED,
 };
 use crate::channel::{Receiver, Sender};
 use crate::error::*;
@@ -140,29 +140,7 @@ impl RingCore {
     }
 }
 
-/// Memory for a ring on the heap (in-process channels).
-struct HeapBacking {
-    shared: *mut SpscShared,
-    slots: *mut [u64],
-}
-
-// SAFETY: owns two heap allocations; no thread affinity.
-unsafe impl Send for HeapBacking {}
-// SAFETY: as above.
-unsafe impl Sync for HeapBacking {}
-
-impl Backing for HeapBacking {}
-
-impl Drop for HeapBacking {
-    fn drop(&mut self) {
-        // SAFETY: both came from Box::into_raw in `channel` and are freed once, here, after every
-        // end that used them has gone (the RingCore holding us is dropped last).
-        unsafe {
-            drop(Box::from_raw(self.shared));
-            drop(Box::from_raw(self.slots));
-        }
-    }
-}
+impl Backing for HeapMemory<SpscShared> {}
 
 /// Creates an in-process SPSC channel on the heap: the same ring as the shared-memory transport,
 /// without the segment. Useful on its own, and how the algorithm is tested and benchmarked.
@@ -177,20 +155,17 @@ impl Drop for HeapBacking {
 /// ```
 pub fn channel(capacity: usize, max_message: usize) -> Result<(Producer, Consumer), crate::Error> {
     let geometry = Geometry::new(capacity, max_message)?;
-    let shared = Box::into_raw(Box::new(SpscShared::new()));
-    let words = geometry.slots_size() / 8;
-    let slots = Box::into_raw(vec![0u64; words].into_boxed_slice());
-    // SAFETY: `slots` is a live allocation of slots_size bytes, 8-aligned; stride is a multiple
-    // of 64. Both allocations are owned by the HeapBacking and outlive the core.
+    let memory = HeapMemory::new(SpscShared::new(), geometry.slots_size());
+    // SAFETY: the slot memory is slots_size bytes, 8-aligned, zeroed; stride is a multiple of
+    // 64. The memory moves into the core (its backing), which frees it last.
     let core = unsafe {
-        let base = NonNull::new_unchecked(slots.cast::<u8>());
-        let slot_mem = Slots::new(base, geometry.capacity, geometry.stride(), RingKind::Spsc);
-        RingCore::new(
-            NonNull::new_unchecked(shared),
-            slot_mem,
-            geometry,
-            Box::new(HeapBacking { shared, slots }),
-        )
+        let slot_mem = Slots::new(
+            memory.slots(),
+            geometry.capacity,
+            geometry.stride(),
+            RingKind::Spsc,
+        );
+        RingCore::new(memory.shared(), slot_mem, geometry, Box::new(memory))
     };
     let core = Arc::new(core);
     core.shared().sender.claim();

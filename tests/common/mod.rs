@@ -725,10 +725,11 @@ fn sleep_forever() -> ! {
     }
 }
 
-struct Args(Vec<(String, String)>);
+/// The `key=value` arguments a test passes to its child in [`ARGS_ENV`].
+pub struct Args(Vec<(String, String)>);
 
 impl Args {
-    fn from_env() -> Args {
+    pub fn from_env() -> Args {
         let s = std::env::var(ARGS_ENV).unwrap_or_default();
         Args(
             s.split_whitespace()
@@ -737,13 +738,16 @@ impl Args {
                 .collect(),
         )
     }
-    fn get(&self, k: &str) -> Option<&str> {
+    pub fn get(&self, k: &str) -> Option<&str> {
         self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
     }
-    fn num(&self, k: &str, default: u64) -> u64 {
+    pub fn num(&self, k: &str, default: u64) -> u64 {
         self.get(k).map_or(default, |v| v.parse().unwrap())
     }
-    fn flag(&self, k: &str) -> bool {
+    pub fn opt(&self, k: &str) -> Option<u64> {
+        self.get(k).map(|v| v.parse().unwrap())
+    }
+    pub fn flag(&self, k: &str) -> bool {
         self.get(k) == Some("1")
     }
 }
