@@ -47,6 +47,23 @@ impl Doorbell {
             self.word.bump_and_wake(n);
         }
     }
+
+    /// Whether anyone sleeps (or is about to), after the publisher's barrier: the same handshake as
+    /// [`ring`](Self::ring), for a caller that decides afterwards whether to [`wake`](Self::wake).
+    #[inline]
+    pub(crate) fn has_waiters(&self) -> bool {
+        publisher_barrier();
+        // Relaxed: the fence above provides the ordering.
+        self.waiters.load(Relaxed) != 0
+    }
+
+    /// Wakes up to `n` sleepers (after [`has_waiters`](Self::has_waiters) said there are some).
+    #[cold]
+    pub(crate) fn wake(&self, n: u32, wakes: &AtomicU64) {
+        // Relaxed: a statistic.
+        wakes.fetch_add(1, Relaxed);
+        self.word.bump_and_wake(n);
+    }
 }
 
 /// The publisher's half of the handshake: a full fence, or only a compiler fence when this
