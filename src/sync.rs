@@ -93,10 +93,21 @@ impl FutexWord {
         self.word.load(order)
     }
 
-    pub(crate) fn bump_and_wake(&self, _n: u32) {
+    /// Wakes up to `n` sleepers, as `FUTEX_WAKE` does: `notify_one` `n` times (loom's condvar
+    /// wakes its waiters in FIFO order, and a notify with nobody waiting is lost, like a futex
+    /// wake), or `notify_all` for `u32::MAX`. Waking exactly as many as asked matters: a ring that
+    /// wakes one waiter per message would have a lost wakeup among several waiters hidden by a
+    /// model that woke them all.
+    pub(crate) fn bump_and_wake(&self, n: u32) {
         self.word.fetch_add(1, Ordering::Release);
         let _bucket = self.lock.lock().unwrap();
-        self.cond.notify_all();
+        if n == u32::MAX {
+            self.cond.notify_all();
+        } else {
+            for _ in 0..n {
+                self.cond.notify_one();
+            }
+        }
     }
 
     /// Loom has no clock: a deadline is ignored and the model only ever wakes by notification,

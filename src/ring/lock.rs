@@ -12,6 +12,9 @@ use crate::sync::{AtomicU32, AtomicU64};
 pub(crate) struct LockWord {
     pub(crate) pid: AtomicU32,
     pub(crate) start_time: AtomicU64,
+    /// Under loom the lock is this mutex (see `RingLock` below); the words above stay unused.
+    #[cfg(loom)]
+    held: loom::sync::Mutex<()>,
 }
 
 impl LockWord {
@@ -19,6 +22,8 @@ impl LockWord {
         LockWord {
             pid: AtomicU32::new(0),
             start_time: AtomicU64::new(0),
+            #[cfg(loom)]
+            held: loom::sync::Mutex::new(()),
         }
     }
 }
@@ -106,26 +111,21 @@ mod real {
     }
 }
 
-/// Under loom: a plain spin lock (every modelled thread is one live process).
+/// Under loom: a plain mutex (every modelled thread is one live process, so there is no dead
+/// holder to take over from). Not a spin lock: loom does not schedule fairly, and with three or
+/// more threads two that spin and yield can be run in turn for ever while the holder never runs
+/// again, which loom reports as "exceeded maximum number of branches". A waiter blocked on a
+/// mutex is not runnable, so the holder always gets to release it.
 #[cfg(loom)]
 pub(crate) struct RingLock<'a> {
-    word: &'a LockWord,
+    _held: loom::sync::MutexGuard<'a, ()>,
 }
 
 #[cfg(loom)]
 impl<'a> RingLock<'a> {
     pub(crate) fn acquire(word: &'a LockWord, _deadline: std::time::Instant) -> Result<Self, crate::Error> {
-        use std::sync::atomic::Ordering::{Acquire, Relaxed};
-        while word.pid.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
-            loom::thread::yield_now();
-        }
-        Ok(RingLock { word })
-    }
-}
-
-#[cfg(loom)]
-impl Drop for RingLock<'_> {
-    fn drop(&mut self) {
-        self.word.pid.store(0, std::sync::atomic::Ordering::Release);
+        Ok(RingLock {
+            _held: word.held.lock().unwrap(),
+        })
     }
 }

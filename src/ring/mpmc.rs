@@ -306,6 +306,8 @@ impl MpmcShared {
 
     /// Live members of each role right now (checking their processes, writing nothing: usable on
     /// a read-only attachment), with one live pid of each.
+    // Used by `inspect`, which loom builds leave out.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn live_members(&self) -> LiveMembers {
         let mut live = LiveMembers::default();
         for m in self.members.iter() {
@@ -351,6 +353,7 @@ fn member_alive(_m: &Member) -> bool {
 
 /// Live members found by [`MpmcShared::live_members`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct LiveMembers {
     pub(crate) senders: u32,
     pub(crate) receivers: u32,
@@ -498,8 +501,15 @@ impl MpmcCore {
     fn claim_free(&self, me: usize) -> Result<Option<u64>, Corrupted> {
         let shared = self.shared();
         let claim = &self.member(me).claim;
-        // Relaxed: a starting guess; the slot's sequence (Acquire) decides.
-        let mut pos = shared.enqueue.load(Relaxed);
+        // Acquire (here, on a failed CAS and on the reload below), not Relaxed: every position we
+        // try must come with a lower bound on its slot's sequence. Reading `enqueue == pos` with
+        // Acquire synchronises with the CAS that claimed `pos - capacity` (all claiming CASes form
+        // one release sequence), made after its claimant acquired the slot's sequence
+        // `pos - capacity`; so the sequence we load is at least that, and the branches below
+        // cover every value from there on. With a Relaxed position the sequence can be read more
+        // than a lap stale (loom finds it: a consumer at dequeue 2 reading slot 0's initial 0),
+        // and a correct ring is reported corrupted and the end poisoned.
+        let mut pos = shared.enqueue.load(Acquire);
         let mut announced = false;
         loop {
             let seq = self.seq(pos);
@@ -510,17 +520,21 @@ impl MpmcCore {
                 // Release: our announcement happens before anyone who sees the new position.
                 match shared
                     .enqueue
-                    .compare_exchange_weak(pos, pos.wrapping_add(1), Release, Relaxed)
+                    .compare_exchange_weak(pos, pos.wrapping_add(1), Release, Acquire)
                 {
-                    Ok(_) => return Ok(Some(pos)),
+                    Ok(_) => {
+                        self.pass_on_not_full();
+                        return Ok(Some(pos));
+                    }
                     Err(now) => pos = now,
                 }
             } else if (seq & !TOMB).wrapping_sub(pos) as i64 > 0 {
                 // The slot is further on than `pos`: our position is stale (we may have been
                 // preempted for laps). Someone claimed `pos` and the position moved on (their
                 // claiming CAS happened before the sequence we acquired), so a reload differs.
-                // Relaxed: coherence guarantees the newer value, see above.
-                let now = shared.enqueue.load(Relaxed);
+                // Coherence guarantees the newer value (see above); Acquire for the lower bound
+                // on the next slot's sequence (see the first load).
+                let now = shared.enqueue.load(Acquire);
                 if now == pos {
                     return Err(self.corrupt_positions("enqueue", pos, seq));
                 }
@@ -546,8 +560,12 @@ impl MpmcCore {
     fn claim_ready(&self, me: usize) -> Result<Option<(u64, usize)>, TakeError> {
         let shared = self.shared();
         let claim = &self.member(me).claim;
-        // Relaxed: a starting guess; the slot's sequence (Acquire) decides.
-        let mut pos = shared.dequeue.load(Relaxed);
+        // Acquire (here, on a failed CAS and on the reloads below), as in `claim_free`: reading
+        // `dequeue == pos` synchronises with the CAS that claimed `pos - capacity`, made after
+        // its claimant acquired the slot published (`pos - capacity + 1`), so the sequence we load
+        // is at least that. With a Relaxed position loom finds a consumer reading a sequence a
+        // whole lap stale and reporting a correct ring corrupted.
+        let mut pos = shared.dequeue.load(Acquire);
         let mut announced = false;
         loop {
             let seq = self.seq(pos);
@@ -558,11 +576,14 @@ impl MpmcCore {
                 // Release: our announcement happens before anyone who sees the new position.
                 match shared
                     .dequeue
-                    .compare_exchange_weak(pos, pos.wrapping_add(1), Release, Relaxed)
+                    .compare_exchange_weak(pos, pos.wrapping_add(1), Release, Acquire)
                 {
                     Ok(_) if seq & TOMB != 0 => {
                         self.free(pos);
-                        pos = pos.wrapping_add(1);
+                        // Reloaded with Acquire rather than `pos + 1`: our CAS (Release only) gives
+                        // no lower bound on the next slot's sequence; an Acquire load that reads
+                        // our CAS or a later one synchronises with every earlier claim.
+                        pos = shared.dequeue.load(Acquire);
                     }
                     Ok(_) => {
                         // Relaxed: ordered by the Acquire load of the sequence that found it published.
@@ -570,6 +591,7 @@ impl MpmcCore {
                         if len > self.geometry.max_message {
                             return Err(self.skip_bad_length(pos, len));
                         }
+                        self.pass_on_not_empty();
                         return Ok(Some((pos, len)));
                     }
                     Err(now) => pos = now,
@@ -583,8 +605,8 @@ impl MpmcCore {
                 return Ok(None);
             } else if (seq & !TOMB).wrapping_sub(pos) as i64 > 1 {
                 // The slot is further on than `pos`: our position is stale (see `claim_free`).
-                // Relaxed: coherence guarantees the newer value (see `claim_free`).
-                let now = shared.dequeue.load(Relaxed);
+                // Coherence guarantees the newer value; Acquire as above (see `claim_free`).
+                let now = shared.dequeue.load(Acquire);
                 if now == pos {
                     return Err(TakeError::Index(self.corrupt_positions("dequeue", pos, seq)));
                 }
@@ -608,6 +630,51 @@ impl MpmcCore {
                 self.geometry.max_message
             ),
         })
+    }
+
+    /// After claiming a message: if receivers sleep and the message now at the head is ready,
+    /// wake one more.
+    ///
+    /// Each publication wakes one sleeper, and a sleeper only looks at the head. When messages
+    /// are published out of position order (two producers: `p + 1` before `p`), the wake for
+    /// `p + 1` finds the head `p` unwritten and goes back to sleep; the wake for `p` then brings
+    /// one receiver for two messages, and `p + 1` would wait, with receivers asleep, for a
+    /// publication that never comes (a park slice later in production, for ever under loom,
+    /// which found it: `two_parked_consumers_each_woken_for_one_message_of_two_producers`).
+    /// Whoever claims a message therefore passes the wake on while a ready one is left behind it,
+    /// one per claim, so a run of ready messages wakes as many receivers as it holds.
+    ///
+    /// The barrier in `has_waiters` (as in `Doorbell::ring`) orders our claim before the
+    /// `waiters` load, and makes the head's publication visible here if its own wake was spent
+    /// on a sleeper that then went back to sleep (that sleeper's fence came before the head's
+    /// publisher's, which comes before ours).
+    #[inline]
+    fn pass_on_not_empty(&self) {
+        let shared = self.shared();
+        if !shared.not_empty.has_waiters() {
+            return;
+        }
+        // Acquire: as for every position we look at (see `claim_ready`).
+        let head = shared.dequeue.load(Acquire);
+        if self.seq(head) & !TOMB == head.wrapping_add(1) {
+            shared.not_empty.wake(1, &shared.counters.wakes);
+        }
+    }
+
+    /// After claiming a free slot: if senders sleep and the slot now at the tail is free, wake
+    /// one more. The mirror of `pass_on_not_empty`: slots freed out of position order (two
+    /// consumers) spend a wake on a sender that finds the tail's slot still in use.
+    #[inline]
+    fn pass_on_not_full(&self) {
+        let shared = self.shared();
+        if !shared.not_full.has_waiters() {
+            return;
+        }
+        // Acquire: as for every position we look at (see `claim_free`).
+        let tail = shared.enqueue.load(Acquire);
+        if self.seq(tail) == tail {
+            shared.not_full.wake(1, &shared.counters.wakes);
+        }
     }
 
     /// Publishes the claimed slot `pos` with `len` bytes written (or as a tombstone).

@@ -43,20 +43,28 @@ impl Doorbell {
     /// `wakes` (the slow path only).
     #[inline]
     pub(crate) fn ring(&self, n: u32, wakes: &AtomicU64) {
-        // StoreLoad between the caller's publishing store and the `waiters` load; pairs with the
-        // sleeper's barrier in `wait_until`. See the module docs.
-        publisher_barrier();
-        // Relaxed: the fence above provides the ordering.
-        if self.waiters.load(Relaxed) != 0 {
+        if self.has_waiters() {
             self.wake(n, wakes);
         }
     }
 
-    /// The slow path of `ring`, out of line so the fast path stays a few instructions that
-    /// leave the caller's registers alone.
+    /// Whether anyone sleeps (or is about to), after the publisher's barrier: the handshake of
+    /// [`ring`](Self::ring), for a caller that decides afterwards whether to [`wake`](Self::wake).
+    #[inline]
+    pub(crate) fn has_waiters(&self) -> bool {
+        // StoreLoad between the caller's publishing store and the `waiters` load; pairs with the
+        // sleeper's barrier in `wait_until`. See the module docs.
+        publisher_barrier();
+        // Relaxed: the fence above provides the ordering.
+        self.waiters.load(Relaxed) != 0
+    }
+
+    /// Wakes up to `n` sleepers (after [`has_waiters`](Self::has_waiters) said there are some).
+    /// Out of line, so the fast path of `ring` stays a few instructions that leave the caller's
+    /// registers alone.
     #[cold]
     #[inline(never)]
-    fn wake(&self, n: u32, wakes: &AtomicU64) {
+    pub(crate) fn wake(&self, n: u32, wakes: &AtomicU64) {
         // Relaxed: a statistic; nothing is ordered by it.
         wakes.fetch_add(1, Relaxed);
         self.word.bump_and_wake(n);
