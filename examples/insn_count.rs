@@ -1,4 +1,4 @@
-//! Instructions per message of the SPSC ring against rtrb, for callgrind (repeatable counts, unlike
+//! Instructions per message of the SPSC ring against rtrb (and the MPMC ring against ArrayQueue), for callgrind (repeatable counts, unlike
 //! wall time on a noisy machine).
 //!
 //! One thread, one message in flight: each iteration sends one 64-byte message and receives it
@@ -6,6 +6,9 @@
 //! - `shm_send_recv_ref`: `spsc::channel(1024, 64)`, `try_send(&[u8; 64])` + `try_recv_ref()`;
 //! - `shm_reserve_recv_ref`: the same ring, `try_reserve(64)` + copy + `commit()` + `try_recv_ref()`;
 //! - `rtrb_push_pop`: `rtrb::RingBuffer::<[u8; 64]>::new(1024)`, `push` + `pop`;
+//! - `mpmc_send_recv_ref`: the MPMC ring, `mpmc::channel(1024, 64)`, `try_send` + `try_recv_ref`;
+//! - `arrayqueue_push_pop`: `crossbeam_queue::ArrayQueue::<[u8; 64]>::new(1024)`, `push` + `pop`
+//!   (the MPMC reference);
 //! - `shm_send_recv_blocking_8b`: the blocking calls each side of a ping-pong makes,
 //!   `send(&[u8; 8])` then `recv(&mut Vec)`, with the message always there (so no waiting): the
 //!   code on the path of `shmpipe bench --scenario latency`, without its cache misses.
@@ -18,14 +21,14 @@
 //! cargo build --release --example insn_count
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/insn.out \
 //!     $CARGO_TARGET_DIR/release/examples/insn_count 1000000
-//! callgrind_annotate --inclusive=yes /tmp/insn.out | grep -E 'insn_count::(shm|rtrb)_'
+//! callgrind_annotate --inclusive=yes /tmp/insn.out | grep -E 'insn_count::(shm|rtrb|mpmc|arrayqueue)_'
 //! ```
 //!
 //! and divide each `Ir` by the iteration count (1000000 here). For the line by line picture,
 //! `callgrind_annotate --auto=yes --include=src/ring /tmp/insn.out`.
 //! Without valgrind the program prints wall time per message, which is only a sanity check.
 
-use shmpipe::ring::spsc;
+use shmpipe::ring::{mpmc, spsc};
 use shmpipe::{Receiver, Sender};
 use std::hint::black_box;
 use std::time::Instant;
@@ -64,6 +67,28 @@ fn rtrb_push_pop(tx: &mut rtrb::Producer<Msg>, rx: &mut rtrb::Consumer<Msg>, n: 
         msg[0] = i as u8;
         tx.push(*black_box(&msg)).unwrap();
         let m = rx.pop().unwrap();
+        black_box(&m);
+    }
+}
+
+#[inline(never)]
+fn mpmc_send_recv_ref(tx: &mut mpmc::Producer, rx: &mut mpmc::Consumer, n: u64) {
+    let mut msg: Msg = [7; 64];
+    for i in 0..n {
+        msg[0] = i as u8;
+        tx.try_send(black_box(&msg)).unwrap();
+        let g = rx.try_recv_ref().unwrap();
+        black_box(&*g);
+    }
+}
+
+#[inline(never)]
+fn arrayqueue_push_pop(q: &crossbeam_queue::ArrayQueue<Msg>, n: u64) {
+    let mut msg: Msg = [7; 64];
+    for i in 0..n {
+        msg[0] = i as u8;
+        q.push(*black_box(&msg)).unwrap();
+        let m = q.pop().unwrap();
         black_box(&m);
     }
 }
@@ -108,5 +133,15 @@ fn main() {
     {
         let (mut tx, mut rx) = rtrb::RingBuffer::<Msg>::new(CAPACITY);
         per_msg("rtrb_push_pop", n, || rtrb_push_pop(&mut tx, &mut rx, n));
+    }
+    {
+        let (mut tx, mut rx) = mpmc::channel(CAPACITY, 64).unwrap();
+        per_msg("mpmc_send_recv_ref", n, || {
+            mpmc_send_recv_ref(&mut tx, &mut rx, n)
+        });
+    }
+    {
+        let q = crossbeam_queue::ArrayQueue::<Msg>::new(CAPACITY);
+        per_msg("arrayqueue_push_pop", n, || arrayqueue_push_pop(&q, n));
     }
 }

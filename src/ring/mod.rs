@@ -56,7 +56,13 @@ impl LivenessTimer {
         let now = Instant::now();
         match self.next {
             Some(next) if now < next => false,
-            _ => {
+            // The first look starts the clock: an end that has just been opened (and whose
+            // opening checked the peers) is not due at once.
+            None => {
+                self.next = Some(now + LIVENESS_INTERVAL);
+                false
+            }
+            Some(_) => {
                 self.next = Some(now + LIVENESS_INTERVAL);
                 true
             }

@@ -699,11 +699,12 @@ impl MpmcCore {
         shared.not_full.ring(1, &shared.counters.wakes);
     }
 
-    /// Slow path of a stalled member of `role`: reaps dead members (if the lock is free soon)
-    /// and recovers the slot the other role stalled. Returns whether a slot was recovered.
+    /// Slow path of a stalled member of `role`: reaps dead members (if the lock is free: one
+    /// try, never a wait, since whoever holds it is doing membership work already) and recovers
+    /// the slot the other role stalled. Returns whether a slot was recovered.
     fn maintain(&self, role: Role) -> bool {
         let shared = self.shared();
-        if let Ok(_lock) = RingLock::acquire(&shared.lock, Instant::now() + Duration::from_millis(5)) {
+        if let Ok(_lock) = RingLock::acquire(&shared.lock, Instant::now()) {
             shared.reap();
         }
         match role {

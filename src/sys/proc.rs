@@ -32,11 +32,32 @@ fn read_stat(pid: u32) -> Option<ProcStat> {
     Some(ProcStat { state, start_time })
 }
 
-/// This process's identity.
+/// This process's identity (its start time read from `/proc` once per pid: a forked child
+/// reads its own).
 pub(crate) fn current() -> ProcessId {
+    use std::sync::atomic::{
+        AtomicU32, AtomicU64,
+        Ordering::{Acquire, Relaxed, Release},
+    };
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static START: AtomicU64 = AtomicU64::new(0);
     // SAFETY: getpid has no preconditions and cannot fail.
     let pid = unsafe { libc::getpid() } as u32;
+    // Acquire: pairs with the Release below; the start time stored before it is ours.
+    if PID.load(Acquire) == pid {
+        // Relaxed: ordered by the Acquire above.
+        return ProcessId {
+            pid,
+            start_time: START.load(Relaxed),
+        };
+    }
     let start_time = read_stat(pid).map_or(0, |s| s.start_time);
+    if start_time != 0 {
+        // Relaxed, then Release: whoever sees our pid sees this start time. Threads racing here
+        // store the same values (a forked child has one thread until it makes more).
+        START.store(start_time, Relaxed);
+        PID.store(pid, Release);
+    }
     ProcessId { pid, start_time }
 }
 
@@ -68,6 +89,11 @@ pub(crate) fn euid() -> u32 {
 pub(crate) fn is_alive(id: ProcessId) -> bool {
     if id.pid == 0 || id.pid > i32::MAX as u32 {
         return false;
+    }
+    // Ourselves (members of an in-process ring, threads of this process): no syscall.
+    let me = current();
+    if id.pid == me.pid && me.start_time != 0 {
+        return id.start_time == 0 || id.start_time == me.start_time;
     }
     // SAFETY: signal 0 performs only the existence and permission check; it sends nothing.
     let ret = unsafe { libc::kill(id.pid as libc::pid_t, 0) };

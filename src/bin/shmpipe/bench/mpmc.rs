@@ -269,7 +269,9 @@ fn in_process_ring(per: u64) -> Result<Vec<Seen>, String> {
         |tx, msg| tx.try_send(msg).is_ok(),
         |rx, seen| match rx.try_recv_ref() {
             Ok(m) => seen.take(&m).map(|()| true),
-            Err(TryRecvError::Empty) => Ok(false),
+            // Disconnected: the producers are done and another consumer holds the last messages;
+            // the loop ends when it has counted them.
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => Ok(false),
             Err(e) => Err(format!("receiving: {e}")),
         },
     )
