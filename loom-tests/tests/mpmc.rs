@@ -6,7 +6,7 @@
 //! Under loom the futex is a Mutex + Condvar per word with no timeout that wakes exactly as many
 //! sleepers as asked (`notify_one` per wake), so a lost wakeup, also one hidden among several
 //! waiters, shows up as a loom deadlock. Member liveness is always "alive" and the ring lock is a
-//! spin lock; there is no recovery of dead members to model.
+//! loom mutex; there is no recovery of dead members to model.
 //!
 //! Every received message is identified by its first byte and then checked for its exact length
 //! and bytes: each message has its own length, so a length word read stale (the `weaken-publish`
@@ -16,10 +16,7 @@
 use loom::thread;
 use shmpipe::ring::mpmc::{self, Consumer, Producer};
 use shmpipe::{Receiver, RecvError, SendError, Sender, TryRecvError, WaitStrategy};
-use std::mem::ManuallyDrop;
-use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use shmpipe_loom_tests::{model_capped, End};
 
 /// Largest message in every model (one slot).
 const MAX_MESSAGE: usize = 8;
@@ -28,70 +25,19 @@ const MAX_MESSAGE: usize = 8;
 /// the wrong slot or the wrong lap never matches. Models refer to messages by index.
 const MSGS: [&[u8]; 4] = [b"a", b"bcd", b"ef", b"ghij"];
 
-/// Runs `f` under loom with the preemption bound from `LOOM_MAX_PREEMPTIONS` (3 when unset), but at
-/// most `cap`, and prints how many interleavings it explored (shown with `--nocapture`).
-///
-/// Every MPMC model has three or four threads and the ring does several times the atomic
-/// operations of the SPSC one per message (member announcements, the census of senders, the
-/// doorbell handshake), so the state space grows fast with the bound: at 2 the three-thread models
-/// explore from 40 thousand to over 500 thousand interleavings (minutes each on two cores) and the
-/// four-thread ones do not finish in ten minutes. To keep the suite within a few minutes every
-/// model here is capped at 1; `LOOM_MAX_PREEMPTIONS` lowers it further.
-fn model_capped<F>(cap: Option<usize>, f: F)
-where
-    F: Fn() + Sync + Send + 'static,
-{
-    let runs = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&runs);
-    let body = move || {
-        counter.fetch_add(1, Relaxed);
-        f();
-    };
-    let mut builder = loom::model::Builder::new();
-    let bound = builder.preemption_bound.unwrap_or(3);
-    builder.preemption_bound = Some(cap.map_or(bound, |cap| bound.min(cap)));
-    let bound = builder.preemption_bound;
-    builder.check(body);
-    // The test harness names each test's thread after the test.
-    let name = std::thread::current().name().unwrap_or("model").to_owned();
-    println!(
-        "{name}: {} interleavings explored (preemption bound {bound:?})",
-        runs.load(Relaxed)
-    );
-}
-
-/// A channel end that is not dropped while its thread unwinds from a panic (see `tests/spsc.rs`):
-/// a deadlock report unwinds every model thread, and an end's `Drop` (leave under the lock, ring
-/// the doorbells) would then touch loom with no execution running and abort the test binary.
-struct End<T>(ManuallyDrop<T>);
-
-impl<T> Drop for End<T> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            // SAFETY: dropped exactly once, here, and never used again.
-            unsafe { ManuallyDrop::drop(&mut self.0) }
-        }
-    }
-}
-
-impl<T> Deref for End<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> DerefMut for End<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.0
-    }
-}
+// Every MPMC model has three or four threads and the ring does several times the atomic
+// operations of the SPSC one per message (member announcements, the census of senders, the
+// doorbell handshake), so the state space grows fast with the preemption bound: at 2 the
+// three-thread models explore from 40 thousand to over 500 thousand interleavings (minutes each
+// on two cores) and the four-thread ones do not finish in ten minutes. To keep the suite within a
+// few minutes every model here runs through `model_capped(Some(1), ...)`; `LOOM_MAX_PREEMPTIONS`
+// lowers it further.
 
 type Tx = End<Producer>;
 type Rx = End<Consumer>;
 
 fn end<T>(t: T) -> End<T> {
-    End(ManuallyDrop::new(t))
+    End::new(t)
 }
 
 /// A ring of `capacity` slots with `senders` producers and `receivers` consumers, all joined before

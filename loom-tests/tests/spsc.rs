@@ -12,10 +12,7 @@
 use loom::thread;
 use shmpipe::ring::spsc::{self, Consumer, Producer};
 use shmpipe::{Receiver, RecvError, SendError, Sender, TryRecvError, TrySendError, WaitStrategy};
-use std::mem::ManuallyDrop;
-use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use shmpipe_loom_tests::{model_capped, End};
 
 /// Largest message in every model (one 64-byte slot).
 const MAX_MESSAGE: usize = 8;
@@ -24,60 +21,12 @@ const MAX_MESSAGE: usize = 8;
 /// wrong lap) never compares equal to the expected one.
 const MSGS: [&[u8]; 4] = [b"a", b"bc", b"def", b"ghij"];
 
-/// Runs `f` under loom, exploring every interleaving within the preemption bound, and prints how
-/// many it explored (shown with `--nocapture`). With `LOOM_MAX_PREEMPTIONS` set this is exactly
-/// `loom::model` (so `LOOM_LOG` and the other loom variables work); without it the bound defaults
-/// to 3 so a plain run stays quick.
+/// Runs `f` under loom within the preemption bound (`LOOM_MAX_PREEMPTIONS`, 3 when unset).
 fn model<F>(f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
-    let runs = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&runs);
-    let body = move || {
-        counter.fetch_add(1, Relaxed);
-        f();
-    };
-    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_some() {
-        loom::model(body);
-    } else {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(3);
-        builder.check(body);
-    }
-    // The test harness names each test's thread after the test.
-    let name = std::thread::current().name().unwrap_or("model").to_owned();
-    println!("{name}: {} interleavings explored", runs.load(Relaxed));
-}
-
-/// A channel end that is not dropped while its thread unwinds from a panic.
-///
-/// When loom finds a deadlock it panics from inside its scheduler and unwinds every model thread;
-/// an end's `Drop` (mark closed, ring the doorbell) would then touch loom atomics with no execution
-/// running, panic again and abort the whole test binary, hiding the deadlock report and every other
-/// test's result. On a panic the end is leaked instead; on the normal path it drops as usual.
-struct End<T>(ManuallyDrop<T>);
-
-impl<T> Drop for End<T> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            // SAFETY: dropped exactly once, here, and never used again.
-            unsafe { ManuallyDrop::drop(&mut self.0) }
-        }
-    }
-}
-
-impl<T> Deref for End<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> DerefMut for End<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.0
-    }
+    model_capped(None, f)
 }
 
 type Tx = End<Producer>;
@@ -85,7 +34,7 @@ type Rx = End<Consumer>;
 
 fn channel(capacity: usize) -> (Tx, Rx) {
     let (tx, rx) = spsc::channel(capacity, MAX_MESSAGE).unwrap();
-    (End(ManuallyDrop::new(tx)), End(ManuallyDrop::new(rx)))
+    (End::new(tx), End::new(rx))
 }
 
 /// A channel whose blocking calls park on the futex at once, with no spinning or yielding.
