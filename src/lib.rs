@@ -1,7 +1,7 @@
 //! Fast, crash-safe message passing between processes on one Linux machine.
 //!
-//! A channel is a lock-free single-producer single-consumer ring of byte messages in a System V
-//! shared-memory segment. The data path is plain loads and stores to shared memory; a futex word
+//! A channel is a lock-free ring of byte messages in a System V shared-memory segment:
+//! single-producer single-consumer by default, multi-producer multi-consumer on request (below). The data path is plain loads and stores to shared memory; a futex word
 //! in the segment lets an idle side sleep, and is only touched (a syscall) when someone sleeps.
 //!
 //! ```no_run
@@ -33,6 +33,12 @@
 //!   bad values give [`Corrupted`], never a panic or an access outside the segment.
 //!
 //! The same ring runs in-process on the heap: [`ring::spsc::channel`].
+//!
+//! # Many senders and receivers
+//! `shm://NAME?mode=mpmc` (or [`transport::shm::ShmConfig::kind`]) creates an MPMC ring that any
+//! number of processes share ([`ring::mpmc`]): exactly once, each sender's messages in order at
+//! every receiver, and a member killed mid-operation loses at most its own in-flight message
+//! (counted in [`ring::mpmc::Stats`]) without wedging the others.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
