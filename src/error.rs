@@ -78,6 +78,9 @@ error_enum! {
         TooLarge(TooLarge) => "",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
+        /// This end was inherited across `fork()`: it belongs to the process that opened it,
+        /// and a child may only drop it (which detaches, nothing more). Open a new end instead.
+        Forked => "end used in a forked child; only the process that opened it may use it",
     }
 }
 
@@ -90,6 +93,9 @@ error_enum! {
         TooLarge(TooLarge) => "",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
+        /// This end was inherited across `fork()`: it belongs to the process that opened it,
+        /// and a child may only drop it (which detaches, nothing more). Open a new end instead.
+        Forked => "end used in a forked child; only the process that opened it may use it",
     }
 }
 
@@ -104,6 +110,9 @@ error_enum! {
         TooLarge(TooLarge) => "",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
+        /// This end was inherited across `fork()`: it belongs to the process that opened it,
+        /// and a child may only drop it (which detaches, nothing more). Open a new end instead.
+        Forked => "end used in a forked child; only the process that opened it may use it",
     }
 }
 
@@ -116,6 +125,9 @@ error_enum! {
         Disconnected => "receiving on an empty and disconnected channel",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
+        /// This end was inherited across `fork()`: it belongs to the process that opened it,
+        /// and a child may only drop it (which detaches, nothing more). Open a new end instead.
+        Forked => "end used in a forked child; only the process that opened it may use it",
     }
 }
 
@@ -126,6 +138,9 @@ error_enum! {
         Disconnected => "receiving on an empty and disconnected channel",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
+        /// This end was inherited across `fork()`: it belongs to the process that opened it,
+        /// and a child may only drop it (which detaches, nothing more). Open a new end instead.
+        Forked => "end used in a forked child; only the process that opened it may use it",
     }
 }
 
@@ -138,6 +153,9 @@ error_enum! {
         Disconnected => "receiving on an empty and disconnected channel",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
+        /// This end was inherited across `fork()`: it belongs to the process that opened it,
+        /// and a child may only drop it (which detaches, nothing more). Open a new end instead.
+        Forked => "end used in a forked child; only the process that opened it may use it",
     }
 }
 
@@ -148,6 +166,7 @@ impl From<SendTimeoutError> for SendError {
             SendTimeoutError::Timeout | SendTimeoutError::Disconnected => SendError::Disconnected,
             SendTimeoutError::TooLarge(t) => SendError::TooLarge(t),
             SendTimeoutError::Corrupted(c) => SendError::Corrupted(c),
+            SendTimeoutError::Forked => SendError::Forked,
         }
     }
 }
@@ -159,6 +178,7 @@ impl From<TrySendError> for SendTimeoutError {
             TrySendError::Disconnected => SendTimeoutError::Disconnected,
             TrySendError::TooLarge(t) => SendTimeoutError::TooLarge(t),
             TrySendError::Corrupted(c) => SendTimeoutError::Corrupted(c),
+            TrySendError::Forked => SendTimeoutError::Forked,
         }
     }
 }
@@ -168,6 +188,7 @@ impl From<RecvTimeoutError> for RecvError {
         match e {
             RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected => RecvError::Disconnected,
             RecvTimeoutError::Corrupted(c) => RecvError::Corrupted(c),
+            RecvTimeoutError::Forked => RecvError::Forked,
         }
     }
 }
@@ -178,6 +199,7 @@ impl From<TryRecvError> for RecvTimeoutError {
             TryRecvError::Empty => RecvTimeoutError::Timeout,
             TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
             TryRecvError::Corrupted(c) => RecvTimeoutError::Corrupted(c),
+            TryRecvError::Forked => RecvTimeoutError::Forked,
         }
     }
 }

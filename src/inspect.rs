@@ -12,9 +12,9 @@
 
 use crate::error::Error;
 use crate::ring::layout::{self, HeaderCheck, Layout, FLAG_RECYCLED};
-use crate::ring::lock::RingLock;
+use crate::ring::tokens::Tokens;
 use crate::ring::mpmc;
-use crate::ring::Peer;
+use crate::ring::{Peer, Role};
 use crate::ring::RingKind;
 use crate::sys::proc;
 use crate::sys::shm::{self, Attachment, ShmId, SHM_DEST};
@@ -385,9 +385,9 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
     }
 }
 
-fn role(record: &crate::ring::RoleRecord) -> RoleInfo {
+fn role(record: &crate::ring::RoleRecord, tokens: Tokens, which: Role) -> RoleInfo {
     RoleInfo {
-        peer: record.peer(),
+        peer: record.peer(tokens, which),
         // Relaxed: `peer()` loaded the state with Acquire, which orders this load after it.
         pid: record.pid.load(Relaxed),
     }
@@ -409,14 +409,18 @@ fn ring_info(
                 .indices(cap)
                 .ok()
                 .map(|(head, tail)| tail.wrapping_sub(head));
-            let (sender, receiver) = (role(&shared.sender), role(&shared.receiver));
+            let tokens = backing.tokens_of();
+            let (sender, receiver) = (
+                role(&shared.sender, tokens, Role::Sender),
+                role(&shared.receiver, tokens, Role::Receiver),
+            );
             let alive = |r: RoleInfo| u32::from(r.peer == Peer::Alive);
             (unread, sender, receiver, (alive(sender), alive(receiver)), None)
         }
         RingKind::Mpmc => {
             let shared = backing.mpmc_shared();
             let unread = shared.positions(cap).ok().map(|(d, e)| e.wrapping_sub(d));
-            let (live, c) = (shared.live_members(), shared.census());
+            let (live, c) = (shared.live_members(backing.tokens_of()), shared.census());
             let summary = |live: u32, pid: u32, joined: u32, died: u32| RoleInfo {
                 peer: if live > 0 {
                     Peer::Alive
@@ -524,9 +528,13 @@ fn attach_ring(
         Access::ReadWrite => Attachment::attach(id, st.size),
     }
     .map_err(io_err("shmat"))?;
-    let backing = SegmentBacking { att };
+    let mut backing = SegmentBacking { att, sems: None };
     match backing.header().validate(key, expect, None, st.size) {
-        Ok(layout) => Ok((backing, layout)),
+        Ok(layout) => {
+            // Without its semaphore set (removed by hand), liveness falls back to pids.
+            backing.sems = crate::transport::shm::ring_sems(&layout, &crate::transport::sysv::Owner { uid: st.uid, cuid: st.cuid, mode: st.mode }).ok();
+            Ok((backing, layout))
+        }
         Err(HeaderCheck::Reject(e)) => Err(e),
         Err(HeaderCheck::NotReady) => Err(Error::InUse(format!(
             "segment at key {key:#x} has no header yet (being created, or its creator pid {} died first)",
@@ -558,11 +566,7 @@ pub fn remove(addr: &SegmentAddr, rule: Removal) -> Result<RingInfo, Error> {
 fn remove_id(key: i32, id: ShmId, expect: Option<&str>, rule: Removal) -> Result<RingInfo, Error> {
     let (backing, layout) = attach_ring(key, id, expect, Access::ReadWrite)?;
     let deadline = Instant::now() + Duration::from_secs(1);
-    let lock_word = match layout.kind {
-        RingKind::Spsc => &backing.shared().lock,
-        RingKind::Mpmc => &backing.mpmc_shared().lock,
-    };
-    let lock = match RingLock::acquire(lock_word, deadline) {
+    let lock = match backing.lock(layout.kind, deadline) {
         Ok(l) => Some(l),
         Err(_) if rule == Removal::Force => None,
         Err(e) => return Err(e),

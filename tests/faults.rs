@@ -477,28 +477,26 @@ fn an_open_lock_left_by_a_dead_process_is_taken_over_and_one_held_by_a_live_proc
         &[("side", "sender".into()), ("cap", "8".into())],
     );
     holder.expect("READY");
-    let seg = RawSeg::attach_key(ring.key);
-    // A live process (the holder child, sleeping) "holds" the lock: the open times out.
-    seg.set_u32(off::LOCK, holder.pid as u32);
+    let set = sems_of(ring.shmid().unwrap()).expect("the ring's semaphore set");
+    // A live process holds the lock (semaphore 0 of the ring's set): the open times out.
+    let mut locker = LockHolder::start(set);
     let mut cfg = ring.cfg(8, 64);
     cfg.open_timeout = Duration::from_millis(300);
     let t0 = Instant::now();
     match cfg.open_receiver() {
         Err(e @ Error::InUse(_)) => assert!(e.to_string().contains("lock"), "{e}"),
-        other => panic!("open with the lock held by a live pid: {other:?}"),
+        other => panic!("open with the lock held by a live process: {other:?}"),
     }
+    assert!(t0.elapsed() >= Duration::from_millis(300));
     assert!(t0.elapsed() < DEATH_BOUND);
-    // A dead process "holds" it: taken over.
-    let mut dead = Proc::spawn(std::process::Command::new("true"), Stdout::Null);
-    dead.wait(SOON);
-    seg.set_u32(off::LOCK, dead.pid as u32);
+    // Its holder is killed: the kernel gives the lock back, and the open goes through.
+    locker.kill();
     let mut rx = ring
         .cfg(8, 64)
         .open_receiver()
-        .expect("lock of a dead pid is taken over");
-    assert_eq!(seg.u32(off::LOCK), 0, "released after the open");
+        .expect("the lock of a killed process is free");
+    assert_eq!(sem_value(set, 0), Some(0), "released after the open");
     assert_eq!(rx.sender(), Peer::Alive);
-    drop(seg);
     kill_and_reap(&mut holder);
     let mut buf = Vec::new();
     assert_eq!(
@@ -507,6 +505,7 @@ fn an_open_lock_left_by_a_dead_process_is_taken_over_and_one_held_by_a_live_proc
     );
     drop(rx);
     ring.assert_gone("after the receiver dropped");
+    assert_eq!(sem_count(set), None, "the semaphore set goes with the ring");
 }
 
 // ---------------------------------------------------------------------------------------------

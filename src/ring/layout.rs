@@ -22,8 +22,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 
 /// "shmpipe\0" read as a little-endian u64; the first field of every ring.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
-/// Bumped on every incompatible change of this layout (2: the counters line moved the slots).
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+/// Bumped on every incompatible change of this layout (2: the counters line moved the slots;
+/// 3: liveness by the semaphore set named in `Header::tokens`, not by pid).
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// `Header::kind` of an SPSC ring.
 pub(crate) const KIND_SPSC: u32 = 1;
 /// `Header::kind` of an MPMC ring.
@@ -71,6 +72,10 @@ pub(crate) struct Header {
     pub(crate) flags: AtomicU32,
     pub(crate) name_len: AtomicU32,
     pub(crate) name: [AtomicU8; MAX_NAME_LEN],
+    /// 1 + the id of the ring's SysV semaphore set (its lock and its members' liveness tokens,
+    /// see `ring::tokens`); 0 until the creator has made it. Written before the magic, with
+    /// Release, so an opener that finds the header not ready yet can still wait on the lock.
+    pub(crate) tokens: AtomicU64,
 }
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
@@ -87,6 +92,8 @@ pub(crate) struct Layout {
     pub(crate) size: usize,
     pub(crate) name: String,
     pub(crate) creator_pid: u32,
+    /// The semaphore set id the header names (unchecked: see `transport::shm::ring_sems`).
+    pub(crate) sems: i32,
 }
 
 /// Total segment size of a ring of `kind` with `geometry`.
@@ -121,6 +128,19 @@ impl Header {
         self.name_len.store(bytes.len().min(MAX_NAME_LEN) as u32, Relaxed);
         // Release: everything above is visible to whoever sees the magic with Acquire.
         self.magic.store(MAGIC, Release);
+    }
+
+    /// Records the ring's semaphore set (by its creator, before `init`).
+    pub(crate) fn set_sems(&self, id: i32) {
+        // Release: pairs with the Acquire in `sems` of an opener that finds the header not ready.
+        self.tokens.store(id as u64 + 1, Release);
+    }
+
+    /// The semaphore set the header names, if any (a valid id is 0..=i32::MAX).
+    pub(crate) fn sems(&self) -> Option<i32> {
+        // Acquire: pairs with `set_sems`.
+        let raw = self.tokens.load(Acquire);
+        raw.checked_sub(1).and_then(|id| i32::try_from(id).ok())
     }
 
     /// The stored name (lossy, for messages and listing).
@@ -213,6 +233,7 @@ impl Header {
             size,
             name,
             creator_pid: self.creator_pid.load(Relaxed),
+            sems: self.sems().ok_or_else(|| corrupt("no semaphore set recorded".into()))?,
         })
     }
 }

@@ -1,6 +1,9 @@
-//! The lock word in a ring's control block, held while a process opens, closes or changes the
-//! membership of the ring. A holder that died inside it (SIGKILL mid-open) is recognised by pid
-//! and start time, and the lock taken over, so a crash never leaves a ring locked.
+//! The lock held while a process opens, closes or changes the membership of a ring.
+//!
+//! A ring in a segment is locked with semaphore 0 of its semaphore set (see `tokens`): the kernel
+//! releases it when its holder dies, in any PID namespace, so a crash never leaves a ring locked
+//! and a live holder is never robbed. A ring on the heap has all its users in this process and
+//! uses the lock word in its control block (a holder recognised by pid and start time).
 //!
 //! Only slow paths take it (open, close, reaping dead members); the data path never does.
 
@@ -35,6 +38,8 @@ pub(crate) use real::RingLock;
 mod real {
     use super::LockWord;
     use crate::error::Error;
+    use crate::ring::tokens::{Tokens, LOCK_SEM};
+    use crate::sys::sem;
     use crate::sys::proc::{self, ProcessId};
     use std::sync::atomic::AtomicUsize;
     use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
@@ -46,13 +51,34 @@ mod real {
     static HELD_HERE: AtomicUsize = AtomicUsize::new(0);
 
     /// A held ring lock; released on drop.
-    pub(crate) struct RingLock<'a> {
-        word: &'a LockWord,
-        me: u32,
+    pub(crate) enum RingLock<'a> {
+        /// The lock word of a heap ring, holding our pid.
+        Word { word: &'a LockWord, me: u32 },
+        /// Semaphore `LOCK_SEM` of a segment ring's set.
+        Kernel(sem::SemId),
     }
 
     impl<'a> RingLock<'a> {
-        pub(crate) fn acquire(word: &'a LockWord, deadline: Instant) -> Result<Self, Error> {
+        /// Takes the ring's lock, waiting until `deadline`. `Error::InUse` if it is still held
+        /// then; for a segment ring whose semaphore set was removed (the ring was removed),
+        /// the `Error::Io` of `semop` (`EIDRM`/`EINVAL`).
+        pub(crate) fn acquire(word: &'a LockWord, tokens: Tokens, deadline: Instant) -> Result<Self, Error> {
+            match tokens {
+                Tokens::Local => Self::acquire_word(word, deadline),
+                Tokens::Kernel(set) => match sem::lock(set, LOCK_SEM, deadline) {
+                    Ok(true) => {
+                        // Acquire: with the kernel's serialisation of the semaphore, what the last
+                        // holder did before its release fence is visible to us.
+                        std::sync::atomic::fence(Acquire);
+                        Ok(RingLock::Kernel(set))
+                    }
+                    Ok(false) => Err(Error::InUse("the ring's lock is held by another process".into())),
+                    Err(e) => Err(crate::transport::sysv::io_err("semtimedop (the ring's lock)")(e)),
+                },
+            }
+        }
+
+        fn acquire_word(word: &'a LockWord, deadline: Instant) -> Result<Self, Error> {
             let me = proc::current();
             // AcqRel: ordered with the counts of other threads of ours (see `gone` below).
             HELD_HERE.fetch_add(1, AcqRel);
@@ -96,17 +122,29 @@ mod real {
         fn held(word: &'a LockWord, me: ProcessId) -> Self {
             // Release: pairs with the Acquire load in `acquire` of whoever finds the lock held.
             word.start_time.store(me.start_time, Release);
-            RingLock { word, me: me.pid }
+            RingLock::Word { word, me: me.pid }
         }
     }
 
     impl Drop for RingLock<'_> {
         fn drop(&mut self) {
-            // Relaxed: published by the Release on the pid below.
-            self.word.start_time.store(0, Relaxed);
-            // Release: our changes under the lock happen before the next holder's Acquire.
-            let _ = self.word.pid.compare_exchange(self.me, 0, Release, Relaxed);
-            HELD_HERE.fetch_sub(1, AcqRel);
+            match *self {
+                RingLock::Word { word, me } => {
+                    // Relaxed: published by the Release on the pid below.
+                    word.start_time.store(0, Relaxed);
+                    // Release: our changes under the lock happen before the next holder's Acquire.
+                    let _ = word.pid.compare_exchange(me, 0, Release, Relaxed);
+                    HELD_HERE.fetch_sub(1, AcqRel);
+                }
+                // The semaphore operations order our changes under the lock before the next
+                // holder's (the kernel serialises them under the set's lock). A set removed
+                // meanwhile has no lock left to release.
+                RingLock::Kernel(set) => {
+                    // Release: pairs with the next holder's Acquire fence.
+                    std::sync::atomic::fence(Release);
+                    let _ = sem::unlock(set, LOCK_SEM);
+                }
+            }
         }
     }
 }
@@ -123,7 +161,11 @@ pub(crate) struct RingLock<'a> {
 
 #[cfg(loom)]
 impl<'a> RingLock<'a> {
-    pub(crate) fn acquire(word: &'a LockWord, _deadline: std::time::Instant) -> Result<Self, crate::Error> {
+    pub(crate) fn acquire(
+        word: &'a LockWord,
+        _tokens: crate::ring::tokens::Tokens,
+        _deadline: std::time::Instant,
+    ) -> Result<Self, crate::Error> {
         Ok(RingLock {
             _held: word.held.lock().unwrap(),
         })

@@ -10,6 +10,7 @@
 #[cfg(not(loom))]
 pub(crate) mod layout;
 pub(crate) mod lock;
+pub(crate) mod tokens;
 pub mod mpmc;
 pub mod spsc;
 pub(crate) mod wait;
@@ -17,6 +18,7 @@ pub(crate) mod wait;
 use crate::error::{Corrupted, TooLarge, TrySendError};
 use crate::sync::{AtomicU32, AtomicU64};
 use std::ptr::NonNull;
+use tokens::Tokens;
 #[cfg_attr(loom, allow(unused_imports))]
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
@@ -205,9 +207,11 @@ impl RoleRecord {
         }
     }
 
-    /// Records this process as the holder. The state is stored last with Release so whoever
-    /// sees `ROLE_ATTACHED` with Acquire also sees the pid.
-    pub(crate) fn claim(&self) {
+    /// Records this process as the holder of `role`: takes the role's liveness token first, then
+    /// stores the state last with Release, so whoever sees `ROLE_ATTACHED` with Acquire also sees
+    /// the pid, and finds the token held (the `semop` returned before the store).
+    pub(crate) fn claim(&self, tokens: Tokens, role: Role) -> Result<(), crate::Error> {
+        tokens.take(tokens::spsc_record(role))?;
         #[cfg(not(loom))]
         {
             let me = crate::sys::proc::current();
@@ -215,12 +219,14 @@ impl RoleRecord {
             self.start_time.store(me.start_time, Relaxed);
         }
         self.state.store(ROLE_ATTACHED, Release);
+        Ok(())
     }
 
-    /// Marks the role closed. Release: everything the holder published happens before a peer
-    /// sees `ROLE_CLOSED`.
-    pub(crate) fn close(&self) {
+    /// Marks the role closed, then gives its token back. Release: everything the holder published
+    /// happens before a peer sees `ROLE_CLOSED`.
+    pub(crate) fn close(&self, tokens: Tokens, role: Role) {
         self.state.store(ROLE_CLOSED, Release);
+        tokens.give_back(tokens::spsc_record(role));
     }
 
     /// The holder's state without the liveness check (no syscall).
@@ -229,30 +235,55 @@ impl RoleRecord {
         self.state.load(Acquire)
     }
 
-    /// Full check, including whether the holder's process still exists (a few syscalls).
-    pub(crate) fn peer(&self) -> Peer {
+    /// Full check, including whether the holder of `role` is alive (one syscall: its token, which
+    /// the kernel keeps for any PID namespace; see `tokens`).
+    pub(crate) fn peer(&self, tokens: Tokens, role: Role) -> Peer {
         match self.state() {
             ROLE_VACANT => Peer::NotYet,
             ROLE_CLOSED => Peer::Closed,
+            // The token was taken before the state was stored (see `claim`), so a holder whose
+            // token is gone has died (or gave it back after closing, which we would have seen).
+            ROLE_ATTACHED if self.holder_alive(tokens, role) => Peer::Alive,
             ROLE_ATTACHED => {
-                #[cfg(not(loom))]
-                {
-                    let id = crate::sys::proc::ProcessId {
-                        pid: self.pid.load(Relaxed),
-                        start_time: self.start_time.load(Relaxed),
-                    };
-                    // pid 0: claimed but not yet written (cannot be: claim stores the pid
-                    // first), or overwritten; give it the benefit of the doubt.
-                    if id.pid != 0 && !crate::sys::proc::is_alive(id) {
-                        return Peer::Dead;
-                    }
+                // It may have closed between our two looks: closing gives the token back after.
+                if self.state() == ROLE_CLOSED {
+                    Peer::Closed
+                } else {
+                    Peer::Dead
                 }
-                Peer::Alive
             }
             // A value no correct process writes: the peer is not someone we can wait for.
             _ => Peer::Dead,
         }
     }
+}
+
+impl RoleRecord {
+    fn holder_alive(&self, tokens: Tokens, role: Role) -> bool {
+        match tokens {
+            // Relaxed: ordered by the caller's Acquire load of the state.
+            Tokens::Local => local_holder_alive(self.pid.load(Relaxed), self.start_time.load(Relaxed)),
+            #[cfg(not(loom))]
+            Tokens::Kernel(_) => tokens.held(tokens::spsc_record(role)),
+        }
+    }
+}
+
+/// Whether the holder of a record of a heap ring (`Tokens::Local`: every holder is this
+/// process) is alive: by pid and start time, which unit tests overwrite to play a dead member.
+/// Under loom, always.
+pub(crate) fn local_holder_alive(_pid: u32, _start_time: u64) -> bool {
+    #[cfg(not(loom))]
+    {
+        let id = crate::sys::proc::ProcessId {
+            pid: _pid,
+            start_time: _start_time,
+        };
+        if id.pid == 0 || !crate::sys::proc::is_alive(id) {
+            return false;
+        }
+    }
+    true
 }
 
 /// A ring's memory on the heap (in-process channels): a control block of type `S` and zeroed

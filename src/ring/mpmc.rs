@@ -53,6 +53,7 @@
 //! senders get `Disconnected` once a receiver has joined and none is left.
 
 use super::lock::{LockWord, RingLock};
+use super::tokens::{self, Tokens};
 use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
 use super::{
     cold_clone, copy_payload, too_large, unwinding_under_loom, Geometry, HeapMemory, LivenessTimer, Peer,
@@ -214,10 +215,12 @@ impl MpmcShared {
     }
 
     /// Takes a vacant member record for this process. Caller holds the ring lock.
-    pub(crate) fn join(&self, role: Role) -> Result<usize, crate::Error> {
+    pub(crate) fn join(&self, role: Role, tokens: Tokens) -> Result<usize, crate::Error> {
         for pass in 0..2 {
             if let Some(index) = self.members.iter().position(|m| m.role.load(Acquire) == VACANT) {
                 let m = &self.members[index];
+                // The token first: whoever sees the record's role sees it held (see `tokens`).
+                tokens.take(index)?;
                 #[cfg(not(loom))]
                 {
                     let me = crate::sys::proc::current();
@@ -238,7 +241,7 @@ impl MpmcShared {
                 return Ok(index);
             }
             if pass == 0 {
-                self.reap();
+                self.reap(tokens);
             }
         }
         Err(crate::Error::Limit(format!(
@@ -246,22 +249,24 @@ impl MpmcShared {
         )))
     }
 
-    /// Gives up a member record. Caller holds the ring lock (or could not get it: best effort).
-    fn leave(&self, index: usize, role: Role) {
+    /// Gives up a member record, then its token. Caller holds the ring lock (or could not get it:
+    /// best effort).
+    fn leave(&self, index: usize, role: Role, tokens: Tokens) {
         let m = &self.members[index];
         // Only if the record is still ours (a corrupted table may say otherwise).
         if m.role.load(Acquire) == role_code(role) {
             // Release: everything we published happens before a member that sees us gone.
             m.role.store(VACANT, Release);
         }
+        tokens.give_back(index);
         self.recount();
     }
 
     /// Vacates the records of members whose process died, and recounts. Caller holds the lock.
     /// Returns how many were reaped.
-    pub(crate) fn reap(&self) -> u32 {
+    pub(crate) fn reap(&self, tokens: Tokens) -> u32 {
         let mut reaped = 0;
-        for m in self.members.iter() {
+        for (index, m) in self.members.iter().enumerate() {
             let role = m.role.load(Acquire);
             let (died, bell) = match role {
                 VACANT => continue,
@@ -273,7 +278,7 @@ impl MpmcShared {
                     continue;
                 }
             };
-            if !member_alive(m) {
+            if !member_alive(m, index, tokens) {
                 // Relaxed: the dead process wrote it before dying; nobody else writes it.
                 if m.parked.swap(0, Relaxed) == 1 {
                     bell.forget_waiter();
@@ -308,15 +313,15 @@ impl MpmcShared {
     /// a read-only attachment), with one live pid of each.
     // Used by `inspect`, which loom builds leave out.
     #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) fn live_members(&self) -> LiveMembers {
+    pub(crate) fn live_members(&self, tokens: Tokens) -> LiveMembers {
         let mut live = LiveMembers::default();
-        for m in self.members.iter() {
+        for (index, m) in self.members.iter().enumerate() {
             let (count, pid) = match m.role.load(Acquire) {
                 SENDER => (&mut live.senders, &mut live.sender_pid),
                 RECEIVER => (&mut live.receivers, &mut live.receiver_pid),
                 _ => continue,
             };
-            if member_alive(m) {
+            if member_alive(m, index, tokens) {
                 *count += 1;
                 // Relaxed: ordered by the Acquire load of the role.
                 *pid = m.pid.load(Relaxed);
@@ -326,29 +331,28 @@ impl MpmcShared {
     }
 
     /// Whether a live member of `role` announces `claim` (1 + a position).
-    fn live_claimant(&self, role: Role, claim: u64) -> bool {
-        self.members.iter().any(|m| {
+    fn live_claimant(&self, role: Role, claim: u64, tokens: Tokens) -> bool {
+        self.members.iter().enumerate().any(|(index, m)| {
             // Acquire (both): a claimant's announcement is ordered before its claiming CAS, which
             // the caller has seen; an announcement withdrawn after publishing shows the publication.
-            m.role.load(Acquire) == role_code(role) && m.claim.load(Acquire) == claim && member_alive(m)
+            m.role.load(Acquire) == role_code(role)
+                && m.claim.load(Acquire) == claim
+                && member_alive(m, index, tokens)
         })
     }
 }
 
-/// Whether the process holding `m` is alive (pid and start time). Under loom every member is.
-fn member_alive(_m: &Member) -> bool {
-    #[cfg(not(loom))]
-    {
-        let id = crate::sys::proc::ProcessId {
-            // Relaxed: ordered by the caller's Acquire load of the role.
-            pid: _m.pid.load(Relaxed),
-            start_time: _m.start_time.load(Relaxed),
-        };
-        if id.pid == 0 || !crate::sys::proc::is_alive(id) {
-            return false;
-        }
+/// Whether the process holding member record `index` is alive: its token, kept by the kernel
+/// (see `tokens`; the holder took it before publishing the record, which the caller's Acquire
+/// load of the role has seen). In a heap ring (`Tokens::Local`) every member is a thread of
+/// ours, recorded by pid and start time, which unit tests overwrite to play a dead member.
+fn member_alive(m: &Member, index: usize, tokens: Tokens) -> bool {
+    match tokens {
+        // Relaxed: ordered by the caller's Acquire load of the role.
+        Tokens::Local => super::local_holder_alive(m.pid.load(Relaxed), m.start_time.load(Relaxed)),
+        #[cfg(not(loom))]
+        Tokens::Kernel(_) => tokens.held(index),
     }
-    true
 }
 
 /// Live members found by [`MpmcShared::live_members`].
@@ -403,6 +407,11 @@ pub(crate) trait MpmcBacking: Send + Sync {
     fn unreachable(&self) -> bool {
         false
     }
+
+    /// How the members' liveness is known (see `tokens`).
+    fn tokens(&self) -> Tokens {
+        Tokens::Local
+    }
 }
 
 /// A ring's memory and validated geometry, shared by the ends in this process.
@@ -411,6 +420,8 @@ pub(crate) struct MpmcCore {
     slots: Slots,
     geometry: Geometry,
     cap: u64,
+    /// `backing.tokens()`, asked once.
+    tokens: Tokens,
     /// Owns the memory `shared` and `slots` point into; dropped last.
     backing: Box<dyn MpmcBacking>,
 }
@@ -438,6 +449,7 @@ impl MpmcCore {
             slots,
             geometry,
             cap: geometry.capacity as u64,
+            tokens: backing.tokens(),
             backing,
         }
     }
@@ -704,8 +716,8 @@ impl MpmcCore {
     /// the slot the other role stalled. Returns whether a slot was recovered.
     fn maintain(&self, role: Role) -> bool {
         let shared = self.shared();
-        if let Ok(_lock) = RingLock::acquire(&shared.lock, Instant::now()) {
-            shared.reap();
+        if let Ok(_lock) = RingLock::acquire(&shared.lock, self.tokens, Instant::now()) {
+            shared.reap(self.tokens);
         }
         match role {
             Role::Receiver => self.recover_unpublished(),
@@ -728,7 +740,7 @@ impl MpmcCore {
         if claimed == 0 || claimed > self.cap {
             return false;
         }
-        if shared.live_claimant(Role::Sender, pos.wrapping_add(1)) {
+        if shared.live_claimant(Role::Sender, pos.wrapping_add(1), self.tokens) {
             return false;
         }
         if self.cas_seq(pos, pos, TOMB | pos.wrapping_add(1)) {
@@ -756,7 +768,7 @@ impl MpmcCore {
         if past == 0 || past > self.cap {
             return false;
         }
-        if shared.live_claimant(Role::Receiver, last_lap.wrapping_add(1)) {
+        if shared.live_claimant(Role::Receiver, last_lap.wrapping_add(1), self.tokens) {
             return false;
         }
         if self.cas_seq(pos, seq, pos) {
@@ -790,8 +802,8 @@ impl MpmcCore {
     /// Joins the ring as `role` under its lock.
     fn join(&self, role: Role) -> Result<usize, crate::Error> {
         let shared = self.shared();
-        let _lock = RingLock::acquire(&shared.lock, Instant::now() + Duration::from_secs(5))?;
-        shared.join(role)
+        let _lock = RingLock::acquire(&shared.lock, self.tokens, Instant::now() + Duration::from_secs(5))?;
+        shared.join(role, self.tokens)
     }
 
     /// Leaves the ring (record vacated, counts updated, backing told), then wakes every sleeper
@@ -801,8 +813,8 @@ impl MpmcCore {
         {
             // Best effort: if the lock cannot be had (a hostile holder), leave without it; the
             // counts are recomputed by the next member who reaps.
-            let _lock = RingLock::acquire(&shared.lock, Instant::now() + Duration::from_secs(1)).ok();
-            shared.leave(index, role);
+            let _lock = RingLock::acquire(&shared.lock, self.tokens, Instant::now() + Duration::from_secs(1)).ok();
+            shared.leave(index, role, self.tokens);
             self.backing.on_leave(shared);
         }
         shared.not_empty.ring(u32::MAX, &shared.counters.wakes);
@@ -872,6 +884,9 @@ pub struct Producer {
     liveness: LivenessTimer,
     /// `Disconnected` was returned: every receiver is gone, for good.
     disconnected: bool,
+    /// The process this end belongs to (`tokens::owner`): in a forked child it refuses every
+    /// call and its drop only detaches.
+    owner: u32,
 }
 
 impl Producer {
@@ -890,6 +905,7 @@ impl Producer {
             fault: None,
             liveness: LivenessTimer::new(),
             disconnected: false,
+            owner: tokens::owner(),
         }
     }
 
@@ -931,6 +947,9 @@ impl Producer {
     /// One non-blocking attempt; `Full` means wait and retry.
     #[inline]
     fn try_claim(&mut self, len: usize) -> Result<u64, TrySendError> {
+        if tokens::inherited(self.owner) {
+            return Err(TrySendError::Forked);
+        }
         if let Some(c) = &self.fault {
             return Err(TrySendError::Corrupted(cold_clone(c)));
         }
@@ -1075,7 +1094,10 @@ impl Drop for Producer {
         if unwinding_under_loom() {
             return;
         }
-        self.core.leave(self.me, Role::Sender);
+        // In a forked child: detach only (the parent is still the member).
+        if !tokens::inherited(self.owner) {
+            self.core.leave(self.me, Role::Sender);
+        }
     }
 }
 
@@ -1149,6 +1171,8 @@ pub struct Consumer {
     expect_senders: u32,
     /// `Disconnected` was returned: the senders are gone and the ring drained, for good.
     senders_gone: bool,
+    /// The process this end belongs to, as for `Producer::owner`.
+    owner: u32,
 }
 
 impl Consumer {
@@ -1168,6 +1192,7 @@ impl Consumer {
             liveness: LivenessTimer::new(),
             expect_senders: 1,
             senders_gone: false,
+            owner: tokens::owner(),
         }
     }
 
@@ -1209,6 +1234,9 @@ impl Consumer {
     /// One attempt; on "nothing ready", decides between `Empty` and `Disconnected`, running
     /// the recovery slow path when `slow` (or when every sender is gone).
     fn take(&mut self, slow: bool) -> Result<(u64, usize), TryRecvError> {
+        if tokens::inherited(self.owner) {
+            return Err(TryRecvError::Forked);
+        }
         if let Some(c) = &self.fault {
             return Err(TryRecvError::Corrupted(cold_clone(c)));
         }
@@ -1230,7 +1258,7 @@ impl Consumer {
 
     #[inline]
     fn try_take(&mut self) -> Result<(u64, usize), TryRecvError> {
-        if self.fault.is_none() && !self.senders_gone {
+        if self.fault.is_none() && !self.senders_gone && !tokens::inherited(self.owner) {
             match self.core.claim_ready(self.me) {
                 Ok(Some(found)) => return Ok(found),
                 Ok(None) => {}
@@ -1422,7 +1450,10 @@ impl Drop for Consumer {
         if unwinding_under_loom() {
             return;
         }
-        self.core.leave(self.me, Role::Receiver);
+        // In a forked child: detach only (the parent is still the member).
+        if !tokens::inherited(self.owner) {
+            self.core.leave(self.me, Role::Receiver);
+        }
     }
 }
 
@@ -1628,8 +1659,9 @@ mod tests {
         std::mem::forget(ghost);
         assert_eq!(rx.stats().receivers, 2);
         {
-            let _lock = RingLock::acquire(&shared.lock, Instant::now() + Duration::from_secs(1)).unwrap();
-            assert_eq!(shared.reap(), 1);
+            let _lock =
+                RingLock::acquire(&shared.lock, Tokens::Local, Instant::now() + Duration::from_secs(1)).unwrap();
+            assert_eq!(shared.reap(Tokens::Local), 1);
         }
         assert_eq!(
             shared.not_empty.waiters.load(Relaxed),

@@ -15,6 +15,7 @@
 //!   instructions per message (callgrind) against rtrb.
 
 use super::lock::LockWord;
+use super::tokens::{self, Tokens};
 use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
 use super::{
     cold_clone, copy_payload, too_large, unwinding_under_loom, Geometry, HeapMemory, LivenessTimer, Peer,
@@ -97,6 +98,11 @@ pub(crate) trait Backing: Send + Sync {
     fn unreachable(&self) -> bool {
         false
     }
+
+    /// How the ends' liveness is known (see `tokens`).
+    fn tokens(&self) -> Tokens {
+        Tokens::Local
+    }
 }
 
 /// A ring's memory and validated geometry, shared by its ends in this process.
@@ -104,6 +110,8 @@ pub(crate) struct RingCore {
     shared: NonNull<SpscShared>,
     slots: Slots,
     geometry: Geometry,
+    /// `backing.tokens()`, asked once.
+    tokens: Tokens,
     /// Owns the memory `shared` and `slots` point into; dropped last.
     backing: Box<dyn Backing>,
 }
@@ -130,8 +138,14 @@ impl RingCore {
             shared,
             slots,
             geometry,
+            tokens: backing.tokens(),
             backing,
         }
+    }
+
+    /// The state of `role`'s holder, including whether its process is alive (one syscall).
+    pub(crate) fn peer_of(&self, role: Role) -> Peer {
+        self.shared().role(role).peer(self.tokens, role)
     }
 
     pub(crate) fn shared(&self) -> &SpscShared {
@@ -168,8 +182,8 @@ pub fn channel(capacity: usize, max_message: usize) -> Result<(Producer, Consume
         RingCore::new(memory.shared(), slot_mem, geometry, Box::new(memory))
     };
     let core = Arc::new(core);
-    core.shared().sender.claim();
-    core.shared().receiver.claim();
+    core.shared().sender.claim(Tokens::Local, Role::Sender)?;
+    core.shared().receiver.claim(Tokens::Local, Role::Receiver)?;
     let tx = Producer::new(Arc::clone(&core)).map_err(crate::Error::Corrupted)?;
     let rx = Consumer::new(core).map_err(crate::Error::Corrupted)?;
     Ok((tx, rx))
@@ -249,6 +263,9 @@ pub struct Producer {
     /// Set once this end has returned `Corrupted` or `Disconnected`: it stays that way.
     stopped: Option<Stopped>,
     liveness: LivenessTimer,
+    /// The process this end belongs to (`tokens::owner`): in a forked child it refuses every
+    /// call and its drop only detaches.
+    owner: u32,
 }
 
 impl Producer {
@@ -263,6 +280,7 @@ impl Producer {
             wait: WaitStrategy::default(),
             stopped: None,
             liveness: LivenessTimer::new(),
+            owner: tokens::owner(),
         })
     }
 
@@ -287,7 +305,7 @@ impl Producer {
 
     /// The receiver's state, including whether its process died (a few syscalls).
     pub fn receiver(&self) -> Peer {
-        self.hot.shared().receiver.peer()
+        self.core.peer_of(Role::Receiver)
     }
 
     /// Poisons this end: a consumer index that no correct consumer could have written.
@@ -320,6 +338,7 @@ impl Producer {
     fn refusal(&self, len: usize) -> TrySendError {
         let max = self.core.geometry.max_message;
         match &self.stopped {
+            _ if tokens::inherited(self.owner) => TrySendError::Forked,
             Some(Stopped::Corrupted(c)) => TrySendError::Corrupted(c.clone()),
             _ if len > max => too_large(len, max),
             _ => TrySendError::Disconnected,
@@ -352,8 +371,9 @@ impl Producer {
     /// One non-blocking attempt; `Full` means wait and retry.
     #[inline]
     fn try_claim(&mut self, len: usize) -> Result<(), TrySendError> {
-        // A stopped end fails one of the gates (`Hot`): 0 bytes fit, but no slot is free.
-        if len > self.hot.max_message {
+        // A stopped end fails one of the gates (`Hot`): 0 bytes fit, but no slot is free. An
+        // inherited one (a forked child's) is refused before it touches the ring.
+        if len > self.hot.max_message || tokens::inherited(self.owner) {
             return Err(self.refusal(len));
         }
         if self.hot.shared().receiver.state() == ROLE_CLOSED {
@@ -381,7 +401,7 @@ impl Producer {
         if self.stopped.is_some() {
             return self.refusal(len);
         }
-        if self.liveness.due() && self.hot.shared().receiver.peer() == Peer::Dead {
+        if self.liveness.due() && self.core.peer_of(Role::Receiver) == Peer::Dead {
             self.set_disconnected();
             return TrySendError::Disconnected;
         }
@@ -424,7 +444,7 @@ impl Producer {
                 Ok(false) => Check::NotYet,
                 Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
             },
-            || match core.shared().receiver.peer() {
+            || match core.peer_of(Role::Receiver) {
                 Peer::Dead | Peer::Closed => Check::Done(Err(SendTimeoutError::Disconnected)),
                 Peer::NotYet if core.backing.unreachable() => {
                     Check::Done(Err(SendTimeoutError::Disconnected))
@@ -544,8 +564,12 @@ impl Drop for Producer {
         if unwinding_under_loom() {
             return;
         }
+        // In a forked child: detach only (the parent still uses the ring).
+        if tokens::inherited(self.owner) {
+            return;
+        }
         let shared = self.core.shared();
-        shared.sender.close();
+        shared.sender.close(self.core.tokens, Role::Sender);
         shared.not_empty.ring(u32::MAX, &shared.counters.wakes);
         self.core.backing.on_close(Role::Sender, shared);
     }
@@ -630,6 +654,8 @@ pub struct Consumer {
     liveness: LivenessTimer,
     /// `Disconnected` was returned: the sender is gone and the ring drained, for good.
     sender_gone: bool,
+    /// The process this end belongs to, as for `Producer::owner`.
+    owner: u32,
 }
 
 impl Consumer {
@@ -645,6 +671,7 @@ impl Consumer {
             fault: None,
             liveness: LivenessTimer::new(),
             sender_gone: false,
+            owner: tokens::owner(),
         })
     }
 
@@ -675,7 +702,7 @@ impl Consumer {
     /// The sender's state: after `Disconnected`, `Closed` means a clean end of stream and `Dead`
     /// that the sending process died.
     pub fn sender(&self) -> Peer {
-        self.hot.shared().sender.peer()
+        self.core.peer_of(Role::Sender)
     }
 
     /// Poisons this end: a producer index that no correct producer could have written.
@@ -744,7 +771,7 @@ impl Consumer {
         let gone = self.sender_gone
             || match sender.state() {
                 ROLE_CLOSED => true,
-                _ => check_liveness && sender.peer() == Peer::Dead,
+                _ => check_liveness && self.core.peer_of(Role::Sender) == Peer::Dead,
             };
         if !gone {
             return Err(TryRecvError::Empty);
@@ -760,8 +787,9 @@ impl Consumer {
 
     #[inline(always)]
     fn try_front(&mut self) -> Result<Front, TryRecvError> {
-        // A poisoned end never passes `poll` (see `poison`).
-        if !self.poll() {
+        // A poisoned end never passes `poll` (see `poison`); an inherited one is refused before
+        // it touches the ring.
+        if !self.poll() || tokens::inherited(self.owner) {
             self.nothing_yet()?;
         }
         Ok(self.front()?)
@@ -792,6 +820,9 @@ impl Consumer {
     #[cold]
     #[inline(never)]
     fn nothing_yet(&mut self) -> Result<(), TryRecvError> {
+        if tokens::inherited(self.owner) {
+            return Err(TryRecvError::Forked);
+        }
         if let Some(c) = &self.fault {
             return Err(TryRecvError::Corrupted(cold_clone(c)));
         }
@@ -828,7 +859,7 @@ impl Consumer {
                 },
                 Err(c) => Check::Done(Err(RecvTimeoutError::Corrupted(c))),
             },
-            || match core.shared().sender.peer() {
+            || match core.peer_of(Role::Sender) {
                 Peer::Dead | Peer::Closed => Check::Done(Ok(())),
                 // Nobody can find the ring any more, so no sender will ever come.
                 Peer::NotYet if core.backing.unreachable() => {
@@ -937,8 +968,12 @@ impl Drop for Consumer {
         if unwinding_under_loom() {
             return;
         }
+        // In a forked child: detach only (the parent still uses the ring).
+        if tokens::inherited(self.owner) {
+            return;
+        }
         let shared = self.core.shared();
-        shared.receiver.close();
+        shared.receiver.close(self.core.tokens, Role::Receiver);
         shared.not_full.ring(u32::MAX, &shared.counters.wakes);
         self.core.backing.on_close(Role::Receiver, shared);
     }

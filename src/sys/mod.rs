@@ -4,10 +4,12 @@
 //! Invariant: every wrapper reports `errno` as an [`std::io::Error`] and retries `EINTR` itself
 //! where retrying cannot change the meaning of the call.
 
+pub(crate) mod fork;
 pub(crate) mod futex;
 pub(crate) mod membarrier;
 pub(crate) mod msgq;
 pub(crate) mod proc;
+pub(crate) mod sem;
 pub(crate) mod shm;
 pub(crate) mod socket;
 

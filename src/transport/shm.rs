@@ -21,10 +21,13 @@ use crate::error::Error;
 use crate::inspect::RingStatus;
 use crate::ring::layout::{self, Header, HeaderCheck, Layout, FLAG_RECYCLED, MAX_NAME_LEN};
 use crate::ring::lock::RingLock;
+use crate::ring::mpmc::MAX_MEMBERS;
 use crate::ring::mpmc::{self, MpmcBacking, MpmcCore, MpmcShared};
 use crate::ring::spsc::{Backing, Consumer, Producer, RingCore, SpscShared};
 use crate::ring::{Geometry, Peer, RingKind, Role, Slots, WaitStrategy};
+use crate::ring::tokens::{self, Tokens, LOCK_SEM};
 use crate::sys::proc::{self, ProcessId};
+use crate::sys::sem::{self, SemId};
 use crate::sys::shm::{self, Attachment, ShmId, SHM_DEST};
 use crate::transport::sysv::{check_owner, io_err, is_gone, Owner};
 use std::io;
@@ -231,9 +234,12 @@ impl ShmConfig {
     }
 }
 
-/// An attached ring segment: owns the attachment that the ring's pointers point into.
+/// An attached ring segment: owns the attachment that the ring's pointers point into, and knows
+/// the ring's semaphore set (its lock and liveness tokens, see `ring::tokens`).
 pub(crate) struct SegmentBacking {
     pub(crate) att: Attachment,
+    /// `None` only while looking at a header that is not validated yet.
+    pub(crate) sems: Option<SemId>,
 }
 
 impl SegmentBacking {
@@ -259,12 +265,46 @@ impl SegmentBacking {
         unsafe { &*self.att.as_ptr().add(layout::CONTROL_OFFSET).cast::<MpmcShared>() }
     }
 
-    /// Flags the segment so nobody adopts it, then removes its key. Needs a read-write attachment.
+    /// Flags the segment so nobody adopts it, then removes its key and its semaphore set. Needs a
+    /// read-write attachment.
     pub(crate) fn retire(&self) {
         // Release: pairs with the Acquire in `attach_existing` under the lock.
         self.header().flags.fetch_or(FLAG_RECYCLED, Release);
         // Already removed (EIDRM/EINVAL) is fine: the goal is that it is gone.
         let _ = shm::remove(self.att.id());
+        if let Some(set) = self.sems {
+            let _ = sem::remove(set);
+        }
+    }
+
+    pub(crate) fn tokens_of(&self) -> Tokens {
+        self.sems.map_or(Tokens::Local, Tokens::Kernel)
+    }
+
+    /// The lock word of the ring's control block (only heap rings lock it; see `ring::lock`).
+    fn lock_word(&self, kind: RingKind) -> &crate::ring::lock::LockWord {
+        match kind {
+            RingKind::Spsc => &self.shared().lock,
+            RingKind::Mpmc => &self.mpmc_shared().lock,
+        }
+    }
+
+    /// Takes the ring's lock.
+    pub(crate) fn lock(&self, kind: RingKind, deadline: Instant) -> Result<RingLock<'_>, Error> {
+        RingLock::acquire(self.lock_word(kind), self.tokens_of(), deadline)
+    }
+}
+
+impl Drop for SegmentBacking {
+    /// The last one out of a segment that was removed by other means than ours (`ipcrm -m`,
+    /// `shmctl(IPC_RMID)`) removes its semaphore set too, which nothing else would.
+    fn drop(&mut self) {
+        let Some(set) = self.sems else { return };
+        if let Ok(st) = shm::stat(self.att.id()) {
+            if st.mode & SHM_DEST != 0 && st.nattch <= 1 {
+                let _ = sem::remove(set);
+            }
+        }
     }
 }
 
@@ -272,10 +312,10 @@ impl Backing for SegmentBacking {
     fn on_close(&self, role: Role, shared: &SpscShared) {
         // Best effort: if the lock cannot be had (a hostile holder), deciding without it can at
         // worst remove a ring a newcomer was about to join; it then retries and creates afresh.
-        let _lock = RingLock::acquire(&shared.lock, Instant::now() + Duration::from_secs(1)).ok();
+        let _lock = self.lock(RingKind::Spsc, Instant::now() + Duration::from_secs(1)).ok();
         let remove = match role {
             Role::Receiver => true,
-            Role::Sender => match shared.receiver.peer() {
+            Role::Sender => match shared.receiver.peer(self.tokens_of(), Role::Receiver) {
                 Peer::Alive => false,
                 Peer::NotYet => shared.tail.load(Acquire) == shared.head.load(Acquire),
                 Peer::Closed | Peer::Dead => true,
@@ -289,6 +329,10 @@ impl Backing for SegmentBacking {
     fn unreachable(&self) -> bool {
         self.removed()
     }
+
+    fn tokens(&self) -> Tokens {
+        self.tokens_of()
+    }
 }
 
 impl SegmentBacking {
@@ -300,7 +344,7 @@ impl SegmentBacking {
 
 impl MpmcBacking for SegmentBacking {
     fn on_leave(&self, shared: &MpmcShared) {
-        shared.reap();
+        shared.reap(self.tokens_of());
         if mpmc_abandoned(shared) {
             self.retire();
         }
@@ -308,6 +352,10 @@ impl MpmcBacking for SegmentBacking {
 
     fn unreachable(&self) -> bool {
         self.removed()
+    }
+
+    fn tokens(&self) -> Tokens {
+        self.tokens_of()
     }
 }
 
@@ -405,13 +453,13 @@ fn create_error(e: io::Error, size: usize) -> Error {
 }
 
 /// The ring in `att`, of the validated `layout`; `member` is the MPMC record we joined.
-fn build_core(att: Attachment, layout: &Layout, member: usize) -> Opened {
+fn build_core(backing: SegmentBacking, layout: &Layout, member: usize) -> Opened {
     assert!(
-        layout.size <= att.len(),
+        layout.size <= backing.att.len(),
         "layout validated against the attachment's size"
     );
-    let base = att.as_ptr();
-    let backing = Box::new(SegmentBacking { att });
+    let base = backing.att.as_ptr();
+    let backing = Box::new(backing);
     let (kind, g) = (layout.kind, layout.geometry);
     // The attachment holds at least `layout.size` bytes (checked against IPC_STAT), so the
     // control block and the capacity * stride slot bytes of this kind lie inside it. It moves
@@ -446,44 +494,130 @@ fn build_core(att: Attachment, layout: &Layout, member: usize) -> Opened {
     }
 }
 
-/// We created the segment: nobody can use it before the magic is stored, so claim our role
-/// first and publish the header last.
+/// Semaphores in the set of a ring of `kind`: the lock and one token per member record.
+fn set_size(kind: RingKind) -> usize {
+    tokens::set_size(match kind {
+        RingKind::Spsc => 2,
+        RingKind::Mpmc => MAX_MEMBERS,
+    })
+}
+
+/// We created the segment: nobody can use it before the magic is stored. We make the ring's
+/// semaphore set, take its lock and record it in the header first (so an opener that finds the
+/// header not ready waits on the lock, and takes it over if we die), claim our role, and publish
+/// the header last.
 fn create_new(cfg: &ShmConfig, id: ShmId, geometry: &Geometry, role: Role) -> Result<Step, Error> {
     let kind = cfg.kind;
     let size = layout::segment_size(kind, geometry);
     let att = match Attachment::attach(id, size) {
         Ok(a) => a,
+        // Removed between our shmget and shmat, by an opener that took it for a dead creator's.
+        Err(e) if is_gone(&e) => return Ok(Step::Retry),
         Err(e) => {
             let _ = shm::remove(id);
             return Err(io_err("shmat")(e));
         }
     };
-    let backing = SegmentBacking { att };
+    let set = match sem::create(libc::IPC_PRIVATE, set_size(kind), cfg.mode, false) {
+        Ok(set) => set,
+        Err(e) => {
+            let _ = shm::remove(id);
+            return Err(sem_create_error(e, set_size(kind)));
+        }
+    };
+    let backing = SegmentBacking { att, sems: Some(set) };
+    let lock = match backing.lock(kind, Instant::now() + Duration::from_secs(1)) {
+        Ok(lock) => lock,
+        Err(e) => {
+            backing.retire();
+            return Err(e);
+        }
+    };
+    backing.header().set_sems(set.0);
     let me = proc::current();
     let member = match kind {
-        RingKind::Spsc => {
-            backing.shared().role(role).claim();
-            0
+        RingKind::Spsc => backing
+            .shared()
+            .role(role)
+            .claim(Tokens::Kernel(set), role)
+            .map(|()| 0),
+        RingKind::Mpmc => backing.mpmc_shared().join(role, Tokens::Kernel(set)),
+    };
+    let member = match member {
+        Ok(member) => member,
+        Err(e) => {
+            drop(lock);
+            backing.retire();
+            return Err(e);
         }
-        RingKind::Mpmc => match backing.mpmc_shared().join(role) {
-            Ok(member) => member,
-            Err(e) => {
-                backing.retire();
-                return Err(e);
-            }
-        },
     };
     let name = cfg.addr.header_name();
     backing.header().init(kind, geometry, &name, proc::euid(), me.pid);
+    // An opener that found the segment before we had attached may have taken it for a dead
+    // creator's and removed it: then start over on a fresh one.
+    if shm::stat(id).map_or(true, |st| st.mode & SHM_DEST != 0) {
+        drop(lock);
+        backing.retire();
+        return Ok(Step::Retry);
+    }
+    drop(lock);
     let layout = Layout {
         kind,
         geometry: *geometry,
         size,
         name,
         creator_pid: me.pid,
+        sems: set.0,
     };
-    Ok(Step::Done(build_core(backing.att, &layout, member)))
+    Ok(Step::Done(build_core(backing, &layout, member)))
 }
+
+fn sem_create_error(e: io::Error, nsems: usize) -> Error {
+    let limit = |name: &str| std::fs::read_to_string(format!("/proc/sys/kernel/{name}")).unwrap_or_default();
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EINVAL) => Error::Limit(format!(
+            "semget refused a set of {nsems} semaphores (each ring has one, for its lock and its \
+             members' liveness): kernel.sem (SEMMSL SEMMNS SEMOPM SEMMNI) = {}",
+            limit("sem").trim()
+        )),
+        Some(libc::ENOMEM) => Error::Limit("semget: not enough memory for a semaphore set".into()),
+        _ => io_err("semget")(e),
+    }
+}
+
+/// The ring's semaphore set as its validated header names it, checked against the kernel: it
+/// exists, has the size a ring of this kind needs, and belongs to the segment's owner (a hostile
+/// header could otherwise name somebody else's set, and we would remove it with the ring).
+pub(crate) fn ring_sems(layout: &Layout, seg: &Owner) -> Result<SemId, Error> {
+    let set = SemId(layout.sems);
+    let bad = |why: String| {
+        Error::Corrupted(crate::Corrupted {
+            reason: format!(
+                "ring {:?}: its semaphore set {} {why}",
+                layout.name, layout.sems
+            ),
+        })
+    };
+    match sem::stat(set) {
+        Ok(st) if st.nsems != set_size(layout.kind) => Err(bad(format!(
+            "has {} semaphores, a {} ring's has {}",
+            st.nsems,
+            layout.kind,
+            set_size(layout.kind)
+        ))),
+        Ok(st) if ![st.uid, st.cuid].iter().any(|u| *u == seg.uid || *u == seg.cuid) => Err(bad(format!(
+            "belongs to uid {} (created by {}), the segment to uid {} (created by {})",
+            st.uid, st.cuid, seg.uid, seg.cuid
+        ))),
+        Ok(_) => Ok(set),
+        Err(e) if is_gone(&e) => Err(bad("does not exist (removed with `ipcrm -s`?)".into())),
+        Err(e) => Err(io_err("semctl(IPC_STAT)")(e)),
+    }
+}
+
+/// How long an opener waits for a creator it cannot see (in another PID namespace) to get from
+/// its `shmget` to recording the semaphore set (three syscalls), before taking it for dead.
+const INVISIBLE_CREATOR_GRACE: Duration = Duration::from_secs(1);
 
 fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> Result<Step, Error> {
     let id = match shm::lookup(key) {
@@ -518,11 +652,12 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
         Err(e) if is_gone(&e) => return Ok(Step::Retry),
         Err(e) => return Err(io_err("shmat")(e)),
     };
-    let backing = SegmentBacking { att };
+    let mut backing = SegmentBacking { att, sems: None };
     let expect_name = match &cfg.addr {
         SegmentAddr::Name(n) => Some(n.as_str()),
         SegmentAddr::Key(_) => None,
     };
+    let first_look = Instant::now();
     let layout = loop {
         match backing
             .header()
@@ -530,40 +665,35 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
         {
             Ok(layout) => break layout,
             Err(HeaderCheck::Reject(e)) => return Err(e),
-            Err(HeaderCheck::NotReady) => {
-                // Still being initialised, or its creator died before finishing. The kernel
-                // records the creator (shm_cpid); nattch alone would be wrong here, since the
-                // creator is not attached yet between its shmget and its shmat.
-                let st = match shm::stat(id) {
-                    Ok(st) => st,
-                    Err(_) => return Ok(Step::Retry),
-                };
-                let creator = ProcessId {
-                    pid: st.cpid,
-                    start_time: 0,
-                };
-                if st.nattch <= 1 && !proc::is_alive(creator) {
-                    let _ = shm::remove(id);
-                    return Ok(Step::Retry);
-                }
-                if Instant::now() >= deadline {
+            Err(HeaderCheck::NotReady) => match creation_stalled(&backing, id, first_look, deadline)? {
+                Stalled::Wait => std::thread::sleep(Duration::from_millis(1)),
+                Stalled::Retry => return Ok(Step::Retry),
+                Stalled::Timeout => {
                     return Err(Error::InUse(format!(
                         "segment at key {key:#x} was never initialised by its creator (pid {})",
                         st.cpid
-                    )));
+                    )))
                 }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            },
         }
     };
-    let lock_word = match layout.kind {
-        RingKind::Spsc => &backing.shared().lock,
-        RingKind::Mpmc => &backing.mpmc_shared().lock,
+    backing.sems = match ring_sems(&layout, &owner) {
+        Ok(set) => Some(set),
+        // Retired (set removed) since we read the header: look again.
+        Err(_) if backing.header().flags.load(Acquire) & FLAG_RECYCLED != 0 => return Ok(Step::Retry),
+        Err(e) => return Err(e),
     };
-    let lock = RingLock::acquire(lock_word, deadline)?;
+    let lock = match backing.lock(layout.kind, deadline) {
+        Ok(lock) => lock,
+        // The set was removed with its ring since we read the header: look again.
+        Err(Error::Io { source, .. }) if is_gone(&source) => return Ok(Step::Retry),
+        Err(e) => return Err(e),
+    };
     // Acquire: pairs with `retire`'s Release; a ring being removed is never adopted.
     if backing.header().flags.load(Acquire) & FLAG_RECYCLED != 0 {
-        let _ = shm::remove(id);
+        // Its retirer removes segment and set; finish that for it (it may have died midway).
+        drop(lock);
+        backing.retire();
         return Ok(Step::Retry);
     }
     match shm::stat(id) {
@@ -579,14 +709,97 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
     match decision {
         (Decision::Claim, member) => {
             drop(lock);
-            Ok(Step::Done(build_core(backing.att, &layout, member)))
+            Ok(Step::Done(build_core(backing, &layout, member)))
         }
         (Decision::Recycle, _) => {
+            drop(lock);
             backing.retire();
             Ok(Step::Retry)
         }
         (Decision::Refuse(why), _) => Err(Error::InUse(format!("{} ({why})", layout.name))),
     }
+}
+
+/// What to do about a header that is not ready yet.
+enum Stalled {
+    /// Its creator may still be writing it.
+    Wait,
+    /// Its creator died before finishing: the segment (and set) were removed; start over.
+    Retry,
+    /// Its creator holds on for longer than we may wait.
+    Timeout,
+}
+
+/// A header is not ready: is its creator still at work? Once the creator has recorded the
+/// semaphore set, it holds the set's lock until the header is published, so whoever gets the lock
+/// while the header is still not ready knows the creator died (the kernel released its lock).
+/// Before that, the creator is identified by `shm_cpid`, which the kernel reports as 0 for a
+/// process in another PID namespace: such a creator gets a grace period instead.
+fn creation_stalled(
+    backing: &SegmentBacking,
+    id: ShmId,
+    first_look: Instant,
+    deadline: Instant,
+) -> Result<Stalled, Error> {
+    let gone = |backing: &SegmentBacking| {
+        let _ = shm::remove(id);
+        if let Some(set) = backing.header().sems() {
+            let _ = sem::remove(SemId(set));
+        }
+        Ok(Stalled::Retry)
+    };
+    if let Some(set) = backing.header().sems() {
+        // A set we cannot stat or that has the wrong size is not a creator's lock to wait on.
+        let set = SemId(set);
+        let sized = sem::stat(set).is_ok_and(|st| st.nsems == set_size(RingKind::Spsc) || st.nsems == set_size(RingKind::Mpmc));
+        if !sized {
+            return Ok(Stalled::Retry);
+        }
+        let wait = (Instant::now() + Duration::from_millis(10)).min(deadline);
+        return match sem::lock(set, LOCK_SEM, wait) {
+            Ok(true) => {
+                // The lock is ours: release it. If the header is still not published and no
+                // live process holds a token, the creator died holding the lock (it takes its
+                // token before publishing). A token held means a live ring whose header was
+                // damaged: never removed, waited for until the deadline.
+                let published = backing.header().magic.load(Acquire) != 0;
+                let held = (1..set_size(RingKind::Mpmc)).any(|n| !matches!(sem::value(set, n), Ok(0) | Err(_)));
+                let _ = sem::unlock(set, LOCK_SEM);
+                if published {
+                    Ok(Stalled::Wait)
+                } else if held && Instant::now() >= deadline {
+                    Ok(Stalled::Timeout)
+                } else if held {
+                    Ok(Stalled::Wait)
+                } else {
+                    gone(backing)
+                }
+            }
+            Ok(false) if Instant::now() >= deadline => Ok(Stalled::Timeout),
+            Ok(false) => Ok(Stalled::Wait),
+            Err(_) => Ok(Stalled::Retry),
+        };
+    }
+    let st = match shm::stat(id) {
+        Ok(st) => st,
+        Err(_) => return Ok(Stalled::Retry),
+    };
+    // Attached by someone besides us: the creator got past shmat and is writing the header.
+    if st.nattch <= 1 {
+        let creator_dead = match st.cpid {
+            0 => first_look.elapsed() >= INVISIBLE_CREATOR_GRACE,
+            pid => !proc::is_alive(ProcessId { pid, start_time: 0 }),
+        };
+        if creator_dead {
+            // If the creator was merely slow, its shmat now fails (or its final check sees the
+            // segment removed) and it starts over: removing never loses a ring in use.
+            return gone(backing);
+        }
+    }
+    if Instant::now() >= deadline {
+        return Ok(Stalled::Timeout);
+    }
+    Ok(Stalled::Wait)
 }
 
 fn corrupted_ring(layout: &Layout) -> impl FnOnce(crate::Corrupted) -> Error + '_ {
@@ -608,9 +821,20 @@ fn decide_spsc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<
         .indices(layout.geometry.capacity)
         .map_err(corrupted_ring(layout))?;
     let unread = tail.wrapping_sub(head);
-    let decision = decide(role, mine.peer(), theirs.peer(), mine.pid.load(Relaxed), unread);
+    let tokens = backing.tokens_of();
+    let other = match role {
+        Role::Sender => Role::Receiver,
+        Role::Receiver => Role::Sender,
+    };
+    let decision = decide(
+        role,
+        mine.peer(tokens, role),
+        theirs.peer(tokens, other),
+        mine.pid.load(Relaxed),
+        unread,
+    );
     if decision == Decision::Claim {
-        mine.claim();
+        mine.claim(tokens, role)?;
     }
     Ok((decision, 0))
 }
@@ -623,11 +847,11 @@ fn decide_mpmc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<
     shared
         .positions(layout.geometry.capacity)
         .map_err(corrupted_ring(layout))?;
-    shared.reap();
+    shared.reap(backing.tokens_of());
     if mpmc_abandoned(shared) {
         return Ok((Decision::Recycle, 0));
     }
-    Ok((Decision::Claim, shared.join(role)?))
+    Ok((Decision::Claim, shared.join(role, backing.tokens_of())?))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

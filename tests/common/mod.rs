@@ -68,13 +68,63 @@ pub fn stat_id(id: i32) -> Option<libc::shmid_ds> {
     (r == 0).then_some(ds)
 }
 
-/// Removes whatever segment sits at `key` (repeatedly, in case something recreates it).
+/// Removes whatever segment sits at `key` (repeatedly, in case something recreates it), with
+/// the semaphore set its header names.
 pub fn remove_key(key: i32) {
     for _ in 0..50 {
         let Some(id) = shmid_at(key) else { return };
+        remove_sems_of(id);
         // SAFETY: IPC_RMID takes no buffer.
         unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
     }
+}
+
+/// Semaphores in the set of an SPSC / MPMC ring (the lock and one token per member record).
+pub const SPSC_SEMS: usize = 3;
+pub const MPMC_SEMS: usize = 65;
+
+/// The number of semaphores in set `id` (`None`: no such set).
+pub fn sem_count(id: i32) -> Option<usize> {
+    // SAFETY: semid_ds is plain data; all-zero is valid.
+    let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT writes one semid_ds through the pointer, which points to `ds`.
+    let r = unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) };
+    (r == 0).then_some(ds.sem_nsems as usize)
+}
+
+/// The semaphore set the header of segment `id` names, if it names one that exists with a
+/// ring's size.
+pub fn sems_of(id: i32) -> Option<i32> {
+    let len = stat_id(id)?.shm_segsz;
+    if len < off::TOKENS + 8 {
+        return None;
+    }
+    // SAFETY: a null address lets the kernel choose; read-only.
+    let addr = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
+    if addr as isize == -1 {
+        return None;
+    }
+    // SAFETY: the mapping is at least TOKENS + 8 bytes, 8-aligned there; read atomically.
+    let raw = unsafe { (*addr.cast::<u8>().add(off::TOKENS).cast::<AtomicU64>()).load(SeqCst) };
+    // SAFETY: detaches the mapping made above.
+    unsafe { libc::shmdt(addr) };
+    let set = i32::try_from(raw.checked_sub(1)?).ok()?;
+    matches!(sem_count(set), Some(SPSC_SEMS | MPMC_SEMS)).then_some(set)
+}
+
+/// Removes the semaphore set the header of segment `id` names.
+pub fn remove_sems_of(id: i32) {
+    if let Some(set) = sems_of(id) {
+        // SAFETY: IPC_RMID reads no argument beyond the scalars.
+        unsafe { libc::semctl(set, 0, libc::IPC_RMID) };
+    }
+}
+
+/// The value of semaphore `num` of set `set`.
+pub fn sem_value(set: i32, num: usize) -> Option<i32> {
+    // SAFETY: GETVAL reads no argument beyond the scalars.
+    let v = unsafe { libc::semctl(set, num as libc::c_int, libc::GETVAL) };
+    (v >= 0).then_some(v)
 }
 
 /// A ring name and its key. On drop, whatever segment is at the key is removed, so nothing is
@@ -168,6 +218,8 @@ pub mod off {
     pub const FLAGS: usize = 56;
     pub const NAME_LEN: usize = 60;
     pub const NAME: usize = 64;
+    /// 1 + the id of the ring's semaphore set (layout version 3).
+    pub const TOKENS: usize = 128;
     /// Control block (`SpscShared`), one 128-byte line per field.
     pub const TAIL: usize = 256;
     pub const HEAD: usize = 256 + 128;
@@ -186,7 +238,7 @@ pub mod off {
 }
 
 /// The layout version these offsets describe.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// `b"shmpipe\0"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
@@ -300,6 +352,14 @@ impl RawSeg {
         self.set_u32(off::CREATOR_PID, std::process::id());
         self.write_bytes(off::NAME, name.as_bytes());
         self.set_u32(off::NAME_LEN, name.len() as u32);
+        if self.u64(off::TOKENS) == 0 {
+            // The ring's semaphore set (its lock and liveness tokens, all free), removed with the
+            // segment by `remove_key`.
+            // SAFETY: semget only reads its scalar arguments.
+            let set = unsafe { libc::semget(libc::IPC_PRIVATE, SPSC_SEMS as libc::c_int, 0o600) };
+            assert!(set >= 0, "semget: {}", std::io::Error::last_os_error());
+            self.set_u64(off::TOKENS, set as u64 + 1);
+        }
         self.set_u64(off::MAGIC, MAGIC);
     }
 
@@ -982,4 +1042,81 @@ pub fn recv_ok(rx: &mut impl Receiver, buf: &mut Vec<u8>) {
 /// Sends with a bound, panicking on failure.
 pub fn send_ok(tx: &mut impl Sender, msg: &[u8]) {
     tx.send_timeout(msg, SOON).expect("send_timeout");
+}
+
+/// Takes semaphore 0 (a ring's lock) of `set` the way shmpipe does (wait for zero, then +1 with
+/// `SEM_UNDO`, in one `semop`), without blocking. False if it is held.
+pub fn take_sem_lock(set: i32) -> bool {
+    let mut ops = [
+        libc::sembuf {
+            sem_num: 0,
+            sem_op: 0,
+            sem_flg: libc::IPC_NOWAIT as libc::c_short,
+        },
+        libc::sembuf {
+            sem_num: 0,
+            sem_op: 1,
+            sem_flg: libc::SEM_UNDO as libc::c_short,
+        },
+    ];
+    // SAFETY: `ops` holds two valid sembufs and semop reads exactly two.
+    unsafe { libc::semop(set, ops.as_mut_ptr(), 2) == 0 }
+}
+
+/// Releases a lock taken with [`take_sem_lock`].
+pub fn release_sem_lock(set: i32) {
+    let mut op = libc::sembuf {
+        sem_num: 0,
+        sem_op: -1,
+        sem_flg: (libc::SEM_UNDO | libc::IPC_NOWAIT) as libc::c_short,
+    };
+    // SAFETY: one valid sembuf.
+    unsafe { libc::semop(set, &mut op, 1) };
+}
+
+/// A forked child that takes a ring's lock (semaphore 0 of `set`) and sleeps until killed, which
+/// [`kill`](Self::kill) does with SIGKILL (also on drop).
+pub struct LockHolder {
+    pub pid: libc::pid_t,
+}
+
+impl LockHolder {
+    pub fn start(set: i32) -> LockHolder {
+        // SAFETY: the child makes only async-signal-safe calls (semop, pause, _exit).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            if take_sem_lock(set) {
+                loop {
+                    // SAFETY: waits for a signal; SIGKILL ends us.
+                    unsafe { libc::pause() };
+                }
+            }
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(1) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sem_value(set, 0) != Some(1) {
+            assert!(Instant::now() < deadline, "the child never took the lock");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        LockHolder { pid }
+    }
+
+    pub fn kill(&mut self) {
+        if self.pid > 0 {
+            // SAFETY: our own unreaped child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            }
+            self.pid = 0;
+        }
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
