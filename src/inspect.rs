@@ -12,10 +12,10 @@
 
 use crate::error::Error;
 use crate::ring::layout::{self, HeaderCheck, Layout, FLAG_RECYCLED};
-use crate::ring::tokens::Tokens;
 use crate::ring::mpmc;
-use crate::ring::{Peer, Role};
+use crate::ring::tokens::Tokens;
 use crate::ring::RingKind;
+use crate::ring::{Peer, Role};
 use crate::sys::proc;
 use crate::sys::shm::{self, Attachment, ShmId, SHM_DEST};
 use crate::sys::{msgq, proc::euid};
@@ -532,7 +532,15 @@ fn attach_ring(
     match backing.header().validate(key, expect, None, st.size) {
         Ok(layout) => {
             // Without its semaphore set (removed by hand), liveness falls back to pids.
-            backing.sems = crate::transport::shm::ring_sems(&layout, &crate::transport::sysv::Owner { uid: st.uid, cuid: st.cuid, mode: st.mode }).ok();
+            backing.sems = crate::transport::shm::ring_sems(
+                &layout,
+                &crate::transport::sysv::Owner {
+                    uid: st.uid,
+                    cuid: st.cuid,
+                    mode: st.mode,
+                },
+            )
+            .ok();
             Ok((backing, layout))
         }
         Err(HeaderCheck::Reject(e)) => Err(e),

@@ -233,7 +233,9 @@ impl Header {
             size,
             name,
             creator_pid: self.creator_pid.load(Relaxed),
-            sems: self.sems().ok_or_else(|| corrupt("no semaphore set recorded".into()))?,
+            sems: self
+                .sems()
+                .ok_or_else(|| corrupt("no semaphore set recorded".into()))?,
         })
     }
 }

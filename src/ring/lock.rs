@@ -39,8 +39,8 @@ mod real {
     use super::LockWord;
     use crate::error::Error;
     use crate::ring::tokens::{Tokens, LOCK_SEM};
-    use crate::sys::sem;
     use crate::sys::proc::{self, ProcessId};
+    use crate::sys::sem;
     use std::sync::atomic::AtomicUsize;
     use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
     use std::time::{Duration, Instant};

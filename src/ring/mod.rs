@@ -10,18 +10,18 @@
 #[cfg(not(loom))]
 pub(crate) mod layout;
 pub(crate) mod lock;
-pub(crate) mod tokens;
 pub mod mpmc;
 pub mod spsc;
+pub(crate) mod tokens;
 pub(crate) mod wait;
 
 use crate::error::{Corrupted, TooLarge, TrySendError};
 use crate::sync::{AtomicU32, AtomicU64};
 use std::ptr::NonNull;
-use tokens::Tokens;
 #[cfg_attr(loom, allow(unused_imports))]
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
+use tokens::Tokens;
 
 pub use wait::WaitStrategy;
 

@@ -813,7 +813,8 @@ impl MpmcCore {
         {
             // Best effort: if the lock cannot be had (a hostile holder), leave without it; the
             // counts are recomputed by the next member who reaps.
-            let _lock = RingLock::acquire(&shared.lock, self.tokens, Instant::now() + Duration::from_secs(1)).ok();
+            let _lock =
+                RingLock::acquire(&shared.lock, self.tokens, Instant::now() + Duration::from_secs(1)).ok();
             shared.leave(index, role, self.tokens);
             self.backing.on_leave(shared);
         }
@@ -1659,8 +1660,12 @@ mod tests {
         std::mem::forget(ghost);
         assert_eq!(rx.stats().receivers, 2);
         {
-            let _lock =
-                RingLock::acquire(&shared.lock, Tokens::Local, Instant::now() + Duration::from_secs(1)).unwrap();
+            let _lock = RingLock::acquire(
+                &shared.lock,
+                Tokens::Local,
+                Instant::now() + Duration::from_secs(1),
+            )
+            .unwrap();
             assert_eq!(shared.reap(Tokens::Local), 1);
         }
         assert_eq!(

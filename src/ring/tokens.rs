@@ -47,13 +47,15 @@ impl Tokens {
         match self {
             Tokens::Local => Ok(()),
             #[cfg(not(loom))]
-            Tokens::Kernel(set) => crate::sys::sem::adjust(set, 1 + record, 1).map_err(|e| match e.raw_os_error() {
-                Some(libc::ERANGE) => crate::Error::Limit(format!(
-                    "liveness token {record} of the ring is at the kernel's maximum (32767): \
+            Tokens::Kernel(set) => {
+                crate::sys::sem::adjust(set, 1 + record, 1).map_err(|e| match e.raw_os_error() {
+                    Some(libc::ERANGE) => crate::Error::Limit(format!(
+                        "liveness token {record} of the ring is at the kernel's maximum (32767): \
                      something other than shmpipe is adjusting its semaphore set"
-                )),
-                _ => crate::transport::sysv::io_err("semop (take a liveness token)")(e),
-            }),
+                    )),
+                    _ => crate::transport::sysv::io_err("semop (take a liveness token)")(e),
+                })
+            }
         }
     }
 

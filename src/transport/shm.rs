@@ -24,8 +24,8 @@ use crate::ring::lock::RingLock;
 use crate::ring::mpmc::MAX_MEMBERS;
 use crate::ring::mpmc::{self, MpmcBacking, MpmcCore, MpmcShared};
 use crate::ring::spsc::{Backing, Consumer, Producer, RingCore, SpscShared};
-use crate::ring::{Geometry, Peer, RingKind, Role, Slots, WaitStrategy};
 use crate::ring::tokens::{self, Tokens, LOCK_SEM};
+use crate::ring::{Geometry, Peer, RingKind, Role, Slots, WaitStrategy};
 use crate::sys::proc::{self, ProcessId};
 use crate::sys::sem::{self, SemId};
 use crate::sys::shm::{self, Attachment, ShmId, SHM_DEST};
@@ -312,7 +312,9 @@ impl Backing for SegmentBacking {
     fn on_close(&self, role: Role, shared: &SpscShared) {
         // Best effort: if the lock cannot be had (a hostile holder), deciding without it can at
         // worst remove a ring a newcomer was about to join; it then retries and creates afresh.
-        let _lock = self.lock(RingKind::Spsc, Instant::now() + Duration::from_secs(1)).ok();
+        let _lock = self
+            .lock(RingKind::Spsc, Instant::now() + Duration::from_secs(1))
+            .ok();
         let remove = match role {
             Role::Receiver => true,
             Role::Sender => match shared.receiver.peer(self.tokens_of(), Role::Receiver) {
@@ -592,10 +594,7 @@ pub(crate) fn ring_sems(layout: &Layout, seg: &Owner) -> Result<SemId, Error> {
     let set = SemId(layout.sems);
     let bad = |why: String| {
         Error::Corrupted(crate::Corrupted {
-            reason: format!(
-                "ring {:?}: its semaphore set {} {why}",
-                layout.name, layout.sems
-            ),
+            reason: format!("ring {:?}: its semaphore set {} {why}", layout.name, layout.sems),
         })
     };
     match sem::stat(set) {
@@ -751,7 +750,8 @@ fn creation_stalled(
     if let Some(set) = backing.header().sems() {
         // A set we cannot stat or that has the wrong size is not a creator's lock to wait on.
         let set = SemId(set);
-        let sized = sem::stat(set).is_ok_and(|st| st.nsems == set_size(RingKind::Spsc) || st.nsems == set_size(RingKind::Mpmc));
+        let sized = sem::stat(set)
+            .is_ok_and(|st| st.nsems == set_size(RingKind::Spsc) || st.nsems == set_size(RingKind::Mpmc));
         if !sized {
             return Ok(Stalled::Retry);
         }
@@ -763,7 +763,8 @@ fn creation_stalled(
                 // token before publishing). A token held means a live ring whose header was
                 // damaged: never removed, waited for until the deadline.
                 let published = backing.header().magic.load(Acquire) != 0;
-                let held = (1..set_size(RingKind::Mpmc)).any(|n| !matches!(sem::value(set, n), Ok(0) | Err(_)));
+                let held =
+                    (1..set_size(RingKind::Mpmc)).any(|n| !matches!(sem::value(set, n), Ok(0) | Err(_)));
                 let _ = sem::unlock(set, LOCK_SEM);
                 if published {
                     Ok(Stalled::Wait)

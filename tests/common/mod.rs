@@ -509,6 +509,30 @@ impl Proc {
         Proc::spawn(cmd, Stdout::Protocol)
     }
 
+    /// As [`child`](Self::child), but in a PID namespace of its own, as in a container that
+    /// shares our IPC namespace but not our PID namespace (`unshare --pid --fork --mount-proc`:
+    /// the child is pid 1 there, its `/proc` shows only its namespace, and our pids mean nothing
+    /// to it, nor its to us). `--kill-child`: SIGKILL of the returned process (`unshare`) kills
+    /// the child with it. Needs root (see [`can_unshare`]).
+    pub fn child_in_pid_namespace(role: &str, ring: &str, args: &[(&str, String)]) -> Proc {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(exe)
+            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1", "-q"])
+            .env(ROLE_ENV, role)
+            .env(RING_ENV, ring)
+            .env(
+                ARGS_ENV,
+                args.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+            .env("RUST_BACKTRACE", "1");
+        Proc::spawn(cmd, Stdout::Protocol)
+    }
+
     /// The `shmpipe` CLI binary with `args`.
     pub fn cli(args: &[&str], out: Stdout) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shmpipe"));
@@ -1119,4 +1143,24 @@ impl Drop for LockHolder {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether this process may make PID namespaces (`unshare --pid`: root, as in CI). Tests that
+/// need it say so and skip otherwise; under `SHMPIPE_REQUIRE_UNSHARE=1` (set by CI) they fail.
+pub fn can_unshare() -> bool {
+    let ok = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("SHMPIPE_REQUIRE_UNSHARE").is_none(),
+            "SHMPIPE_REQUIRE_UNSHARE is set but `unshare --pid --fork --mount-proc` fails here"
+        );
+        eprintln!("skipped: needs `unshare --pid --fork --mount-proc` (root)");
+    }
+    ok
 }
