@@ -88,3 +88,41 @@ fn auto_endpoints_are_validated() {
         assert!(err.contains(says), "{ep}: {err}");
     }
 }
+
+/// Each kernel limit a container may lower, lowered in a private IPC namespace: opening a ring
+/// fails with `Error::Limit` naming the limit, and leaves no segment or semaphore set behind.
+#[test]
+fn lowered_kernel_limits_are_named_in_the_error_and_leave_nothing() {
+    if let Err(why) = can_unshare() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let exe = env!("CARGO_BIN_EXE_shmpipe");
+    let cases = [
+        ("echo 4096 > /proc/sys/kernel/shmmax", "kernel.shmmax"),
+        ("echo 0 > /proc/sys/kernel/shmmni", "kernel.shmmni"),
+        ("echo '250 32000 32 0' > /proc/sys/kernel/sem", "kernel.sem"),
+    ];
+    for (setup, named) in cases {
+        let script = format!(
+            "{setup}
+             {exe} send shm://limited < /dev/null
+             echo \"exit=$?\"
+             ipcs -m -s | grep -c '^0x' || true"
+        );
+        let out = Command::new("unshare")
+            .args(["--ipc", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(stdout.contains("exit=1"), "{setup}: {stdout} {stderr}");
+        assert!(
+            stderr.contains("system limit") && stderr.contains(named),
+            "{setup}: the error names {named}: {stderr}"
+        );
+        assert_eq!(stdout.lines().last(), Some("0"), "{setup}: left behind: {stdout}");
+    }
+}
