@@ -27,10 +27,21 @@
 //! - **Crash**: a peer killed by SIGKILL is noticed within a park slice (100 ms by default) by a
 //!   blocked side, and turns into `Disconnected` (the receiver still drains what was published).
 //!   A message half-written when its sender died was never published and is not seen.
+//! - **Containers**: liveness is a token the kernel keeps for each member (a System V semaphore
+//!   adjusted with `SEM_UNDO`, given back by the kernel when its process exits), not a pid, so it
+//!   holds across PID namespaces: a peer in another container that shares our IPC namespace is
+//!   alive exactly while its process is. A stopped (SIGSTOP) peer is alive too.
+//! - **fork()**: an end belongs to the process that opened it. In a forked child every call on an
+//!   inherited end returns `Forked` (for example [`TrySendError::Forked`]) and dropping it only
+//!   detaches, so the parent's channel is untouched; the child opens its own ends.
 //! - **No leak**: the last process out removes the segment; a segment orphaned by a crash of
 //!   both sides is recycled by the next `open` of that name.
 //! - **Hostile memory**: every index and length read from the segment is validated before use;
-//!   bad values give [`Corrupted`], never a panic or an access outside the segment.
+//!   bad values give [`Corrupted`], never a panic or an access outside the segment. A process
+//!   that may write the segment can still change message bytes, lose or duplicate messages, or end
+//!   a stream; with such peers prefer the copying calls (`recv`, `try_recv`) to the borrowed views
+//!   (`recv_ref`, `reserve`), whose bytes it could change while you read them. Cooperating members
+//!   never write behind a live borrowed view. The README's "Trust model" has the whole list.
 //!
 //! The same ring runs in-process on the heap: [`ring::spsc::channel`].
 //!

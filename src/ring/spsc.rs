@@ -585,6 +585,10 @@ impl std::fmt::Debug for Producer {
 }
 
 /// A reserved slot being written. Derefs to the message bytes (`len` long).
+///
+/// The bytes are the shared segment itself, not yet visible to receivers: no cooperating member
+/// reads or writes them before the commit. A process that may write the segment but does not
+/// follow the protocol can read or change them meanwhile (see the README's "Trust model").
 pub struct WriteGuard<'a> {
     producer: &'a mut Producer,
     len: usize,
@@ -989,6 +993,14 @@ impl std::fmt::Debug for Consumer {
 }
 
 /// A received message borrowed in place. Derefs to its bytes; the slot is freed on drop.
+///
+/// # Trust
+/// The bytes are the shared segment itself. No cooperating member writes this slot until the
+/// guard drops: the producer side only reuses a slot once it is freed (by this guard's drop), and
+/// another member recovers a claimed slot only when the kernel says the claimant's process died.
+/// A process that may write the segment but does not follow the protocol (buggy or hostile) can
+/// change the bytes while you read them; with such peers copy the message out (or use `recv`)
+/// before deciding anything from it. See the README's "Trust model".
 pub struct ReadGuard<'a> {
     consumer: &'a mut Consumer,
     len: usize,
