@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod ops;
+mod signals;
 mod soak;
 
 #[derive(Parser)]
