@@ -540,6 +540,8 @@ struct Sent {
 /// What the consumer last said.
 #[derive(Default)]
 struct Received {
+    /// Whether the consumer said anything yet: it only does once it has opened the ring.
+    opened: bool,
     checked: Checked,
     /// `closed`, `dead` or `gone`, once it is done.
     end: Option<String>,
@@ -575,6 +577,7 @@ impl Epoch {
                     }
                 }
                 (Role::Consumer, Some(w @ ("recv" | "done"))) => {
+                    self.received.opened = true;
                     if let Some(c) = Checked::parse(&words[1..]) {
                         self.received.checked = c;
                     }
@@ -593,6 +596,16 @@ impl Epoch {
         let now = Instant::now();
         if self.received.checked.next != self.progress.0 {
             self.progress = (self.received.checked.next, now);
+        }
+    }
+
+    /// Waits, for at most [`STALL`], until the consumer has opened the ring (or has exited). A
+    /// producer closed before that may have created the ring and removed it again (it sent
+    /// nothing and saw no receiver), and the consumer would then wait for ever on a new one.
+    fn wait_consumer_open(&mut self) {
+        let deadline = Instant::now() + STALL;
+        while !self.received.opened && !self.consumer.poll() && Instant::now() < deadline {
+            self.drain(Duration::from_millis(5));
         }
     }
 
@@ -986,8 +999,10 @@ fn soak(args: &SoakArgs) -> Result<(Totals, Duration, Desc), String> {
             epoch = Some(d.start_epoch()?);
         }
     }
-    // The end: close the producer's stdin, so it stops and closes the stream cleanly.
+    // The end: close the producer's stdin, so it stops and closes the stream cleanly (once the
+    // consumer is there: the end, a signal's included, can come just after the pair started).
     if let Some(mut e) = epoch.take() {
+        e.wait_consumer_open();
         e.producer.stdin = None;
         let clean = e.wait_exit();
         if !clean {
