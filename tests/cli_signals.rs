@@ -10,9 +10,9 @@ use common::*;
 use shmpipe::inspect;
 use shmpipe::transport::shm::key_for_name;
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{ChildStdin, ExitStatus};
+use std::process::{ChildStdin, Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -200,12 +200,22 @@ fn rest_in_order(rx: &mut Proc, from: u64) -> u64 {
     n
 }
 
-/// A receiver and a sender on `chan`, with the first [`FIRST`] lines through.
-fn streaming_pair(chan: &Chan) -> (Proc, Proc, ChildStdin) {
+/// A receiver and a sender on `chan`, with the first [`FIRST`] lines through. With `group`, both
+/// are in a process group of their own, led by the receiver (as a shell's pipeline job is).
+fn streaming_pair(chan: &Chan, group: bool) -> (Proc, Proc, ChildStdin) {
     let ep = chan.endpoint();
-    let mut rx = Proc::cli(&["recv", &ep], Stdout::Lines);
+    let cli = |args: &[&str], pgid: Option<i32>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shmpipe"));
+        cmd.args(args);
+        if let Some(pgid) = pgid {
+            cmd.process_group(pgid);
+        }
+        cmd
+    };
+    let mut rx = Proc::spawn(cli(&["recv", &ep], group.then_some(0)), Stdout::Lines);
     chan.wait_open(&rx);
-    let mut tx = Proc::cli(&["send", &ep], Stdout::Null);
+    let send = cli(&["send", &ep], group.then_some(rx.pid));
+    let mut tx = Proc::spawn(send, Stdout::Null);
     let mut stdin = tx.take_stdin();
     write_lines(&mut stdin, 1, FIRST);
     for i in 1..=FIRST {
@@ -264,7 +274,7 @@ fn lone_unix_receiver_sighup_leaves_no_socket_file() {
 /// The sender is signalled while waiting on stdin (`streaming` false) or while lines flow; the
 /// receiver must print exactly the lines the sender says it sent, in order, then exit 0.
 fn sender_signalled(chan: Chan, sig: i32, streaming: bool) {
-    let (mut rx, mut tx, stdin) = streaming_pair(&chan);
+    let (mut rx, mut tx, stdin) = streaming_pair(&chan, false);
     // Idle: stdin stays open (an end of input would end the sender cleanly), with nothing new.
     let (feeder, _idle_stdin) = if streaming {
         (Some(stream_lines(stdin, FIRST + 1, 1_000_000)), None)
@@ -279,7 +289,13 @@ fn sender_signalled(chan: Chan, sig: i32, streaming: bool) {
     assert_exits(&mut tx, 128 + sig, "signalled sender");
     let sent = sent_count(&tx);
     // Draining what is left can take a while in a debug build: SOON, not STOP_BOUND.
-    rx.wait_success(SOON);
+    let status = rx.wait(SOON);
+    assert!(
+        status.success(),
+        "receiver: {status}; stderr:\n{}sender's:\n{}",
+        rx.stderr_text(),
+        tx.stderr_text()
+    );
     let first_rest = if streaming { FIRST + 2 } else { FIRST + 1 };
     let rest = rest_in_order(&mut rx, first_rest);
     assert_eq!(
@@ -340,12 +356,21 @@ fn streaming_tcp_sender_sigint_ends_stream() {
 // ---------------------------------------------------------------------------------------------
 // Both signalled while lines flow
 
+/// Both are signalled at once, as a terminal signals a pipeline: one kill of their process group
+/// (two kills in turn would let the second end see the first leave before its own signal).
 fn both_signalled(chan: Chan, sig: i32) {
-    let (mut rx, mut tx, stdin) = streaming_pair(&chan);
+    let (mut rx, mut tx, stdin) = streaming_pair(&chan, true);
     let feeder = stream_lines(stdin, FIRST + 1, 1_000_000);
     assert_eq!(rx.line(SOON), (FIRST + 1).to_string());
-    signal(&rx, sig);
-    signal(&tx, sig);
+    // SAFETY: kill only sends a signal; the group is the receiver's, made of our two children.
+    let r = unsafe { libc::kill(-rx.pid, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill(-{}, {sig}): {}",
+        rx.pid,
+        std::io::Error::last_os_error()
+    );
     assert_exits(&mut tx, 128 + sig, "signalled sender");
     // Each exits by its own signal, even one that saw its peer leave first.
     assert_exits(&mut rx, 128 + sig, "signalled receiver");
@@ -518,7 +543,8 @@ fn soak_sigterm_ends_the_run_cleanly() {
     );
     assert!(
         out.contains("\"errors\":0,") && out.contains("\"leaked\":0,") && out.contains("\"ok\":true"),
-        "report: {out}"
+        "report: {out}; stderr:\n{}",
+        soak.stderr_text()
     );
     for key in soak_rings.keys() {
         assert_eq!(shmid_at(key), None, "a soak ring is left at key {key:#x}");
