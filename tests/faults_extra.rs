@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use shmpipe::ring::RingKind;
 use shmpipe::transport::msgq::MsgqConfig;
-use shmpipe::transport::shm::{key_for_name, ShmConfig};
+use shmpipe::transport::shm::ShmConfig;
 use shmpipe::{
     Error, Peer, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError,
     WaitStrategy,
@@ -100,38 +100,6 @@ fn open_rx(transport: &str, name: &str, cap: usize, max: usize) -> Box<dyn Recei
             Box::new(cfg.open_receiver().unwrap())
         }
         other => panic!("unknown transport {other}"),
-    }
-}
-
-/// The id of the message queue at `key`, if there is one.
-fn msqid_at(key: i32) -> Option<i32> {
-    // SAFETY: msgget only reads its scalar arguments.
-    let id = unsafe { libc::msgget(key, 0) };
-    (id >= 0).then_some(id)
-}
-
-/// A message-queue name whose queue is removed (by key) on drop.
-struct Queue {
-    name: String,
-    key: i32,
-}
-
-impl Queue {
-    fn new(tag: &str) -> Queue {
-        let name = unique_name(tag);
-        let key = key_for_name(&name);
-        assert!(msqid_at(key).is_none(), "a queue already exists at {name}");
-        Queue { name, key }
-    }
-}
-
-impl Drop for Queue {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            let Some(id) = msqid_at(self.key) else { return };
-            // SAFETY: IPC_RMID takes no buffer.
-            unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
-        }
     }
 }
 

@@ -659,12 +659,20 @@ impl MsgqReceiver {
             Err(e) if is_gone(&e) => Empty::SenderGone,
             Err(_) => Empty::Wait,
             Ok(st) if st.qnum > 0 => Empty::Arrived,
-            // A snapshot: an empty queue whose last sender is dead stays empty.
             Ok(st) => match self.q.peer_state(st.lspid) {
-                PeerState::Dead => {
-                    self.ended = Some(Peer::Dead);
-                    Empty::SenderGone
-                }
+                // The sender may have queued its end of stream and exited between that snapshot
+                // and this check: only an empty queue seen *after* its death stays empty.
+                PeerState::Dead => match msgq::stat(self.q.id) {
+                    Err(e) if is_gone(&e) => Empty::SenderGone,
+                    Err(_) => Empty::Wait,
+                    Ok(again) if again.qnum > 0 => Empty::Arrived,
+                    // Another sender came meanwhile: judge it at the next check.
+                    Ok(again) if again.lspid != st.lspid => Empty::Wait,
+                    Ok(_) => {
+                        self.ended = Some(Peer::Dead);
+                        Empty::SenderGone
+                    }
+                },
                 PeerState::NotYet | PeerState::Alive => Empty::Wait,
             },
         }

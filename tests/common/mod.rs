@@ -200,6 +200,46 @@ impl Drop for Ring {
     }
 }
 
+/// The id of the message queue at `key`, if there is one.
+pub fn msqid_at(key: i32) -> Option<i32> {
+    // SAFETY: msgget only reads its scalar arguments.
+    let id = unsafe { libc::msgget(key, 0) };
+    (id >= 0).then_some(id)
+}
+
+/// A message-queue name whose queue is removed (by key) on drop.
+pub struct Queue {
+    pub name: String,
+    pub key: i32,
+}
+
+impl Queue {
+    pub fn new(tag: &str) -> Queue {
+        let name = unique_name(tag);
+        let key = key_for_name(&name);
+        assert!(msqid_at(key).is_none(), "a queue already exists at {name}");
+        Queue { name, key }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("msgq://{}", self.name)
+    }
+
+    pub fn exists(&self) -> bool {
+        msqid_at(self.key).is_some()
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let Some(id) = msqid_at(self.key) else { return };
+            // SAFETY: IPC_RMID takes no buffer.
+            unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw segments
 // ---------------------------------------------------------------------------------------------

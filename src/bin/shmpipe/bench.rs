@@ -923,7 +923,7 @@ fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
 
 /// The hidden `bench-peer` subcommand.
 pub(crate) fn peer(args: PeerArgs) -> ExitCode {
-    cleanup::ignore_terminal_signals();
+    crate::signals::ignore_terminal_signals();
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes only this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
     // Our parent may have died before the line above: then nobody would ever kill us.

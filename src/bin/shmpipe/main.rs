@@ -2,17 +2,22 @@
 //! and watch rings.
 //!
 //! Exit codes: 0 for a clean end; 1 for an error (bad endpoint, oversize line, peer died, ...);
-//! 2 for bad usage (from clap).
+//! 2 for bad usage (from clap); 128 + the signal's number for a run ended by SIGINT, SIGTERM or
+//! SIGHUP (after closing its channel ends as at a normal end, see `signals`).
 
 use clap::{Args, Parser, Subcommand};
 use shmpipe::endpoint::Endpoint;
 use shmpipe::transport::shm::ShmConfig;
-use shmpipe::{Peer, Receiver, RecvError, SendError, Sender, TryRecvError, WaitStrategy};
+use shmpipe::{
+    Peer, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError, WaitStrategy,
+};
 use std::io::{self, BufRead, BufWriter, Write};
 use std::process::ExitCode;
+use std::time::Instant;
 
 mod bench;
 mod ops;
+mod signals;
 mod soak;
 
 #[derive(Parser)]
@@ -28,14 +33,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Send each line of stdin (without its newline) as one message; close cleanly at EOF.
+    /// Send each line of stdin (without its newline) as one message; close cleanly at EOF, or on
+    /// SIGINT, SIGTERM or SIGHUP (then exit 128 + the signal).
     Send {
         /// Where to send: shm://NAME, msgq://NAME, unix:///PATH or tcp://HOST:PORT
         endpoint: String,
         #[command(flatten)]
         ring: RingArgs,
     },
-    /// Print each message received, followed by a newline; exit at end of stream.
+    /// Print each message received, followed by a newline; exit at end of stream, or on SIGINT,
+    /// SIGTERM or SIGHUP (leaving the channel; exit 128 + the signal).
     Recv {
         /// Where to receive from: shm://NAME, msgq://NAME, unix:///PATH or tcp://HOST:PORT
         endpoint: String,
@@ -166,6 +173,15 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before opening anything, and before any other thread starts.
+    if matches!(
+        cli.command,
+        Command::Send { .. } | Command::Recv { .. } | Command::Demo { .. } | Command::DemoProducer { .. }
+    ) {
+        if let Err(e) = signals::record() {
+            return fail(format_args!("setting up clean-up on signals: {e}"));
+        }
+    }
     let result = match cli.command {
         Command::Send { endpoint, ring } => ring.endpoint(&endpoint).and_then(open_sender).map(run_send),
         Command::Recv {
@@ -216,79 +232,173 @@ fn open_receiver(ep: Endpoint) -> Result<Box<dyn Receiver + Send>, shmpipe::Erro
     }
 }
 
-fn run_send(mut tx: Box<dyn Sender + Send>) -> ExitCode {
-    let stdin = io::stdin();
-    let mut input = io::BufReader::with_capacity(1 << 16, stdin.lock());
-    let mut line = Vec::new();
-    let mut sent: u64 = 0;
+/// How a send or receive ended, other than with its message.
+enum Stop<E> {
+    /// A signal was recorded while waiting.
+    Signal(libc::c_int),
+    /// The channel's error (never a timeout).
+    Error(E),
+}
+
+/// Calls `call` with a deadline [`signals::SLICE`] away until it ends other than by timing out,
+/// or a signal is recorded: a blocking call that a signal interrupts within a slice.
+fn in_slices<E>(
+    mut call: impl FnMut(Option<Instant>) -> Result<(), E>,
+    timed_out: fn(&E) -> bool,
+) -> Result<(), Stop<E>> {
     loop {
-        line.clear();
-        match input.read_until(b'\n', &mut line) {
-            // EOF: push out anything still buffered, then dropping `tx` closes the stream cleanly.
-            Ok(0) => {
-                return match tx.flush_deadline(None) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => fail(format_args!("after {sent} messages: {e}")),
-                }
-            }
-            Ok(_) => {}
-            Err(e) => return fail(format_args!("reading stdin: {e}")),
+        if let Some(sig) = signals::caught() {
+            return Err(Stop::Signal(sig));
         }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        }
-        match tx.send(&line) {
-            Ok(()) => sent += 1,
-            Err(SendError::Disconnected) => {
-                let why = match tx.peer() {
-                    Some(Peer::Dead) => "the receiving process died",
-                    _ => "the receiver closed the channel",
-                };
-                return fail(format_args!("{why} after {sent} messages"));
-            }
-            Err(e) => return fail(format_args!("line {}: {e}", sent + 1)),
+        match call(Instant::now().checked_add(signals::SLICE)) {
+            Err(e) if timed_out(&e) => {}
+            r => return r.map_err(Stop::Error),
         }
     }
 }
 
+/// `tx.send(msg)`, interruptible by a signal while it waits.
+fn send(tx: &mut dyn Sender, msg: &[u8]) -> Result<(), Stop<SendTimeoutError>> {
+    // The fast path, without reading the clock.
+    match tx.try_send(msg) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full) => in_slices(
+            |deadline| tx.send_deadline(msg, deadline),
+            |e| matches!(e, SendTimeoutError::Timeout),
+        ),
+        Err(e) => Err(Stop::Error(e.into())),
+    }
+}
+
+/// `tx.flush_deadline(None)`, interruptible by a signal.
+fn flush(tx: &mut dyn Sender) -> Result<(), Stop<SendTimeoutError>> {
+    in_slices(
+        |deadline| tx.flush_deadline(deadline),
+        |e| matches!(e, SendTimeoutError::Timeout),
+    )
+}
+
+/// `rx.recv(buf)`, interruptible by a signal.
+fn recv(rx: &mut dyn Receiver, buf: &mut Vec<u8>) -> Result<(), Stop<RecvTimeoutError>> {
+    in_slices(
+        |deadline| rx.recv_deadline(buf, deadline),
+        |e| matches!(e, RecvTimeoutError::Timeout),
+    )
+}
+
+/// The end of a run stopped by `sig`, once its channel end is dropped.
+fn interrupted(sig: libc::c_int, what: std::fmt::Arguments) -> ExitCode {
+    eprintln!("shmpipe: {}: {what}", signals::name(sig));
+    signals::exit_code(sig)
+}
+
+fn run_send(mut tx: Box<dyn Sender + Send>) -> ExitCode {
+    let mut input = io::BufReader::with_capacity(1 << 16, signals::Stdin);
+    let mut line = Vec::new();
+    let mut sent: u64 = 0;
+    // Ok: stopped by a signal; Err: failed.
+    let end = loop {
+        if let Some(sig) = signals::caught() {
+            break Ok(sig);
+        }
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            // EOF: push out anything still buffered, then dropping `tx` closes the stream cleanly.
+            Ok(0) => match flush(&mut *tx) {
+                Ok(()) => return ExitCode::SUCCESS,
+                Err(Stop::Signal(sig)) => break Ok(sig),
+                Err(Stop::Error(e)) => break Err(format!("after {sent} messages: {e}")),
+            },
+            Ok(_) => {}
+            Err(e) => break Err(format!("reading stdin: {e}")),
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        match send(&mut *tx, &line) {
+            Ok(()) => sent += 1,
+            Err(Stop::Signal(sig)) => break Ok(sig),
+            Err(Stop::Error(SendTimeoutError::Disconnected)) => {
+                let why = match tx.peer() {
+                    Some(Peer::Dead) => "the receiving process died",
+                    _ => "the receiver closed the channel",
+                };
+                break Err(format!("{why} after {sent} messages"));
+            }
+            Err(Stop::Error(e)) => break Err(format!("line {}: {e}", sent + 1)),
+        }
+    };
+    // An error that came with a signal (a receiver that left because it was signalled too, a
+    // read of stdin cut short) is the signal's end.
+    let sig = match end.or_else(|e| signals::stopped_by().ok_or(e)) {
+        Ok(sig) => sig,
+        Err(e) => return fail(e),
+    };
+    // Closes the stream, as at EOF: the receiver gets what was sent, then the end.
+    drop(tx);
+    interrupted(sig, format_args!("stream closed after {sent} messages"))
+}
+
 fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>) -> ExitCode {
-    let stdout = io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut out = BufWriter::with_capacity(1 << 16, signals::Stdout);
     let mut received: u64 = 0;
     let limit = count.unwrap_or(u64::MAX);
     let mut msg = Vec::new();
-    while received < limit {
+    let stdout_failed = |e: io::Error| match signals::caught() {
+        Some(sig) => Stop::Signal(sig),
+        None => Stop::Error(e),
+    };
+    let end = loop {
+        if received == limit {
+            break Ok(());
+        }
+        if let Some(sig) = signals::caught() {
+            break Err(Stop::Signal(sig));
+        }
         // Drain without blocking while messages are there; flush before sleeping so a
         // reader downstream sees every message that has arrived.
         match rx.try_recv(&mut msg) {
             Ok(()) => {}
             Err(TryRecvError::Empty) => {
                 if let Err(e) = out.flush() {
-                    return fail(format_args!("writing stdout: {e}"));
+                    break Err(stdout_failed(e));
                 }
-                match rx.recv(&mut msg) {
+                match recv(&mut *rx, &mut msg) {
                     Ok(()) => {}
-                    Err(RecvError::Disconnected) => break,
-                    Err(e) => return fail(e),
+                    Err(Stop::Error(RecvTimeoutError::Disconnected)) => break Ok(()),
+                    Err(Stop::Error(e)) => return fail(e),
+                    Err(Stop::Signal(sig)) => break Err(Stop::Signal(sig)),
                 }
             }
-            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Disconnected) => break Ok(()),
             Err(e) => return fail(e),
         }
         if let Err(e) = out.write_all(&msg).and_then(|()| out.write_all(b"\n")) {
-            return fail(format_args!("writing stdout: {e}"));
+            break Err(stdout_failed(e));
         }
         received += 1;
-    }
-    if let Err(e) = out.flush() {
-        return fail(format_args!("writing stdout: {e}"));
-    }
-    if received < limit && rx.peer() == Some(Peer::Dead) {
-        return fail(format_args!(
-            "the sending process died after {received} messages (all received)"
-        ));
-    }
-    ExitCode::SUCCESS
+    };
+    // What was taken off the channel is written out, unless stdout blocks after a signal.
+    let flushed = out.flush();
+    // A signal wins over an end of stream or an error that came with it.
+    let sig = match (end, signals::stopped_by()) {
+        (Err(Stop::Signal(sig)), _) | (_, Some(sig)) => sig,
+        (Err(Stop::Error(e)), None) => return fail(format_args!("writing stdout: {e}")),
+        (Ok(()), None) => {
+            if let Err(e) = flushed {
+                return fail(format_args!("writing stdout: {e}"));
+            }
+            if received < limit && rx.peer() == Some(Peer::Dead) {
+                return fail(format_args!(
+                    "the sending process died after {received} messages (all received)"
+                ));
+            }
+            return ExitCode::SUCCESS;
+        }
+    };
+    // Leaves the channel, as at a normal end (a ring or queue is removed).
+    drop(rx);
+    interrupted(sig, format_args!("left the channel after {received} messages"))
 }
 
 mod demo {
@@ -318,11 +428,30 @@ mod demo {
         let mut buf = vec![0u8; size];
         for i in 0..messages {
             message(i, &mut buf);
-            if let Err(e) = tx.send(&buf) {
-                return fail(e);
+            let sent = match signals::caught() {
+                Some(sig) => Err(Stop::Signal(sig)),
+                None => send(&mut tx, &buf),
+            };
+            match sent {
+                Ok(()) => {}
+                // The parent stops us (or the terminal did): close the stream, quietly.
+                Err(Stop::Signal(sig)) => {
+                    drop(tx);
+                    return signals::exit_code(sig);
+                }
+                Err(Stop::Error(e)) => match signals::stopped_by() {
+                    Some(sig) => return signals::exit_code(sig),
+                    None => return fail(e),
+                },
             }
         }
         ExitCode::SUCCESS
+    }
+
+    /// Whether `msg` is message `i` (`expected` is scratch space).
+    fn is_message(i: u64, msg: &[u8], expected: &mut [u8]) -> bool {
+        message(i, expected);
+        msg == expected
     }
 
     pub(super) fn run(messages: u64, size: usize) -> ExitCode {
@@ -364,18 +493,41 @@ mod demo {
         };
         let mut expected = vec![0u8; size];
         let mut got = 0u64;
-        loop {
-            match rx.recv_ref() {
-                Ok(msg) => {
-                    message(got, &mut expected);
-                    if *msg != expected[..] {
-                        return fail(format_args!("message {got} arrived damaged or out of order"));
-                    }
+        let damaged = |got| fail(format_args!("message {got} arrived damaged or out of order"));
+        let stopped = loop {
+            if let Some(sig) = signals::caught() {
+                break Some(sig);
+            }
+            match rx.try_recv_ref() {
+                Ok(msg) if is_message(got, &msg, &mut expected) => {
                     got += 1;
+                    continue;
                 }
-                Err(RecvError::Disconnected) => break,
+                Ok(_) => return damaged(got),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => break None,
                 Err(e) => return fail(e),
             }
+            // Empty: wait in slices, looking for a signal between them.
+            match rx.recv_ref_timeout(signals::SLICE) {
+                Ok(msg) if is_message(got, &msg, &mut expected) => got += 1,
+                Ok(_) => return damaged(got),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break None,
+                Err(e) => return fail(e),
+            }
+        };
+        if let Some(sig) = stopped {
+            // The producer closes its end, then we leave ours (removing the ring).
+            // SAFETY: kill only sends a signal; the child is not reaped yet, so its pid names no
+            // other process.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+            drop(rx);
+            return interrupted(
+                sig,
+                format_args!("demo stopped after {got} of {messages} messages"),
+            );
         }
         let shm_time = start.elapsed();
         let status = child.wait();
@@ -387,6 +539,10 @@ mod demo {
             Ok(t) => t,
             Err(e) => return fail(format_args!("socket baseline: {e}")),
         };
+        // A signal during the baseline (which holds no SysV object) is honoured here.
+        if let Some(sig) = signals::caught() {
+            return interrupted(sig, format_args!("demo stopped during the socket baseline"));
+        }
         let rate = |t: std::time::Duration| messages as f64 / t.as_secs_f64();
         println!(
             "{messages} messages of {size} bytes from a child process, each checked, none lost or reordered"

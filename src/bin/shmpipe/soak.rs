@@ -25,6 +25,10 @@
 //!
 //! At the end, any entry of `/proc/sysvipc/shm` or `/proc/sysvipc/msg` whose key is that of a
 //! name used is a leak. Exit 0 only with no error and no leak.
+//!
+//! SIGINT, SIGTERM or SIGHUP ends the run early the same way (the last pair closes cleanly, the
+//! report includes the leak check), then exits with 128 + the signal. The children ignore
+//! SIGINT and SIGHUP, which a terminal sends to the whole process group: stopping them is ours.
 
 use clap::Args;
 use shmpipe::endpoint::Endpoint;
@@ -250,8 +254,10 @@ fn child_endpoint(endpoint: &str) -> Result<Endpoint, shmpipe::Error> {
     Ok(ep)
 }
 
-/// Dies with the parent; `false` if the parent is already gone.
+/// Dies with the parent, and leaves Ctrl-C and hang-ups to it (it ends the run cleanly); `false`
+/// if the parent is already gone.
 fn tie_to_parent(parent: u32) -> bool {
+    crate::signals::ignore_terminal_signals();
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes only this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
     // SAFETY: getppid has no arguments and cannot fail.
@@ -534,6 +540,8 @@ struct Sent {
 /// What the consumer last said.
 #[derive(Default)]
 struct Received {
+    /// Whether the consumer said anything yet: it only does once it has opened the ring.
+    opened: bool,
     checked: Checked,
     /// `closed`, `dead` or `gone`, once it is done.
     end: Option<String>,
@@ -569,6 +577,7 @@ impl Epoch {
                     }
                 }
                 (Role::Consumer, Some(w @ ("recv" | "done"))) => {
+                    self.received.opened = true;
                     if let Some(c) = Checked::parse(&words[1..]) {
                         self.received.checked = c;
                     }
@@ -587,6 +596,16 @@ impl Epoch {
         let now = Instant::now();
         if self.received.checked.next != self.progress.0 {
             self.progress = (self.received.checked.next, now);
+        }
+    }
+
+    /// Waits, for at most [`STALL`], until the consumer has opened the ring (or has exited). A
+    /// producer closed before that may have created the ring and removed it again (it sent
+    /// nothing and saw no receiver), and the consumer would then wait for ever on a new one.
+    fn wait_consumer_open(&mut self) {
+        let deadline = Instant::now() + STALL;
+        while !self.received.opened && !self.consumer.poll() && Instant::now() < deadline {
+            self.drain(Duration::from_millis(5));
         }
     }
 
@@ -821,6 +840,11 @@ impl Driver {
 
 /// `shmpipe soak`.
 pub(crate) fn run(args: SoakArgs) -> ExitCode {
+    // Before any thread or child starts.
+    if let Err(e) = crate::signals::record() {
+        eprintln!("shmpipe soak: setting up clean-up on signals: {e}");
+        return ExitCode::FAILURE;
+    }
     match soak(&args) {
         Ok((totals, elapsed, desc)) => {
             let ok = totals.errors() == 0 && totals.leaked == 0;
@@ -829,6 +853,13 @@ pub(crate) fn run(args: SoakArgs) -> ExitCode {
             } else {
                 print!("{}", report(&totals, elapsed, &desc));
                 println!("result: {}", if ok { "ok" } else { "FAILED" });
+            }
+            if let Some(sig) = crate::signals::caught() {
+                eprintln!(
+                    "shmpipe soak: {}: the run was cut short, and ended as at its end",
+                    crate::signals::name(sig)
+                );
+                return crate::signals::exit_code(sig);
             }
             if ok {
                 ExitCode::SUCCESS
@@ -901,7 +932,8 @@ fn soak(args: &SoakArgs) -> Result<(Totals, Duration, Desc), String> {
     while let Some(e) = epoch.as_mut() {
         e.drain(Duration::from_millis(10));
         let now = Instant::now();
-        if now >= end {
+        // SIGINT, SIGTERM or SIGHUP: end now, as at the end of the duration.
+        if now >= end || crate::signals::caught().is_some() {
             break;
         }
         // A child that exits on its own, or a consumer that stops progressing, ends the epoch.
@@ -963,12 +995,14 @@ fn soak(args: &SoakArgs) -> Result<(Totals, Duration, Desc), String> {
         }
         d.finish_epoch(&e, false);
         drop(e);
-        if Instant::now() < end {
+        if Instant::now() < end && crate::signals::caught().is_none() {
             epoch = Some(d.start_epoch()?);
         }
     }
-    // The end: close the producer's stdin, so it stops and closes the stream cleanly.
+    // The end: close the producer's stdin, so it stops and closes the stream cleanly (once the
+    // consumer is there: the end, a signal's included, can come just after the pair started).
     if let Some(mut e) = epoch.take() {
+        e.wait_consumer_open();
         e.producer.stdin = None;
         let clean = e.wait_exit();
         if !clean {

@@ -2,13 +2,13 @@
 //! run must not leave SysV objects behind, and they outlive processes.
 //!
 //! The RAII guards clean up on every path that unwinds; a signal's default action runs no
-//! destructor. So `run` blocks these signals and a thread waits for them with `sigwait`. Every
-//! live resource is listed in [`REGISTRY`]; on a signal that thread takes the registry's lock
-//! (and keeps it: nothing can be created or released meanwhile), kills the peer, removes what is
-//! listed, and exits with 128 + the signal's number. Anything that creates or releases a listed
-//! resource does so under the lock, so the thread never sees half of a change: a peer is reaped,
-//! and a queue removed, in the same critical section as it leaves the list (a reaped pid or a
-//! removed queue id could be reused by someone else).
+//! destructor. So `run` blocks these signals and a thread waits for them with `sigwait`
+//! (`crate::signals`). Every live resource is listed in [`REGISTRY`]; on a signal that thread
+//! takes the registry's lock (and keeps it: nothing can be created or released meanwhile), kills
+//! the peer, removes what is listed, and exits with 128 + the signal's number. Anything that
+//! creates or releases a listed resource does so under the lock, so the thread never sees half of
+//! a change: a peer is reaped, and a queue removed, in the same critical section as it leaves the
+//! list (a reaped pid or a removed queue id could be reused by someone else).
 //!
 //! The peer ignores SIGINT and SIGHUP (a terminal sends them to the whole process group): it is
 //! ours to kill. Only SIGKILL of the bench process escapes this; then the raw segment is still
@@ -66,45 +66,10 @@ pub(super) fn lock() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before sigaddset uses it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        set
-    }
-}
-
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (call it before starting any other) and
 /// starts the thread that handles them. Children start with a clean mask (std resets it).
 pub(super) fn install() -> std::io::Result<()> {
-    let set = signal_set();
-    // SAFETY: `set` is an initialised sigset_t; the old mask is not wanted.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(std::io::Error::from_raw_os_error(r));
-    }
-    std::thread::Builder::new()
-        .name("bench-signals".into())
-        .spawn(move || loop {
-            let mut sig = 0;
-            // SAFETY: `set` is initialised and `sig` a valid out-pointer.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                clean_up_and_exit(sig);
-            }
-        })?;
-    Ok(())
-}
-
-/// In the peer: leave terminal-generated signals to the bench process, which kills us.
-pub(super) fn ignore_terminal_signals() {
-    for sig in [libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: SIG_IGN installs no handler code; it only changes this process's disposition.
-        unsafe { libc::signal(sig, libc::SIG_IGN) };
-    }
+    crate::signals::handle("bench-signals", |sig| clean_up_and_exit(sig))
 }
 
 fn clean_up_and_exit(sig: libc::c_int) -> ! {
