@@ -22,8 +22,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 
 /// "shmpipe\0" read as a little-endian u64; the first field of every ring.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
-/// Bumped on every incompatible change of this layout (2: the counters line moved the slots).
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+/// Bumped on every incompatible change of this layout (2: the counters line moved the slots; 3: a
+/// doorbell's waiter count became a 64-bit mask of waiters, one bit per role or member record, and
+/// the MPMC member record lost its `parked` mark).
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// `Header::kind` of an SPSC ring.
 pub(crate) const KIND_SPSC: u32 = 1;
 /// `Header::kind` of an MPMC ring.

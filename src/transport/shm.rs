@@ -608,8 +608,16 @@ fn decide_spsc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<
         .indices(layout.geometry.capacity)
         .map_err(corrupted_ring(layout))?;
     let unread = tail.wrapping_sub(head);
-    let decision = decide(role, mine.peer(), theirs.peer(), mine.pid.load(Relaxed), unread);
+    let their_state = theirs.peer();
+    let decision = decide(role, mine.peer(), their_state, mine.pid.load(Relaxed), unread);
     if decision == Decision::Claim {
+        // Neither the role's previous holder (if any: it closed or died) nor a closed or dead
+        // peer can be asleep on the ring: clear any waiter bit one of them left by being killed
+        // while parked, before the stream resumes (else every message would make a futex call).
+        shared.forget_waiter(role);
+        if matches!(their_state, Peer::Closed | Peer::Dead) {
+            shared.forget_waiter(other(role));
+        }
         mine.claim();
     }
     Ok((decision, 0))
@@ -635,6 +643,14 @@ enum Decision {
     Claim,
     Recycle,
     Refuse(String),
+}
+
+/// The other end of a channel.
+fn other(role: Role) -> Role {
+    match role {
+        Role::Sender => Role::Receiver,
+        Role::Receiver => Role::Sender,
+    }
 }
 
 fn role_name(role: Role) -> &'static str {

@@ -171,6 +171,12 @@ pub mod off {
     /// Control block (`SpscShared`), one 128-byte line per field.
     pub const TAIL: usize = 256;
     pub const HEAD: usize = 256 + 128;
+    /// The doorbells (layout version 3): the futex word (u32), 4 bytes of padding, and the mask
+    /// of waiters (u64; SPSC: bit 0 the sender, bit 1 the receiver).
+    pub const NOT_EMPTY: usize = 256 + 2 * 128;
+    pub const NOT_EMPTY_WAITERS: usize = NOT_EMPTY + 8;
+    pub const NOT_FULL: usize = 256 + 3 * 128;
+    pub const NOT_FULL_WAITERS: usize = NOT_FULL + 8;
     pub const LOCK: usize = 256 + 4 * 128;
     pub const SENDER_STATE: usize = 256 + 5 * 128;
     pub const SENDER_PID: usize = SENDER_STATE + 4;
@@ -186,7 +192,7 @@ pub mod off {
 }
 
 /// The layout version these offsets describe.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// `b"shmpipe\0"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
