@@ -124,7 +124,7 @@ fn publisher_barrier() {
 
 /// The sleeper's half: a full fence, plus `membarrier` so that light publishers are fenced too.
 /// Returns false when the barrier could not be issued: a publisher may then have missed our
-/// waiter count, so the caller must not sleep long.
+/// waiter bit, so the caller must not sleep long.
 #[inline]
 fn sleeper_barrier() -> bool {
     fence(SeqCst);
