@@ -9,8 +9,8 @@
 //! loom mutex; there is no recovery of dead members to model.
 //!
 //! Every received message is identified by its first byte and then checked for its exact length
-//! and bytes: each message has its own length, so a length word read stale (the `weaken-publish`
-//! feature makes the publishing sequence store Relaxed) never matches.
+//! and bytes: each message has its own length, so a length word read stale (`--cfg
+//! shmpipe_loom_weaken` makes the publishing sequence store Relaxed) never matches.
 #![cfg(loom)]
 
 use loom::thread;
