@@ -361,13 +361,18 @@ fn open(cfg: &ShmConfig, role: Role) -> Result<Opened, Error> {
             cfg.mode
         )));
     }
+    let size = layout::segment_size(cfg.kind, &geometry).ok_or_else(|| {
+        Error::InvalidConfig(format!(
+            "a ring of {} slots of {} bytes does not fit in the address space",
+            geometry.capacity, geometry.max_message
+        ))
+    })?;
     let key = cfg.addr.key();
     let deadline = Instant::now() + cfg.open_timeout;
     let mut backoff = Duration::from_micros(100);
     loop {
-        let size = layout::segment_size(cfg.kind, &geometry);
         let step = match shm::create_exclusive(key, size, cfg.mode) {
-            Ok(id) => create_new(cfg, id, &geometry, role)?,
+            Ok(id) => create_new(cfg, id, &geometry, size, role)?,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => attach_existing(cfg, key, role, deadline)?,
             Err(e) => return Err(create_error(e, size)),
         };
@@ -446,11 +451,16 @@ fn build_core(att: Attachment, layout: &Layout, member: usize) -> Opened {
     }
 }
 
-/// We created the segment: nobody can use it before the magic is stored, so claim our role
-/// first and publish the header last.
-fn create_new(cfg: &ShmConfig, id: ShmId, geometry: &Geometry, role: Role) -> Result<Step, Error> {
+/// We created the segment of `size` bytes (`layout::segment_size` of the geometry): nobody can use
+/// it before the magic is stored, so claim our role first and publish the header last.
+fn create_new(
+    cfg: &ShmConfig,
+    id: ShmId,
+    geometry: &Geometry,
+    size: usize,
+    role: Role,
+) -> Result<Step, Error> {
     let kind = cfg.kind;
-    let size = layout::segment_size(kind, geometry);
     let att = match Attachment::attach(id, size) {
         Ok(a) => a,
         Err(e) => {
@@ -474,7 +484,9 @@ fn create_new(cfg: &ShmConfig, id: ShmId, geometry: &Geometry, role: Role) -> Re
         },
     };
     let name = cfg.addr.header_name();
-    backing.header().init(kind, geometry, &name, proc::euid(), me.pid);
+    backing
+        .header()
+        .init(kind, geometry, size, &name, proc::euid(), me.pid);
     let layout = Layout {
         kind,
         geometry: *geometry,
