@@ -204,6 +204,7 @@ impl Header {
                  mode=mpmc, is fixed when a ring is created)"
             ))));
         }
+        // Relaxed (the geometry fields): ordered by the Acquire load of the magic above.
         let capacity = self.capacity.load(Relaxed);
         let max_message = self.max_message.load(Relaxed);
         let stride = self.stride.load(Relaxed);
