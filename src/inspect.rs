@@ -88,6 +88,13 @@ pub struct Counters {
     pub parks: u64,
     /// Futex wakes issued.
     pub wakes: u64,
+    /// The senders asleep on the ring's not-full doorbell or about to be, one bit each (SPSC:
+    /// bit 0 is the sender; MPMC: bit `i` is member record `i`). While it is non-zero every slot
+    /// freed makes a futex wake. The bit of a sender killed while parked stays set until a
+    /// survivor finds it dead (MPMC: reaps it; SPSC: the receiver sees it dead, or the next open).
+    pub parked_senders: u64,
+    /// The same for receivers, on the not-empty doorbell (SPSC: bit 1 is the receiver).
+    pub parked_receivers: u64,
     /// MPMC rings: slots recovered from members that died holding them (a producer's unpublished
     /// slot skipped, or a consumer's unfreed message dropped). `None` for SPSC rings, where a
     /// dead peer ends the channel instead.
@@ -353,7 +360,7 @@ impl RingView {
 
 fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
     // Relaxed: a snapshot for display; nothing is read on the strength of these values.
-    let (messages_in, messages_out, c, recovered) = match layout.kind {
+    let (messages_in, messages_out, c, recovered, bells) = match layout.kind {
         RingKind::Spsc => {
             let shared = backing.shared();
             (
@@ -361,6 +368,7 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
                 shared.head.load(Relaxed),
                 &*shared.counters,
                 None,
+                (&*shared.not_full, &*shared.not_empty),
             )
         }
         RingKind::Mpmc => {
@@ -371,6 +379,7 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
                 shared.dequeue.load(Relaxed),
                 &*shared.counters,
                 Some(l.lost.load(Relaxed).wrapping_add(l.dropped.load(Relaxed))),
+                (&*shared.not_full, &*shared.not_empty),
             )
         }
     };
@@ -381,6 +390,8 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
         empty_waits: c.empty_waits.load(Relaxed),
         parks: c.parks.load(Relaxed),
         wakes: c.wakes.load(Relaxed),
+        parked_senders: bells.0.waiter_bits(),
+        parked_receivers: bells.1.waiter_bits(),
         recovered,
     }
 }

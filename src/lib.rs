@@ -53,6 +53,14 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The shared layout is 64-bit words (positions, sizes, the waiter mask), and ring sizes up to
+// MAX_CAPACITY x (MAX_MESSAGE_LIMIT + slot header) must fit in usize. Every size is also computed
+// with checked arithmetic, but a 32-bit build is refused outright rather than half supported.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!(
+    "shmpipe supports 64-bit targets only (its shared-memory layout and ring sizes assume a 64-bit usize)"
+);
+
 mod channel;
 #[cfg(not(loom))]
 pub mod endpoint;

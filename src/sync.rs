@@ -13,13 +13,22 @@ use std::time::Instant;
 
 /// The ordering of the store that publishes a slot (producer) or frees one (consumer).
 /// `Release` pairs with the other side's `Acquire` load of the same index: the slot's bytes are
-/// written before the index says they are there. The `loom-weaken-publish` feature makes it
-/// `Relaxed`, and the loom models must then fail; that is how we know they have teeth.
-pub(crate) const PUBLISH: Ordering = if cfg!(feature = "loom-weaken-publish") {
+/// written before the index says they are there. Built with `--cfg loom --cfg shmpipe_loom_weaken`
+/// it is `Relaxed`, and the loom models must then fail; that is how we know they have teeth.
+///
+/// A `--cfg` rather than a Cargo feature, so that no crate in a dependency graph can weaken a
+/// production build (features are unified across the graph); and only together with `loom`.
+pub(crate) const PUBLISH: Ordering = if cfg!(all(loom, shmpipe_loom_weaken)) {
     Ordering::Relaxed
 } else {
     Ordering::Release
 };
+
+#[cfg(all(shmpipe_loom_weaken, not(loom)))]
+compile_error!(
+    "--cfg shmpipe_loom_weaken weakens the ring's publishing stores for the loom models only: \
+     build with --cfg loom as well (see loom-tests/README.md), never a production build"
+);
 
 /// A busy-wait hint; under loom a yield, so the model checker can run the other thread.
 #[inline]

@@ -6,7 +6,8 @@
 mod common;
 
 use common::*;
-use shmpipe::transport::shm::ShmConfig;
+use shmpipe::inspect::RingView;
+use shmpipe::transport::shm::{SegmentAddr, ShmConfig};
 use shmpipe::{
     Error, Peer, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError,
 };
@@ -85,6 +86,8 @@ fn layout_offsets_used_by_these_tests_match_a_live_ring() {
     assert_eq!(seg.u32(off::RECEIVER_STATE), 0);
     assert_eq!(seg.u64(off::FULL_WAITS), 0, "nobody waited");
     assert_eq!(seg.u64(off::WAKES), 0, "nobody was woken");
+    assert_eq!(seg.u64(off::NOT_EMPTY_WAITERS), 0, "nobody waits");
+    assert_eq!(seg.u64(off::NOT_FULL_WAITERS), 0, "nobody waits");
     let mut expected = Vec::new();
     pattern(1, 16, &mut expected);
     assert_eq!(
@@ -287,6 +290,189 @@ fn a_producer_killed_mid_stream_leaves_an_intact_prefix_then_disconnected() {
     assert_eq!(rx.sender(), Peer::Dead);
     drop(rx);
     ring.assert_gone("after the surviving consumer dropped");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A peer killed while parked leaves no waiter bit behind
+// ---------------------------------------------------------------------------------------------
+
+/// The SPSC waiter bits (`inspect::Counters::parked_senders` / `parked_receivers`).
+const SENDER_BIT: u64 = 1;
+const RECEIVER_BIT: u64 = 2;
+
+/// The ring's counters as `shmpipe stat` sees them (a read-only attachment).
+fn view(ring: &Ring) -> RingView {
+    RingView::open(&SegmentAddr::Name(ring.name.clone())).expect("RingView::open")
+}
+
+/// Waits (bounded) until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SOON;
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_receiver_killed_while_parked_leaves_its_waiter_bit_only_until_the_sender_finds_it_dead() {
+    const MAX: usize = 32;
+    let ring = Ring::new("kill-parked-rx-bit");
+    let mut tx = ring.cfg(4, MAX).open_sender().unwrap();
+    let view = view(&ring);
+    let mut child = Proc::child(
+        "receiver",
+        &ring.name,
+        &[("max", MAX.to_string()), ("wait", "park".into())],
+    );
+    child.expect("READY");
+    eventually("the receiver parks", || {
+        view.counters().parked_receivers == RECEIVER_BIT
+    });
+    kill_and_reap(&mut child);
+    let before = view.counters();
+    assert_eq!(
+        (before.parked_receivers, before.parked_senders),
+        (RECEIVER_BIT, 0),
+        "killed while parked: its bit is still set"
+    );
+    let seg = RawSeg::attach_key(ring.key);
+    assert_eq!(
+        seg.u64(off::NOT_EMPTY_WAITERS),
+        RECEIVER_BIT,
+        "where the layout says"
+    );
+    drop(seg);
+    // Each publish rings for the dead receiver (a futex call) until the ring is full and the
+    // sender finds it dead; from then on its bit is gone.
+    let mut buf = Vec::new();
+    let mut sent = 0;
+    let r = loop {
+        pattern(sent, MAX, &mut buf);
+        match tx.send_timeout(&buf, Duration::from_secs(20)) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent <= 4, "more messages accepted than the ring holds");
+    };
+    assert_eq!(r, SendTimeoutError::Disconnected);
+    assert_eq!(tx.receiver(), Peer::Dead);
+    let after = view.counters();
+    assert_eq!(
+        after.wakes - before.wakes,
+        sent,
+        "one wake per publish while the bit was set"
+    );
+    assert_eq!(
+        after.parked_receivers, 0,
+        "the sender cleared the dead receiver's bit"
+    );
+    drop(tx);
+    assert_eq!(
+        view.counters().wakes,
+        after.wakes,
+        "the sender's close rang nobody"
+    );
+    drop(view);
+    ring.assert_gone("after the surviving producer dropped");
+}
+
+#[test]
+fn a_sender_killed_while_parked_on_full_leaves_its_waiter_bit_only_until_the_receiver_finds_it_dead() {
+    const MAX: usize = 32;
+    let ring = Ring::new("kill-parked-tx-bit");
+    let mut rx = ring.cfg(4, MAX).open_receiver().unwrap();
+    let view = view(&ring);
+    // Six messages into four slots: the sender parks on the fifth.
+    let mut child = Proc::child(
+        "sender",
+        &ring.name,
+        &[
+            ("n", "6".into()),
+            ("cap", "4".into()),
+            ("max", MAX.to_string()),
+            ("wait", "park".into()),
+        ],
+    );
+    child.expect("READY");
+    eventually("the sender parks", || {
+        view.counters().parked_senders == SENDER_BIT
+    });
+    kill_and_reap(&mut child);
+    let before = view.counters();
+    assert_eq!((before.parked_senders, before.parked_receivers), (SENDER_BIT, 0));
+    // Draining frees four slots, each a wake for the dead sender (the receiver cannot know yet);
+    // once the ring is empty it finds the sender dead and clears the bit.
+    let (mut buf, mut expected) = (Vec::new(), Vec::new());
+    for seq in 0..4 {
+        recv_ok(&mut rx, &mut buf);
+        check_pattern(seq, MAX, &buf, &mut expected);
+    }
+    assert_eq!(
+        rx.recv_timeout(&mut buf, Duration::from_secs(20)),
+        Err(RecvTimeoutError::Disconnected)
+    );
+    assert_eq!(rx.sender(), Peer::Dead);
+    let after = view.counters();
+    assert_eq!(
+        after.wakes - before.wakes,
+        4,
+        "one wake per freed slot while the bit was set"
+    );
+    assert_eq!(
+        after.parked_senders, 0,
+        "the receiver cleared the dead sender's bit"
+    );
+    drop(rx);
+    drop(view);
+    ring.assert_gone("after the surviving consumer dropped");
+}
+
+#[test]
+fn a_sender_killed_while_parked_leaves_no_waiter_bit_for_the_receiver_that_opens_next() {
+    const MAX: usize = 32;
+    let ring = Ring::new("kill-parked-tx-next-open");
+    // No receiver yet: six messages into four slots, and the sender parks on the fifth.
+    let mut child = Proc::child(
+        "sender",
+        &ring.name,
+        &[
+            ("n", "6".into()),
+            ("cap", "4".into()),
+            ("max", MAX.to_string()),
+            ("wait", "park".into()),
+        ],
+    );
+    child.expect("READY");
+    ring.wait_exists(SOON);
+    let view = view(&ring);
+    eventually("the sender parks", || {
+        view.counters().parked_senders == SENDER_BIT
+    });
+    kill_and_reap(&mut child);
+    assert_eq!(view.counters().parked_senders, SENDER_BIT, "killed while parked");
+    // The receiver that comes for the finished stream clears the bit when it opens, so draining
+    // makes no futex call at all.
+    let mut rx = ring.cfg(4, MAX).open_receiver().unwrap();
+    let before = view.counters();
+    assert_eq!((before.parked_senders, before.parked_receivers), (0, 0));
+    let (mut buf, mut expected) = (Vec::new(), Vec::new());
+    for seq in 0..4 {
+        recv_ok(&mut rx, &mut buf);
+        check_pattern(seq, MAX, &buf, &mut expected);
+    }
+    let after = view.counters();
+    assert_eq!(after.wakes, before.wakes, "draining woke nobody");
+    assert_eq!(after.parks, before.parks, "and nobody parked");
+    assert_eq!(
+        rx.recv_timeout(&mut buf, Duration::from_secs(20)),
+        Err(RecvTimeoutError::Disconnected)
+    );
+    assert_eq!(rx.sender(), Peer::Dead);
+    assert_eq!(view.counters().parked_receivers, 0);
+    drop(rx);
+    drop(view);
+    ring.assert_gone("after the consumer drained the finished stream");
 }
 
 // ---------------------------------------------------------------------------------------------

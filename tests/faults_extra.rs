@@ -603,10 +603,10 @@ const WORDS: [(usize, bool); 18] = [
     (off::FLAGS, false),
     (off::TAIL, true),
     (off::HEAD, true),
-    (off::TAIL + 2 * 128, false),
-    (off::TAIL + 2 * 128 + 4, false),
-    (off::TAIL + 3 * 128, false),
-    (off::TAIL + 3 * 128 + 4, false),
+    (off::NOT_EMPTY, false),
+    (off::NOT_EMPTY_WAITERS, true),
+    (off::NOT_FULL, false),
+    (off::NOT_FULL_WAITERS, true),
     (off::LOCK, false),
     (off::SENDER_STATE, false),
     (off::SENDER_PID, false),
@@ -822,12 +822,15 @@ fn random_corruption_by_a_third_process_never_crashes_hangs_or_leaks() {
     eprintln!("runs with stale re-reads: {stale}");
 }
 
-/// MPMC layout (`ring::mpmc::MpmcShared`): the control lines, then 64 member records of 128
-/// bytes (role u32, pid u32, start time u64, claim u64, parked u32), then the slots, whose header
-/// is the length (u32), padding, and the sequence word (u64).
+/// MPMC layout (`ring::mpmc::MpmcShared`): the control lines (the doorbells as in SPSC: futex
+/// word u32, padding, waiter mask u64 with one bit per member record), then 64 member records of
+/// 128 bytes (role u32, pid u32, start time u64, claim u64), then the slots, whose header is the
+/// length (u32), padding, and the sequence word (u64).
 mod mpmc_off {
     pub const ENQUEUE: usize = 256;
     pub const DEQUEUE: usize = 256 + 128;
+    pub const NOT_EMPTY_WAITERS: usize = 256 + 2 * 128 + 8;
+    pub const NOT_FULL_WAITERS: usize = 256 + 3 * 128 + 8;
     pub const LOCK: usize = 256 + 4 * 128;
     pub const ROSTER: usize = 256 + 5 * 128;
     pub const MEMBERS: usize = 256 + 8 * 128;
@@ -836,8 +839,8 @@ mod mpmc_off {
 }
 
 /// One MPMC run: two senders and two receivers stream `seq | payload | crc32` messages while this
-/// process writes random values into the positions, the lock, the roster, the member records and
-/// the slot headers (length and sequence words). Every member must end within its own timeouts,
+/// process writes random values into the positions, the doorbells' waiter masks, the lock, the
+/// roster, the member records and the slot headers (length and sequence words). Every member must end within its own timeouts,
 /// with a clean end, `Disconnected` or `Corrupted`: never a crash or a hang.
 fn mpmc_fuzz_run(seed: u64, ms: u64) -> String {
     let ring = Ring::new(&format!("mfuzz-{seed}"));
@@ -866,9 +869,11 @@ fn mpmc_fuzz_run(seed: u64, ms: u64) -> String {
     while t0.elapsed() < Duration::from_millis(ms.saturating_sub(300)) {
         let member = mpmc_off::MEMBERS + rng.below(4) as usize * 128;
         let slot = mpmc_off::SLOTS + rng.below(FUZZ_CAP as u64) as usize * mpmc_off::STRIDE;
-        let (offset, wide) = match rng.below(12) {
+        let (offset, wide) = match rng.below(13) {
             0 => (mpmc_off::ENQUEUE, true),
             1 => (mpmc_off::DEQUEUE, true),
+            12 if rng.below(2) == 0 => (mpmc_off::NOT_EMPTY_WAITERS, true),
+            12 => (mpmc_off::NOT_FULL_WAITERS, true),
             2 => (mpmc_off::LOCK, false),
             3 => (mpmc_off::ROSTER + 4 * rng.below(6) as usize, false),
             4 => (member, false),

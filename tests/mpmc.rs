@@ -178,6 +178,9 @@ fn mcfg(ring: &str, a: &Args) -> ShmConfig {
         .max_message(MAX)
         .kind(RingKind::Mpmc);
     cfg.expect_senders = a.num("expect", 1) as u32;
+    if let Some(ms) = a.opt("slice") {
+        cfg.wait.park_slice = Duration::from_millis(ms);
+    }
     cfg
 }
 
@@ -1041,6 +1044,110 @@ fn producer_killed_holding_a_try_reserve_guard_is_skipped() {
     rx.wait_success(SOON);
     eprintln!("slot reserved by a killed producer skipped {took:?} after the kill");
     holder.wait(SOON);
+    ring.assert_gone("after every member left");
+}
+
+/// A consumer killed while parked leaves its bit in the not-empty doorbell's waiter mask: until
+/// a survivor reaps it, every publish makes a futex wake for a sleeper that no longer exists.
+/// Once reaped the mask is exactly 0 again and streaming makes no syscall, whatever moment of its
+/// wait the member was killed in (parked for good, or cycling through 1 ms park slices).
+///
+/// The reaping is done by a spare receiver leaving (`leave` reaps), not by a newcomer joining,
+/// which would also clear the bits of the record it takes (the dead member's, usually).
+#[test]
+fn a_consumer_killed_while_parked_leaves_no_waiter_bit_once_reaped() {
+    const CAP: usize = 16;
+    let ring = Ring::new("mpmc-parked-killed");
+    let cfg = || ring.cfg(CAP, MAX).kind(RingKind::Mpmc);
+    let mut tx = cfg().open_mpmc_sender().unwrap();
+    let mut rx = cfg().open_mpmc_receiver().unwrap();
+    let view = inspect::RingView::open(&SegmentAddr::Name(ring.name.clone())).unwrap();
+    let parked = || view.counters().parked_receivers;
+    let eventually = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + SOON;
+        while !f() {
+            assert!(Instant::now() < deadline, "never happened: {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let cap = ("cap", CAP.to_string());
+    // A receiver parked for good (one 60 s park slice), then killed.
+    let spare = cfg().open_mpmc_receiver().unwrap();
+    let mut child = Proc::child("m_cons", &ring.name, &[cap.clone(), ("slice", "60000".into())]);
+    child.expect("READY");
+    eventually("the receiver parks", &|| parked() != 0);
+    let bit = parked();
+    assert_eq!(bit.count_ones(), 1, "one bit per member: {bit:#x}");
+    child.kill();
+    child.wait(SOON);
+    let before = view.counters();
+    assert_eq!(
+        before.parked_receivers, bit,
+        "killed while parked: its bit is still set"
+    );
+    let mut msg = Vec::new();
+    for seq in 0..5 {
+        encode(1, seq, &mut msg);
+        tx.try_send(&msg).unwrap();
+    }
+    let after = view.counters();
+    assert_eq!(
+        after.wakes - before.wakes,
+        5,
+        "each publish woke the dead receiver"
+    );
+    drop(spare);
+    assert_eq!(rx.stats().receivers_died, 1, "reaped");
+    assert_eq!(parked(), 0, "reaped with its waiter bit");
+    let mut buf = Vec::new();
+    for seq in 0..5 {
+        rx.try_recv(&mut buf).unwrap();
+        assert_eq!(check(&buf), (1, seq));
+    }
+    // Receivers killed at random moments of cycling through 1 ms park slices: in the middle of
+    // setting or clearing their bit, or parked. Each is reaped, and its bit is gone.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = Rng(seed | 1);
+    for round in 2..=6 {
+        let spare = cfg().open_mpmc_receiver().unwrap();
+        let parks = view.counters().parks;
+        let mut child = Proc::child("m_cons", &ring.name, &[cap.clone(), ("slice", "1".into())]);
+        child.expect("READY");
+        eventually("the receiver parks", &|| view.counters().parks > parks);
+        std::thread::sleep(Duration::from_micros(rng.below(20_000)));
+        child.kill();
+        child.wait(SOON);
+        drop(spare);
+        assert_eq!(rx.stats().receivers_died, round, "seed {seed}");
+        assert_eq!(
+            parked(),
+            0,
+            "seed {seed}: round {round}: a dead member's bit survived its reap"
+        );
+    }
+    // Streaming between live members that never park: not one futex call.
+    let quiet = view.counters();
+    assert_eq!((quiet.parked_receivers, quiet.parked_senders), (0, 0));
+    for seq in 5..2005 {
+        encode(1, seq, &mut msg);
+        tx.try_send(&msg).unwrap();
+        rx.try_recv(&mut buf).unwrap();
+        assert_eq!(check(&buf), (1, seq));
+    }
+    let end = view.counters();
+    assert_eq!(end.messages_out - quiet.messages_out, 2000);
+    assert_eq!(
+        (end.wakes, end.parks),
+        (quiet.wakes, quiet.parks),
+        "no wake, no park"
+    );
+    drop(tx);
+    drop(rx);
+    drop(view);
     ring.assert_gone("after every member left");
 }
 

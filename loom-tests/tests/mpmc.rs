@@ -9,13 +9,13 @@
 //! loom mutex; there is no recovery of dead members to model.
 //!
 //! Every received message is identified by its first byte and then checked for its exact length
-//! and bytes: each message has its own length, so a length word read stale (the `weaken-publish`
-//! feature makes the publishing sequence store Relaxed) never matches.
+//! and bytes: each message has its own length, so a length word read stale (`--cfg
+//! shmpipe_loom_weaken` makes the publishing sequence store Relaxed) never matches.
 #![cfg(loom)]
 
 use loom::thread;
 use shmpipe::ring::mpmc::{self, Consumer, Producer};
-use shmpipe::{Receiver, RecvError, SendError, Sender, TryRecvError, WaitStrategy};
+use shmpipe::{Error, Receiver, RecvError, SendError, Sender, TryRecvError, WaitStrategy};
 use shmpipe_loom_tests::{model_capped, End};
 
 /// Largest message in every model (one slot).
@@ -354,6 +354,39 @@ fn two_parked_producers_woken_by_frees_of_two_consumers() {
         assert_exactly_once(&[got0, vec![got1]], &[&[0, 1], &[2, 3]]);
         drop(txs);
         drop(rx1);
+    });
+}
+
+/// A consumer parks on an empty ring while another thread changes the membership under the ring
+/// lock: a new member joins (which clears the waiter bits of the record it takes), then a join
+/// finds the table full (`MAX_MEMBERS` is 4 under loom) and reaps (which clears every waiter bit
+/// but those of live members). Neither may touch the parked consumer's bit: the one publication
+/// must still wake it. Nobody leaves before it has its message, so no close rings to rescue a
+/// lost wake. The consumer is the model's main thread, so parking before the membership changes
+/// and the publication costs no preemption.
+#[test]
+fn joining_and_reaping_while_a_consumer_parks_lose_no_wake() {
+    model_capped(Some(1), || {
+        let (mut txs, mut rxs) = parking_channel(2, 1, 2);
+        let mut tx = txs.pop().unwrap();
+        let rx1 = rxs.pop().unwrap();
+        let joiner = thread::spawn(move || {
+            // The fourth member: the table is now full.
+            let third = end(rx1.try_clone().unwrap());
+            // No vacant record: the join reaps first, finds every member alive, and fails.
+            assert!(matches!(rx1.try_clone(), Err(Error::Limit(_))));
+            (rx1, third)
+        });
+        let producer = thread::spawn(move || {
+            tx.try_send(MSGS[0]).unwrap();
+            tx
+        });
+        let mut buf = Vec::new();
+        rxs[0].recv(&mut buf).unwrap();
+        assert_eq!(identify(&buf), 0);
+        let (rx1, third) = joiner.join().unwrap();
+        let tx = producer.join().unwrap();
+        drop((rxs, rx1, third, tx));
     });
 }
 

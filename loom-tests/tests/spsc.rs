@@ -5,7 +5,7 @@
 //! Mutex + Condvar per word with no timeout, so a lost wakeup shows up as a loom deadlock.
 //!
 //! Every received message is checked for its exact length and bytes: the length word is a loom
-//! atomic stored Relaxed before the publishing `tail` store, so with the `weaken-publish` feature
+//! atomic stored Relaxed before the publishing `tail` store, so with `--cfg shmpipe_loom_weaken`
 //! (that store made Relaxed) the consumer can read a stale length and these asserts fail.
 #![cfg(loom)]
 

@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 /// "shmpipe\0" read as a little-endian u64; the first field of every ring.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
 /// Bumped on every incompatible change of this layout (2: the counters line moved the slots;
-/// 3: liveness by the semaphore set named in `Header::tokens`, not by pid).
+/// 3: liveness by the semaphore set named in `Header::tokens`, not by pid; a doorbell's waiter
+/// count became a 64-bit mask of waiters, one bit per role or member record, and the MPMC member
+/// record lost its `parked` mark; MPMC publish and free became CASes).
 pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// `Header::kind` of an SPSC ring.
 pub(crate) const KIND_SPSC: u32 = 1;
@@ -96,9 +98,21 @@ pub(crate) struct Layout {
     pub(crate) sems: i32,
 }
 
-/// Total segment size of a ring of `kind` with `geometry`.
-pub(crate) fn segment_size(kind: RingKind, geometry: &Geometry) -> usize {
-    slots_offset(kind) + geometry.slots_size_for(kind)
+/// Total segment size of a ring of `kind` with `geometry`, or `None` if it overflows `usize`
+/// (it cannot for a geometry from `Geometry::new` on a 64-bit target; checked all the same).
+pub(crate) fn segment_size(kind: RingKind, geometry: &Geometry) -> Option<usize> {
+    geometry
+        .checked_slots_size_for(kind)?
+        .checked_add(slots_offset(kind))
+}
+
+/// The segment size a header's raw `capacity` and `stride` describe, checked: `None` if it
+/// overflows (a 64-bit product, then `usize`).
+fn raw_segment_size(kind: RingKind, capacity: u64, stride: u64) -> Option<usize> {
+    let bytes = capacity
+        .checked_mul(stride)?
+        .checked_add(slots_offset(kind) as u64)?;
+    usize::try_from(bytes).ok()
 }
 
 /// Why a header was not accepted.
@@ -110,15 +124,23 @@ pub(crate) enum HeaderCheck {
 }
 
 impl Header {
-    /// Writes a fresh header for a segment nobody else can use yet (magic last).
-    pub(crate) fn init(&self, kind: RingKind, geometry: &Geometry, name: &str, uid: u32, pid: u32) {
+    /// Writes a fresh header for a segment of `size` bytes (`segment_size(kind, geometry)`) that
+    /// nobody else can use yet (magic last).
+    pub(crate) fn init(
+        &self,
+        kind: RingKind,
+        geometry: &Geometry,
+        size: usize,
+        name: &str,
+        uid: u32,
+        pid: u32,
+    ) {
         self.version.store(LAYOUT_VERSION, Relaxed);
         self.kind.store(kind_code(kind), Relaxed);
         self.capacity.store(geometry.capacity as u64, Relaxed);
         self.max_message.store(geometry.max_message as u64, Relaxed);
         self.stride.store(geometry.stride_for(kind) as u64, Relaxed);
-        self.segment_size
-            .store(segment_size(kind, geometry) as u64, Relaxed);
+        self.segment_size.store(size as u64, Relaxed);
         self.creator_uid.store(uid, Relaxed);
         self.creator_pid.store(pid, Relaxed);
         let bytes = name.as_bytes();
@@ -202,8 +224,17 @@ impl Header {
                  mode=mpmc, is fixed when a ring is created)"
             ))));
         }
+        // Relaxed (the geometry fields): ordered by the Acquire load of the magic above.
         let capacity = self.capacity.load(Relaxed);
         let max_message = self.max_message.load(Relaxed);
+        let stride = self.stride.load(Relaxed);
+        // The size the raw fields describe, before anything else is derived from them: a product
+        // that overflows is corruption, never a wrapped (small) size.
+        if raw_segment_size(kind, capacity, stride).is_none() {
+            return Err(corrupt(format!(
+                "{capacity} slots of {stride} bytes overflow the address space"
+            )));
+        }
         let geometry = usize::try_from(capacity)
             .ok()
             .zip(usize::try_from(max_message).ok())
@@ -213,14 +244,15 @@ impl Header {
                     "capacity {capacity} / max message {max_message} out of range"
                 ))
             })?;
-        let stride = self.stride.load(Relaxed);
-        if stride != geometry.stride_for(kind) as u64 {
+        // `Geometry::new` checked that the stride and slot memory of this geometry fit in usize.
+        let expected_stride = geometry.stride_for(kind);
+        if stride != expected_stride as u64 {
             return Err(corrupt(format!(
-                "slot stride {stride}, expected {}",
-                geometry.stride_for(kind)
+                "slot stride {stride}, expected {expected_stride}"
             )));
         }
-        let size = segment_size(kind, &geometry);
+        let size = segment_size(kind, &geometry)
+            .ok_or_else(|| corrupt(format!("capacity {capacity} x stride {stride} overflows")))?;
         let recorded = self.segment_size.load(Relaxed);
         if recorded != size as u64 || size > actual_size {
             return Err(corrupt(format!(
@@ -237,6 +269,95 @@ impl Header {
                 .sems()
                 .ok_or_else(|| corrupt("no semaphore set recorded".into()))?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::{MAX_CAPACITY, MAX_MESSAGE_LIMIT};
+
+    /// A header as `init` writes it for `kind` with `geometry`, name "x".
+    fn header(kind: RingKind, geometry: &Geometry) -> Header {
+        let h = Header {
+            magic: AtomicU64::new(0),
+            version: AtomicU32::new(0),
+            kind: AtomicU32::new(0),
+            capacity: AtomicU64::new(0),
+            max_message: AtomicU64::new(0),
+            stride: AtomicU64::new(0),
+            segment_size: AtomicU64::new(0),
+            creator_uid: AtomicU32::new(0),
+            creator_pid: AtomicU32::new(0),
+            flags: AtomicU32::new(0),
+            name_len: AtomicU32::new(0),
+            name: std::array::from_fn(|_| AtomicU8::new(0)),
+            tokens: AtomicU64::new(1),
+        };
+        let size = segment_size(kind, geometry).unwrap();
+        h.init(kind, geometry, size, "x", 0, 1);
+        h
+    }
+
+    fn reason(r: Result<Layout, HeaderCheck>) -> String {
+        match r {
+            Err(HeaderCheck::Reject(Error::Corrupted(c))) => c.reason,
+            Err(HeaderCheck::Reject(e)) => panic!("rejected, but not as corrupted: {e:?}"),
+            Err(HeaderCheck::NotReady) => panic!("not ready"),
+            Ok(layout) => panic!("accepted: {layout:?}"),
+        }
+    }
+
+    #[test]
+    fn a_header_whose_size_product_overflows_is_corrupted_not_wrapped() {
+        for kind in [RingKind::Spsc, RingKind::Mpmc] {
+            let g = Geometry::new(4, 64).unwrap();
+            let h = header(kind, &g);
+            let size = segment_size(kind, &g).unwrap();
+            assert!(h.validate(1, Some("x"), Some(kind), size).is_ok());
+            // 2^33 slots of 2^31 bytes: exactly 2^64, which wraps to 0 (a size that would fit in
+            // any segment) with unchecked 64-bit arithmetic.
+            h.capacity.store(1 << 33, Relaxed);
+            h.stride.store(1 << 31, Relaxed);
+            assert_eq!((1u64 << 33).wrapping_mul(1 << 31), 0);
+            let why = reason(h.validate(1, Some("x"), Some(kind), usize::MAX));
+            assert!(why.contains("overflow"), "{kind}: {why}");
+            // Every large product, not only the one that wraps to 0.
+            h.capacity.store(u64::MAX, Relaxed);
+            h.stride.store(3, Relaxed);
+            let why = reason(h.validate(1, Some("x"), Some(kind), usize::MAX));
+            assert!(why.contains("overflow"), "{kind}: {why}");
+            // The product fits, but adding the control block does not.
+            h.capacity.store(1, Relaxed);
+            h.stride.store(u64::MAX - 100, Relaxed);
+            let why = reason(h.validate(1, Some("x"), Some(kind), usize::MAX));
+            assert!(why.contains("overflow"), "{kind}: {why}");
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked_for_any_geometry_and_fit_at_the_limits() {
+        // The largest geometry `new` accepts: every size fits, exactly as wide arithmetic says.
+        let g = Geometry::new(MAX_CAPACITY, MAX_MESSAGE_LIMIT).unwrap();
+        for kind in [RingKind::Spsc, RingKind::Mpmc] {
+            let wide = slots_offset(kind) as u128 + g.capacity as u128 * g.stride_for(kind) as u128;
+            assert_eq!(segment_size(kind, &g).map(|s| s as u128), Some(wide));
+        }
+        // One built by hand, past the limits: the checked sizes say so, and the public ones
+        // panic rather than wrap.
+        let huge = Geometry {
+            capacity: 1 << 62,
+            max_message: 1 << 20,
+        };
+        assert_eq!(huge.checked_slots_size_for(RingKind::Spsc), None);
+        assert_eq!(segment_size(RingKind::Mpmc, &huge), None);
+        assert!(std::panic::catch_unwind(|| huge.slots_size()).is_err());
+        let wide = Geometry {
+            capacity: 2,
+            max_message: usize::MAX - 8,
+        };
+        assert_eq!(wide.checked_stride_for(RingKind::Mpmc), None);
+        assert!(std::panic::catch_unwind(|| wide.stride()).is_err());
     }
 }
 
@@ -279,7 +400,7 @@ mod fuzz {
                 let g = &layout.geometry;
                 prop_assert!(layout.size <= actual_size, "{layout:?} in {actual_size} bytes");
                 let kind = layout.kind;
-                prop_assert_eq!(layout.size, segment_size(kind, g));
+                prop_assert_eq!(Some(layout.size), segment_size(kind, g));
                 prop_assert!(g.capacity.is_power_of_two() && g.capacity >= 2);
                 prop_assert!(g.stride_for(kind) >= g.max_message + kind.slot_header());
                 // Every slot, payload included, lies inside the segment.
@@ -359,7 +480,7 @@ mod fuzz {
                 .and_then(|(c, m)| super::Geometry::new(c, m).ok());
             let as_kind = if kind == KIND_MPMC { RingKind::Mpmc } else { RingKind::Spsc };
             let right_stride = geometry.as_ref().map_or(0, |g| g.stride_for(as_kind) as u64);
-            let right_size = geometry.as_ref().map_or(0, |g| segment_size(as_kind, g) as u64);
+            let right_size = geometry.as_ref().and_then(|g| segment_size(as_kind, g)).map_or(0, |s| s as u64);
             h.stride.store(stride.unwrap_or(right_stride), Relaxed);
             h.segment_size.store(recorded.unwrap_or(right_size), Relaxed);
             // The segment: exactly the size needed, or off by a little, or anything.

@@ -449,7 +449,7 @@ pub struct Geometry {
 
 impl Geometry {
     /// Checks the limits: capacity a power of two in `2..=MAX_CAPACITY`, max message in
-    /// `1..=MAX_MESSAGE_LIMIT`.
+    /// `1..=MAX_MESSAGE_LIMIT`, and slot memory of either kind that fits in `usize`.
     pub fn new(capacity: usize, max_message: usize) -> Result<Self, crate::Error> {
         if !(2..=MAX_CAPACITY).contains(&capacity) || !capacity.is_power_of_two() {
             return Err(crate::Error::InvalidConfig(format!(
@@ -461,29 +461,65 @@ impl Geometry {
                 "maximum message size must be between 1 and {MAX_MESSAGE_LIMIT} bytes, got {max_message}"
             )));
         }
-        Ok(Geometry {
+        let geometry = Geometry {
             capacity,
             max_message,
-        })
+        };
+        // Cannot fail within the limits above on a 64-bit target (the only kind shmpipe builds
+        // for), but a size is never computed unchecked.
+        for kind in [RingKind::Spsc, RingKind::Mpmc] {
+            if geometry.checked_slots_size_for(kind).is_none() {
+                return Err(crate::Error::InvalidConfig(format!(
+                    "{capacity} slots of {max_message} bytes do not fit in the address space"
+                )));
+            }
+        }
+        Ok(geometry)
     }
 
     /// Bytes from one SPSC slot to the next: header plus payload, rounded up to a cache line.
+    ///
+    /// # Panics
+    /// If that overflows `usize`, which a geometry made by [`new`](Self::new) never does.
     pub fn stride(&self) -> usize {
         self.stride_for(RingKind::Spsc)
     }
 
     /// Bytes from one slot to the next in a ring of `kind`.
+    ///
+    /// # Panics
+    /// If that overflows `usize`, which a geometry made by [`new`](Self::new) never does.
     pub fn stride_for(&self, kind: RingKind) -> usize {
-        (kind.slot_header() + self.max_message).next_multiple_of(SLOT_ALIGN)
+        self.checked_stride_for(kind)
+            .expect("slot stride overflows usize (a Geometry not made by Geometry::new)")
     }
 
     /// Bytes of SPSC slot memory.
+    ///
+    /// # Panics
+    /// If that overflows `usize`, which a geometry made by [`new`](Self::new) never does.
     pub fn slots_size(&self) -> usize {
         self.slots_size_for(RingKind::Spsc)
     }
 
     /// Bytes of slot memory in a ring of `kind`.
+    ///
+    /// # Panics
+    /// If that overflows `usize`, which a geometry made by [`new`](Self::new) never does.
     pub fn slots_size_for(&self, kind: RingKind) -> usize {
-        self.capacity * self.stride_for(kind)
+        self.checked_slots_size_for(kind)
+            .expect("slot memory size overflows usize (a Geometry not made by Geometry::new)")
+    }
+
+    /// [`stride_for`](Self::stride_for), or `None` if it overflows `usize`.
+    pub(crate) fn checked_stride_for(&self, kind: RingKind) -> Option<usize> {
+        kind.slot_header()
+            .checked_add(self.max_message)?
+            .checked_next_multiple_of(SLOT_ALIGN)
+    }
+
+    /// [`slots_size_for`](Self::slots_size_for), or `None` if it overflows `usize`.
+    pub(crate) fn checked_slots_size_for(&self, kind: RingKind) -> Option<usize> {
+        self.capacity.checked_mul(self.checked_stride_for(kind)?)
     }
 }

@@ -73,6 +73,15 @@ use std::time::{Duration, Instant};
 pub const MAX_MEMBERS: usize = if cfg!(loom) { 4 } else { 64 };
 
 const _: () = assert!(MAX_MEMBERS.is_power_of_two());
+// One waiter bit per member record in a doorbell's `waiters` word (`waiter_bit`).
+const _: () = assert!(MAX_MEMBERS <= u64::BITS as usize);
+
+/// The waiter bit of member record `index` in the `waiters` word of the doorbell its role sleeps
+/// on (`not_full` for senders, `not_empty` for receivers).
+#[inline]
+pub(crate) fn waiter_bit(index: usize) -> u64 {
+    1 << (index % MAX_MEMBERS)
+}
 
 /// Sequence flag: the published slot carries no message.
 const TOMB: u64 = 1 << 63;
@@ -98,8 +107,6 @@ pub(crate) struct Member {
     pub(crate) start_time: AtomicU64,
     /// 1 + the position this member is claiming or holds; 0 when it holds none.
     pub(crate) claim: AtomicU64,
-    /// 1 while counted as a sleeper on its role's doorbell (`wait::Tally::mark`).
-    pub(crate) parked: AtomicU32,
 }
 
 /// Who is attached, counted from the member table under the lock.
@@ -174,7 +181,6 @@ impl MpmcShared {
                     pid: AtomicU32::new(0),
                     start_time: AtomicU64::new(0),
                     claim: AtomicU64::new(0),
-                    parked: AtomicU32::new(0),
                 })
             }),
         }
@@ -229,7 +235,11 @@ impl MpmcShared {
                 }
                 // Relaxed (all three): published by the Release store of the role below.
                 m.claim.store(0, Relaxed);
-                m.parked.store(0, Relaxed);
+                // The record was vacant, so nobody owns its waiter bits: a bit still set (left by
+                // a corrupted word) would only cost futex calls until the next reap.
+                let bit = waiter_bit(index);
+                self.not_empty.forget_waiters(bit);
+                self.not_full.forget_waiters(bit);
                 m.role.store(role_code(role), Release);
                 let joined = match role {
                     Role::Sender => &self.roster.senders_joined,
@@ -264,31 +274,40 @@ impl MpmcShared {
 
     /// Vacates the records of members whose process died, and recounts. Caller holds the lock.
     /// Returns how many were reaped.
+    ///
+    /// Also clears every waiter bit that no live member owns: a member killed while parked (or
+    /// anywhere between setting its bit and clearing it) leaves its bit set, and every publish
+    /// (or free) would then make a futex call for a sleeper that no longer exists. The bit is
+    /// cleared before the record can be reused (`join` takes the lock too).
     pub(crate) fn reap(&self, tokens: Tokens) -> u32 {
         let mut reaped = 0;
+        // The bits that may stay: those of the live members of the role sleeping on each bell.
+        let (mut senders, mut receivers) = (0u64, 0u64);
         for (index, m) in self.members.iter().enumerate() {
             let role = m.role.load(Acquire);
-            let (died, bell) = match role {
+            let (died, live) = match role {
                 VACANT => continue,
-                SENDER => (&self.roster.senders_died, &self.not_full),
-                RECEIVER => (&self.roster.receivers_died, &self.not_empty),
+                SENDER => (&self.roster.senders_died, &mut senders),
+                RECEIVER => (&self.roster.receivers_died, &mut receivers),
                 // No correct process writes this: free the record.
                 _ => {
                     m.role.store(VACANT, Release);
                     continue;
                 }
             };
-            if !member_alive(m, index, tokens) {
-                // Relaxed: the dead process wrote it before dying; nobody else writes it.
-                if m.parked.swap(0, Relaxed) == 1 {
-                    bell.forget_waiter();
-                }
+            if member_alive(m, index, tokens) {
+                *live |= waiter_bit(index);
+            } else {
                 m.role.store(VACANT, Release);
                 // Relaxed: a statistic, published with the counts by `recount`.
                 died.fetch_add(1, Relaxed);
                 reaped += 1;
             }
         }
+        // A live member's bit is kept even while it sets or clears it concurrently (these are
+        // single atomic RMWs); a member that dies after being found alive is cleared next time.
+        self.not_full.retain_waiters(senders);
+        self.not_empty.retain_waiters(receivers);
         self.recount();
         reaped
     }
@@ -990,7 +1009,7 @@ impl Producer {
             Tally {
                 waits: &core.shared().counters.full_waits,
                 parks: &core.shared().counters.parks,
-                mark: Some(&core.member(me).parked),
+                bit: waiter_bit(me),
             },
             &self.wait,
             deadline,
@@ -1303,7 +1322,7 @@ impl Consumer {
             Tally {
                 waits: &core.shared().counters.empty_waits,
                 parks: &core.shared().counters.parks,
-                mark: Some(&core.member(me).parked),
+                bit: waiter_bit(me),
             },
             &self.wait,
             deadline,
@@ -1658,7 +1677,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_member_is_reaped_with_its_sleeper_count_and_its_stalled_claim() {
+    fn a_dead_member_is_reaped_with_its_waiter_bit_and_its_stalled_claim() {
         let (mut tx, mut rx) = channel(4, 8).unwrap();
         let ghost = rx.try_clone().unwrap();
         let shared = rx.core.shared();
@@ -1667,10 +1686,14 @@ mod tests {
         let (pos, _) = ghost.core.claim_ready(ghost.me).ok().flatten().unwrap();
         let record = ghost.core.member(ghost.me);
         record.pid.store(dead_pid(), Relaxed);
-        record.parked.store(1, Relaxed);
-        shared.not_empty.waiters.fetch_add(1, Relaxed);
+        let ghost_bit = waiter_bit(ghost.me);
+        shared.not_empty.waiters.fetch_or(ghost_bit, Relaxed);
         std::mem::forget(ghost);
         assert_eq!(rx.stats().receivers, 2);
+        // Every publish now makes a futex wake for a sleeper that no longer exists.
+        let wakes = shared.counters.wakes.load(Relaxed);
+        tx.try_send(b"m1").unwrap();
+        assert_eq!(shared.counters.wakes.load(Relaxed), wakes + 1);
         {
             let _lock = RingLock::acquire(
                 &shared.lock,
@@ -1681,16 +1704,20 @@ mod tests {
             assert_eq!(shared.reap(Tokens::Local), 1);
         }
         assert_eq!(
-            shared.not_empty.waiters.load(Relaxed),
+            shared.not_empty.waiter_bits(),
             0,
-            "the dead sleeper's count is taken back"
+            "the dead sleeper's bit is cleared"
+        );
+        tx.try_send(b"m2").unwrap();
+        assert_eq!(
+            shared.counters.wakes.load(Relaxed),
+            wakes + 1,
+            "no wake once reaped"
         );
         let st = rx.stats();
         assert_eq!((st.receivers, st.receivers_died), (1, 1));
         // Fill the ring: the producer stalls at the slot the ghost held, then recovers it.
-        for m in [b"m1", b"m2", b"m3"] {
-            tx.try_send(m).unwrap();
-        }
+        tx.try_send(b"m3").unwrap();
         assert_eq!(pos, 0);
         tx.send_timeout(b"m4", Duration::from_secs(2)).unwrap();
         assert_eq!(tx.stats().dropped, 1);
@@ -1699,6 +1726,39 @@ mod tests {
             rx.try_recv(&mut buf).unwrap();
             assert_eq!(buf, m);
         }
+    }
+
+    #[test]
+    fn reap_keeps_exactly_the_waiter_bits_of_live_members_on_their_roles_doorbells() {
+        let (tx, rx) = channel(4, 8).unwrap();
+        let ghost = rx.try_clone().unwrap();
+        let shared = rx.core.shared();
+        ghost.core.member(ghost.me).pid.store(dead_pid(), Relaxed);
+        let (t, r, g) = (waiter_bit(tx.me), waiter_bit(rx.me), waiter_bit(ghost.me));
+        let ghost_index = ghost.me;
+        std::mem::forget(ghost);
+        let vacant = waiter_bit(MAX_MEMBERS - 1);
+        assert_eq!((t | r | g).count_ones(), 3, "one bit per member");
+        // The live members parked on their own doorbells; the ghost killed while parked; a vacant
+        // record's bit and each live member's bit on the other role's doorbell (corruption).
+        shared.not_full.waiters.store(t | r | g | vacant, Relaxed);
+        shared.not_empty.waiters.store(t | r | g | vacant, Relaxed);
+        {
+            let _lock = RingLock::acquire(
+                &shared.lock,
+                Tokens::Local,
+                Instant::now() + Duration::from_secs(1),
+            )
+            .unwrap();
+            assert_eq!(shared.reap(Tokens::Local), 1);
+        }
+        assert_eq!(shared.not_full.waiter_bits(), t, "live senders' bits only");
+        assert_eq!(shared.not_empty.waiter_bits(), r, "live receivers' bits only");
+        // The ghost's record is reused with its bits clear, whatever the word said.
+        shared.not_empty.waiters.fetch_or(g, Relaxed);
+        let again = rx.try_clone().unwrap();
+        assert_eq!(again.me, ghost_index, "the lowest vacant record");
+        assert_eq!(shared.not_empty.waiter_bits(), r);
     }
 
     #[test]

@@ -86,7 +86,23 @@ impl SpscShared {
             Role::Receiver => &self.receiver,
         }
     }
+
+    /// Clears `role`'s waiter bit on the doorbell it sleeps on: for a role whose holder cannot be
+    /// waiting (its process died, its end closed, or it is being claimed anew), so that a holder
+    /// killed while parked does not leave every later ring of that doorbell making a futex call.
+    pub(crate) fn forget_waiter(&self, role: Role) {
+        match role {
+            Role::Sender => self.not_full.forget_waiters(SENDER_BIT),
+            Role::Receiver => self.not_empty.forget_waiters(RECEIVER_BIT),
+        }
+    }
 }
+
+/// The sender's bit in `not_full.waiters` (the only doorbell it sleeps on).
+pub(crate) const SENDER_BIT: u64 = 1 << 0;
+/// The receiver's bit in `not_empty.waiters`. A bit per role rather than a shared one, so that the
+/// two words are never mistaken for each other in `shmpipe stat` or a debugger.
+pub(crate) const RECEIVER_BIT: u64 = 1 << 1;
 
 /// Where a ring's memory lives, and what happens when one of its ends closes.
 pub(crate) trait Backing: Send + Sync {
@@ -345,9 +361,12 @@ impl Producer {
         }
     }
 
-    /// Marks the receiver gone for good (unless this end is already poisoned).
+    /// Marks the receiver gone for good (unless this end is already poisoned). The receiver is
+    /// closed or dead, so it cannot be parked: its waiter bit is cleared in case it was killed
+    /// while parked.
     fn set_disconnected(&mut self) {
         self.stop(Stopped::Disconnected);
+        self.hot.shared().forget_waiter(Role::Receiver);
     }
 
     /// Whether a slot is free, reloading the consumer's index only when the cached one says full.
@@ -432,7 +451,7 @@ impl Producer {
             Tally {
                 waits: &core.shared().counters.full_waits,
                 parks: &core.shared().counters.parks,
-                mark: None,
+                bit: SENDER_BIT,
             },
             &wait,
             deadline,
@@ -780,6 +799,9 @@ impl Consumer {
         if !gone {
             return Err(TryRecvError::Empty);
         }
+        // A closed or dead sender cannot be parked: if it was killed while parked, its bit would
+        // make every slot we free from now on a futex call.
+        self.core.shared().forget_waiter(Role::Sender);
         // The sender's last publication happened before it closed (Release/Acquire on the role
         // state) or before it died; look once more so nothing it sent is lost.
         if self.has_message()? {
@@ -850,7 +872,7 @@ impl Consumer {
             Tally {
                 waits: &core.shared().counters.empty_waits,
                 parks: &core.shared().counters.parks,
-                mark: None,
+                bit: RECEIVER_BIT,
             },
             &wait,
             deadline,

@@ -1,42 +1,74 @@
 //! Waiting: spin briefly, yield, then park on a futex "doorbell" in shared memory.
 //!
-//! A [`Doorbell`] is a futex word plus a count of sleepers. The side that makes progress (publishes
+//! A [`Doorbell`] is a futex word plus a mask of sleepers. The side that makes progress (publishes
 //! a message, frees a slot, closes) calls [`Doorbell::ring`], which costs one fence and one load
 //! while nobody sleeps: no syscall on the fast path.
 //!
-//! No lost wakeup (a Dekker pattern): the sleeper increments `waiters`, fences, reads the word,
-//! re-checks its condition, then sleeps only while the word is unchanged. The ringer publishes,
-//! fences, then reads `waiters`. The two barriers forbid both sides missing each other: either
-//! the sleeper's re-check sees the publication, or the ringer sees the waiter and bumps the word
-//! (so a sleep that has not started yet returns at once, and one that has is woken).
+//! No lost wakeup (a Dekker pattern): the sleeper sets its bit in `waiters`, fences, reads the
+//! word, re-checks its condition, then sleeps only while the word is unchanged. The ringer
+//! publishes, fences, then reads `waiters`. The two barriers forbid both sides missing each other:
+//! either the sleeper's re-check sees the publication, or the ringer sees the waiter and bumps the
+//! word (so a sleep that has not started yet returns at once, and one that has is woken).
+//!
+//! `waiters` has one bit per end that may sleep on the doorbell (an SPSC role, an MPMC member
+//! record), not a count: setting and clearing a bit is idempotent, so a process killed anywhere in
+//! [`wait_until`] leaves at worst its own bit set, and whoever finds it dead (or its end closed)
+//! clears exactly that bit ([`Doorbell::forget_waiters`], [`Doorbell::retain_waiters`]). A count
+//! could not be repaired exactly: a process killed between counting itself and recording that it
+//! did would leave the count too high for the ring's life, and every later publish would make a
+//! futex syscall for a sleeper that no longer exists.
 //!
 //! The barriers are asymmetric where the kernel allows (`sys::membarrier`): a registered
 //! publisher uses a compiler fence only, and the rare sleeper pays with a `membarrier` syscall
 //! that fences every registered process. Under loom both sides use SeqCst fences.
 
-use crate::sync::{fence, spin_loop, yield_now, AtomicU32, AtomicU64, FutexWord};
+use crate::sync::{fence, spin_loop, yield_now, AtomicU64, FutexWord};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 
-/// A futex word to sleep on, and how many are asleep (or about to be).
+/// A futex word to sleep on, and who is asleep on it (or about to be): one bit per waiter.
 #[repr(C)]
 pub(crate) struct Doorbell {
     word: FutexWord,
-    pub(crate) waiters: AtomicU32,
+    /// The bits of the ends asleep here or about to be ([`Tally::bit`]); 0 when nobody is.
+    pub(crate) waiters: AtomicU64,
 }
 
 impl Doorbell {
     pub(crate) fn new() -> Self {
         Doorbell {
             word: FutexWord::new(),
-            waiters: AtomicU32::new(0),
+            waiters: AtomicU64::new(0),
         }
     }
 
-    /// Takes back the count of a waiter that died while counted (see [`Tally::mark`]).
-    pub(crate) fn forget_waiter(&self) {
-        // Relaxed: only the value matters; a saturating decrement, so a bad mark cannot wrap it.
-        let _ = self.waiters.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+    /// Clears the bits in `mask`: waiters that cannot be asleep, because their process died or
+    /// their end closed (a dead member's bit stays set until then). Idempotent.
+    ///
+    /// Only for bits whose owner cannot be waiting: clearing a live sleeper's bit would let a
+    /// publisher skip its wake (it would then sleep until its park slice ends).
+    pub(crate) fn forget_waiters(&self, mask: u64) {
+        // Relaxed: only the value matters, and the bits of live waiters are left alone (their own
+        // set and clear, and the Dekker fences around them, are unaffected).
+        self.waiters.fetch_and(!mask, Relaxed);
+    }
+
+    /// Keeps only the bits in `mask` (those of ends that may be waiting here: the live members of
+    /// the role that sleeps on this doorbell) and clears the rest, as [`forget_waiters`] does.
+    ///
+    /// [`forget_waiters`]: Self::forget_waiters
+    pub(crate) fn retain_waiters(&self, mask: u64) {
+        // Relaxed: as in `forget_waiters`.
+        self.waiters.fetch_and(mask, Relaxed);
+    }
+
+    /// The waiter bits now (inspection and tests; the handshake is [`has_waiters`]).
+    ///
+    /// [`has_waiters`]: Self::has_waiters
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn waiter_bits(&self) -> u64 {
+        // Relaxed: a snapshot; nothing is read on the strength of it.
+        self.waiters.load(Relaxed)
     }
 
     /// Called after publishing progress: wakes sleepers if there are any, counting the wake in
@@ -92,7 +124,7 @@ fn publisher_barrier() {
 
 /// The sleeper's half: a full fence, plus `membarrier` so that light publishers are fenced too.
 /// Returns false when the barrier could not be issued: a publisher may then have missed our
-/// waiter count, so the caller must not sleep long.
+/// waiter bit, so the caller must not sleep long.
 #[inline]
 fn sleeper_barrier() -> bool {
     fence(SeqCst);
@@ -175,11 +207,11 @@ impl WaitCounters {
 pub(crate) struct Tally<'a> {
     pub(crate) waits: &'a AtomicU64,
     pub(crate) parks: &'a AtomicU64,
-    /// A member of a shared ring: set to 1 while this waiter is counted in the doorbell's
-    /// `waiters`, so that if its process is killed while parked, whoever reaps it can take the
-    /// count back ([`Doorbell::forget_waiter`]). Otherwise every later publish would make a futex
-    /// syscall for a sleeper that no longer exists.
-    pub(crate) mark: Option<&'a AtomicU32>,
+    /// This waiter's own bit in the doorbell's `waiters` (one bit set): its SPSC role's, or its
+    /// MPMC member record's. No other end waiting on the same doorbell uses it, so it is set
+    /// while this end may sleep and cleared when it stops, and if its process is killed in
+    /// between, whoever finds it dead clears it.
+    pub(crate) bit: u64,
 }
 
 /// The outcome of one look at the condition being waited for.
@@ -203,6 +235,7 @@ pub(crate) fn wait_until<T, E>(
     mut on_slice: impl FnMut() -> Check<T, E>,
     timeout: impl Fn() -> E,
 ) -> Result<T, E> {
+    debug_assert!(tally.bit.is_power_of_two(), "one waiter bit: {:#x}", tally.bit);
     // Relaxed (here and for `parks`): statistics only; nothing is ordered by them.
     tally.waits.fetch_add(1, Relaxed);
     for _ in 0..strategy.spins {
@@ -225,12 +258,8 @@ pub(crate) fn wait_until<T, E>(
                 Check::NotYet => Err(timeout()),
             };
         }
-        // Relaxed increment: the barrier right after orders it before the re-check (StoreLoad).
-        bell.waiters.fetch_add(1, Relaxed);
-        // Relaxed (both marks): read only by a reaper after this process died.
-        if let Some(mark) = tally.mark {
-            mark.store(1, Relaxed);
-        }
+        // Relaxed: the barrier right after orders setting the bit before the re-check (StoreLoad).
+        bell.waiters.fetch_or(tally.bit, Relaxed);
         let fenced = sleeper_barrier();
         // Acquire: read the word before re-checking, so a ring that happens after the re-check
         // changes it and the sleep below returns at once.
@@ -251,11 +280,8 @@ pub(crate) fn wait_until<T, E>(
             tally.parks.fetch_add(1, Relaxed);
             bell.word.wait(seen, until);
         }
-        if let Some(mark) = tally.mark {
-            mark.store(0, Relaxed);
-        }
-        // Release: nothing depends on it but keeps the count from moving before our loads.
-        bell.waiters.fetch_sub(1, Release);
+        // Release: nothing depends on it but keeps the bit from clearing before our loads.
+        bell.waiters.fetch_and(!tally.bit, Release);
         if let Check::Done(r) = result {
             return r;
         }
@@ -264,6 +290,120 @@ pub(crate) fn wait_until<T, E>(
         }
         if let Check::Done(r) = on_slice() {
             return r;
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    const A: u64 = 1 << 0;
+    const B: u64 = 1 << 5;
+    const DEAD: u64 = 1 << 63;
+
+    fn counters() -> WaitCounters {
+        WaitCounters::new()
+    }
+
+    #[test]
+    fn waiter_bits_are_idempotent_and_independent() {
+        let bell = Doorbell::new();
+        assert!(!bell.has_waiters());
+        bell.waiters.fetch_or(A, Relaxed);
+        bell.waiters.fetch_or(A, Relaxed);
+        bell.waiters.fetch_or(B, Relaxed);
+        assert_eq!(bell.waiter_bits(), A | B);
+        // Forgetting a bit twice (two survivors finding the same dead waiter) is the same as once,
+        // and never touches another waiter's bit: a count could be decremented twice.
+        bell.forget_waiters(A);
+        bell.forget_waiters(A);
+        assert_eq!(bell.waiter_bits(), B);
+        assert!(bell.has_waiters());
+        // Forgetting a bit that is not set changes nothing.
+        bell.forget_waiters(DEAD);
+        assert_eq!(bell.waiter_bits(), B);
+        bell.retain_waiters(A | B);
+        assert_eq!(bell.waiter_bits(), B);
+        bell.retain_waiters(A);
+        assert_eq!(bell.waiter_bits(), 0);
+        assert!(!bell.has_waiters());
+    }
+
+    #[test]
+    fn a_waiter_sets_its_bit_for_the_recheck_and_clears_only_its_own() {
+        let bell = Doorbell::new();
+        let c = counters();
+        // A waiter killed while parked left its bit: ringing makes a futex call for it.
+        bell.waiters.fetch_or(DEAD, Relaxed);
+        bell.ring(1, &c.wakes);
+        assert_eq!(c.wakes.load(Relaxed), 1);
+        // A live waiter times out. At its re-check (the look after the barrier) its own bit is
+        // set, so a publisher in between would have seen it; on return only its bit is cleared.
+        let seen_at_checks = Cell::new(Vec::new());
+        let strategy = WaitStrategy {
+            park_slice: Duration::from_millis(2),
+            ..WaitStrategy::park_only()
+        };
+        let r: Result<(), &str> = wait_until(
+            &bell,
+            Tally {
+                waits: &c.empty_waits,
+                parks: &c.parks,
+                bit: B,
+            },
+            &strategy,
+            Some(Instant::now() + Duration::from_millis(20)),
+            || {
+                let mut v = seen_at_checks.take();
+                v.push(bell.waiter_bits());
+                seen_at_checks.set(v);
+                Check::NotYet
+            },
+            || Check::NotYet,
+            || "timeout",
+        );
+        assert_eq!(r, Err("timeout"));
+        assert!(c.parks.load(Relaxed) >= 1, "it parked");
+        let seen = seen_at_checks.take();
+        assert!(
+            seen.contains(&(B | DEAD)),
+            "a re-check ran with the bit set: {seen:x?}"
+        );
+        assert!(
+            seen.iter().all(|&w| w & DEAD != 0),
+            "the other bit is never touched"
+        );
+        assert_eq!(
+            bell.waiter_bits(),
+            DEAD,
+            "its own bit is cleared, the dead one's kept"
+        );
+        // Whoever finds the dead waiter clears its bit: ringing is free again.
+        bell.forget_waiters(DEAD);
+        bell.ring(1, &c.wakes);
+        assert_eq!(c.wakes.load(Relaxed), 1);
+        assert!(!bell.has_waiters());
+    }
+
+    #[test]
+    fn a_waiter_killed_at_any_point_leaves_at_most_its_own_bit() {
+        // A process can die with its bit set (between setting and clearing it) or clear (before
+        // or after): in every case forgetting that one bit restores exactly the other waiters'
+        // word. A count had a third state, counted but not yet marked (or unmarked but not yet
+        // uncounted), from which nobody could tell that the count was one too high.
+        for other in [0, A] {
+            for died_with_bit_set in [false, true] {
+                let bell = Doorbell::new();
+                bell.waiters.fetch_or(other, Relaxed);
+                if died_with_bit_set {
+                    bell.waiters.fetch_or(B, Relaxed);
+                }
+                bell.forget_waiters(B);
+                assert_eq!(bell.waiter_bits(), other);
+                assert_eq!(bell.has_waiters(), other != 0);
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! doorbell can skip its StoreLoad fence.
 //!
 //! The doorbell handshake is a Dekker pattern: the publisher stores the index then loads the
-//! waiter count; the sleeper stores the waiter count then loads the index. Each side needs a full
+//! waiter mask; the sleeper sets its bit in the mask then loads the index. Each side needs a full
 //! barrier between its store and its load, or both can miss the other. A full barrier on every
 //! message is the ring's largest cost, while sleeping is rare. So a process that has registered
 //! with `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED` publishes with only a compiler fence, and the

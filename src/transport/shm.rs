@@ -411,13 +411,18 @@ fn open(cfg: &ShmConfig, role: Role) -> Result<Opened, Error> {
             cfg.mode
         )));
     }
+    let size = layout::segment_size(cfg.kind, &geometry).ok_or_else(|| {
+        Error::InvalidConfig(format!(
+            "a ring of {} slots of {} bytes does not fit in the address space",
+            geometry.capacity, geometry.max_message
+        ))
+    })?;
     let key = cfg.addr.key();
     let deadline = Instant::now() + cfg.open_timeout;
     let mut backoff = Duration::from_micros(100);
     loop {
-        let size = layout::segment_size(cfg.kind, &geometry);
         let step = match shm::create_exclusive(key, size, cfg.mode) {
-            Ok(id) => create_new(cfg, id, &geometry, role)?,
+            Ok(id) => create_new(cfg, id, &geometry, size, role)?,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => attach_existing(cfg, key, role, deadline)?,
             Err(e) => return Err(create_error(e, size)),
         };
@@ -504,13 +509,18 @@ fn set_size(kind: RingKind) -> usize {
     })
 }
 
-/// We created the segment: nobody can use it before the magic is stored. We make the ring's
-/// semaphore set, take its lock and record it in the header first (so an opener that finds the
-/// header not ready waits on the lock, and takes it over if we die), claim our role, and publish
-/// the header last.
-fn create_new(cfg: &ShmConfig, id: ShmId, geometry: &Geometry, role: Role) -> Result<Step, Error> {
+/// We created the segment of `size` bytes (`layout::segment_size` of the geometry): nobody can use
+/// it before the magic is stored. We make the ring's semaphore set, take its lock and record it in
+/// the header first (so an opener that finds the header not ready waits on the lock, and takes it
+/// over if we die), claim our role, and publish the header last.
+fn create_new(
+    cfg: &ShmConfig,
+    id: ShmId,
+    geometry: &Geometry,
+    size: usize,
+    role: Role,
+) -> Result<Step, Error> {
     let kind = cfg.kind;
-    let size = layout::segment_size(kind, geometry);
     let att = match Attachment::attach(id, size) {
         Ok(a) => a,
         // Removed between our shmget and shmat, by an opener that took it for a dead creator's.
@@ -554,7 +564,9 @@ fn create_new(cfg: &ShmConfig, id: ShmId, geometry: &Geometry, role: Role) -> Re
         }
     };
     let name = cfg.addr.header_name();
-    backing.header().init(kind, geometry, &name, proc::euid(), me.pid);
+    backing
+        .header()
+        .init(kind, geometry, size, &name, proc::euid(), me.pid);
     // An opener that found the segment before we had attached may have taken it for a dead
     // creator's and removed it: then start over on a fresh one.
     if shm::stat(id).map_or(true, |st| st.mode & SHM_DEST != 0) {
@@ -823,18 +835,22 @@ fn decide_spsc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<
         .map_err(corrupted_ring(layout))?;
     let unread = tail.wrapping_sub(head);
     let tokens = backing.tokens_of();
-    let other = match role {
-        Role::Sender => Role::Receiver,
-        Role::Receiver => Role::Sender,
-    };
+    let their_state = theirs.peer(tokens, other(role));
     let decision = decide(
         role,
         mine.peer(tokens, role),
-        theirs.peer(tokens, other),
+        their_state,
         mine.pid.load(Relaxed),
         unread,
     );
     if decision == Decision::Claim {
+        // Neither the role's previous holder (if any: it closed or died) nor a closed or dead
+        // peer can be asleep on the ring: clear any waiter bit one of them left by being killed
+        // while parked, before the stream resumes (else every message would make a futex call).
+        shared.forget_waiter(role);
+        if matches!(their_state, Peer::Closed | Peer::Dead) {
+            shared.forget_waiter(other(role));
+        }
         mine.claim(tokens, role)?;
     }
     Ok((decision, 0))
@@ -860,6 +876,14 @@ enum Decision {
     Claim,
     Recycle,
     Refuse(String),
+}
+
+/// The other end of a channel.
+fn other(role: Role) -> Role {
+    match role {
+        Role::Sender => Role::Receiver,
+        Role::Receiver => Role::Sender,
+    }
 }
 
 fn role_name(role: Role) -> &'static str {

@@ -263,6 +263,12 @@ pub mod off {
     /// Control block (`SpscShared`), one 128-byte line per field.
     pub const TAIL: usize = 256;
     pub const HEAD: usize = 256 + 128;
+    /// The doorbells (layout version 3): the futex word (u32), 4 bytes of padding, and the mask
+    /// of waiters (u64; SPSC: bit 0 the sender, bit 1 the receiver).
+    pub const NOT_EMPTY: usize = 256 + 2 * 128;
+    pub const NOT_EMPTY_WAITERS: usize = NOT_EMPTY + 8;
+    pub const NOT_FULL: usize = 256 + 3 * 128;
+    pub const NOT_FULL_WAITERS: usize = NOT_FULL + 8;
     pub const LOCK: usize = 256 + 4 * 128;
     pub const SENDER_STATE: usize = 256 + 5 * 128;
     pub const SENDER_PID: usize = SENDER_STATE + 4;
