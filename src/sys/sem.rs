@@ -31,11 +31,12 @@ pub(crate) struct SemStat {
     pub(crate) mode: u32,
 }
 
-/// `semctl`'s fourth argument. Only the integer and buffer members are used.
+/// `semctl`'s fourth argument. Only the integer, buffer and array members are used.
 #[repr(C)]
 union SemUn {
     val: libc::c_int,
     buf: *mut libc::semid_ds,
+    array: *mut libc::c_ushort,
 }
 
 /// Creates a new set of `nsems` semaphores (all 0) at `key` (`IPC_PRIVATE` for an anonymous
@@ -97,6 +98,65 @@ pub(crate) fn adjust(id: SemId, num: usize, delta: i16) -> io::Result<()> {
             r => return r.map(drop),
         }
     }
+}
+
+/// One operation of [`apply`]: add `delta` to semaphore `num`, recorded for the kernel to undo
+/// at our exit when `undo` is set.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Op {
+    pub(crate) num: usize,
+    pub(crate) delta: i16,
+    pub(crate) undo: bool,
+}
+
+/// Most operations one [`apply`] takes.
+const MAX_OPS: usize = 8;
+
+/// Applies `ops` (at most 8) in one `semop`, never blocking: all of them or, on any error, none
+/// (a decrement below 0 fails with `EAGAIN`, a value above `SEMVMX` with `ERANGE`).
+pub(crate) fn apply(id: SemId, ops: &[Op]) -> io::Result<()> {
+    assert!(
+        ops.len() <= MAX_OPS,
+        "{} semaphore operations in one call",
+        ops.len()
+    );
+    let mut bufs = [libc::sembuf {
+        sem_num: 0,
+        sem_op: 0,
+        sem_flg: 0,
+    }; MAX_OPS];
+    for (b, op) in bufs.iter_mut().zip(ops) {
+        let undo = if op.undo { libc::SEM_UNDO } else { 0 };
+        *b = libc::sembuf {
+            sem_num: op.num as libc::c_ushort,
+            sem_op: op.delta,
+            sem_flg: (undo | libc::IPC_NOWAIT) as libc::c_short,
+        };
+    }
+    loop {
+        // SAFETY: `bufs` holds `ops.len()` (at most MAX_OPS) initialised sembufs; semop reads
+        // exactly that many.
+        match cvt(unsafe { libc::semop(id.0, bufs.as_mut_ptr(), ops.len()) }) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// The values of the set's first `out.len()` semaphores, read in one `GETALL` (a snapshot: no
+/// `semop` lands between two of them). `out` must be at least as long as the set.
+pub(crate) fn values(id: SemId, out: &mut [u16]) -> io::Result<()> {
+    let nsems = stat(id)?.nsems;
+    if out.len() < nsems {
+        return Err(io::Error::from_raw_os_error(libc::ERANGE));
+    }
+    let arg = SemUn {
+        array: out.as_mut_ptr(),
+    };
+    // SAFETY: GETALL writes one c_ushort per semaphore of the set through `arg.array`, which
+    // points to `out`, at least `nsems` long (checked above against the set's size; a set's size
+    // never changes, and a set removed and replaced meanwhile has another id, so the call fails).
+    cvt(unsafe { libc::semctl(id.0, 0, libc::GETALL, arg) }).map(drop)
 }
 
 /// Takes the lock at semaphore `num` (0 → 1, with `SEM_UNDO`), waiting until `deadline`.
@@ -179,6 +239,31 @@ mod tests {
         unlock(id, 0).unwrap();
         assert!(lock(id, 0, Instant::now()).unwrap());
         unlock(id, 0).unwrap();
+    }
+
+    #[test]
+    fn apply_is_all_or_nothing_and_values_is_a_snapshot() {
+        let set = Set(create(libc::IPC_PRIVATE, 3, 0o600, false).unwrap());
+        let id = set.0;
+        let op = |num, delta, undo| Op { num, delta, undo };
+        apply(id, &[op(0, 1, true), op(1, 5, false)]).unwrap();
+        let mut v = [0u16; 3];
+        values(id, &mut v).unwrap();
+        assert_eq!(v, [1, 5, 0]);
+        // The second would go below 0: neither is applied.
+        let e = apply(id, &[op(0, 1, true), op(2, -1, false)]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
+        // Above SEMVMX: ERANGE, nothing applied.
+        let e = apply(id, &[op(1, 1, false), op(2, 32767, false), op(2, 1, false)]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ERANGE));
+        values(id, &mut v).unwrap();
+        assert_eq!(v, [1, 5, 0]);
+        assert!(
+            values(id, &mut [0u16; 2]).is_err(),
+            "a buffer shorter than the set"
+        );
+        apply(id, &[op(0, -1, true)]).unwrap();
+        assert_eq!(value(id, 0).unwrap(), 0);
     }
 
     #[test]
