@@ -127,11 +127,8 @@ impl Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        for _ in 0..50 {
-            let Some(id) = msqid_at(self.key) else { return };
-            // SAFETY: IPC_RMID takes no buffer.
-            unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
-        }
+        // The queue, then the liveness semaphore set at the same key.
+        remove_queue_key(self.key);
     }
 }
 
@@ -369,6 +366,11 @@ fn signal_storm(transport: &str, restart: bool) {
     rx.wait_success(SOON);
     ring.assert_gone(&format!("{tag}: after both ends exited"));
     assert_eq!(msqid_at(ring.key), None, "{tag}: a queue was left behind");
+    assert_eq!(
+        semid_at(ring.key),
+        None,
+        "{tag}: a queue's semaphore set was left behind"
+    );
     assert!(
         !unix_socket_path(&ring.name).exists(),
         "{tag}: a socket file was left behind"
@@ -1258,6 +1260,7 @@ fn an_unprivileged_uid_cannot_send_into_roots_0600_queue_and_changes_nothing() {
     );
     drop(rx);
     assert_eq!(msqid_at(q.key), None, "the receiver removed its queue");
+    assert_eq!(semid_at(q.key), None, "and its semaphore set");
 }
 
 #[test]

@@ -46,6 +46,13 @@ impl Queue {
         (id >= 0).then_some(id)
     }
 
+    /// The liveness semaphore set at the queue's key.
+    fn semid(&self) -> Option<i32> {
+        // SAFETY: semget only reads its scalar arguments.
+        let id = unsafe { libc::semget(self.key, 0, 0) };
+        (id >= 0).then_some(id)
+    }
+
     /// (messages queued, last sender pid, last receiver pid).
     fn stat(&self) -> Option<(u64, i32, i32)> {
         let id = self.msqid()?;
@@ -62,6 +69,11 @@ impl Drop for Queue {
         if let Some(id) = self.msqid() {
             // SAFETY: IPC_RMID takes no buffer.
             unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        }
+        // The liveness semaphore set at the same key.
+        if let Some(set) = self.semid() {
+            // SAFETY: IPC_RMID reads no argument beyond the scalars.
+            unsafe { libc::semctl(set, 0, libc::IPC_RMID) };
         }
     }
 }

@@ -352,17 +352,12 @@ fn msgq_peers_in_another_pid_namespace_are_alive_until_killed() {
     );
 }
 
-/// Removes the message queue at a key on drop.
+/// Removes the message queue at a key, and the liveness semaphore set at the same key, on drop.
 struct QueueGuard(i32);
 
 impl Drop for QueueGuard {
     fn drop(&mut self) {
-        // SAFETY: scalar arguments only.
-        let id = unsafe { libc::msgget(self.0, 0) };
-        if id >= 0 {
-            // SAFETY: IPC_RMID takes no buffer.
-            unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
-        }
+        remove_queue_key(self.0);
     }
 }
 

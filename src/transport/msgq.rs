@@ -104,6 +104,9 @@ use crate::transport::shm::SegmentAddr;
 use crate::transport::sysv::{check_owner, io_err, is_gone, Owner};
 use std::io;
 use std::time::{Duration, Instant};
+use tokens::{Attached, Counts, Membership, QueueOwner, Verdict};
+
+mod tokens;
 
 /// `mtype` of a whole message.
 pub const MTYPE_MESSAGE: i64 = 1;
@@ -206,10 +209,10 @@ impl MsgqConfig {
     }
 }
 
-/// What a peer pid tells.
+/// What is known of a peer (from its tokens and its pid).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PeerState {
-    /// Nobody yet (pid 0, or a pid already dead when we opened).
+    /// Nobody yet (no token since we opened, and pid 0 or a pid already dead when we opened).
     NotYet,
     Alive,
     Dead,
@@ -227,9 +230,50 @@ struct Queue {
     peer: Option<ProcessId>,
     /// When the peer's liveness may next be checked.
     next_check: Option<Instant>,
+    /// Our token in the queue's semaphore set (`None`: no set could be used; pids only).
+    tokens: Option<Membership>,
 }
 
 impl Queue {
+    /// What the tokens say of the peer now. Take it *before* the `IPC_STAT` it is combined with
+    /// (see `MsgqReceiver::on_empty`).
+    fn tokens_verdict(&mut self) -> Verdict {
+        match &mut self.tokens {
+            Some(m) => {
+                let counts = m.counts();
+                m.peer(counts)
+            }
+            None => Verdict::Unknown,
+        }
+    }
+
+    /// The peer's state from the tokens' verdict and the pid the kernel recorded for its role: a
+    /// token or a live pid is alive; else a peer that held a token (since we opened) is dead;
+    /// else the pid decides (a foreign client takes no token).
+    fn peer_state(&mut self, tokens: Verdict, pid: u32) -> PeerState {
+        if tokens == Verdict::Alive {
+            return PeerState::Alive;
+        }
+        match (self.pid_state(pid), tokens) {
+            (PeerState::Alive, _) => PeerState::Alive,
+            (_, Verdict::Dead) => PeerState::Dead,
+            (by_pid, _) => by_pid,
+        }
+    }
+
+    /// Closes this end's hold: removes the queue when `remove`, then gives our token back, or
+    /// removes the set if the queue is gone (whoever removed it). Call after the last thing this
+    /// end queues, so a peer never sees our token gone before our end of stream is there.
+    fn close(&mut self, remove: bool) {
+        if remove {
+            let _ = msgq::remove(self.id);
+        }
+        let gone = self.is_removed();
+        if let Some(m) = &mut self.tokens {
+            m.leave(gone);
+        }
+    }
+
     /// Whether a liveness check is due; if so, the next one is scheduled.
     fn check_due(&mut self, now: Instant) -> bool {
         if self.next_check.is_some_and(|t| now < t) {
@@ -239,7 +283,8 @@ impl Queue {
         true
     }
 
-    fn peer_state(&mut self, pid: u32) -> PeerState {
+    /// The peer's state by the pid alone.
+    fn pid_state(&mut self, pid: u32) -> PeerState {
         if pid == 0 {
             return PeerState::NotYet;
         }
@@ -390,9 +435,10 @@ fn put(q: &mut Queue, buf: &mut MsgBuf, mtype: i64, text: &[u8], wait: Wait) -> 
         // Full: back-pressure, unless the receiver is gone.
         let now = Instant::now();
         if q.check_due(now) {
+            let tokens = q.tokens_verdict();
             match msgq::stat(q.id) {
                 Err(e) if is_gone(&e) => return Err(TrySendError::Disconnected),
-                Ok(st) if q.peer_state(st.lrpid) == PeerState::Dead => {
+                Ok(st) if q.peer_state(tokens, st.lrpid) == PeerState::Dead => {
                     return Err(TrySendError::Disconnected)
                 }
                 _ => {}
@@ -509,8 +555,9 @@ impl Sender for MsgqSender {
     }
 }
 
-impl Drop for MsgqSender {
-    fn drop(&mut self) {
+impl MsgqSender {
+    /// Ends the stream as the sender closes: whether to remove the queue.
+    fn finish(&mut self) -> bool {
         let wait = Wait::Until(Instant::now().checked_add(self.close_timeout));
         if !self.disconnected {
             match self.flush_rest(wait) {
@@ -518,31 +565,34 @@ impl Drop for MsgqSender {
                 Err(TrySendError::Disconnected) => self.disconnected = true,
                 // No room in time: the receiver drops the message cut short, and the queue is
                 // left as it is (its end of stream would not fit either).
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
         if self.disconnected {
             // Removed already, or the receiver died: nobody will read what is left.
-            let _ = msgq::remove(self.q.id);
-            return;
+            return true;
         }
+        let tokens = self.q.tokens_verdict();
         let Ok(st) = msgq::stat(self.q.id) else {
-            return;
+            return false;
         };
-        let remove = match self.q.peer_state(st.lrpid) {
+        let remove = match self.q.peer_state(tokens, st.lrpid) {
             PeerState::Dead => true,
             PeerState::NotYet => !self.sent_any && st.qnum == 0,
             PeerState::Alive => false,
         };
-        if remove {
-            let _ = msgq::remove(self.q.id);
-            return;
-        }
         // Without room for it in time the end of stream is not sent; the receiver then learns
-        // of the close only from our pid being dead, once it has drained the queue.
-        if put(&mut self.q, &mut self.buf, MTYPE_END, &[], wait) == Err(TrySendError::Disconnected) {
-            let _ = msgq::remove(self.q.id);
-        }
+        // of the close from our token (or pid) being gone, once it has drained the queue.
+        remove || put(&mut self.q, &mut self.buf, MTYPE_END, &[], wait) == Err(TrySendError::Disconnected)
+    }
+}
+
+impl Drop for MsgqSender {
+    fn drop(&mut self) {
+        let remove = self.finish();
+        // Our token goes back only now, after the end of stream: a receiver that finds no sender
+        // token and an empty queue can then tell that the stream ended.
+        self.q.close(remove);
     }
 }
 
@@ -655,12 +705,16 @@ impl MsgqReceiver {
     }
 
     fn on_empty(&mut self) -> Empty {
+        // The tokens first, then the queue: senders queue everything (their end of stream
+        // included) before they give their token back, so if no sender held one at the first
+        // look and the queue is empty at the second, nothing more is coming from them.
+        let tokens = self.q.tokens_verdict();
         match msgq::stat(self.q.id) {
             Err(e) if is_gone(&e) => Empty::SenderGone,
             Err(_) => Empty::Wait,
             Ok(st) if st.qnum > 0 => Empty::Arrived,
             // A snapshot: an empty queue whose last sender is dead stays empty.
-            Ok(st) => match self.q.peer_state(st.lspid) {
+            Ok(st) => match self.q.peer_state(tokens, st.lspid) {
                 PeerState::Dead => {
                     self.ended = Some(Peer::Dead);
                     Empty::SenderGone
@@ -784,8 +838,9 @@ impl Receiver for MsgqReceiver {
 
 impl Drop for MsgqReceiver {
     fn drop(&mut self) {
-        // Nobody reads again. A sender still sending gets Disconnected (EIDRM).
-        let _ = msgq::remove(self.q.id);
+        // Nobody reads again. A sender still sending gets Disconnected (EIDRM). The set goes
+        // with the queue.
+        self.q.close(true);
     }
 }
 
@@ -820,11 +875,22 @@ struct Opened {
     msgmax: usize,
 }
 
-/// One step of `open`: a queue to use (and the peer pid already dead when we looked), or look
-/// again from the start.
+/// One step of `open`: a queue to use (and what we learnt of it), or look again from the start.
 enum Step {
-    Use(MsqId, Option<u32>),
+    Use(MsqId, Start),
     Retry,
+}
+
+/// What an end knows of its peers when it decides to use a queue.
+#[derive(Default)]
+struct Start {
+    /// A peer pid already dead when we looked: "no peer yet" (see `Queue::stale_peer`).
+    stale_peer: Option<u32>,
+    /// The set's counts when we looked (`None`: we created the queue, or it had no set of ours).
+    counts: Option<Counts>,
+    /// Peers that joined before us and are gone count as ours: a receiver draining what a dead
+    /// sender left.
+    adopt: bool,
 }
 
 fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
@@ -850,13 +916,13 @@ fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
     let mut backoff = Duration::from_micros(100);
     loop {
         let (step, created) = match msgq::create_exclusive(key, cfg.mode) {
-            Ok(id) => (Step::Use(id, None), true),
+            Ok(id) => (Step::Use(id, Start::default()), true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 (examine(cfg, &what, key, role, msgmax)?, false)
             }
             Err(e) => return Err(create_error(e)),
         };
-        if let Step::Use(id, stale_peer) = step {
+        if let Step::Use(id, start) = step {
             match msgq::stat(id) {
                 Ok(st) => {
                     let fragment = msgmax.min(usize::try_from(st.qbytes).unwrap_or(usize::MAX));
@@ -871,12 +937,40 @@ fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
                             show(limits.msgmax)
                         )));
                     }
+                    let owner = QueueOwner {
+                        uid: st.uid,
+                        cuid: st.cuid,
+                        mode: st.mode,
+                    };
+                    let attached = tokens::attach(key, id, &owner, cfg.mode, role, deadline);
+                    let tokens = match attached {
+                        Ok(Attached::Joined(set, now)) => Some(Membership::new(
+                            set,
+                            role,
+                            start.counts.unwrap_or(now),
+                            now,
+                            start.adopt,
+                        )),
+                        Ok(Attached::Without) => None,
+                        Ok(Attached::QueueGone) => {
+                            retry_after(&mut backoff, deadline, cfg, &what)?;
+                            continue;
+                        }
+                        Err(e) => {
+                            if created {
+                                let _ = msgq::remove(id);
+                                tokens::remove_for(key, id, &owner);
+                            }
+                            return Err(e);
+                        }
+                    };
                     let queue = Queue {
                         id,
                         key,
-                        stale_peer,
+                        stale_peer: start.stale_peer,
                         peer: None,
                         next_check: None,
+                        tokens,
                     };
                     return Ok(Opened {
                         queue,
@@ -888,15 +982,21 @@ fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
                 Err(e) => return Err(io_err("msgctl(IPC_STAT)")(e)),
             }
         }
-        if Instant::now() >= deadline {
-            return Err(Error::InUse(format!(
-                "{what} kept changing under us for {:?} (created or removed by others)",
-                cfg.open_timeout
-            )));
-        }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_millis(20));
+        retry_after(&mut backoff, deadline, cfg, &what)?;
     }
+}
+
+/// Sleeps before `open` looks again, or fails if it has looked for too long.
+fn retry_after(backoff: &mut Duration, deadline: Instant, cfg: &MsgqConfig, what: &str) -> Result<(), Error> {
+    if Instant::now() >= deadline {
+        return Err(Error::InUse(format!(
+            "{what} kept changing under us for {:?} (created or removed by others)",
+            cfg.open_timeout
+        )));
+    }
+    std::thread::sleep(*backoff);
+    *backoff = (*backoff * 2).min(Duration::from_millis(20));
+    Ok(())
 }
 
 /// Whether the last message in the queue is an end of stream (`None`: the queue changed; look
@@ -930,33 +1030,58 @@ fn examine(cfg: &MsgqConfig, what: &str, key: i32, role: Role, msgmax: usize) ->
         mode: st.mode,
     };
     check_owner(what, &owner, cfg.mode, cfg.allow_other_owner)?;
+    let set = tokens::find(
+        key,
+        id,
+        &QueueOwner {
+            uid: st.uid,
+            cuid: st.cuid,
+            mode: st.mode,
+        },
+    );
+    let counts = set.map(|(_, c)| c);
     let me = proc::current().pid;
     let (lspid, lrpid) = (st.lspid, st.lrpid);
-    let receiver = match lrpid {
-        0 => PeerState::NotYet,
-        p if alive(p) => PeerState::Alive,
-        _ => PeerState::Dead,
-    };
-    // Pid 0 with messages queued: a sender in another pid namespace. Take it for alive.
-    let sender_alive = lspid == 0 || alive(lspid);
+    let receiver = at_open(counts, Role::Receiver, lrpid);
+    // NotYet with messages queued: pid 0 (a sender in another PID namespace) and no token ever
+    // (a foreign client, or a shmpipe without tokens). Take it for alive.
+    let sender_alive = at_open(counts, Role::Sender, lspid) != PeerState::Dead;
     let refuse = |why: String| Err(Error::InUse(format!("{what}: {why}")));
-    if role == Role::Receiver && receiver == PeerState::Alive && lrpid != me {
+    // Only by pid, as before tokens: a receiver that has received nothing can be joined.
+    if role == Role::Receiver && lrpid != 0 && lrpid != me && alive(lrpid) {
         return refuse(format!("its receiver is held by live pid {lrpid}"));
     }
     if st.qnum == 0 {
+        let dead_pid = |pid: u32| (pid != 0 && !alive(pid)).then_some(pid);
         let stale_peer = match role {
-            Role::Receiver => (lspid != 0 && !sender_alive).then_some(lspid),
-            Role::Sender => (receiver == PeerState::Dead).then_some(lrpid),
+            Role::Receiver => dead_pid(lspid),
+            Role::Sender => dead_pid(lrpid),
         };
-        return Ok(Step::Use(id, stale_peer));
+        let start = Start {
+            stale_peer,
+            counts,
+            adopt: false,
+        };
+        return Ok(Step::Use(id, start));
     }
     let Some(finished) = end_pending(id, st.qnum, msgmax) else {
         return Ok(Step::Retry);
     };
     let stale = !sender_alive && receiver != PeerState::Alive && !finished;
+    let pid = |p: u32| match p {
+        0 => "pid unknown here: another PID namespace".to_string(),
+        p => format!("pid {p}"),
+    };
     match role {
         Role::Receiver if stale && receiver == PeerState::Dead => {}
-        Role::Receiver => return Ok(Step::Use(id, None)),
+        Role::Receiver => {
+            let start = Start {
+                stale_peer: None,
+                counts,
+                adopt: true,
+            };
+            return Ok(Step::Use(id, start));
+        }
         Role::Sender if finished => {
             return refuse(format!(
                 "it holds {} unread messages from a sender that has finished; \
@@ -966,28 +1091,48 @@ fn examine(cfg: &MsgqConfig, what: &str, key: i32, role: Role, msgmax: usize) ->
         }
         Role::Sender if sender_alive => {
             return refuse(format!(
-                "its sender is held by live pid {lspid} ({} messages unread)",
+                "its sender is held by a live process ({}; {} messages unread)",
+                pid(lspid),
                 st.qnum
             ))
         }
         Role::Sender if receiver == PeerState::Alive => {
             return refuse(format!(
-                "its previous sender (pid {lspid}) died with {} messages unread and its receiver \
-                 (pid {lrpid}) is still reading them; retry when it has finished",
-                st.qnum
+                "its previous sender ({}) died with {} messages unread and its receiver \
+                 ({}) is still reading them; retry when it has finished",
+                pid(lspid),
+                st.qnum,
+                pid(lrpid)
             ))
         }
         Role::Sender => {}
     }
-    // Stale: left by a run whose ends are both gone, with no end of stream.
+    // Stale: left by a run whose ends are both gone, with no end of stream. Its set goes too.
     let _ = msgq::remove(id);
+    if let Some((set, _)) = set {
+        let _ = crate::sys::sem::remove(set);
+    }
     Ok(Step::Retry)
+}
+
+/// A role's state when a queue is opened, from the set's counts (if it has a set) and the pid
+/// the kernel recorded for the role: alive if it holds a token or its pid is alive; dead if its
+/// pid is dead, or pid unknown here but shmpipe ends of the role have joined and none is left.
+fn at_open(counts: Option<Counts>, role: Role, pid: u32) -> PeerState {
+    if counts.is_some_and(|c| c.live(role) > 0) || (pid != 0 && alive(pid)) {
+        PeerState::Alive
+    } else if pid != 0 || counts.is_some_and(|c| c.joined(role) != 0) {
+        PeerState::Dead
+    } else {
+        PeerState::NotYet
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::{RecvError, SendError};
+    use crate::sys::sem;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A unique queue name for this test, and a guard that removes the queue at that key when
@@ -1020,6 +1165,10 @@ mod tests {
         fn drop(&mut self) {
             if let Ok(id) = msgq::lookup(self.key) {
                 let _ = msgq::remove(id);
+            }
+            // The liveness semaphore set at the same key.
+            if let Ok(set) = sem::lookup(self.key) {
+                let _ = sem::remove(set);
             }
         }
     }

@@ -23,8 +23,9 @@
 //! not exit within [`STALL`], is a hang (an error; the processes are killed); and the whole run
 //! is abandoned (children killed, exit 1) if it outlives its duration by [`RUN_GRACE`].
 //!
-//! At the end, any entry of `/proc/sysvipc/shm` or `/proc/sysvipc/msg` whose key is that of a
-//! name used is a leak. Exit 0 only with no error and no leak.
+//! At the end, any entry of `/proc/sysvipc/shm`, `/proc/sysvipc/msg` or `/proc/sysvipc/sem` (a
+//! message queue's liveness semaphore set lives at the queue's key; a ring's set is private, key
+//! 0) whose key is that of a name used is a leak. Exit 0 only with no error and no leak.
 
 use clap::Args;
 use shmpipe::endpoint::Endpoint;
@@ -676,10 +677,10 @@ fn split_endpoint(endpoint: &str) -> Result<(&str, &str, &str), String> {
     Ok((scheme, name, query))
 }
 
-/// Keys of SysV objects listed in `/proc/sysvipc/{shm,msg}`.
+/// Keys of SysV objects listed in `/proc/sysvipc/{shm,msg,sem}`.
 fn sysv_keys() -> Result<Vec<i32>, String> {
     let mut keys = Vec::new();
-    for file in ["/proc/sysvipc/shm", "/proc/sysvipc/msg"] {
+    for file in ["/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem"] {
         let text = std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?;
         keys.extend(
             text.lines()
