@@ -232,9 +232,18 @@ struct Queue {
     next_check: Option<Instant>,
     /// Our token in the queue's semaphore set (`None`: no set could be used; pids only).
     tokens: Option<Membership>,
+    /// The process that opened this end (`sys::fork`): a forked child's copy refuses every call
+    /// and its drop does nothing.
+    owner: u32,
 }
 
 impl Queue {
+    /// Whether this end was inherited by a forked child (one load of a static, no syscall).
+    #[inline]
+    fn inherited(&self) -> bool {
+        crate::sys::fork::generation() != self.owner
+    }
+
     /// What the tokens say of the peer now. Take it *before* the `IPC_STAT` it is combined with
     /// (see `MsgqReceiver::on_empty`).
     fn tokens_verdict(&mut self) -> Verdict {
@@ -468,6 +477,9 @@ impl MsgqSender {
     }
 
     fn send_impl(&mut self, msg: &[u8], wait: Wait) -> Result<(), TrySendError> {
+        if self.q.inherited() {
+            return Err(TrySendError::Forked);
+        }
         if self.disconnected {
             return Err(TrySendError::Disconnected);
         }
@@ -589,6 +601,10 @@ impl MsgqSender {
 
 impl Drop for MsgqSender {
     fn drop(&mut self) {
+        // A forked child's copy: the queue, the stream and the token are the parent's.
+        if self.q.inherited() {
+            return;
+        }
         let remove = self.finish();
         // Our token goes back only now, after the end of stream: a receiver that finds no sender
         // token and an empty queue can then tell that the stream ended.
@@ -647,6 +663,9 @@ impl MsgqReceiver {
     }
 
     fn recv_impl(&mut self, out: &mut Vec<u8>, wait: Wait) -> Result<(), TryRecvError> {
+        if self.q.inherited() {
+            return Err(TryRecvError::Forked);
+        }
         if self.finished {
             return Err(TryRecvError::Disconnected);
         }
@@ -838,6 +857,10 @@ impl Receiver for MsgqReceiver {
 
 impl Drop for MsgqReceiver {
     fn drop(&mut self) {
+        // A forked child's copy: the queue is the parent's.
+        if self.q.inherited() {
+            return;
+        }
         // Nobody reads again. A sender still sending gets Disconnected (EIDRM). The set goes
         // with the queue.
         self.q.close(true);
@@ -971,6 +994,7 @@ fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
                         peer: None,
                         next_check: None,
                         tokens,
+                        owner: crate::sys::fork::arm(),
                     };
                     return Ok(Opened {
                         queue,
