@@ -239,6 +239,12 @@ fn child_main() {
             say(&String::from_utf8_lossy(&buf));
             std::thread::sleep(Duration::from_secs(120));
         }
+        // Opens the receiving end, receives nothing, and waits to be killed.
+        "recv-idle" => {
+            let _rx = cfg.open_receiver().unwrap();
+            say("ready");
+            std::thread::sleep(Duration::from_secs(120));
+        }
         // Receives one message and exits without closing (the queue stays).
         "recv-crash" => {
             let mut rx = cfg.open_receiver().unwrap();
@@ -432,6 +438,33 @@ fn ends_inherited_by_a_forked_child_refuse_use_and_their_drop_changes_nothing() 
     drop(rx);
     assert_eq!(q.msqid(), None, "the receiver removed its queue");
     assert_eq!(q.semid(), None, "and its semaphore set");
+}
+
+#[test]
+fn sigkill_of_a_receiver_that_never_received_disconnects_a_sender_on_a_full_queue() {
+    // The kernel records no pid for a receiver until its first msgrcv: only its token tells.
+    let q = Queue::new("killidle");
+    let mut tx = open_sender(&q.endpoint()).unwrap();
+    let mut kid = Kid::spawn(&["recv-idle", &q.name]);
+    kid.expect("ready");
+    let msg = [7u8; 1000];
+    while tx.try_send(&msg).is_ok() {}
+    assert_eq!(q.stat().unwrap().2, 0, "no receiver pid recorded");
+    // Alive: a full queue is back-pressure.
+    assert!(matches!(
+        tx.send_timeout(&msg, Duration::from_millis(150)),
+        Err(SendTimeoutError::Timeout)
+    ));
+    kid.kill();
+    let killed = Instant::now();
+    assert_eq!(tx.send(&msg), Err(SendError::Disconnected));
+    let lag = killed.elapsed();
+    assert!(lag < Duration::from_secs(1), "noticed after {lag:?}");
+    drop(tx);
+    assert!(
+        q.msqid().is_none() && q.semid().is_none(),
+        "the sender removed both"
+    );
 }
 
 #[test]

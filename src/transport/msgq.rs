@@ -1499,6 +1499,129 @@ mod tests {
         assert!(!t.exists(), "the receiver removed it");
     }
 
+    fn set_of(q: &Queue) -> sem::SemId {
+        q.tokens.as_ref().expect("a semaphore set").set()
+    }
+
+    fn live_joined(set: sem::SemId) -> ([u16; 2], [u16; 2]) {
+        let c = tokens::counts(set);
+        (
+            [c.live(Role::Receiver), c.live(Role::Sender)],
+            [c.joined(Role::Receiver), c.joined(Role::Sender)],
+        )
+    }
+
+    #[test]
+    fn each_end_holds_a_token_in_the_set_at_the_queue_key_until_it_closes() {
+        let t = Named::new("tokens");
+        let rx = t.cfg().open_receiver().unwrap();
+        let set = set_of(&rx.q);
+        assert_eq!(sem::lookup(t.key).unwrap(), set, "the set is at the queue's key");
+        let tx = t.cfg().open_sender().unwrap();
+        assert_eq!(set_of(&tx.q), set);
+        assert_eq!(live_joined(set), ([1, 1], [1, 1]));
+        drop(tx);
+        assert_eq!(
+            live_joined(set),
+            ([1, 0], [1, 1]),
+            "the sender gave its token back"
+        );
+        drop(rx);
+        assert!(sem::lookup(t.key).is_err(), "the set went with the queue");
+    }
+
+    #[test]
+    fn a_fresh_queue_never_inherits_a_stale_set() {
+        let t = Named::new("staleset");
+        // Left at the key by an earlier queue: tagged with its id, a sender token still counted
+        // (as if that queue's sender were alive).
+        let old = tokens::plant(t.key, Some(MsqId(123_456)), [0, 1], [2, 7]);
+        let mut rx = t.cfg().open_receiver().unwrap();
+        let set = set_of(&rx.q);
+        assert_ne!(set, old);
+        assert!(sem::stat(old).is_err(), "the stale set was removed");
+        assert_eq!(live_joined(set), ([1, 0], [1, 0]));
+        // No sender is taken for alive, or for dead: the receiver waits.
+        let mut buf = Vec::new();
+        assert_eq!(
+            rx.recv_timeout(&mut buf, Duration::from_millis(120)),
+            Err(RecvTimeoutError::Timeout)
+        );
+    }
+
+    #[test]
+    fn an_untagged_set_is_waited_for_and_removed_only_when_its_creator_never_tags_it() {
+        // Its creator tags it meanwhile: used as it is.
+        let t = Named::new("tagging");
+        let q = msgq::create_exclusive(t.key, 0o600).unwrap();
+        let set = tokens::plant(t.key, None, [0, 0], [0, 0]);
+        let tagger = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tokens::tag(set, q);
+        });
+        let start = Instant::now();
+        let tx = t.cfg().open_sender().unwrap();
+        tagger.join().unwrap();
+        assert_eq!((tx.q.id, set_of(&tx.q)), (q, set));
+        assert!(start.elapsed() < tokens::UNTAGGED_GRACE);
+        drop(tx);
+
+        // Never tagged (its creator died between semget and semop): removed after the grace.
+        let t = Named::new("untagged");
+        let old = tokens::plant(t.key, None, [0, 0], [0, 0]);
+        let start = Instant::now();
+        let rx = t.cfg().open_receiver().unwrap();
+        assert!(start.elapsed() >= tokens::UNTAGGED_GRACE);
+        assert_ne!(set_of(&rx.q), old);
+        assert!(sem::stat(old).is_err());
+    }
+
+    #[test]
+    fn a_queue_made_without_a_set_gets_one_and_a_foreign_set_is_left_alone() {
+        // A queue a foreign client made: the first end makes its set.
+        let t = Named::new("noset");
+        msgq::create_exclusive(t.key, 0o600).unwrap();
+        let tx = t.cfg().open_sender().unwrap();
+        assert_eq!(live_joined(set_of(&tx.q)), ([0, 1], [0, 1]));
+        drop(tx);
+
+        // Something else's set at the key (another size): not used, not removed; pids only.
+        let t = Named::new("foreignset");
+        let foreign = sem::create(t.key, 3, 0o600, true).unwrap();
+        let mut rx = t.cfg().open_receiver().unwrap();
+        let mut tx = t.cfg().open_sender().unwrap();
+        assert!(rx.q.tokens.is_none() && tx.q.tokens.is_none());
+        tx.send(b"by pids").unwrap();
+        let mut buf = Vec::new();
+        rx.recv(&mut buf).unwrap();
+        assert_eq!(buf, b"by pids");
+        drop(tx);
+        assert_eq!(rx.recv(&mut buf), Err(RecvError::Disconnected));
+        drop(rx);
+        assert_eq!(sem::stat(foreign).unwrap().nsems, 3, "left alone");
+        let _ = sem::remove(foreign);
+    }
+
+    #[test]
+    fn a_queue_removed_under_its_ends_takes_its_set_when_they_close() {
+        let t = Named::new("ipcrm");
+        let mut rx = t.cfg().open_receiver().unwrap();
+        let mut tx = t.cfg().open_sender().unwrap();
+        let set = set_of(&rx.q);
+        // `ipcrm -q`: the queue goes, its set stays.
+        msgq::remove(rx.q.id).unwrap();
+        assert_eq!(tx.try_send(b"x"), Err(TrySendError::Disconnected));
+        drop(tx);
+        assert!(
+            sem::stat(set).is_err(),
+            "the sender removed the set of its removed queue"
+        );
+        let mut buf = Vec::new();
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+        drop(rx);
+        assert!(sem::lookup(t.key).is_err());
+    }
+
     #[test]
     fn raw_keys_and_bad_configs() {
         let t = Named::new("rawkey");

@@ -50,7 +50,7 @@ const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 const SEMVMX: i16 = 32767;
 /// How long a set may stay untagged (its creator between `semget` and its first `semop`) before
 /// it is taken for abandoned by a creator that died there.
-const UNTAGGED_GRACE: Duration = Duration::from_millis(500);
+pub(crate) const UNTAGGED_GRACE: Duration = Duration::from_millis(500);
 
 /// Index of a role's counters.
 fn slot(role: Role) -> usize {
@@ -430,6 +430,51 @@ pub(crate) fn remove_for(key: i32, q: MsqId, owner: &QueueOwner) {
     if let Some((set, _)) = find(key, q, owner) {
         let _ = sem::remove(set);
     }
+}
+
+/// Makes a set at `key` as someone else would have left it: tagged for `tag` (or not yet
+/// tagged), with these counts (no undo: they stay).
+#[cfg(test)]
+pub(crate) fn plant(key: i32, tag: Option<MsqId>, live: [u16; 2], joined: [u16; 2]) -> SemId {
+    let set = sem::create(key, NSEMS, 0o600, true).unwrap();
+    let mut values = [live[0], live[1], joined[0], joined[1], 0, 0, 0];
+    if let Some(q) = tag {
+        values[TAG..].copy_from_slice(&tag_of(q));
+    }
+    let ops: Vec<Op> = (0..NSEMS)
+        .filter(|&n| values[n] != 0)
+        .map(|n| Op {
+            num: n,
+            delta: values[n] as i16,
+            undo: false,
+        })
+        .collect();
+    if !ops.is_empty() {
+        sem::apply(set, &ops).unwrap();
+    }
+    set
+}
+
+/// Tags `set` for `q`, as its creator does.
+#[cfg(test)]
+pub(crate) fn tag(set: SemId, q: MsqId) {
+    let ops: Vec<Op> = tag_of(q)
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p != 0)
+        .map(|(i, p)| Op {
+            num: TAG + i,
+            delta: *p as i16,
+            undo: false,
+        })
+        .collect();
+    sem::apply(set, &ops).unwrap();
+}
+
+/// The counts of `set`, for tests.
+#[cfg(test)]
+pub(crate) fn counts(set: SemId) -> Counts {
+    counts_of(&read(set).unwrap())
 }
 
 #[cfg(test)]
