@@ -31,12 +31,11 @@ pub(crate) struct SemStat {
     pub(crate) mode: u32,
 }
 
-/// `semctl`'s fourth argument. Only the integer, buffer and array members are used.
+/// `semctl`'s fourth argument. Only the integer and buffer members are used.
 #[repr(C)]
 union SemUn {
     val: libc::c_int,
     buf: *mut libc::semid_ds,
-    array: *mut libc::c_ushort,
 }
 
 /// Creates a new set of `nsems` semaphores (all 0) at `key` (`IPC_PRIVATE` for an anonymous
@@ -143,22 +142,6 @@ pub(crate) fn apply(id: SemId, ops: &[Op]) -> io::Result<()> {
     }
 }
 
-/// The values of the set's first `out.len()` semaphores, read in one `GETALL` (a snapshot: no
-/// `semop` lands between two of them). `out` must be at least as long as the set.
-pub(crate) fn values(id: SemId, out: &mut [u16]) -> io::Result<()> {
-    let nsems = stat(id)?.nsems;
-    if out.len() < nsems {
-        return Err(io::Error::from_raw_os_error(libc::ERANGE));
-    }
-    let arg = SemUn {
-        array: out.as_mut_ptr(),
-    };
-    // SAFETY: GETALL writes one c_ushort per semaphore of the set through `arg.array`, which
-    // points to `out`, at least `nsems` long (checked above against the set's size; a set's size
-    // never changes, and a set removed and replaced meanwhile has another id, so the call fails).
-    cvt(unsafe { libc::semctl(id.0, 0, libc::GETALL, arg) }).map(drop)
-}
-
 /// Takes the lock at semaphore `num` (0 → 1, with `SEM_UNDO`), waiting until `deadline`.
 /// `Ok(false)`: still held by someone else at the deadline.
 pub(crate) fn lock(id: SemId, num: usize, deadline: Instant) -> io::Result<bool> {
@@ -242,26 +225,20 @@ mod tests {
     }
 
     #[test]
-    fn apply_is_all_or_nothing_and_values_is_a_snapshot() {
+    fn apply_is_all_or_nothing() {
         let set = Set(create(libc::IPC_PRIVATE, 3, 0o600, false).unwrap());
         let id = set.0;
         let op = |num, delta, undo| Op { num, delta, undo };
+        let values = || [0, 1, 2].map(|n| value(id, n).unwrap());
         apply(id, &[op(0, 1, true), op(1, 5, false)]).unwrap();
-        let mut v = [0u16; 3];
-        values(id, &mut v).unwrap();
-        assert_eq!(v, [1, 5, 0]);
+        assert_eq!(values(), [1, 5, 0]);
         // The second would go below 0: neither is applied.
         let e = apply(id, &[op(0, 1, true), op(2, -1, false)]).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
         // Above SEMVMX: ERANGE, nothing applied.
         let e = apply(id, &[op(1, 1, false), op(2, 32767, false), op(2, 1, false)]).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ERANGE));
-        values(id, &mut v).unwrap();
-        assert_eq!(v, [1, 5, 0]);
-        assert!(
-            values(id, &mut [0u16; 2]).is_err(),
-            "a buffer shorter than the set"
-        );
+        assert_eq!(values(), [1, 5, 0]);
         apply(id, &[op(0, -1, true)]).unwrap();
         assert_eq!(value(id, 0).unwrap(), 0);
     }

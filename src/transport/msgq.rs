@@ -248,10 +248,7 @@ impl Queue {
     /// (see `MsgqReceiver::on_empty`).
     fn tokens_verdict(&mut self) -> Verdict {
         match &mut self.tokens {
-            Some(m) => {
-                let counts = m.counts();
-                m.peer(counts)
-            }
+            Some(m) => m.verdict(),
             None => Verdict::Unknown,
         }
     }

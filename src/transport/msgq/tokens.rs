@@ -12,9 +12,9 @@
 //! | 3 | senders joined | `+1` per join, no undo, wraps from 32767 to 1 |
 //! | 4-6 | the tag: `msqid + 1`, 11 bits each | written once, by the set's creator |
 //!
-//! An end takes its token and bumps its role's `joined` in one `semop` (so a snapshot never sees
-//! one without the other) and gives the token back when it closes; the kernel gives it back when
-//! the process dies. Its peers read the four counters in one `GETALL`.
+//! An end takes its token and bumps its role's `joined` in one `semop` and gives the token back
+//! when it closes; the kernel gives it back when the process dies. Its peers read the counters
+//! with `GETVAL`, `joined` before `live` (see [`read_counts`]).
 //!
 //! # Which queue a set belongs to
 //!
@@ -92,17 +92,39 @@ fn tag_of(q: MsqId) -> [u16; 3] {
     [0, 1, 2].map(|i| ((t >> (TAG_BITS * i)) & TAG_MASK) as u16)
 }
 
-fn read(set: SemId) -> io::Result<[u16; NSEMS]> {
-    let mut v = [0u16; NSEMS];
-    sem::values(set, &mut v)?;
-    Ok(v)
+fn get(set: SemId, num: usize) -> io::Result<u16> {
+    sem::value(set, num).map(|v| v as u16)
 }
 
-fn counts_of(v: &[u16; NSEMS]) -> Counts {
-    Counts {
-        live: [v[0], v[1]],
-        joined: [v[2], v[3]],
+/// Both roles' counters, one `GETVAL` each (not a snapshot; `GETALL` would be, but writes as many
+/// values as the set *now* has, which a buffer sized beforehand cannot be sure of). `joined` is
+/// read before `live`: an end takes its token and counts its join in one `semop`, so an end
+/// that joins between the reads shows as live, and no read order can show a live end's join
+/// without its token (which would be taken for an end that joined and died).
+fn read_counts(set: SemId) -> io::Result<Counts> {
+    let joined = [get(set, 2)?, get(set, 3)?];
+    let live = [get(set, 0)?, get(set, 1)?];
+    Ok(Counts { live, joined })
+}
+
+/// Reads of the tag before it is taken for unreadable (someone keeps rewriting it).
+const TAG_READS: usize = 8;
+
+/// The tag, read until two reads in a row agree (`None`: they never did). It is written once, in
+/// one `semop`: a read that straddles that write may see some parts and not others, but two
+/// reads in a row cannot both straddle it, and a straddling read differs from the next unless it
+/// saw the whole tag.
+fn read_tag(set: SemId) -> io::Result<Option<[u16; 3]>> {
+    let read = || -> io::Result<[u16; 3]> { Ok([get(set, TAG)?, get(set, TAG + 1)?, get(set, TAG + 2)?]) };
+    let mut last = read()?;
+    for _ in 1..TAG_READS {
+        let now = read()?;
+        if now == last {
+            return Ok(Some(now));
+        }
+        last = now;
     }
+    Ok(None)
 }
 
 /// What the set at the key is to queue `q`.
@@ -142,18 +164,22 @@ fn judge(set: SemId, q: MsqId, owner: &QueueOwner) -> Found {
     if st.nsems != NSEMS || !same_owner || st.mode & 0o022 & !owner.mode != 0 {
         return Found::Foreign;
     }
-    let v = match read(set) {
-        Ok(v) => v,
+    let tag = match read_tag(set) {
+        Ok(Some(tag)) => tag,
+        Ok(None) => return Found::Foreign,
         Err(e) if is_gone(&e) => return Found::Gone,
         Err(_) => return Found::Foreign,
     };
-    let tag = [v[TAG], v[TAG + 1], v[TAG + 2]];
     if tag == [0; 3] {
-        Found::Untagged
-    } else if tag == tag_of(q) {
-        Found::Ours(counts_of(&v))
-    } else {
-        Found::Stale
+        return Found::Untagged;
+    }
+    if tag != tag_of(q) {
+        return Found::Stale;
+    }
+    match read_counts(set) {
+        Ok(c) => Found::Ours(c),
+        Err(e) if is_gone(&e) => Found::Gone,
+        Err(_) => Found::Foreign,
     }
 }
 
@@ -252,8 +278,8 @@ pub(crate) fn attach(
         if sem::lookup(key).ok() != Some(set) {
             continue;
         }
-        let Ok(v) = read(set) else { continue };
-        return Ok(Attached::Joined(set, counts_of(&v)));
+        let Ok(counts) = read_counts(set) else { continue };
+        return Ok(Attached::Joined(set, counts));
     }
 }
 
@@ -377,21 +403,20 @@ impl Membership {
         }
     }
 
-    /// A fresh snapshot.
-    pub(crate) fn counts(&self) -> Option<Counts> {
-        read(self.set).ok().map(|v| counts_of(&v))
-    }
-
-    /// The peer role's state by the tokens, from a snapshot.
-    pub(crate) fn peer(&mut self, counts: Option<Counts>) -> Verdict {
-        let Some(c) = counts else {
+    /// The peer role's state by the tokens now: two `GETVAL`s, `joined` before `live` (see
+    /// [`read_counts`]).
+    pub(crate) fn verdict(&mut self) -> Verdict {
+        let peer = slot(other(self.role));
+        let Ok(joined) = get(self.set, 2 + peer) else {
             return Verdict::Unknown;
         };
-        let peer = other(self.role);
-        if c.live(peer) > 0 {
+        let Ok(live) = get(self.set, peer) else {
+            return Verdict::Unknown;
+        };
+        if live > 0 {
             self.seen = true;
             Verdict::Alive
-        } else if self.seen || c.joined(peer) != self.baseline {
+        } else if self.seen || joined != self.baseline {
             Verdict::Dead
         } else {
             Verdict::Unknown
@@ -474,7 +499,7 @@ pub(crate) fn tag(set: SemId, q: MsqId) {
 /// The counts of `set`, for tests.
 #[cfg(test)]
 pub(crate) fn counts(set: SemId) -> Counts {
-    counts_of(&read(set).unwrap())
+    read_counts(set).unwrap()
 }
 
 #[cfg(test)]
