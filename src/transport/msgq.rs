@@ -34,8 +34,8 @@
 //! `IPC_NOWAIT`, and a blocked call polls: 16 immediate retries, 4 after `sched_yield`, then sleeps
 //! of 2 µs doubling up to 1 ms, each cut short at the deadline. Timeouts are therefore honoured
 //! to within a sleep's timer slack (about 50 µs), `EINTR` is simply the next retry, and every
-//! 50 ms of waiting (and at most every 50 ms across `try_` calls) the queue is `IPC_STAT`ed to
-//! check the peer's liveness, so a dead peer is noticed within about 50 ms.
+//! 50 ms of waiting (and at most every 50 ms across `try_` calls) the peer's tokens are read and
+//! the queue is `IPC_STAT`ed to check its liveness, so a dead peer is noticed within about 50 ms.
 //!
 //! The cost is latency after idleness: while messages flow no call ever sleeps, but once a
 //! receiver has found the queue empty for about 10 ms it sleeps 1 ms between attempts, so the
@@ -47,19 +47,55 @@
 //!
 //! # Peer death
 //!
-//! The kernel records the pid of the last successful `msgsnd` (`msg_lspid`) and `msgrcv`
-//! (`msg_lrpid`). A receiver whose queue is empty, whose last sender is dead and which has not
-//! seen an end of stream gets `Disconnected` (after everything queued was received; a fragmented
-//! message cut short by the death is dropped). A sender waiting on a full queue whose last
-//! receiver is dead gets `Disconnected`. Limits:
-//! - a pid of 0 means nobody has sent (received) yet: the other end waits, as for a peer that
-//!   has not come yet. A receiver that dies before receiving anything is not noticed by a sender
-//!   until the sender closes.
-//! - a peer pid that was already dead when this end opened counts as "no peer yet" (the queue
-//!   outlived an earlier run), until a live process with that pid appears.
-//! - a pid is identified with its start time from the first time it is seen, so a reused pid is
-//!   not taken for the peer; a peer in another pid namespace reports pid 0, and is waited for.
+//! Each queue has a System V semaphore set at the same key (semaphore keys are a namespace of
+//! their own, and a ring's set is `IPC_PRIVATE`, so nothing collides). Every shmpipe end holds a
+//! *token* in it for as long as it is open: `+1` with `SEM_UNDO` on the live count of its role
+//! (receivers, senders), taken at open, given back at close, and given back by the kernel when
+//! its process dies, however it dies (SIGKILL included). The set also counts the ends of each
+//! role that ever joined (no undo), and names the queue it belongs to (see Lifecycle). Tokens
+//! live in the IPC namespace, not the PID namespace: a peer in another container that shares our
+//! IPC namespace, whose pid the kernel shows us as 0, is alive or dead exactly as one of ours.
+//!
+//! The kernel also records the pid of the last successful `msgsnd` (`msg_lspid`) and `msgrcv`
+//! (`msg_lrpid`), translated into the caller's PID namespace (0 if it cannot be seen there).
+//! Clients that are not shmpipe (C, Python `sysv_ipc`) take no token: the pid is their only
+//! trace, so it stays the fallback. A peer role is judged:
+//! - **alive** if one of its ends holds a token, or its recorded pid is a live process;
+//! - else **dead** if an end of that role held a token since this end opened (a receiver that
+//!   drains what a dead sender left adopts that sender too), or its recorded pid is visible and
+//!   dead;
+//! - else **not there yet**: waited for.
+//!
+//! A receiver whose queue is empty, whose senders are dead and which has not seen an end of
+//! stream gets `Disconnected` (after everything queued was received; a fragmented message cut
+//! short by the death is dropped). A sender waiting on a full queue whose receivers are dead gets
+//! `Disconnected`. Both look every 50 ms of waiting, so a death is noticed within about
+//! 50 ms, in either role and whichever PID namespaces the two ends are in. A receiver reads the
+//! tokens before it `IPC_STAT`s the queue, and a sender gives its token back only after queueing
+//! its end of stream: so no sender token at the first look and an empty queue at the second mean
+//! that nothing more is coming, and a clean close is never taken for a death. Limits:
+//! - a peer already dead when this end opened (the queue outlived an earlier run) is "not there
+//!   yet", not dead: the next one is waited for (a live process appearing with its pid counts).
+//! - a pid is identified with its start time the first time it is seen, so a reused pid is not
+//!   taken for the peer.
+//! - a foreign client in another PID namespace has neither a token nor a visible pid: its death
+//!   is never noticed (the end waits, as for a peer that has not come), and it is itself taken
+//!   for dead if shmpipe ends of its role held tokens since and none is left.
+//! - while any end of a role is alive (a shmpipe end by its token, a foreign one by its visible
+//!   pid), the role is alive: a receiver shared by a shmpipe sender and a foreign sender waits
+//!   for both.
 //! - a sender whose receiver died but whose queue is not full keeps sending until it is.
+//! - if no set can be used (no semaphore ids left, `kernel.sem`; a set at the key that is not a
+//!   queue's of ours, or belongs to another owner; no permission to it), the end works by pids
+//!   alone, as before the set existed: a peer in another PID namespace is then waited for.
+//!
+//! # Fork
+//!
+//! An end belongs to the process that opened it. In a child made by `fork` (which runs the
+//! `pthread_atfork` handler, see `sys::fork`), its copy returns [`Forked`](TrySendError::Forked)
+//! from every call, and dropping it does nothing: the queue is not removed, no end of stream is
+//! queued, and no token is given back (a child inherits no `SEM_UNDO` adjustment, so it holds
+//! none; giving one back would take its parent's). A child that needs the queue opens its own end.
 //!
 //! # Lifecycle
 //!
@@ -68,26 +104,49 @@
 //! grants write permission beyond the requested `mode`, unless allowed. The receiver removes the
 //! queue when it drops. The sender, on drop, finishes any fragmented message (waiting up to
 //! `close_timeout`), then removes the queue if its receiver is dead or if it sent nothing and no
-//! receiver ever received; otherwise it queues an end of stream (type 2) and leaves the queue,
-//! so messages outlive their sender: a sender that closes before its receiver arrives leaves its
-//! messages and the end of stream for the next receiver. If the queue stays full for all of
-//! `close_timeout`, the end of stream is not queued, and the receiver sees the close only when
-//! the sending process exits.
+//! receiver has come (no token, no recorded pid); otherwise it queues an end of stream (type 2)
+//! and leaves the queue, so messages outlive their sender: a sender that closes before its
+//! receiver arrives leaves its messages and the end of stream for the next receiver. If the
+//! queue stays full for all of `close_timeout`, the end of stream is not queued, and the receiver
+//! sees the close as a death once it has drained the queue (the sender's token is gone).
+//!
+//! The semaphore set (module `tokens`):
+//! - the first shmpipe end on a queue without one (its creator, or the first end on a queue a
+//!   foreign client or an older shmpipe made) creates it at the queue's key with `IPC_EXCL` and
+//!   the open's `mode` (of two racing openers one creates it, the other uses it), then *tags* it
+//!   with the queue's id (`msqid + 1`, 11 bits in each of three semaphores) in one `semop`. An
+//!   end uses a set only if its tag is its queue's id.
+//! - a set tagged with another id was left by a queue that is gone (removed by `ipcrm -q` or a
+//!   foreign client, or by an end killed between its two removals): an opener whose own queue
+//!   is still at the key removes it and creates a fresh one, so a new queue never inherits old
+//!   tokens or counts. (If its queue is no longer at the key, that set may be the set of the
+//!   queue that replaced it: the opener starts over instead.)
+//! - an untagged set is a creator between `semget` and its `semop`: others wait for its tag, and
+//!   remove it as abandoned (its creator died there) only after 500 ms. A creator stalled longer
+//!   finds its set gone when it tags it, takes its token, or looks the key up after that, and
+//!   starts over.
+//! - a set of another size, owned by a uid that is neither the queue's nor ours, or granting
+//!   writes the queue does not, is not ours: never used, never removed.
+//! - whoever removes a queue removes its set right after, by id (the receiver on drop, a sender
+//!   that removes the queue, an opener recycling a stale queue); an end that finds its queue
+//!   removed under it removes the set when it closes; otherwise a closing end gives its token
+//!   back. A set left without its queue is removed by the next opener at the key.
 //!
 //! Opening an existing queue (the kernel keeps no roles, so this is decided from `msg_qnum`, the
-//! two recorded pids, and whether the last message is an end of stream, peeked with `MSG_COPY`):
-//! - a receiver is refused ([`Error::InUse`]) while the last receiver is a live process other
-//!   than this one. (A receiver that has not received anything yet is not recorded anywhere, so
-//!   a second receiver can join it.)
+//! tokens and counts, the two recorded pids, and whether the last message is an end of stream,
+//! peeked with `MSG_COPY`; "alive" and "dead" as in Peer death):
+//! - a receiver is refused ([`Error::InUse`]) while the last receiver pid is a live process
+//!   other than this one. (Only the pid counts here: a receiver that has not received anything
+//!   yet, or one we cannot see, can be joined by a second receiver.)
 //! - an empty queue is used as it is.
-//! - a receiver drains the messages there, unless the queue is *stale*: last sender and last
-//!   receiver both dead and no end of stream pending, i.e. left by a run that crashed on both
-//!   sides. A stale queue is removed and created afresh. A crashed sender's messages that no
+//! - a receiver drains the messages there, unless the queue is *stale*: senders and receivers
+//!   dead and no end of stream pending, i.e. left by a run that crashed on both sides. A stale
+//!   queue is removed (with its set) and created afresh. A crashed sender's messages that no
 //!   receiver has read yet are drained, as a finished stream's are.
 //! - a sender is refused while the messages are unread output of a sender that has finished
 //!   (end of stream pending), of a live sender, or of a dead sender whose live receiver is still
-//!   draining them; when the last sender and the last receiver (if any) are dead and no end of
-//!   stream is pending, the queue is stale and recreated.
+//!   draining them; when senders and receivers (if any came) are dead and no end of stream is
+//!   pending, the queue is stale and recreated.
 //!
 //! Without `MSG_COPY` (a kernel without `CONFIG_CHECKPOINT_RESTORE`) an end of stream is assumed
 //! pending: a stale queue is then drained by the next receiver rather than removed, and senders
