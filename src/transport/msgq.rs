@@ -159,6 +159,7 @@ use crate::error::{
 use crate::ring::{Peer, Role, MAX_MESSAGE_LIMIT};
 use crate::sys::msgq::{self, show, Limits, MsgBuf, MsqId, Received, RecvFail, SendFail};
 use crate::sys::proc::{self, ProcessId};
+use crate::sys::sem::SemId;
 use crate::transport::shm::SegmentAddr;
 use crate::transport::sysv::{check_owner, io_err, is_gone, Owner};
 use std::io;
@@ -965,8 +966,9 @@ enum Step {
 struct Start {
     /// A peer pid already dead when we looked: "no peer yet" (see `Queue::stale_peer`).
     stale_peer: Option<u32>,
-    /// The set's counts when we looked (`None`: we created the queue, or it had no set of ours).
-    counts: Option<Counts>,
+    /// The queue's set and its counts when we looked (`None`: we created the queue, or it had no
+    /// set of ours then).
+    set: Option<(SemId, Counts)>,
     /// Peers that joined before us and are gone count as ours: a receiver draining what a dead
     /// sender left.
     adopt: bool,
@@ -1023,13 +1025,15 @@ fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
                     };
                     let attached = tokens::attach(key, id, &owner, cfg.mode, role, deadline);
                     let tokens = match attached {
-                        Ok(Attached::Joined(set, now)) => Some(Membership::new(
-                            set,
-                            role,
-                            start.counts.unwrap_or(now),
-                            now,
-                            start.adopt,
-                        )),
+                        Ok(Attached::Joined(set, now)) => {
+                            // Counts from before we decided, if they are this set's (it can only
+                            // have been replaced by `ipcrm -s`).
+                            let first = match start.set {
+                                Some((s, c)) if s == set => c,
+                                _ => now,
+                            };
+                            Some(Membership::new(set, role, first, now, start.adopt))
+                        }
                         Ok(Attached::Without) => None,
                         Ok(Attached::QueueGone) => {
                             retry_after(&mut backoff, deadline, cfg, &what)?;
@@ -1043,7 +1047,7 @@ fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
                             return Err(e);
                         }
                     };
-                    let queue = Queue {
+                    let mut queue = Queue {
                         id,
                         key,
                         stale_peer: start.stale_peer,
@@ -1052,6 +1056,13 @@ fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
                         tokens,
                         owner: crate::sys::fork::arm(),
                     };
+                    // Removed while we joined its set (which may then be one we made for it):
+                    // leave (removing that set) and start over.
+                    if queue.is_removed() {
+                        queue.close(false);
+                        retry_after(&mut backoff, deadline, cfg, &what)?;
+                        continue;
+                    }
                     return Ok(Opened {
                         queue,
                         fragment,
@@ -1139,7 +1150,7 @@ fn examine(cfg: &MsgqConfig, what: &str, key: i32, role: Role, msgmax: usize) ->
         };
         let start = Start {
             stale_peer,
-            counts,
+            set,
             adopt: false,
         };
         return Ok(Step::Use(id, start));
@@ -1157,7 +1168,7 @@ fn examine(cfg: &MsgqConfig, what: &str, key: i32, role: Role, msgmax: usize) ->
         Role::Receiver => {
             let start = Start {
                 stale_peer: None,
-                counts,
+                set,
                 adopt: true,
             };
             return Ok(Step::Use(id, start));
