@@ -238,7 +238,9 @@ pub(crate) fn attach(
                     Some((s, since)) if s == set => {
                         if now.duration_since(since) >= UNTAGGED_GRACE {
                             // Its creator died between semget and tagging it.
-                            let _ = sem::remove(set);
+                            if !removed(set) {
+                                return Ok(Attached::Without);
+                            }
                             untagged = None;
                         } else {
                             std::thread::sleep(Duration::from_millis(1));
@@ -253,7 +255,9 @@ pub(crate) fn attach(
                 // that of the queue that replaced ours.
                 match msgq::lookup(key) {
                     Ok(id) if id == q => {
-                        let _ = sem::remove(set);
+                        if !removed(set) {
+                            return Ok(Attached::Without);
+                        }
                         continue;
                     }
                     Ok(_) => return Ok(Attached::QueueGone),
@@ -275,12 +279,41 @@ pub(crate) fn attach(
         }
         // A creator stalled past the grace may have had its set removed as abandoned after it
         // tagged it: then its token went with it. Look again.
-        if sem::lookup(key).ok() != Some(set) {
-            continue;
+        let counts = match sem::lookup(key) {
+            Ok(s) if s == set => read_counts(set),
+            Ok(_) => Err(io::Error::from_raw_os_error(libc::EIDRM)),
+            Err(e) => Err(e),
+        };
+        match counts {
+            Ok(counts) => return Ok(Attached::Joined(set, counts)),
+            Err(e) => {
+                give_back(set, role);
+                if !is_gone(&e) {
+                    return Ok(Attached::Without);
+                }
+            }
         }
-        let Ok(counts) = read_counts(set) else { continue };
-        return Ok(Attached::Joined(set, counts));
     }
+}
+
+/// Removes a set that is not (or no longer) any live queue's: whether it is gone now.
+fn removed(set: SemId) -> bool {
+    match sem::remove(set) {
+        Ok(()) => true,
+        Err(e) => is_gone(&e),
+    }
+}
+
+/// Gives `role`'s token back (nothing if the set is gone).
+fn give_back(set: SemId, role: Role) {
+    let _ = sem::apply(
+        set,
+        &[Op {
+            num: slot(role),
+            delta: -1,
+            undo: true,
+        }],
+    );
 }
 
 enum Created {
@@ -433,14 +466,7 @@ impl Membership {
         if queue_gone {
             let _ = sem::remove(self.set);
         } else {
-            let _ = sem::apply(
-                self.set,
-                &[Op {
-                    num: slot(self.role),
-                    delta: -1,
-                    undo: true,
-                }],
-            );
+            give_back(self.set, self.role);
         }
     }
 
@@ -505,6 +531,40 @@ pub(crate) fn counts(set: SemId) -> Counts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Rm(SemId);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = sem::remove(self.0);
+        }
+    }
+
+    #[test]
+    fn joins_wrap_and_verdicts_follow_the_tokens() {
+        let set = plant(libc::IPC_PRIVATE, None, [0, 0], [0, SEMVMX as u16]);
+        let _rm = Rm(set);
+        // A receiver that opened before any sender came.
+        let before = read_counts(set).unwrap();
+        let mut rx = Membership::new(set, Role::Receiver, before, before, false);
+        assert_eq!(rx.verdict(), Verdict::Unknown);
+        // `joined` is at the maximum: it wraps to 1.
+        take(set, Role::Sender).unwrap();
+        let c = read_counts(set).unwrap();
+        assert_eq!((c.live(Role::Sender), c.joined(Role::Sender)), (1, 1));
+        assert_eq!(rx.verdict(), Verdict::Alive);
+        give_back(set, Role::Sender);
+        assert_eq!(rx.verdict(), Verdict::Dead);
+        // Gone before we opened: nothing to go by, unless adopted (a receiver draining it).
+        let after = read_counts(set).unwrap();
+        let mut late = Membership::new(set, Role::Receiver, after, after, false);
+        assert_eq!(late.verdict(), Verdict::Unknown);
+        let mut adopting = Membership::new(set, Role::Receiver, after, after, true);
+        assert_eq!(adopting.verdict(), Verdict::Dead);
+        // A sender that joins and dies without ever being seen alive still changed `joined`.
+        take(set, Role::Sender).unwrap();
+        give_back(set, Role::Sender);
+        assert_eq!(late.verdict(), Verdict::Dead);
+    }
 
     #[test]
     fn tags_are_never_zero_and_tell_ids_apart() {
