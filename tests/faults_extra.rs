@@ -337,6 +337,11 @@ fn signal_storm(transport: &str, restart: bool) {
     rx.wait_success(SOON);
     ring.assert_gone(&format!("{tag}: after both ends exited"));
     assert_eq!(msqid_at(ring.key), None, "{tag}: a queue was left behind");
+    assert_eq!(
+        semid_at(ring.key),
+        None,
+        "{tag}: a queue's semaphore set was left behind"
+    );
     assert!(
         !unix_socket_path(&ring.name).exists(),
         "{tag}: a socket file was left behind"
@@ -1231,6 +1236,7 @@ fn an_unprivileged_uid_cannot_send_into_roots_0600_queue_and_changes_nothing() {
     );
     drop(rx);
     assert_eq!(msqid_at(q.key), None, "the receiver removed its queue");
+    assert_eq!(semid_at(q.key), None, "and its semaphore set");
 }
 
 #[test]

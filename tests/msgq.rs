@@ -6,8 +6,8 @@
 use shmpipe::transport::msgq::{MsgqConfig, MTYPE_END, MTYPE_MESSAGE};
 use shmpipe::transport::shm::key_for_name;
 use shmpipe::{
-    open_receiver, open_sender, Error, Receiver, RecvError, RecvTimeoutError, SendError, Sender,
-    TryRecvError, TrySendError,
+    open_receiver, open_sender, Error, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
+    Sender, TryRecvError, TrySendError,
 };
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -46,6 +46,13 @@ impl Queue {
         (id >= 0).then_some(id)
     }
 
+    /// The liveness semaphore set at the queue's key.
+    fn semid(&self) -> Option<i32> {
+        // SAFETY: semget only reads its scalar arguments.
+        let id = unsafe { libc::semget(self.key, 0, 0) };
+        (id >= 0).then_some(id)
+    }
+
     /// (messages queued, last sender pid, last receiver pid).
     fn stat(&self) -> Option<(u64, i32, i32)> {
         let id = self.msqid()?;
@@ -62,6 +69,11 @@ impl Drop for Queue {
         if let Some(id) = self.msqid() {
             // SAFETY: IPC_RMID takes no buffer.
             unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        }
+        // The liveness semaphore set at the same key.
+        if let Some(set) = self.semid() {
+            // SAFETY: IPC_RMID reads no argument beyond the scalars.
+            unsafe { libc::semctl(set, 0, libc::IPC_RMID) };
         }
     }
 }
@@ -227,6 +239,12 @@ fn child_main() {
             say(&String::from_utf8_lossy(&buf));
             std::thread::sleep(Duration::from_secs(120));
         }
+        // Opens the receiving end, receives nothing, and waits to be killed.
+        "recv-idle" => {
+            let _rx = cfg.open_receiver().unwrap();
+            say("ready");
+            std::thread::sleep(Duration::from_secs(120));
+        }
         // Receives one message and exits without closing (the queue stays).
         "recv-crash" => {
             let mut rx = cfg.open_receiver().unwrap();
@@ -337,6 +355,115 @@ fn sigkill_of_the_receiver_disconnects_a_sender_blocked_on_a_full_queue() {
     assert!(
         q.msqid().is_none(),
         "the sender removed the queue of its dead receiver"
+    );
+}
+
+/// The values of the live-receivers and live-senders tokens (semaphores 0 and 1) of `set`.
+fn live_tokens(set: i32) -> (i32, i32) {
+    // SAFETY: GETVAL reads no argument beyond the scalars.
+    let v = |n| unsafe { libc::semctl(set, n, libc::GETVAL) };
+    (v(0), v(1))
+}
+
+#[test]
+fn ends_inherited_by_a_forked_child_refuse_use_and_their_drop_changes_nothing() {
+    let q = Queue::new("fork");
+    let mut rx = q.cfg().open_receiver().unwrap();
+    let mut tx = q.cfg().open_sender().unwrap();
+    tx.send(b"before").unwrap();
+    let (id, set) = (q.msqid().unwrap(), q.semid().expect("the queue's semaphore set"));
+    assert_eq!(live_tokens(set), (1, 1));
+    // SAFETY: the child only calls the ends' methods, which refuse before any syscall or lock,
+    // drops the ends (which frees their buffers: glibc's malloc is usable in a forked child)
+    // and leaves with _exit, running none of the parent's destructors.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let mut code = 0;
+        let mut buf = Vec::new();
+        let short = Duration::from_millis(10);
+        if tx.try_send(b"child") != Err(TrySendError::Forked) {
+            code |= 1;
+        }
+        if tx.send_timeout(b"child", short) != Err(SendTimeoutError::Forked) {
+            code |= 2;
+        }
+        if rx.try_recv(&mut buf) != Err(TryRecvError::Forked) {
+            code |= 4;
+        }
+        if rx.recv_timeout(&mut buf, short) != Err(RecvTimeoutError::Forked) {
+            code |= 8;
+        }
+        // Dropped here they must not remove the queue (the receiver's drop would), queue an end
+        // of stream (the sender's would) or give back tokens (the child holds none: it would
+        // give back the parent's).
+        drop(tx);
+        drop(rx);
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "the child died: status {status:#x}");
+    let code = libc::WEXITSTATUS(status);
+    assert_eq!(
+        code,
+        0,
+        "not Forked in the child: try_send {}, send_timeout {}, try_recv {}, recv_timeout {}",
+        code & 1 != 0,
+        code & 2 != 0,
+        code & 4 != 0,
+        code & 8 != 0
+    );
+    assert_eq!(q.msqid(), Some(id), "the child's drop removed the queue");
+    assert_eq!(q.stat().unwrap().0, 1, "the child queued or took something");
+    assert_eq!(q.semid(), Some(set), "the child's drop removed the semaphore set");
+    assert_eq!(
+        live_tokens(set),
+        (1, 1),
+        "the child gave back its parent's tokens"
+    );
+    // The parent's ends work on, end to end.
+    let mut buf = Vec::new();
+    rx.recv_timeout(&mut buf, Duration::from_secs(5)).unwrap();
+    assert_eq!(buf, b"before");
+    tx.send(b"after").unwrap();
+    rx.recv_timeout(&mut buf, Duration::from_secs(5)).unwrap();
+    assert_eq!(buf, b"after");
+    drop(tx);
+    assert_eq!(live_tokens(set), (1, 0), "the sender gave its token back");
+    assert_eq!(rx.recv(&mut buf), Err(RecvError::Disconnected));
+    assert_eq!(rx.peer(), Some(shmpipe::Peer::Closed));
+    drop(rx);
+    assert_eq!(q.msqid(), None, "the receiver removed its queue");
+    assert_eq!(q.semid(), None, "and its semaphore set");
+}
+
+#[test]
+fn sigkill_of_a_receiver_that_never_received_disconnects_a_sender_on_a_full_queue() {
+    // The kernel records no pid for a receiver until its first msgrcv: only its token tells.
+    let q = Queue::new("killidle");
+    let mut tx = open_sender(&q.endpoint()).unwrap();
+    let mut kid = Kid::spawn(&["recv-idle", &q.name]);
+    kid.expect("ready");
+    let msg = [7u8; 1000];
+    while tx.try_send(&msg).is_ok() {}
+    assert_eq!(q.stat().unwrap().2, 0, "no receiver pid recorded");
+    // Alive: a full queue is back-pressure.
+    assert!(matches!(
+        tx.send_timeout(&msg, Duration::from_millis(150)),
+        Err(SendTimeoutError::Timeout)
+    ));
+    kid.kill();
+    let killed = Instant::now();
+    assert_eq!(tx.send(&msg), Err(SendError::Disconnected));
+    let lag = killed.elapsed();
+    assert!(lag < Duration::from_secs(1), "noticed after {lag:?}");
+    drop(tx);
+    assert!(
+        q.msqid().is_none() && q.semid().is_none(),
+        "the sender removed both"
     );
 }
 

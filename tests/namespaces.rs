@@ -352,17 +352,12 @@ fn msgq_peers_in_another_pid_namespace_are_alive_until_killed() {
     );
 }
 
-/// Removes the message queue at a key on drop.
+/// Removes the message queue at a key, and the liveness semaphore set at the same key, on drop.
 struct QueueGuard(i32);
 
 impl Drop for QueueGuard {
     fn drop(&mut self) {
-        // SAFETY: scalar arguments only.
-        let id = unsafe { libc::msgget(self.0, 0) };
-        if id >= 0 {
-            // SAFETY: IPC_RMID takes no buffer.
-            unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
-        }
+        remove_queue_key(self.0);
     }
 }
 
@@ -419,4 +414,36 @@ fn msgq_receiver_in_a_pid_namespace_notices_the_death_of_a_sender_it_cannot_see(
     let name = unique_name("ns-msgq-judge");
     let _cleanup = QueueGuard(SegmentAddr::Name(name.clone()).key());
     namespaced_receiver_notices_its_host_senders_death(&format!("msgq://{name}"));
+}
+
+#[test]
+fn msgq_sender_in_a_pid_namespace_notices_the_death_of_a_receiver_it_cannot_see() {
+    if !can_unshare() {
+        return;
+    }
+    let name = unique_name("ns-msgq-judge-tx");
+    let _cleanup = QueueGuard(SegmentAddr::Name(name.clone()).key());
+    let endpoint = format!("msgq://{name}");
+    // A receiver of ours (invisible to the sender) takes 3 messages and then reads no more.
+    let mut rx = Proc::child("ep_recv", &endpoint, &[("n", "3".into()), ("hold", "1".into())]);
+    rx.expect("READY");
+    let mut tx = namespaced("ep_send", &endpoint, &[("n", "1000000".into())]);
+    assert_eq!(rx.expect("GOT"), ["3", "Limit"]);
+    // The sender fills the queue and waits: its receiver is alive.
+    assert_eq!(
+        tx.try_line(Duration::from_millis(500)),
+        None,
+        "the sender gave up while its receiver lived"
+    );
+    let killed = Instant::now();
+    rx.kill();
+    rx.wait(SOON);
+    let err = tx.expect("ERR");
+    assert_eq!(err[0], "Disconnected", "{err:?}");
+    assert!(
+        killed.elapsed() < DEATH_BOUND,
+        "noticed after {:?}",
+        killed.elapsed()
+    );
+    tx.wait(SOON);
 }

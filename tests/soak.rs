@@ -40,10 +40,11 @@ fn number(fields: &BTreeMap<String, String>, key: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{key}: {v:?} is not a whole number"))
 }
 
-/// Keys of every SysV segment and message queue.
+/// Keys of every SysV segment, message queue and semaphore set (a queue's liveness set lives at
+/// its key).
 fn sysv_keys() -> Vec<i32> {
     let mut keys = Vec::new();
-    for file in ["/proc/sysvipc/shm", "/proc/sysvipc/msg"] {
+    for file in ["/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem"] {
         let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {file}: {e}"));
         keys.extend(
             text.lines()

@@ -127,11 +127,8 @@ fn msqid_at(key: i32) -> Option<i32> {
 
 impl Drop for QueueKey {
     fn drop(&mut self) {
-        for _ in 0..50 {
-            let Some(id) = msqid_at(self.0) else { return };
-            // SAFETY: IPC_RMID takes no buffer.
-            unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
-        }
+        // The queue, then the liveness semaphore set at the same key.
+        common::remove_queue_key(self.0);
     }
 }
 
@@ -240,7 +237,9 @@ impl Drop for Place {
     fn drop(&mut self) {
         let left = match &self._cleanup {
             Cleanup::Shm(ring) => ring.exists().then(|| format!("segment at key {:#x}", ring.key)),
-            Cleanup::Msgq(q) => msqid_at(q.0).map(|id| format!("queue {id} at key {:#x}", q.0)),
+            Cleanup::Msgq(q) => msqid_at(q.0)
+                .map(|id| format!("queue {id} at key {:#x}", q.0))
+                .or_else(|| common::semid_at(q.0).map(|id| format!("semaphore set {id} at key {:#x}", q.0))),
             Cleanup::Dir(d) => std::fs::read_dir(&d.0).ok().and_then(|entries| {
                 let names: Vec<String> = entries
                     .flatten()

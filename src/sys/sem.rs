@@ -99,6 +99,49 @@ pub(crate) fn adjust(id: SemId, num: usize, delta: i16) -> io::Result<()> {
     }
 }
 
+/// One operation of [`apply`]: add `delta` to semaphore `num`, recorded for the kernel to undo
+/// at our exit when `undo` is set.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Op {
+    pub(crate) num: usize,
+    pub(crate) delta: i16,
+    pub(crate) undo: bool,
+}
+
+/// Most operations one [`apply`] takes.
+const MAX_OPS: usize = 8;
+
+/// Applies `ops` (at most 8) in one `semop`, never blocking: all of them or, on any error, none
+/// (a decrement below 0 fails with `EAGAIN`, a value above `SEMVMX` with `ERANGE`).
+pub(crate) fn apply(id: SemId, ops: &[Op]) -> io::Result<()> {
+    assert!(
+        ops.len() <= MAX_OPS,
+        "{} semaphore operations in one call",
+        ops.len()
+    );
+    let mut bufs = [libc::sembuf {
+        sem_num: 0,
+        sem_op: 0,
+        sem_flg: 0,
+    }; MAX_OPS];
+    for (b, op) in bufs.iter_mut().zip(ops) {
+        let undo = if op.undo { libc::SEM_UNDO } else { 0 };
+        *b = libc::sembuf {
+            sem_num: op.num as libc::c_ushort,
+            sem_op: op.delta,
+            sem_flg: (undo | libc::IPC_NOWAIT) as libc::c_short,
+        };
+    }
+    loop {
+        // SAFETY: `bufs` holds `ops.len()` (at most MAX_OPS) initialised sembufs; semop reads
+        // exactly that many.
+        match cvt(unsafe { libc::semop(id.0, bufs.as_mut_ptr(), ops.len()) }) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
 /// Takes the lock at semaphore `num` (0 → 1, with `SEM_UNDO`), waiting until `deadline`.
 /// `Ok(false)`: still held by someone else at the deadline.
 pub(crate) fn lock(id: SemId, num: usize, deadline: Instant) -> io::Result<bool> {
@@ -179,6 +222,25 @@ mod tests {
         unlock(id, 0).unwrap();
         assert!(lock(id, 0, Instant::now()).unwrap());
         unlock(id, 0).unwrap();
+    }
+
+    #[test]
+    fn apply_is_all_or_nothing() {
+        let set = Set(create(libc::IPC_PRIVATE, 3, 0o600, false).unwrap());
+        let id = set.0;
+        let op = |num, delta, undo| Op { num, delta, undo };
+        let values = || [0, 1, 2].map(|n| value(id, n).unwrap());
+        apply(id, &[op(0, 1, true), op(1, 5, false)]).unwrap();
+        assert_eq!(values(), [1, 5, 0]);
+        // The second would go below 0: neither is applied.
+        let e = apply(id, &[op(0, 1, true), op(2, -1, false)]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
+        // Above SEMVMX: ERANGE, nothing applied.
+        let e = apply(id, &[op(1, 1, false), op(2, 32767, false), op(2, 1, false)]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ERANGE));
+        assert_eq!(values(), [1, 5, 0]);
+        apply(id, &[op(0, -1, true)]).unwrap();
+        assert_eq!(value(id, 0).unwrap(), 0);
     }
 
     #[test]

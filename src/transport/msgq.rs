@@ -34,8 +34,8 @@
 //! `IPC_NOWAIT`, and a blocked call polls: 16 immediate retries, 4 after `sched_yield`, then sleeps
 //! of 2 µs doubling up to 1 ms, each cut short at the deadline. Timeouts are therefore honoured
 //! to within a sleep's timer slack (about 50 µs), `EINTR` is simply the next retry, and every
-//! 50 ms of waiting (and at most every 50 ms across `try_` calls) the queue is `IPC_STAT`ed to
-//! check the peer's liveness, so a dead peer is noticed within about 50 ms.
+//! 50 ms of waiting (and at most every 50 ms across `try_` calls) the peer's tokens are read and
+//! the queue is `IPC_STAT`ed to check its liveness, so a dead peer is noticed within about 50 ms.
 //!
 //! The cost is latency after idleness: while messages flow no call ever sleeps, but once a
 //! receiver has found the queue empty for about 10 ms it sleeps 1 ms between attempts, so the
@@ -47,19 +47,55 @@
 //!
 //! # Peer death
 //!
-//! The kernel records the pid of the last successful `msgsnd` (`msg_lspid`) and `msgrcv`
-//! (`msg_lrpid`). A receiver whose queue is empty, whose last sender is dead and which has not
-//! seen an end of stream gets `Disconnected` (after everything queued was received; a fragmented
-//! message cut short by the death is dropped). A sender waiting on a full queue whose last
-//! receiver is dead gets `Disconnected`. Limits:
-//! - a pid of 0 means nobody has sent (received) yet: the other end waits, as for a peer that
-//!   has not come yet. A receiver that dies before receiving anything is not noticed by a sender
-//!   until the sender closes.
-//! - a peer pid that was already dead when this end opened counts as "no peer yet" (the queue
-//!   outlived an earlier run), until a live process with that pid appears.
-//! - a pid is identified with its start time from the first time it is seen, so a reused pid is
-//!   not taken for the peer; a peer in another pid namespace reports pid 0, and is waited for.
+//! Each queue has a System V semaphore set at the same key (semaphore keys are a namespace of
+//! their own, and a ring's set is `IPC_PRIVATE`, so nothing collides). Every shmpipe end holds a
+//! *token* in it for as long as it is open: `+1` with `SEM_UNDO` on the live count of its role
+//! (receivers, senders), taken at open, given back at close, and given back by the kernel when
+//! its process dies, however it dies (SIGKILL included). The set also counts the ends of each
+//! role that ever joined (no undo), and names the queue it belongs to (see Lifecycle). Tokens
+//! live in the IPC namespace, not the PID namespace: a peer in another container that shares our
+//! IPC namespace, whose pid the kernel shows us as 0, is alive or dead exactly as one of ours.
+//!
+//! The kernel also records the pid of the last successful `msgsnd` (`msg_lspid`) and `msgrcv`
+//! (`msg_lrpid`), translated into the caller's PID namespace (0 if it cannot be seen there).
+//! Clients that are not shmpipe (C, Python `sysv_ipc`) take no token: the pid is their only
+//! trace, so it stays the fallback. A peer role is judged:
+//! - **alive** if one of its ends holds a token, or its recorded pid is a live process;
+//! - else **dead** if an end of that role held a token since this end opened (a receiver that
+//!   drains what a dead sender left adopts that sender too), or its recorded pid is visible and
+//!   dead;
+//! - else **not there yet**: waited for.
+//!
+//! A receiver whose queue is empty, whose senders are dead and which has not seen an end of
+//! stream gets `Disconnected` (after everything queued was received; a fragmented message cut
+//! short by the death is dropped). A sender waiting on a full queue whose receivers are dead gets
+//! `Disconnected`. Both look every 50 ms of waiting, so a death is noticed within about
+//! 50 ms, in either role and whichever PID namespaces the two ends are in. A receiver reads the
+//! tokens before it `IPC_STAT`s the queue, and a sender gives its token back only after queueing
+//! its end of stream: so no sender token at the first look and an empty queue at the second mean
+//! that nothing more is coming, and a clean close is never taken for a death. Limits:
+//! - a peer already dead when this end opened (the queue outlived an earlier run) is "not there
+//!   yet", not dead: the next one is waited for (a live process appearing with its pid counts).
+//! - a pid is identified with its start time the first time it is seen, so a reused pid is not
+//!   taken for the peer.
+//! - a foreign client in another PID namespace has neither a token nor a visible pid: its death
+//!   is never noticed (the end waits, as for a peer that has not come), and it is itself taken
+//!   for dead if shmpipe ends of its role held tokens since and none is left.
+//! - while any end of a role is alive (a shmpipe end by its token, a foreign one by its visible
+//!   pid), the role is alive: a receiver shared by a shmpipe sender and a foreign sender waits
+//!   for both.
 //! - a sender whose receiver died but whose queue is not full keeps sending until it is.
+//! - if no set can be used (no semaphore ids left, `kernel.sem`; a set at the key that is not a
+//!   queue's of ours, or belongs to another owner; no permission to it), the end works by pids
+//!   alone, as before the set existed: a peer in another PID namespace is then waited for.
+//!
+//! # Fork
+//!
+//! An end belongs to the process that opened it. In a child made by `fork` (which runs the
+//! `pthread_atfork` handler, see `sys::fork`), its copy returns [`Forked`](TrySendError::Forked)
+//! from every call, and dropping it does nothing: the queue is not removed, no end of stream is
+//! queued, and no token is given back (a child inherits no `SEM_UNDO` adjustment, so it holds
+//! none; giving one back would take its parent's). A child that needs the queue opens its own end.
 //!
 //! # Lifecycle
 //!
@@ -68,26 +104,49 @@
 //! grants write permission beyond the requested `mode`, unless allowed. The receiver removes the
 //! queue when it drops. The sender, on drop, finishes any fragmented message (waiting up to
 //! `close_timeout`), then removes the queue if its receiver is dead or if it sent nothing and no
-//! receiver ever received; otherwise it queues an end of stream (type 2) and leaves the queue,
-//! so messages outlive their sender: a sender that closes before its receiver arrives leaves its
-//! messages and the end of stream for the next receiver. If the queue stays full for all of
-//! `close_timeout`, the end of stream is not queued, and the receiver sees the close only when
-//! the sending process exits.
+//! receiver has come (no token, no recorded pid); otherwise it queues an end of stream (type 2)
+//! and leaves the queue, so messages outlive their sender: a sender that closes before its
+//! receiver arrives leaves its messages and the end of stream for the next receiver. If the
+//! queue stays full for all of `close_timeout`, the end of stream is not queued, and the receiver
+//! sees the close as a death once it has drained the queue (the sender's token is gone).
+//!
+//! The semaphore set (module `tokens`):
+//! - the first shmpipe end on a queue without one (its creator, or the first end on a queue a
+//!   foreign client or an older shmpipe made) creates it at the queue's key with `IPC_EXCL` and
+//!   the open's `mode` (of two racing openers one creates it, the other uses it), then *tags* it
+//!   with the queue's id (`msqid + 1`, 11 bits in each of three semaphores) in one `semop`. An
+//!   end uses a set only if its tag is its queue's id.
+//! - a set tagged with another id was left by a queue that is gone (removed by `ipcrm -q` or a
+//!   foreign client, or by an end killed between its two removals): an opener whose own queue
+//!   is still at the key removes it and creates a fresh one, so a new queue never inherits old
+//!   tokens or counts. (If its queue is no longer at the key, that set may be the set of the
+//!   queue that replaced it: the opener starts over instead.)
+//! - an untagged set is a creator between `semget` and its `semop`: others wait for its tag, and
+//!   remove it as abandoned (its creator died there) only after 500 ms. A creator stalled longer
+//!   finds its set gone when it tags it, takes its token, or looks the key up after that, and
+//!   starts over.
+//! - a set of another size, owned by a uid that is neither the queue's nor ours, or granting
+//!   writes the queue does not, is not ours: never used, never removed.
+//! - whoever removes a queue removes its set right after, by id (the receiver on drop, a sender
+//!   that removes the queue, an opener recycling a stale queue); an end that finds its queue
+//!   removed under it removes the set when it closes; otherwise a closing end gives its token
+//!   back. A set left without its queue is removed by the next opener at the key.
 //!
 //! Opening an existing queue (the kernel keeps no roles, so this is decided from `msg_qnum`, the
-//! two recorded pids, and whether the last message is an end of stream, peeked with `MSG_COPY`):
-//! - a receiver is refused ([`Error::InUse`]) while the last receiver is a live process other
-//!   than this one. (A receiver that has not received anything yet is not recorded anywhere, so
-//!   a second receiver can join it.)
+//! tokens and counts, the two recorded pids, and whether the last message is an end of stream,
+//! peeked with `MSG_COPY`; "alive" and "dead" as in Peer death):
+//! - a receiver is refused ([`Error::InUse`]) while the last receiver pid is a live process
+//!   other than this one. (Only the pid counts here: a receiver that has not received anything
+//!   yet, or one we cannot see, can be joined by a second receiver.)
 //! - an empty queue is used as it is.
-//! - a receiver drains the messages there, unless the queue is *stale*: last sender and last
-//!   receiver both dead and no end of stream pending, i.e. left by a run that crashed on both
-//!   sides. A stale queue is removed and created afresh. A crashed sender's messages that no
+//! - a receiver drains the messages there, unless the queue is *stale*: senders and receivers
+//!   dead and no end of stream pending, i.e. left by a run that crashed on both sides. A stale
+//!   queue is removed (with its set) and created afresh. A crashed sender's messages that no
 //!   receiver has read yet are drained, as a finished stream's are.
 //! - a sender is refused while the messages are unread output of a sender that has finished
 //!   (end of stream pending), of a live sender, or of a dead sender whose live receiver is still
-//!   draining them; when the last sender and the last receiver (if any) are dead and no end of
-//!   stream is pending, the queue is stale and recreated.
+//!   draining them; when senders and receivers (if any came) are dead and no end of stream is
+//!   pending, the queue is stale and recreated.
 //!
 //! Without `MSG_COPY` (a kernel without `CONFIG_CHECKPOINT_RESTORE`) an end of stream is assumed
 //! pending: a stale queue is then drained by the next receiver rather than removed, and senders
@@ -100,10 +159,14 @@ use crate::error::{
 use crate::ring::{Peer, Role, MAX_MESSAGE_LIMIT};
 use crate::sys::msgq::{self, show, Limits, MsgBuf, MsqId, Received, RecvFail, SendFail};
 use crate::sys::proc::{self, ProcessId};
+use crate::sys::sem::SemId;
 use crate::transport::shm::SegmentAddr;
 use crate::transport::sysv::{check_owner, io_err, is_gone, Owner};
 use std::io;
 use std::time::{Duration, Instant};
+use tokens::{Attached, Counts, Membership, QueueOwner, Verdict};
+
+mod tokens;
 
 /// `mtype` of a whole message.
 pub const MTYPE_MESSAGE: i64 = 1;
@@ -206,10 +269,10 @@ impl MsgqConfig {
     }
 }
 
-/// What a peer pid tells.
+/// What is known of a peer (from its tokens and its pid).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PeerState {
-    /// Nobody yet (pid 0, or a pid already dead when we opened).
+    /// Nobody yet (no token since we opened, and pid 0 or a pid already dead when we opened).
     NotYet,
     Alive,
     Dead,
@@ -227,9 +290,56 @@ struct Queue {
     peer: Option<ProcessId>,
     /// When the peer's liveness may next be checked.
     next_check: Option<Instant>,
+    /// Our token in the queue's semaphore set (`None`: no set could be used; pids only).
+    tokens: Option<Membership>,
+    /// The process that opened this end (`sys::fork`): a forked child's copy refuses every call
+    /// and its drop does nothing.
+    owner: u32,
 }
 
 impl Queue {
+    /// Whether this end was inherited by a forked child (one load of a static, no syscall).
+    #[inline]
+    fn inherited(&self) -> bool {
+        crate::sys::fork::generation() != self.owner
+    }
+
+    /// What the tokens say of the peer now. Take it *before* the `IPC_STAT` it is combined with
+    /// (see `MsgqReceiver::on_empty`).
+    fn tokens_verdict(&mut self) -> Verdict {
+        match &mut self.tokens {
+            Some(m) => m.verdict(),
+            None => Verdict::Unknown,
+        }
+    }
+
+    /// The peer's state from the tokens' verdict and the pid the kernel recorded for its role: a
+    /// token or a live pid is alive; else a peer that held a token (since we opened) is dead;
+    /// else the pid decides (a foreign client takes no token).
+    fn peer_state(&mut self, tokens: Verdict, pid: u32) -> PeerState {
+        if tokens == Verdict::Alive {
+            return PeerState::Alive;
+        }
+        match (self.pid_state(pid), tokens) {
+            (PeerState::Alive, _) => PeerState::Alive,
+            (_, Verdict::Dead) => PeerState::Dead,
+            (by_pid, _) => by_pid,
+        }
+    }
+
+    /// Closes this end's hold: removes the queue when `remove`, then gives our token back, or
+    /// removes the set if the queue is gone (whoever removed it). Call after the last thing this
+    /// end queues, so a peer never sees our token gone before our end of stream is there.
+    fn close(&mut self, remove: bool) {
+        if remove {
+            let _ = msgq::remove(self.id);
+        }
+        let gone = self.is_removed();
+        if let Some(m) = &mut self.tokens {
+            m.leave(gone);
+        }
+    }
+
     /// Whether a liveness check is due; if so, the next one is scheduled.
     fn check_due(&mut self, now: Instant) -> bool {
         if self.next_check.is_some_and(|t| now < t) {
@@ -239,7 +349,8 @@ impl Queue {
         true
     }
 
-    fn peer_state(&mut self, pid: u32) -> PeerState {
+    /// The peer's state by the pid alone.
+    fn pid_state(&mut self, pid: u32) -> PeerState {
         if pid == 0 {
             return PeerState::NotYet;
         }
@@ -390,9 +501,10 @@ fn put(q: &mut Queue, buf: &mut MsgBuf, mtype: i64, text: &[u8], wait: Wait) -> 
         // Full: back-pressure, unless the receiver is gone.
         let now = Instant::now();
         if q.check_due(now) {
+            let tokens = q.tokens_verdict();
             match msgq::stat(q.id) {
                 Err(e) if is_gone(&e) => return Err(TrySendError::Disconnected),
-                Ok(st) if q.peer_state(st.lrpid) == PeerState::Dead => {
+                Ok(st) if q.peer_state(tokens, st.lrpid) == PeerState::Dead => {
                     return Err(TrySendError::Disconnected)
                 }
                 _ => {}
@@ -422,6 +534,9 @@ impl MsgqSender {
     }
 
     fn send_impl(&mut self, msg: &[u8], wait: Wait) -> Result<(), TrySendError> {
+        if self.q.inherited() {
+            return Err(TrySendError::Forked);
+        }
         if self.disconnected {
             return Err(TrySendError::Disconnected);
         }
@@ -509,8 +624,9 @@ impl Sender for MsgqSender {
     }
 }
 
-impl Drop for MsgqSender {
-    fn drop(&mut self) {
+impl MsgqSender {
+    /// Ends the stream as the sender closes: whether to remove the queue.
+    fn finish(&mut self) -> bool {
         let wait = Wait::Until(Instant::now().checked_add(self.close_timeout));
         if !self.disconnected {
             match self.flush_rest(wait) {
@@ -518,31 +634,38 @@ impl Drop for MsgqSender {
                 Err(TrySendError::Disconnected) => self.disconnected = true,
                 // No room in time: the receiver drops the message cut short, and the queue is
                 // left as it is (its end of stream would not fit either).
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
         if self.disconnected {
             // Removed already, or the receiver died: nobody will read what is left.
-            let _ = msgq::remove(self.q.id);
-            return;
+            return true;
         }
+        let tokens = self.q.tokens_verdict();
         let Ok(st) = msgq::stat(self.q.id) else {
-            return;
+            return false;
         };
-        let remove = match self.q.peer_state(st.lrpid) {
+        let remove = match self.q.peer_state(tokens, st.lrpid) {
             PeerState::Dead => true,
             PeerState::NotYet => !self.sent_any && st.qnum == 0,
             PeerState::Alive => false,
         };
-        if remove {
-            let _ = msgq::remove(self.q.id);
+        // Without room for it in time the end of stream is not sent; the receiver then learns
+        // of the close from our token (or pid) being gone, once it has drained the queue.
+        remove || put(&mut self.q, &mut self.buf, MTYPE_END, &[], wait) == Err(TrySendError::Disconnected)
+    }
+}
+
+impl Drop for MsgqSender {
+    fn drop(&mut self) {
+        // A forked child's copy: the queue, the stream and the token are the parent's.
+        if self.q.inherited() {
             return;
         }
-        // Without room for it in time the end of stream is not sent; the receiver then learns
-        // of the close only from our pid being dead, once it has drained the queue.
-        if put(&mut self.q, &mut self.buf, MTYPE_END, &[], wait) == Err(TrySendError::Disconnected) {
-            let _ = msgq::remove(self.q.id);
-        }
+        let remove = self.finish();
+        // Our token goes back only now, after the end of stream: a receiver that finds no sender
+        // token and an empty queue can then tell that the stream ended.
+        self.q.close(remove);
     }
 }
 
@@ -597,6 +720,9 @@ impl MsgqReceiver {
     }
 
     fn recv_impl(&mut self, out: &mut Vec<u8>, wait: Wait) -> Result<(), TryRecvError> {
+        if self.q.inherited() {
+            return Err(TryRecvError::Forked);
+        }
         if self.finished {
             return Err(TryRecvError::Disconnected);
         }
@@ -655,11 +781,15 @@ impl MsgqReceiver {
     }
 
     fn on_empty(&mut self) -> Empty {
+        // The tokens first, then the queue: senders queue everything (their end of stream
+        // included) before they give their token back, so if no sender held one at the first
+        // look and the queue is empty at the second, nothing more is coming from them.
+        let tokens = self.q.tokens_verdict();
         match msgq::stat(self.q.id) {
             Err(e) if is_gone(&e) => Empty::SenderGone,
             Err(_) => Empty::Wait,
             Ok(st) if st.qnum > 0 => Empty::Arrived,
-            Ok(st) => match self.q.peer_state(st.lspid) {
+            Ok(st) => match self.q.peer_state(tokens, st.lspid) {
                 // The sender may have queued its end of stream and exited between that snapshot
                 // and this check: only an empty queue seen *after* its death stays empty.
                 PeerState::Dead => match msgq::stat(self.q.id) {
@@ -792,8 +922,13 @@ impl Receiver for MsgqReceiver {
 
 impl Drop for MsgqReceiver {
     fn drop(&mut self) {
-        // Nobody reads again. A sender still sending gets Disconnected (EIDRM).
-        let _ = msgq::remove(self.q.id);
+        // A forked child's copy: the queue is the parent's.
+        if self.q.inherited() {
+            return;
+        }
+        // Nobody reads again. A sender still sending gets Disconnected (EIDRM). The set goes
+        // with the queue.
+        self.q.close(true);
     }
 }
 
@@ -828,11 +963,23 @@ struct Opened {
     msgmax: usize,
 }
 
-/// One step of `open`: a queue to use (and the peer pid already dead when we looked), or look
-/// again from the start.
+/// One step of `open`: a queue to use (and what we learnt of it), or look again from the start.
 enum Step {
-    Use(MsqId, Option<u32>),
+    Use(MsqId, Start),
     Retry,
+}
+
+/// What an end knows of its peers when it decides to use a queue.
+#[derive(Default)]
+struct Start {
+    /// A peer pid already dead when we looked: "no peer yet" (see `Queue::stale_peer`).
+    stale_peer: Option<u32>,
+    /// The queue's set and its counts when we looked (`None`: we created the queue, or it had no
+    /// set of ours then).
+    set: Option<(SemId, Counts)>,
+    /// Peers that joined before us and are gone count as ours: a receiver draining what a dead
+    /// sender left.
+    adopt: bool,
 }
 
 fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
@@ -858,13 +1005,13 @@ fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
     let mut backoff = Duration::from_micros(100);
     loop {
         let (step, created) = match msgq::create_exclusive(key, cfg.mode) {
-            Ok(id) => (Step::Use(id, None), true),
+            Ok(id) => (Step::Use(id, Start::default()), true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 (examine(cfg, &what, key, role, msgmax)?, false)
             }
             Err(e) => return Err(create_error(e)),
         };
-        if let Step::Use(id, stale_peer) = step {
+        if let Step::Use(id, start) = step {
             match msgq::stat(id) {
                 Ok(st) => {
                     let fragment = msgmax.min(usize::try_from(st.qbytes).unwrap_or(usize::MAX));
@@ -879,13 +1026,51 @@ fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
                             show(limits.msgmax)
                         )));
                     }
-                    let queue = Queue {
+                    let owner = QueueOwner {
+                        uid: st.uid,
+                        cuid: st.cuid,
+                        mode: st.mode,
+                    };
+                    let attached = tokens::attach(key, id, &owner, cfg.mode, role, deadline);
+                    let tokens = match attached {
+                        Ok(Attached::Joined(set, now)) => {
+                            // Counts from before we decided, if they are this set's (it can only
+                            // have been replaced by `ipcrm -s`).
+                            let first = match start.set {
+                                Some((s, c)) if s == set => c,
+                                _ => now,
+                            };
+                            Some(Membership::new(set, role, first, now, start.adopt))
+                        }
+                        Ok(Attached::Without) => None,
+                        Ok(Attached::QueueGone) => {
+                            retry_after(&mut backoff, deadline, cfg, &what)?;
+                            continue;
+                        }
+                        Err(e) => {
+                            if created {
+                                let _ = msgq::remove(id);
+                                tokens::remove_for(key, id, &owner);
+                            }
+                            return Err(e);
+                        }
+                    };
+                    let mut queue = Queue {
                         id,
                         key,
-                        stale_peer,
+                        stale_peer: start.stale_peer,
                         peer: None,
                         next_check: None,
+                        tokens,
+                        owner: crate::sys::fork::arm(),
                     };
+                    // Removed while we joined its set (which may then be one we made for it):
+                    // leave (removing that set) and start over.
+                    if queue.is_removed() {
+                        queue.close(false);
+                        retry_after(&mut backoff, deadline, cfg, &what)?;
+                        continue;
+                    }
                     return Ok(Opened {
                         queue,
                         fragment,
@@ -896,15 +1081,21 @@ fn open(cfg: &MsgqConfig, role: Role) -> Result<Opened, Error> {
                 Err(e) => return Err(io_err("msgctl(IPC_STAT)")(e)),
             }
         }
-        if Instant::now() >= deadline {
-            return Err(Error::InUse(format!(
-                "{what} kept changing under us for {:?} (created or removed by others)",
-                cfg.open_timeout
-            )));
-        }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_millis(20));
+        retry_after(&mut backoff, deadline, cfg, &what)?;
     }
+}
+
+/// Sleeps before `open` looks again, or fails if it has looked for too long.
+fn retry_after(backoff: &mut Duration, deadline: Instant, cfg: &MsgqConfig, what: &str) -> Result<(), Error> {
+    if Instant::now() >= deadline {
+        return Err(Error::InUse(format!(
+            "{what} kept changing under us for {:?} (created or removed by others)",
+            cfg.open_timeout
+        )));
+    }
+    std::thread::sleep(*backoff);
+    *backoff = (*backoff * 2).min(Duration::from_millis(20));
+    Ok(())
 }
 
 /// Whether the last message in the queue is an end of stream (`None`: the queue changed; look
@@ -938,33 +1129,58 @@ fn examine(cfg: &MsgqConfig, what: &str, key: i32, role: Role, msgmax: usize) ->
         mode: st.mode,
     };
     check_owner(what, &owner, cfg.mode, cfg.allow_other_owner)?;
+    let set = tokens::find(
+        key,
+        id,
+        &QueueOwner {
+            uid: st.uid,
+            cuid: st.cuid,
+            mode: st.mode,
+        },
+    );
+    let counts = set.map(|(_, c)| c);
     let me = proc::current().pid;
     let (lspid, lrpid) = (st.lspid, st.lrpid);
-    let receiver = match lrpid {
-        0 => PeerState::NotYet,
-        p if alive(p) => PeerState::Alive,
-        _ => PeerState::Dead,
-    };
-    // Pid 0 with messages queued: a sender in another pid namespace. Take it for alive.
-    let sender_alive = lspid == 0 || alive(lspid);
+    let receiver = at_open(counts, Role::Receiver, lrpid);
+    // NotYet with messages queued: pid 0 (a sender in another PID namespace) and no token ever
+    // (a foreign client, or a shmpipe without tokens). Take it for alive.
+    let sender_alive = at_open(counts, Role::Sender, lspid) != PeerState::Dead;
     let refuse = |why: String| Err(Error::InUse(format!("{what}: {why}")));
-    if role == Role::Receiver && receiver == PeerState::Alive && lrpid != me {
+    // Only by pid, as before tokens: a receiver that has received nothing can be joined.
+    if role == Role::Receiver && lrpid != 0 && lrpid != me && alive(lrpid) {
         return refuse(format!("its receiver is held by live pid {lrpid}"));
     }
     if st.qnum == 0 {
+        let dead_pid = |pid: u32| (pid != 0 && !alive(pid)).then_some(pid);
         let stale_peer = match role {
-            Role::Receiver => (lspid != 0 && !sender_alive).then_some(lspid),
-            Role::Sender => (receiver == PeerState::Dead).then_some(lrpid),
+            Role::Receiver => dead_pid(lspid),
+            Role::Sender => dead_pid(lrpid),
         };
-        return Ok(Step::Use(id, stale_peer));
+        let start = Start {
+            stale_peer,
+            set,
+            adopt: false,
+        };
+        return Ok(Step::Use(id, start));
     }
     let Some(finished) = end_pending(id, st.qnum, msgmax) else {
         return Ok(Step::Retry);
     };
     let stale = !sender_alive && receiver != PeerState::Alive && !finished;
+    let pid = |p: u32| match p {
+        0 => "pid unknown here: another PID namespace".to_string(),
+        p => format!("pid {p}"),
+    };
     match role {
         Role::Receiver if stale && receiver == PeerState::Dead => {}
-        Role::Receiver => return Ok(Step::Use(id, None)),
+        Role::Receiver => {
+            let start = Start {
+                stale_peer: None,
+                set,
+                adopt: true,
+            };
+            return Ok(Step::Use(id, start));
+        }
         Role::Sender if finished => {
             return refuse(format!(
                 "it holds {} unread messages from a sender that has finished; \
@@ -974,28 +1190,48 @@ fn examine(cfg: &MsgqConfig, what: &str, key: i32, role: Role, msgmax: usize) ->
         }
         Role::Sender if sender_alive => {
             return refuse(format!(
-                "its sender is held by live pid {lspid} ({} messages unread)",
+                "its sender is held by a live process ({}; {} messages unread)",
+                pid(lspid),
                 st.qnum
             ))
         }
         Role::Sender if receiver == PeerState::Alive => {
             return refuse(format!(
-                "its previous sender (pid {lspid}) died with {} messages unread and its receiver \
-                 (pid {lrpid}) is still reading them; retry when it has finished",
-                st.qnum
+                "its previous sender ({}) died with {} messages unread and its receiver \
+                 ({}) is still reading them; retry when it has finished",
+                pid(lspid),
+                st.qnum,
+                pid(lrpid)
             ))
         }
         Role::Sender => {}
     }
-    // Stale: left by a run whose ends are both gone, with no end of stream.
+    // Stale: left by a run whose ends are both gone, with no end of stream. Its set goes too.
     let _ = msgq::remove(id);
+    if let Some((set, _)) = set {
+        let _ = crate::sys::sem::remove(set);
+    }
     Ok(Step::Retry)
+}
+
+/// A role's state when a queue is opened, from the set's counts (if it has a set) and the pid
+/// the kernel recorded for the role: alive if it holds a token or its pid is alive; dead if its
+/// pid is dead, or pid unknown here but shmpipe ends of the role have joined and none is left.
+fn at_open(counts: Option<Counts>, role: Role, pid: u32) -> PeerState {
+    if counts.is_some_and(|c| c.live(role) > 0) || (pid != 0 && alive(pid)) {
+        PeerState::Alive
+    } else if pid != 0 || counts.is_some_and(|c| c.joined(role) != 0) {
+        PeerState::Dead
+    } else {
+        PeerState::NotYet
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::{RecvError, SendError};
+    use crate::sys::sem;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A unique queue name for this test, and a guard that removes the queue at that key when
@@ -1028,6 +1264,10 @@ mod tests {
         fn drop(&mut self) {
             if let Ok(id) = msgq::lookup(self.key) {
                 let _ = msgq::remove(id);
+            }
+            // The liveness semaphore set at the same key.
+            if let Ok(set) = sem::lookup(self.key) {
+                let _ = sem::remove(set);
             }
         }
     }
@@ -1332,6 +1572,129 @@ mod tests {
         cfg.allow_other_owner = true;
         drop(cfg.open_receiver().unwrap());
         assert!(!t.exists(), "the receiver removed it");
+    }
+
+    fn set_of(q: &Queue) -> sem::SemId {
+        q.tokens.as_ref().expect("a semaphore set").set()
+    }
+
+    fn live_joined(set: sem::SemId) -> ([u16; 2], [u16; 2]) {
+        let c = tokens::counts(set);
+        (
+            [c.live(Role::Receiver), c.live(Role::Sender)],
+            [c.joined(Role::Receiver), c.joined(Role::Sender)],
+        )
+    }
+
+    #[test]
+    fn each_end_holds_a_token_in_the_set_at_the_queue_key_until_it_closes() {
+        let t = Named::new("tokens");
+        let rx = t.cfg().open_receiver().unwrap();
+        let set = set_of(&rx.q);
+        assert_eq!(sem::lookup(t.key).unwrap(), set, "the set is at the queue's key");
+        let tx = t.cfg().open_sender().unwrap();
+        assert_eq!(set_of(&tx.q), set);
+        assert_eq!(live_joined(set), ([1, 1], [1, 1]));
+        drop(tx);
+        assert_eq!(
+            live_joined(set),
+            ([1, 0], [1, 1]),
+            "the sender gave its token back"
+        );
+        drop(rx);
+        assert!(sem::lookup(t.key).is_err(), "the set went with the queue");
+    }
+
+    #[test]
+    fn a_fresh_queue_never_inherits_a_stale_set() {
+        let t = Named::new("staleset");
+        // Left at the key by an earlier queue: tagged with its id, a sender token still counted
+        // (as if that queue's sender were alive).
+        let old = tokens::plant(t.key, Some(MsqId(123_456)), [0, 1], [2, 7]);
+        let mut rx = t.cfg().open_receiver().unwrap();
+        let set = set_of(&rx.q);
+        assert_ne!(set, old);
+        assert!(sem::stat(old).is_err(), "the stale set was removed");
+        assert_eq!(live_joined(set), ([1, 0], [1, 0]));
+        // No sender is taken for alive, or for dead: the receiver waits.
+        let mut buf = Vec::new();
+        assert_eq!(
+            rx.recv_timeout(&mut buf, Duration::from_millis(120)),
+            Err(RecvTimeoutError::Timeout)
+        );
+    }
+
+    #[test]
+    fn an_untagged_set_is_waited_for_and_removed_only_when_its_creator_never_tags_it() {
+        // Its creator tags it meanwhile: used as it is.
+        let t = Named::new("tagging");
+        let q = msgq::create_exclusive(t.key, 0o600).unwrap();
+        let set = tokens::plant(t.key, None, [0, 0], [0, 0]);
+        let tagger = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tokens::tag(set, q);
+        });
+        let start = Instant::now();
+        let tx = t.cfg().open_sender().unwrap();
+        tagger.join().unwrap();
+        assert_eq!((tx.q.id, set_of(&tx.q)), (q, set));
+        assert!(start.elapsed() < tokens::UNTAGGED_GRACE);
+        drop(tx);
+
+        // Never tagged (its creator died between semget and semop): removed after the grace.
+        let t = Named::new("untagged");
+        let old = tokens::plant(t.key, None, [0, 0], [0, 0]);
+        let start = Instant::now();
+        let rx = t.cfg().open_receiver().unwrap();
+        assert!(start.elapsed() >= tokens::UNTAGGED_GRACE);
+        assert_ne!(set_of(&rx.q), old);
+        assert!(sem::stat(old).is_err());
+    }
+
+    #[test]
+    fn a_queue_made_without_a_set_gets_one_and_a_foreign_set_is_left_alone() {
+        // A queue a foreign client made: the first end makes its set.
+        let t = Named::new("noset");
+        msgq::create_exclusive(t.key, 0o600).unwrap();
+        let tx = t.cfg().open_sender().unwrap();
+        assert_eq!(live_joined(set_of(&tx.q)), ([0, 1], [0, 1]));
+        drop(tx);
+
+        // Something else's set at the key (another size): not used, not removed; pids only.
+        let t = Named::new("foreignset");
+        let foreign = sem::create(t.key, 3, 0o600, true).unwrap();
+        let mut rx = t.cfg().open_receiver().unwrap();
+        let mut tx = t.cfg().open_sender().unwrap();
+        assert!(rx.q.tokens.is_none() && tx.q.tokens.is_none());
+        tx.send(b"by pids").unwrap();
+        let mut buf = Vec::new();
+        rx.recv(&mut buf).unwrap();
+        assert_eq!(buf, b"by pids");
+        drop(tx);
+        assert_eq!(rx.recv(&mut buf), Err(RecvError::Disconnected));
+        drop(rx);
+        assert_eq!(sem::stat(foreign).unwrap().nsems, 3, "left alone");
+        let _ = sem::remove(foreign);
+    }
+
+    #[test]
+    fn a_queue_removed_under_its_ends_takes_its_set_when_they_close() {
+        let t = Named::new("ipcrm");
+        let mut rx = t.cfg().open_receiver().unwrap();
+        let mut tx = t.cfg().open_sender().unwrap();
+        let set = set_of(&rx.q);
+        // `ipcrm -q`: the queue goes, its set stays.
+        msgq::remove(rx.q.id).unwrap();
+        assert_eq!(tx.try_send(b"x"), Err(TrySendError::Disconnected));
+        drop(tx);
+        assert!(
+            sem::stat(set).is_err(),
+            "the sender removed the set of its removed queue"
+        );
+        let mut buf = Vec::new();
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+        drop(rx);
+        assert!(sem::lookup(t.key).is_err());
     }
 
     #[test]

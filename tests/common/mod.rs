@@ -120,6 +120,38 @@ pub fn remove_sems_of(id: i32) {
     }
 }
 
+/// The semaphore set at `key`, if there is one (a message queue's liveness set lives at the
+/// queue's key).
+pub fn semid_at(key: i32) -> Option<i32> {
+    // SAFETY: semget only reads its scalar arguments.
+    let set = unsafe { libc::semget(key, 0, 0) };
+    (set >= 0).then_some(set)
+}
+
+/// Removes the semaphore set at `key`, repeatedly, in case something recreates it.
+pub fn remove_sem_key(key: i32) {
+    for _ in 0..50 {
+        let Some(set) = semid_at(key) else { return };
+        // SAFETY: IPC_RMID reads no argument beyond the scalars.
+        unsafe { libc::semctl(set, 0, libc::IPC_RMID) };
+    }
+}
+
+/// Removes the message queue at `key` and then its liveness semaphore set (repeatedly, in case
+/// something recreates them).
+pub fn remove_queue_key(key: i32) {
+    for _ in 0..50 {
+        // SAFETY: msgget only reads its scalar arguments.
+        let id = unsafe { libc::msgget(key, 0) };
+        if id < 0 {
+            break;
+        }
+        // SAFETY: IPC_RMID takes no buffer.
+        unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    }
+    remove_sem_key(key);
+}
+
 /// The value of semaphore `num` of set `set`.
 pub fn sem_value(set: i32, num: usize) -> Option<i32> {
     // SAFETY: GETVAL reads no argument beyond the scalars.
@@ -232,11 +264,8 @@ impl Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        for _ in 0..50 {
-            let Some(id) = msqid_at(self.key) else { return };
-            // SAFETY: IPC_RMID takes no buffer.
-            unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
-        }
+        // The queue, then the liveness semaphore set at the same key.
+        remove_queue_key(self.key);
     }
 }
 

@@ -23,8 +23,9 @@
 //! not exit within [`STALL`], is a hang (an error; the processes are killed); and the whole run
 //! is abandoned (children killed, exit 1) if it outlives its duration by [`RUN_GRACE`].
 //!
-//! At the end, any entry of `/proc/sysvipc/shm` or `/proc/sysvipc/msg` whose key is that of a
-//! name used is a leak. Exit 0 only with no error and no leak.
+//! At the end, any entry of `/proc/sysvipc/shm`, `/proc/sysvipc/msg` or `/proc/sysvipc/sem` (a
+//! message queue's liveness semaphore set lives at the queue's key; a ring's set is private, key
+//! 0) whose key is that of a name used is a leak. Exit 0 only with no error and no leak.
 //!
 //! SIGINT, SIGTERM or SIGHUP ends the run early the same way (the last pair closes cleanly, the
 //! report includes the leak check), then exits with 128 + the signal. The children ignore
@@ -695,10 +696,10 @@ fn split_endpoint(endpoint: &str) -> Result<(&str, &str, &str), String> {
     Ok((scheme, name, query))
 }
 
-/// Keys of SysV objects listed in `/proc/sysvipc/{shm,msg}`.
+/// Keys of SysV objects listed in `/proc/sysvipc/{shm,msg,sem}`.
 fn sysv_keys() -> Result<Vec<i32>, String> {
     let mut keys = Vec::new();
-    for file in ["/proc/sysvipc/shm", "/proc/sysvipc/msg"] {
+    for file in ["/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem"] {
         let text = std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?;
         keys.extend(
             text.lines()
