@@ -367,7 +367,8 @@ fn role_cons(ring: &str, a: &Args) {
 }
 
 /// A consumer that takes one message with `recv_ref`, says `HOLDING id seq` and holds the
-/// guard until killed.
+/// guard until killed; with `release_on_go=1`, until `GO`, then says `RELEASED <the guard's bytes
+/// were unchanged>`, drops the guard and leaves.
 fn role_hold_ref(ring: &str, a: &Args) {
     let mut rx = mcfg(ring, a)
         .open_mpmc_receiver()
@@ -376,7 +377,16 @@ fn role_hold_ref(ring: &str, a: &Args) {
     let msg = rx.recv_ref_timeout(Duration::from_secs(60)).expect("recv_ref");
     let (id, seq) = check(&msg);
     tell(&format!("HOLDING {id} {seq}"));
-    sleep_forever();
+    if !a.flag("release_on_go") {
+        sleep_forever();
+    }
+    // Whatever happened to us meanwhile (a SIGSTOP), the borrowed bytes must be the message.
+    let copy = msg.to_vec();
+    wait_go();
+    let same = *msg == copy[..] && check(&msg) == (id, seq);
+    drop(msg);
+    tell(&format!("RELEASED {same}"));
+    drop(rx);
 }
 
 /// A producer that, on `GO`, reserves a slot with `try_reserve`, writes half a message into it,
@@ -990,6 +1000,71 @@ fn consumer_killed_holding_a_recv_ref_guard_does_not_wedge_producers() {
     assert_eq!((num(&end, "count"), num(&end, "dropped")), (u64::from(N) - 1, 1));
     rx.wait_success(SOON);
     eprintln!("slot held by a killed consumer recovered {took:?} after the kill");
+    holder.wait(SOON);
+    ring.assert_gone("after every member left");
+}
+
+#[test]
+fn a_stopped_consumer_holding_a_recv_ref_guard_is_never_robbed() {
+    // A SIGSTOPped member is alive (its token is held): producers stalled on its slot wait for it
+    // however long it is stopped, and never write behind its borrowed view.
+    const N: u32 = 40;
+    let ring = Ring::new("mpmc-stopped-ref");
+    let cap = ("cap", "4".to_string());
+    let mut holder = Proc::child(
+        "m_hold_ref",
+        &ring.name,
+        &[cap.clone(), ("release_on_go", "1".into())],
+    );
+    holder.expect("READY");
+    let mut tx = Proc::child(
+        "m_prod",
+        &ring.name,
+        &[
+            cap.clone(),
+            ("id", "7".into()),
+            ("n", N.to_string()),
+            ("pause_after", "1".into()),
+        ],
+    );
+    tx.expect("READY");
+    tx.expect("PAUSED");
+    assert_eq!(holder.expect("HOLDING"), ["7", "0"]);
+    // SAFETY: plain syscall on our own child.
+    assert_eq!(unsafe { libc::kill(holder.pid, libc::SIGSTOP) }, 0);
+    let mut rx = Proc::child("m_cons", &ring.name, &[cap, ("print", "1".into())]);
+    rx.expect("READY");
+    tx.say("GO");
+    for seq in 1..=3 {
+        assert_eq!(rx.expect("MSG"), ["7".to_string(), seq.to_string()]);
+    }
+    // Many park slices and liveness checks while the holder is stopped: nothing moves.
+    if let Some(l) = tx.try_line(Duration::from_millis(1500)) {
+        panic!("the producer got past a slot a stopped consumer holds: {l}");
+    }
+    assert!(rx.try_line(Duration::from_millis(10)).is_none());
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(holder.pid, libc::SIGCONT) }, 0);
+    holder.say("GO");
+    assert_eq!(holder.expect("RELEASED"), ["true"], "the borrowed bytes changed");
+    let done = kv(&tx.expect("DONE"));
+    assert_eq!(num(&done, "sent"), u64::from(N));
+    assert_eq!(
+        (
+            num(&done, "dropped"),
+            num(&done, "lost"),
+            num(&done, "receivers_died")
+        ),
+        (0, 0, 0),
+        "{done:?}"
+    );
+    tx.wait_success(SOON);
+    for seq in 4..N {
+        assert_eq!(rx.expect("MSG"), ["7".to_string(), seq.to_string()]);
+    }
+    let end = rx.expect("END");
+    assert_eq!(&end[..2], ["Disconnected", "Closed"], "{end:?}");
+    rx.wait_success(SOON);
     holder.wait(SOON);
     ring.assert_gone("after every member left");
 }
