@@ -92,6 +92,11 @@ pub struct Counters {
     /// slot skipped, or a consumer's unfreed message dropped). `None` for SPSC rings, where a
     /// dead peer ends the channel instead.
     pub recovered: Option<u64>,
+    /// MPMC rings: members that were taken for dead while holding a slot, came back and found
+    /// it recovered (a false liveness verdict: a fork sharing a member record, a record
+    /// overwritten); they wrote nothing to it. Their messages are among `recovered`. `None` for
+    /// SPSC rings.
+    pub robbed: Option<u64>,
 }
 
 /// A shmpipe ring found on the machine.
@@ -353,13 +358,14 @@ impl RingView {
 
 fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
     // Relaxed: a snapshot for display; nothing is read on the strength of these values.
-    let (messages_in, messages_out, c, recovered) = match layout.kind {
+    let (messages_in, messages_out, c, recovered, robbed) = match layout.kind {
         RingKind::Spsc => {
             let shared = backing.shared();
             (
                 shared.tail.load(Relaxed),
                 shared.head.load(Relaxed),
                 &*shared.counters,
+                None,
                 None,
             )
         }
@@ -371,6 +377,7 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
                 shared.dequeue.load(Relaxed),
                 &*shared.counters,
                 Some(l.lost.load(Relaxed).wrapping_add(l.dropped.load(Relaxed))),
+                Some(l.robbed.load(Relaxed)),
             )
         }
     };
@@ -382,6 +389,7 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
         parks: c.parks.load(Relaxed),
         wakes: c.wakes.load(Relaxed),
         recovered,
+        robbed,
     }
 }
 

@@ -22,8 +22,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 
 /// "shmpipe\0" read as a little-endian u64; the first field of every ring.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
-/// Bumped on every incompatible change of this layout (2: the counters line moved the slots).
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+/// Bumped on every incompatible change of this layout (2: the counters line moved the slots;
+/// 3: MPMC `publish` and `free` became CASes, and `robbed` joined the loss counters in their
+/// line's spare bytes. No offset moved, but a member of a version-2 build still stores blindly
+/// and would rewind a slot recovered from it, so the two must not share a ring).
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// `Header::kind` of an SPSC ring.
 pub(crate) const KIND_SPSC: u32 = 1;
 /// `Header::kind` of an MPMC ring.

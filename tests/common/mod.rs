@@ -176,7 +176,7 @@ pub mod off {
     pub const SENDER_PID: usize = SENDER_STATE + 4;
     pub const RECEIVER_STATE: usize = 256 + 6 * 128;
     pub const RECEIVER_PID: usize = RECEIVER_STATE + 4;
-    /// Slow-path counters line (layout version 2): full waits, empty waits, parks, wakes.
+    /// Slow-path counters line (since layout version 2): full waits, empty waits, parks, wakes.
     pub const FULL_WAITS: usize = 256 + 7 * 128;
     pub const EMPTY_WAITS: usize = FULL_WAITS + 8;
     pub const PARKS: usize = FULL_WAITS + 16;
@@ -186,7 +186,7 @@ pub mod off {
 }
 
 /// The layout version these offsets describe.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// `b"shmpipe\0"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
