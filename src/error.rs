@@ -74,12 +74,12 @@ error_enum! {
         Full => "sending on a full channel",
         /// The receiver is gone (closed, or its process died); nothing more will be read.
         Disconnected => "sending on a disconnected channel",
-        /// MPMC rings only: this sender was taken for dead (wrongly: a false liveness verdict, a fork sharing
-        /// its member record) while it held its slot, and another member recovered the slot. The message was
-        /// not delivered: the slot was skipped, counted in [`Stats::lost`](crate::ring::mpmc::Stats::lost) by
-        /// the member that recovered it, and this sender finding out is counted in
-        /// [`Stats::robbed`](crate::ring::mpmc::Stats::robbed). Sending it again cannot duplicate it; the
-        /// sender stays usable.
+        /// MPMC rings only: this sender was wrongly taken for dead (a false liveness verdict, e.g. its member
+        /// record overwritten by another process) while it held its slot, and another member recovered the
+        /// slot. The message was not delivered: the slot was skipped, counted in
+        /// [`Stats::lost`](crate::ring::mpmc::Stats::lost) by the member that recovered it, and this sender
+        /// finding out is counted in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed). Sending it again
+        /// cannot duplicate it; the sender stays usable.
         Lost => "message lost: this sender was taken for dead and its slot recovered; nothing was delivered",
         /// The message is longer than the channel allows.
         TooLarge(TooLarge) => "",
@@ -93,12 +93,12 @@ error_enum! {
     SendError {
         /// The receiver is gone (closed, or its process died); nothing more will be read.
         Disconnected => "sending on a disconnected channel",
-        /// MPMC rings only: this sender was taken for dead (wrongly: a false liveness verdict, a fork sharing
-        /// its member record) while it held its slot, and another member recovered the slot. The message was
-        /// not delivered: the slot was skipped, counted in [`Stats::lost`](crate::ring::mpmc::Stats::lost) by
-        /// the member that recovered it, and this sender finding out is counted in
-        /// [`Stats::robbed`](crate::ring::mpmc::Stats::robbed). Sending it again cannot duplicate it; the
-        /// sender stays usable.
+        /// MPMC rings only: this sender was wrongly taken for dead (a false liveness verdict, e.g. its member
+        /// record overwritten by another process) while it held its slot, and another member recovered the
+        /// slot. The message was not delivered: the slot was skipped, counted in
+        /// [`Stats::lost`](crate::ring::mpmc::Stats::lost) by the member that recovered it, and this sender
+        /// finding out is counted in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed). Sending it again
+        /// cannot duplicate it; the sender stays usable.
         Lost => "message lost: this sender was taken for dead and its slot recovered; nothing was delivered",
         /// The message is longer than the channel allows.
         TooLarge(TooLarge) => "",
@@ -114,12 +114,12 @@ error_enum! {
         Timeout => "timed out waiting on a full channel",
         /// The receiver is gone (closed, or its process died); nothing more will be read.
         Disconnected => "sending on a disconnected channel",
-        /// MPMC rings only: this sender was taken for dead (wrongly: a false liveness verdict, a fork sharing
-        /// its member record) while it held its slot, and another member recovered the slot. The message was
-        /// not delivered: the slot was skipped, counted in [`Stats::lost`](crate::ring::mpmc::Stats::lost) by
-        /// the member that recovered it, and this sender finding out is counted in
-        /// [`Stats::robbed`](crate::ring::mpmc::Stats::robbed). Sending it again cannot duplicate it; the
-        /// sender stays usable.
+        /// MPMC rings only: this sender was wrongly taken for dead (a false liveness verdict, e.g. its member
+        /// record overwritten by another process) while it held its slot, and another member recovered the
+        /// slot. The message was not delivered: the slot was skipped, counted in
+        /// [`Stats::lost`](crate::ring::mpmc::Stats::lost) by the member that recovered it, and this sender
+        /// finding out is counted in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed). Sending it again
+        /// cannot duplicate it; the sender stays usable.
         Lost => "message lost: this sender was taken for dead and its slot recovered; nothing was delivered",
         /// The message is longer than the channel allows.
         TooLarge(TooLarge) => "",
@@ -135,12 +135,12 @@ error_enum! {
         Empty => "receiving on an empty channel",
         /// The sender is gone and everything it sent has been received.
         Disconnected => "receiving on an empty and disconnected channel",
-        /// MPMC rings only: this receiver was taken for dead (wrongly: a false liveness verdict, a fork
-        /// sharing its member record) while it was copying a message out, and another member freed the
-        /// message's slot (counted in [`Stats::dropped`](crate::ring::mpmc::Stats::dropped); this receiver
-        /// finding out in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed)). The message is not returned:
-        /// a producer may already have been writing the next one over it. The receiver stays usable; the next
-        /// call goes on.
+        /// MPMC rings only: this receiver was wrongly taken for dead (a false liveness verdict, e.g. its
+        /// member record overwritten by another process) while it was copying a message out, and another
+        /// member freed the message's slot (counted in [`Stats::dropped`](crate::ring::mpmc::Stats::dropped);
+        /// this receiver finding out in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed)). The message is
+        /// not returned: a producer may already have been writing the next one over it. The receiver stays
+        /// usable; the next call goes on.
         Lost => "message lost: this receiver was taken for dead and the message it was reading recovered",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
@@ -152,12 +152,12 @@ error_enum! {
     RecvError {
         /// The sender is gone and everything it sent has been received.
         Disconnected => "receiving on an empty and disconnected channel",
-        /// MPMC rings only: this receiver was taken for dead (wrongly: a false liveness verdict, a fork
-        /// sharing its member record) while it was copying a message out, and another member freed the
-        /// message's slot (counted in [`Stats::dropped`](crate::ring::mpmc::Stats::dropped); this receiver
-        /// finding out in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed)). The message is not returned:
-        /// a producer may already have been writing the next one over it. The receiver stays usable; the next
-        /// call goes on.
+        /// MPMC rings only: this receiver was wrongly taken for dead (a false liveness verdict, e.g. its
+        /// member record overwritten by another process) while it was copying a message out, and another
+        /// member freed the message's slot (counted in [`Stats::dropped`](crate::ring::mpmc::Stats::dropped);
+        /// this receiver finding out in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed)). The message is
+        /// not returned: a producer may already have been writing the next one over it. The receiver stays
+        /// usable; the next call goes on.
         Lost => "message lost: this receiver was taken for dead and the message it was reading recovered",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
@@ -171,12 +171,12 @@ error_enum! {
         Timeout => "timed out waiting on an empty channel",
         /// The sender is gone and everything it sent has been received.
         Disconnected => "receiving on an empty and disconnected channel",
-        /// MPMC rings only: this receiver was taken for dead (wrongly: a false liveness verdict, a fork
-        /// sharing its member record) while it was copying a message out, and another member freed the
-        /// message's slot (counted in [`Stats::dropped`](crate::ring::mpmc::Stats::dropped); this receiver
-        /// finding out in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed)). The message is not returned:
-        /// a producer may already have been writing the next one over it. The receiver stays usable; the next
-        /// call goes on.
+        /// MPMC rings only: this receiver was wrongly taken for dead (a false liveness verdict, e.g. its
+        /// member record overwritten by another process) while it was copying a message out, and another
+        /// member freed the message's slot (counted in [`Stats::dropped`](crate::ring::mpmc::Stats::dropped);
+        /// this receiver finding out in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed)). The message is
+        /// not returned: a producer may already have been writing the next one over it. The receiver stays
+        /// usable; the next call goes on.
         Lost => "message lost: this receiver was taken for dead and the message it was reading recovered",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",

@@ -93,8 +93,8 @@ pub struct Counters {
     /// dead peer ends the channel instead.
     pub recovered: Option<u64>,
     /// MPMC rings: members that were taken for dead while holding a slot, came back and found
-    /// it recovered (a false liveness verdict: a fork sharing a member record, a record
-    /// overwritten); they wrote nothing to it. Their messages are among `recovered`. `None` for
+    /// it recovered (a false liveness verdict, e.g. a member record overwritten by another
+    /// process); they wrote nothing to it. Their messages are among `recovered`. `None` for
     /// SPSC rings.
     pub robbed: Option<u64>,
 }

@@ -7,12 +7,16 @@
 //! the slot is ready for. For position `p` in slot `p % capacity`:
 //!
 //! ```text
-//! seq == p              free: a producer may claim p (CAS enqueue p -> p+1), write, then store p+1
+//! seq == p              free: a producer may claim p (CAS enqueue p -> p+1), write, then
+//!                       CAS seq p -> p+1
 //! seq == p + 1          published: a consumer may claim p (CAS dequeue p -> p+1), read, then
-//!                       store p + capacity (free for the next lap)
+//!                       CAS seq p+1 -> p + capacity (free for the next lap)
 //! seq == TOMB | (p + 1) published, but empty: consumers skip it (a reservation dropped without
 //!                       commit, or the slot of a producer that died holding it)
 //! ```
+//!
+//! (Crossbeam stores the sequence after the write and the read; here both are CASes from the
+//! value the claim found, see "A member wrongly taken for dead" below.)
 //!
 //! The sequence is stored relative to the slot number (`seq - slot`), so zeroed memory (a fresh
 //! segment) is the initial state: slot `i` free for position `i`.
@@ -45,19 +49,17 @@
 //! that dies at most the one it was reading; both losses are counted ([`Stats`]).
 //!
 //! # A member wrongly taken for dead
-//! The liveness verdict can be wrong: a pid check fooled (a fork whose child goes on with the
-//! parent's member record, the parent gone), a member record overwritten. The member then comes
-//! back to a slot that was recovered and has moved on (tombstoned, freed, perhaps reused for the
-//! next lap). So `publish` and `free` are CASes too, from the exact value the claim left
-//! (`p`, free for this lap; `p + 1`, published, with `TOMB` for a tombstone) to the next
-//! (`p + 1`; `p + capacity`): against a recovered slot they fail and write nothing, where a store
-//! would rewind the slot and wedge the ring. `robbed` counts each time ([`Stats::robbed`]). The
-//! message is lost, and was already counted by the member that recovered the slot (`lost` for a
-//! producer's, `dropped` for a consumer's). The member is told: `send`, `try_send` and
-//! `WriteGuard::commit` return [`SendError::Lost`], `recv` and `try_recv` return
+//! The liveness verdict can be wrong (a member record overwritten by another process, say, or a pid
+//! check fooled). The member then comes back to a slot that was recovered and has moved on
+//! (tombstoned, freed, perhaps reused for the next lap). So `publish` and `free` are CASes too,
+//! from the exact value the claim left (`p`, free for this lap; `p + 1`, published, with `TOMB` for
+//! a tombstone) to the next (`p + 1`; `p + capacity`): against a recovered slot they fail and write
+//! nothing, where a store would rewind the slot and wedge the ring. `robbed` counts each time
+//! ([`Stats::robbed`]). The message is lost, and was already counted by the member that recovered
+//! the slot (`lost` for a producer's, `dropped` for a consumer's). The member is told: `send`,
+//! `try_send` and `WriteGuard::commit` return [`SendError::Lost`], `recv` and `try_recv` return
 //! [`RecvError::Lost`] (not the bytes they copied, which the next lap's producer may have been
-//! overwriting), and a `ReadGuard`, whose bytes were already shown in place, frees nothing on
-//! drop.
+//! overwriting), and a `ReadGuard`, whose bytes were already shown in place, frees nothing on drop.
 //!
 //! What a robbed producer wrote before its CAS cannot be taken back: its bytes and length word
 //! may land in the slot's next message. A look at the sequence before the copy and before the
@@ -419,7 +421,7 @@ pub struct Stats {
     /// Messages skipped for an impossible length word.
     pub corrupt: u64,
     /// Members that were taken for dead while holding a slot and came back to find it recovered
-    /// (a false liveness verdict, a fork sharing a member record): they wrote nothing to it. A
+    /// (a false liveness verdict, e.g. a member record overwritten): they wrote nothing to it. A
     /// sender's message is then in `lost` and its call returned [`SendError::Lost`]; a
     /// receiver's in `dropped`, and `recv` returned [`RecvError::Lost`] (a `recv_ref` guard had
     /// already shown the message in place: its drop frees nothing). Never counted for a member
@@ -515,8 +517,8 @@ impl MpmcCore {
             .is_ok()
     }
 
-    /// A member found the slot it held recovered by another member that took it for dead (a
-    /// false liveness verdict, a fork sharing its record): it writes nothing there. Counted;
+    /// A member found the slot it held recovered by another member that wrongly took it for dead:
+    /// it writes nothing there. Counted;
     /// returns false for the caller to pass on.
     #[cold]
     #[inline(never)]
