@@ -62,8 +62,9 @@
 //! overwriting), and a `ReadGuard`, whose bytes were already shown in place, frees nothing on drop.
 //!
 //! What a robbed producer wrote before its CAS cannot be taken back: its bytes and length word
-//! may land in the slot's next message. A look at the sequence before the copy and before the
-//! length store keeps that to a claim recovered in the instants between the look and the CAS.
+//! may land in the slot's next message. For `send` that takes a claim recovered during the call
+//! (claim, copy, CAS); a `WriteGuard`'s commit looks at the sequence before it stores the length
+//! word, so a guard robbed while it was held (its bytes written through it) adds nothing more.
 //!
 //! # Membership
 //! A table of [`MAX_MEMBERS`] records in the control block says who is attached, as what, with
@@ -497,7 +498,7 @@ impl MpmcCore {
     }
 
     /// Whether the slot of `pos` is still free for `pos`: a producer's claim on it has not been
-    /// recovered (see `publish`).
+    /// recovered (see `publish_guarded`).
     #[inline(always)]
     fn still_free(&self, pos: u64) -> bool {
         // Relaxed: only an early look, deciding nothing that the CAS in `publish` does not decide
@@ -727,14 +728,12 @@ impl MpmcCore {
     ///
     /// A CAS from `pos` (free for this lap), not a store: a recovered slot has moved on (the
     /// tombstone, then a consumer freed it, then later laps), and storing `pos + 1` over that would
-    /// rewind it and wedge the ring. What we wrote before the CAS cannot be taken back; the early
-    /// look below (and the one in `Producer::write`) keeps that to a claim recovered in the
-    /// instants between the look and the CAS.
+    /// rewind it and wedge the ring. What we wrote before the CAS (bytes, then the length word)
+    /// cannot be taken back. `send` claims, copies and publishes in one call, so that is a claim
+    /// recovered during the call; a `WriteGuard` is held for as long as its owner likes, so its
+    /// commit looks first (`publish_guarded`).
     #[inline]
     fn publish(&self, pos: u64, len: usize, tomb: bool) -> bool {
-        if !self.still_free(pos) {
-            return self.robbed();
-        }
         let shared = self.shared();
         // Relaxed: ordered before the consumer's read by the sequence CAS below.
         self.slots.len_word(pos).store(len as u32, Relaxed);
@@ -746,6 +745,17 @@ impl MpmcCore {
         }
         shared.not_empty.ring(1, &shared.counters.wakes);
         true
+    }
+
+    /// `publish` for a `WriteGuard`'s commit or drop: looks at the sequence first, so that a
+    /// claim recovered while the guard was held (its bytes already written through it) does not
+    /// get the length word written too. Only an early look; the CAS in `publish` decides.
+    #[inline]
+    fn publish_guarded(&self, pos: u64, len: usize, tomb: bool) -> bool {
+        if !self.still_free(pos) {
+            return self.robbed();
+        }
+        self.publish(pos, len, tomb)
     }
 
     /// Frees the claimed slot `pos`, found published as `published` (`pos + 1`, with `TOMB` for
@@ -1090,11 +1100,6 @@ impl Producer {
     /// from us (nothing published): see `MpmcCore::publish`.
     #[inline]
     fn write(&mut self, pos: u64, msg: &[u8]) -> bool {
-        // A claim recovered while we were stopped is someone else's slot by now: write no byte
-        // into it. Only an early look; `publish` decides with its CAS.
-        if !self.core.still_free(pos) {
-            return self.core.robbed();
-        }
         self.core.slots.mark_write(pos);
         // A hostile process could write the slot concurrently: that changes bytes, never where.
         // SAFETY: the slot for `pos` is ours (we won its position while it was free), its payload
@@ -1204,7 +1209,7 @@ impl WriteGuard<'_> {
     /// was recovered. Nothing was published, and the message may be sent again.
     pub fn commit(mut self) -> Result<(), SendError> {
         self.done = true;
-        if self.producer.core.publish(self.pos, self.len, false) {
+        if self.producer.core.publish_guarded(self.pos, self.len, false) {
             Ok(())
         } else {
             Err(SendError::Lost)
@@ -1223,7 +1228,7 @@ impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
         if !self.done && !unwinding_under_loom() {
             let core = &self.producer.core;
-            if core.publish(self.pos, 0, true) {
+            if core.publish_guarded(self.pos, 0, true) {
                 // Relaxed: a statistic. A slot recovered from us is not counted: it is in `lost`.
                 core.shared().losses.discarded.fetch_add(1, Relaxed);
             }
@@ -1879,20 +1884,21 @@ mod tests {
     }
 
     #[test]
-    fn a_robbed_send_writes_no_byte_and_a_robbed_abandoned_reservation_is_not_discarded() {
+    fn a_robbed_send_does_not_rewind_and_a_robbed_abandoned_reservation_is_not_discarded() {
         let (mut tx, mut rx) = channel(4, 8).unwrap();
         let mut tx2 = tx.try_clone().unwrap();
-        // `send`'s own path: claimed, taken for dead, then the copy. The slot has been reused
-        // for position 4 by then: its bytes and length must stay the other sender's.
+        // `send`'s own path: claimed, taken for dead (the tombstone skipped and slot 0 freed for
+        // position 4), then the copy and the publish. A store of sequence 1 would rewind slot 0
+        // and the other sender would find the ring full at position 4 for ever.
         let pos = tx.core.claim_free(tx.me).unwrap().unwrap();
         assert!(rx.recover_as_if_dead());
-        for i in 1..=3 {
-            tx2.try_send(&[i]).unwrap();
-            assert_eq!(drain(&mut rx), [[i]]);
-        }
-        tx2.try_send(b"four").unwrap();
+        tx2.try_send(&[1]).unwrap();
+        assert_eq!(drain(&mut rx), [[1]]);
         assert!(!tx.write(pos, b"XXXXXXX"));
-        assert_eq!(drain(&mut rx), [b"four"]);
+        for m in [&b"2"[..], b"3", b"four"] {
+            tx2.try_send(m).unwrap();
+        }
+        assert_eq!(drain(&mut rx), [&b"2"[..], b"3", b"four"]);
         // An abandoned reservation whose slot was recovered publishes no tombstone over it.
         let g = tx.try_reserve(3).unwrap();
         assert!(rx.recover_as_if_dead());
