@@ -8,6 +8,9 @@
 //!   its core after 64 failed attempts, so that the 2x2 shape (four threads on this 2-core
 //!   machine) measures the queues and not a spinning thread starving the one it waits for.
 //! - `mpmc_pingpong_8B`: round trips between two threads through two queues of the same kind.
+//! - `mpmc_one_thread_64B`: one thread sends a message and takes it back, over and over: the
+//!   instruction cost of a send and a receive with no cache line moving between cores (the least
+//!   noisy number on a shared machine, and the one a change to the fast path shows first).
 //!
 //! Every consumed message is checked (sequence sums after the clock stops), so a queue that lost
 //! or duplicated messages would fail the run. Compare rows of one run only: the machine is shared
@@ -250,10 +253,35 @@ fn latency(c: &mut Criterion) {
     g.finish();
 }
 
+/// `rounds` sends, each taken back at once, by one thread through one queue of kind `S`.
+fn one_thread<S: Shape>(rounds: u64) -> Duration {
+    let (mut txs, mut rxs) = S::make(1, 1);
+    let (tx, rx) = (&mut txs[0], &mut rxs[0]);
+    let mut msg = [0u8; LEN];
+    let t0 = Instant::now();
+    for i in 0..rounds {
+        msg[..8].copy_from_slice(&i.to_le_bytes());
+        assert!(S::push(tx, &msg), "one message in an empty queue");
+        assert_eq!(S::pop(rx), Some(i));
+    }
+    t0.elapsed()
+}
+
+fn uncontended(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mpmc_one_thread_64B");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500))
+        .throughput(Throughput::Elements(1));
+    g.bench_function("shmpipe_mpmc", |b| b.iter_custom(one_thread::<Ring>));
+    g.bench_function("crossbeam_arrayqueue", |b| b.iter_custom(one_thread::<Crossbeam>));
+    g.bench_function("shmpipe_spsc", |b| b.iter_custom(one_thread::<Spsc>));
+    g.finish();
+}
+
 /// The criterion entry point (`criterion_group!` makes an undocumented `pub fn`).
 #[allow(missing_docs)]
 mod harness {
-    criterion::criterion_group!(benches, super::throughput, super::latency);
+    criterion::criterion_group!(benches, super::throughput, super::latency, super::uncontended);
 }
 
 criterion::criterion_main!(harness::benches);

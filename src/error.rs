@@ -74,6 +74,13 @@ error_enum! {
         Full => "sending on a full channel",
         /// The receiver is gone (closed, or its process died); nothing more will be read.
         Disconnected => "sending on a disconnected channel",
+        /// MPMC rings only: this sender was wrongly taken for dead (a false liveness verdict, e.g. its member
+        /// record overwritten by another process) while it held its slot, and another member recovered the
+        /// slot. The message was not delivered: the slot was skipped, counted in
+        /// [`Stats::lost`](crate::ring::mpmc::Stats::lost) by the member that recovered it, and this sender
+        /// finding out is counted in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed). Sending it again
+        /// cannot duplicate it; the sender stays usable.
+        Lost => "message lost: this sender was taken for dead and its slot recovered; nothing was delivered",
         /// The message is longer than the channel allows.
         TooLarge(TooLarge) => "",
         /// The shared state failed validation.
@@ -89,6 +96,13 @@ error_enum! {
     SendError {
         /// The receiver is gone (closed, or its process died); nothing more will be read.
         Disconnected => "sending on a disconnected channel",
+        /// MPMC rings only: this sender was wrongly taken for dead (a false liveness verdict, e.g. its member
+        /// record overwritten by another process) while it held its slot, and another member recovered the
+        /// slot. The message was not delivered: the slot was skipped, counted in
+        /// [`Stats::lost`](crate::ring::mpmc::Stats::lost) by the member that recovered it, and this sender
+        /// finding out is counted in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed). Sending it again
+        /// cannot duplicate it; the sender stays usable.
+        Lost => "message lost: this sender was taken for dead and its slot recovered; nothing was delivered",
         /// The message is longer than the channel allows.
         TooLarge(TooLarge) => "",
         /// The shared state failed validation.
@@ -106,6 +120,13 @@ error_enum! {
         Timeout => "timed out waiting on a full channel",
         /// The receiver is gone (closed, or its process died); nothing more will be read.
         Disconnected => "sending on a disconnected channel",
+        /// MPMC rings only: this sender was wrongly taken for dead (a false liveness verdict, e.g. its member
+        /// record overwritten by another process) while it held its slot, and another member recovered the
+        /// slot. The message was not delivered: the slot was skipped, counted in
+        /// [`Stats::lost`](crate::ring::mpmc::Stats::lost) by the member that recovered it, and this sender
+        /// finding out is counted in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed). Sending it again
+        /// cannot duplicate it; the sender stays usable.
+        Lost => "message lost: this sender was taken for dead and its slot recovered; nothing was delivered",
         /// The message is longer than the channel allows.
         TooLarge(TooLarge) => "",
         /// The shared state failed validation.
@@ -123,6 +144,13 @@ error_enum! {
         Empty => "receiving on an empty channel",
         /// The sender is gone and everything it sent has been received.
         Disconnected => "receiving on an empty and disconnected channel",
+        /// MPMC rings only: this receiver was wrongly taken for dead (a false liveness verdict, e.g. its
+        /// member record overwritten by another process) while it was copying a message out, and another
+        /// member freed the message's slot (counted in [`Stats::dropped`](crate::ring::mpmc::Stats::dropped);
+        /// this receiver finding out in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed)). The message is
+        /// not returned: a producer may already have been writing the next one over it. The receiver stays
+        /// usable; the next call goes on.
+        Lost => "message lost: this receiver was taken for dead and the message it was reading recovered",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
         /// This end was inherited across `fork()`: it belongs to the process that opened it,
@@ -136,6 +164,13 @@ error_enum! {
     RecvError {
         /// The sender is gone and everything it sent has been received.
         Disconnected => "receiving on an empty and disconnected channel",
+        /// MPMC rings only: this receiver was wrongly taken for dead (a false liveness verdict, e.g. its
+        /// member record overwritten by another process) while it was copying a message out, and another
+        /// member freed the message's slot (counted in [`Stats::dropped`](crate::ring::mpmc::Stats::dropped);
+        /// this receiver finding out in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed)). The message is
+        /// not returned: a producer may already have been writing the next one over it. The receiver stays
+        /// usable; the next call goes on.
+        Lost => "message lost: this receiver was taken for dead and the message it was reading recovered",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
         /// This end was inherited across `fork()`: it belongs to the process that opened it,
@@ -151,6 +186,13 @@ error_enum! {
         Timeout => "timed out waiting on an empty channel",
         /// The sender is gone and everything it sent has been received.
         Disconnected => "receiving on an empty and disconnected channel",
+        /// MPMC rings only: this receiver was wrongly taken for dead (a false liveness verdict, e.g. its
+        /// member record overwritten by another process) while it was copying a message out, and another
+        /// member freed the message's slot (counted in [`Stats::dropped`](crate::ring::mpmc::Stats::dropped);
+        /// this receiver finding out in [`Stats::robbed`](crate::ring::mpmc::Stats::robbed)). The message is
+        /// not returned: a producer may already have been writing the next one over it. The receiver stays
+        /// usable; the next call goes on.
+        Lost => "message lost: this receiver was taken for dead and the message it was reading recovered",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
         /// This end was inherited across `fork()`: it belongs to the process that opened it,
@@ -164,6 +206,7 @@ impl From<SendTimeoutError> for SendError {
         match e {
             // A send without deadline never times out; Disconnected is the honest fallback.
             SendTimeoutError::Timeout | SendTimeoutError::Disconnected => SendError::Disconnected,
+            SendTimeoutError::Lost => SendError::Lost,
             SendTimeoutError::TooLarge(t) => SendError::TooLarge(t),
             SendTimeoutError::Corrupted(c) => SendError::Corrupted(c),
             SendTimeoutError::Forked => SendError::Forked,
@@ -176,6 +219,7 @@ impl From<TrySendError> for SendTimeoutError {
         match e {
             TrySendError::Full => SendTimeoutError::Timeout,
             TrySendError::Disconnected => SendTimeoutError::Disconnected,
+            TrySendError::Lost => SendTimeoutError::Lost,
             TrySendError::TooLarge(t) => SendTimeoutError::TooLarge(t),
             TrySendError::Corrupted(c) => SendTimeoutError::Corrupted(c),
             TrySendError::Forked => SendTimeoutError::Forked,
@@ -187,6 +231,7 @@ impl From<RecvTimeoutError> for RecvError {
     fn from(e: RecvTimeoutError) -> Self {
         match e {
             RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected => RecvError::Disconnected,
+            RecvTimeoutError::Lost => RecvError::Lost,
             RecvTimeoutError::Corrupted(c) => RecvError::Corrupted(c),
             RecvTimeoutError::Forked => RecvError::Forked,
         }
@@ -198,6 +243,7 @@ impl From<TryRecvError> for RecvTimeoutError {
         match e {
             TryRecvError::Empty => RecvTimeoutError::Timeout,
             TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            TryRecvError::Lost => RecvTimeoutError::Lost,
             TryRecvError::Corrupted(c) => RecvTimeoutError::Corrupted(c),
             TryRecvError::Forked => RecvTimeoutError::Forked,
         }

@@ -99,6 +99,11 @@ pub struct Counters {
     /// slot skipped, or a consumer's unfreed message dropped). `None` for SPSC rings, where a
     /// dead peer ends the channel instead.
     pub recovered: Option<u64>,
+    /// MPMC rings: members that were taken for dead while holding a slot, came back and found
+    /// it recovered (a false liveness verdict, e.g. a member record overwritten by another
+    /// process); they wrote nothing to it. Their messages are among `recovered`. `None` for
+    /// SPSC rings.
+    pub robbed: Option<u64>,
 }
 
 /// A shmpipe ring found on the machine.
@@ -360,13 +365,14 @@ impl RingView {
 
 fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
     // Relaxed: a snapshot for display; nothing is read on the strength of these values.
-    let (messages_in, messages_out, c, recovered, bells) = match layout.kind {
+    let (messages_in, messages_out, c, recovered, robbed, bells) = match layout.kind {
         RingKind::Spsc => {
             let shared = backing.shared();
             (
                 shared.tail.load(Relaxed),
                 shared.head.load(Relaxed),
                 &*shared.counters,
+                None,
                 None,
                 (&*shared.not_full, &*shared.not_empty),
             )
@@ -379,6 +385,7 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
                 shared.dequeue.load(Relaxed),
                 &*shared.counters,
                 Some(l.lost.load(Relaxed).wrapping_add(l.dropped.load(Relaxed))),
+                Some(l.robbed.load(Relaxed)),
                 (&*shared.not_full, &*shared.not_empty),
             )
         }
@@ -393,6 +400,7 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
         parked_senders: bells.0.waiter_bits(),
         parked_receivers: bells.1.waiter_bits(),
         recovered,
+        robbed,
     }
 }
 

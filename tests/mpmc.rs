@@ -278,7 +278,9 @@ fn role_prod(ring: &str, a: &Args) {
             g.copy_from_slice(&buf);
             dawdle(seq, a);
             report(fd, &record(id, seq));
-            g.commit();
+            // Never `Lost` here: only real deaths (SIGKILL) are recovered in these tests.
+            g.commit()
+                .unwrap_or_else(|e| panic!("producer {id}: commit {seq}: {e:?}"));
         } else {
             match tx.send_timeout(&buf, Duration::from_secs(60)) {
                 Ok(()) => {}

@@ -283,6 +283,7 @@ fn stat_counts_messages_in_and_out_and_the_receivers_parks() {
         assert!(col(row, "parks").parse::<u64>().unwrap() >= 1, "{out}");
         assert!(col(row, "wakes").parse::<u64>().unwrap() >= 1, "{out}");
         assert_eq!(col(row, "recovered"), "n.a.", "{out}");
+        assert_eq!(col(row, "robbed"), "n.a.", "{out}");
         assert_eq!(col(row, "status"), "live", "{out}");
     }
     assert_eq!(col(&rows[0], "in/s"), "-", "no rate before a second sample");

@@ -25,7 +25,9 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
 /// Bumped on every incompatible change of this layout (2: the counters line moved the slots;
 /// 3: liveness by the semaphore set named in `Header::tokens`, not by pid; a doorbell's waiter
 /// count became a 64-bit mask of waiters, one bit per role or member record, and the MPMC member
-/// record lost its `parked` mark; MPMC publish and free became CASes).
+/// record lost its `parked` mark; MPMC `publish` and `free` became CASes, and `robbed` joined the
+/// loss counters in their line's spare bytes: a version-2 member would rewind a slot recovered
+/// from it, so the two must not share a ring).
 pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// `Header::kind` of an SPSC ring.
 pub(crate) const KIND_SPSC: u32 = 1;

@@ -7,12 +7,16 @@
 //! the slot is ready for. For position `p` in slot `p % capacity`:
 //!
 //! ```text
-//! seq == p              free: a producer may claim p (CAS enqueue p -> p+1), write, then store p+1
+//! seq == p              free: a producer may claim p (CAS enqueue p -> p+1), write, then
+//!                       CAS seq p -> p+1
 //! seq == p + 1          published: a consumer may claim p (CAS dequeue p -> p+1), read, then
-//!                       store p + capacity (free for the next lap)
+//!                       CAS seq p+1 -> p + capacity (free for the next lap)
 //! seq == TOMB | (p + 1) published, but empty: consumers skip it (a reservation dropped without
 //!                       commit, or the slot of a producer that died holding it)
 //! ```
+//!
+//! (Crossbeam stores the sequence after the write and the read; here both are CASes from the
+//! value the claim found, see "A member wrongly taken for dead" below.)
 //!
 //! The sequence is stored relative to the slot number (`seq - slot`), so zeroed memory (a fresh
 //! segment) is the initial state: slot `i` free for position `i`.
@@ -44,6 +48,24 @@
 //! receiver leaves; a producer that dies loses at most the one message it was writing, a consumer
 //! that dies at most the one it was reading; both losses are counted ([`Stats`]).
 //!
+//! # A member wrongly taken for dead
+//! The liveness verdict can be wrong (a member record overwritten by another process, say, or a pid
+//! check fooled). The member then comes back to a slot that was recovered and has moved on
+//! (tombstoned, freed, perhaps reused for the next lap). So `publish` and `free` are CASes too,
+//! from the exact value the claim left (`p`, free for this lap; `p + 1`, published, with `TOMB` for
+//! a tombstone) to the next (`p + 1`; `p + capacity`): against a recovered slot they fail and write
+//! nothing, where a store would rewind the slot and wedge the ring. `robbed` counts each time
+//! ([`Stats::robbed`]). The message is lost, and was already counted by the member that recovered
+//! the slot (`lost` for a producer's, `dropped` for a consumer's). The member is told: `send`,
+//! `try_send` and `WriteGuard::commit` return [`SendError::Lost`], `recv` and `try_recv` return
+//! [`RecvError::Lost`] (not the bytes they copied, which the next lap's producer may have been
+//! overwriting), and a `ReadGuard`, whose bytes were already shown in place, frees nothing on drop.
+//!
+//! What a robbed producer wrote before its CAS cannot be taken back: its bytes and length word
+//! may land in the slot's next message. For `send` that takes a claim recovered during the call
+//! (claim, copy, CAS); a `WriteGuard`'s commit looks at the sequence before it stores the length
+//! word, so a guard robbed while it was held (its bytes written through it) adds nothing more.
+//!
 //! # Membership
 //! A table of [`MAX_MEMBERS`] records in the control block says who is attached, as what, with
 //! pid and start time. Joining, leaving and reaping dead members happen under the ring's lock
@@ -65,7 +87,7 @@ use crate::sync::{AtomicU32, AtomicU64, PUBLISH};
 use crossbeam_utils::CachePadded;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,7 +155,13 @@ pub(crate) struct LossCounters {
     pub(crate) discarded: AtomicU64,
     /// Messages with an impossible length word, skipped and reported as `Corrupted`.
     pub(crate) corrupt: AtomicU64,
+    /// Members that came back to a slot recovered from them (they were alive after all) and
+    /// wrote nothing (`publish` and `free` are CASes from the exact value the claim left).
+    pub(crate) robbed: AtomicU64,
 }
+
+// The loss counters share one 128-byte line: a new one must not move what follows.
+const _: () = assert!(size_of::<LossCounters>() <= 128);
 
 /// The control block of an MPMC ring, each group on its own 128-byte line. All-zero bytes are a
 /// valid initial state.
@@ -174,6 +202,7 @@ impl MpmcShared {
                 dropped: AtomicU64::new(0),
                 discarded: AtomicU64::new(0),
                 corrupt: AtomicU64::new(0),
+                robbed: AtomicU64::new(0),
             }),
             members: std::array::from_fn(|_| {
                 CachePadded::new(Member {
@@ -415,6 +444,13 @@ pub struct Stats {
     pub discarded: u64,
     /// Messages skipped for an impossible length word.
     pub corrupt: u64,
+    /// Members that were taken for dead while holding a slot and came back to find it recovered
+    /// (a false liveness verdict, e.g. a member record overwritten): they wrote nothing to it. A
+    /// sender's message is then in `lost` and its call returned [`SendError::Lost`]; a
+    /// receiver's in `dropped`, and `recv` returned [`RecvError::Lost`] (a `recv_ref` guard had
+    /// already shown the message in place: its drop frees nothing). Never counted for a member
+    /// that really died.
+    pub robbed: u64,
 }
 
 /// Where an MPMC ring's memory lives, and what happens when a member leaves.
@@ -492,28 +528,36 @@ impl MpmcCore {
         decode(self.slots.seq_word(pos).load(Acquire), pos & (self.cap - 1))
     }
 
-    /// Stores the logical sequence `value` for the slot of `pos` with `order`.
-    #[inline]
-    fn set_seq(&self, pos: u64, value: u64, order: std::sync::atomic::Ordering) {
-        self.slots
-            .seq_word(pos)
-            .store(encode(value, pos & (self.cap - 1)), order);
+    /// Whether the slot of `pos` is still free for `pos`: a producer's claim on it has not been
+    /// recovered (see `publish_guarded`).
+    #[inline(always)]
+    fn still_free(&self, pos: u64) -> bool {
+        // Relaxed: only an early look, deciding nothing that the CAS in `publish` does not decide
+        // again; coherence keeps it from reading older than the `pos` our claim acquired.
+        decode(self.slots.seq_word(pos).load(Relaxed), pos & (self.cap - 1)) == pos
     }
 
-    /// Replaces the logical sequence `current` of the slot for `pos` by `new`, if it is still
-    /// `current`.
-    fn cas_seq(&self, pos: u64, current: u64, new: u64) -> bool {
+    /// Replaces the logical sequence `current` of the slot for `pos` by `new` (with `success`
+    /// ordering), if it is still exactly `current`; writes nothing otherwise.
+    #[inline(always)]
+    fn cas_seq(&self, pos: u64, current: u64, new: u64, success: std::sync::atomic::Ordering) -> bool {
         let slot = pos & (self.cap - 1);
-        // AcqRel: acquires what the stalled member left, releases the slot's new state.
+        // Relaxed on failure: the caller then writes nothing and reads nothing on its strength.
         self.slots
             .seq_word(pos)
-            .compare_exchange(
-                encode(current, slot),
-                encode(new, slot),
-                std::sync::atomic::Ordering::AcqRel,
-                Relaxed,
-            )
+            .compare_exchange(encode(current, slot), encode(new, slot), success, Relaxed)
             .is_ok()
+    }
+
+    /// A member found the slot it held recovered by another member that wrongly took it for dead:
+    /// it writes nothing there. Counted;
+    /// returns false for the caller to pass on.
+    #[cold]
+    #[inline(never)]
+    fn robbed(&self) -> bool {
+        // Relaxed: a statistic.
+        self.shared().losses.robbed.fetch_add(1, Relaxed);
+        false
     }
 
     #[cold]
@@ -610,7 +654,8 @@ impl MpmcCore {
                     .compare_exchange_weak(pos, pos.wrapping_add(1), Release, Acquire)
                 {
                     Ok(_) if seq & TOMB != 0 => {
-                        self.free(pos);
+                        // Nothing to do if this fails: the tombstone was freed for us (counted).
+                        self.free(pos, seq);
                         // Reloaded with Acquire rather than `pos + 1`: our CAS (Release only) gives
                         // no lower bound on the next slot's sequence; an Acquire load that reads
                         // our CAS or a later one synchronises with every earlier claim.
@@ -652,7 +697,7 @@ impl MpmcCore {
     #[cold]
     #[inline(never)]
     fn skip_bad_length(&self, pos: u64, len: usize) -> TakeError {
-        self.free(pos);
+        self.free(pos, pos.wrapping_add(1));
         // Relaxed: a statistic.
         self.shared().losses.corrupt.fetch_add(1, Relaxed);
         TakeError::Message(Corrupted {
@@ -708,26 +753,57 @@ impl MpmcCore {
         }
     }
 
-    /// Publishes the claimed slot `pos` with `len` bytes written (or as a tombstone).
+    /// Publishes the claimed slot `pos` with `len` bytes written (or as a tombstone). Returns
+    /// false, having published nothing, if the slot was recovered from us: a member took us for
+    /// dead and tombstoned it (counted in `lost` there, and here in `robbed`).
+    ///
+    /// A CAS from `pos` (free for this lap), not a store: a recovered slot has moved on (the
+    /// tombstone, then a consumer freed it, then later laps), and storing `pos + 1` over that would
+    /// rewind it and wedge the ring. What we wrote before the CAS (bytes, then the length word)
+    /// cannot be taken back. `send` claims, copies and publishes in one call, so that is a claim
+    /// recovered during the call; a `WriteGuard` is held for as long as its owner likes, so its
+    /// commit looks first (`publish_guarded`).
     #[inline]
-    fn publish(&self, pos: u64, len: usize, tomb: bool) {
+    fn publish(&self, pos: u64, len: usize, tomb: bool) -> bool {
         let shared = self.shared();
-        // Relaxed: ordered before the consumer's read by the sequence store below.
+        // Relaxed: ordered before the consumer's read by the sequence CAS below.
         self.slots.len_word(pos).store(len as u32, Relaxed);
         let seq = pos.wrapping_add(1) | if tomb { TOMB } else { 0 };
-        // PUBLISH (Release): the slot's length and bytes happen before the consumer's Acquire
-        // load of the sequence that finds them.
-        self.set_seq(pos, seq, PUBLISH);
+        // PUBLISH (Release) on success: the slot's length and bytes happen before the consumer's
+        // Acquire load of the sequence that finds them.
+        if !self.cas_seq(pos, pos, seq, PUBLISH) {
+            return self.robbed();
+        }
         shared.not_empty.ring(1, &shared.counters.wakes);
+        true
     }
 
-    /// Frees the claimed slot `pos` for the next lap.
+    /// `publish` for a `WriteGuard`'s commit or drop: looks at the sequence first, so that a
+    /// claim recovered while the guard was held (its bytes already written through it) does not
+    /// get the length word written too. Only an early look; the CAS in `publish` decides.
     #[inline]
-    fn free(&self, pos: u64) {
+    fn publish_guarded(&self, pos: u64, len: usize, tomb: bool) -> bool {
+        if !self.still_free(pos) {
+            return self.robbed();
+        }
+        self.publish(pos, len, tomb)
+    }
+
+    /// Frees the claimed slot `pos`, found published as `published` (`pos + 1`, with `TOMB` for
+    /// a tombstone), for the next lap. Returns false, having written nothing, if the slot was
+    /// recovered from us: a member took us for dead and freed it (counted in `dropped` there, and
+    /// here in `robbed`); a producer may already have written the next lap into it.
+    ///
+    /// A CAS from the published value, not a store, for the same reason as in `publish`.
+    #[inline]
+    fn free(&self, pos: u64, published: u64) -> bool {
+        // PUBLISH (Release) on success: our reads of the slot happen before a producer reuses it.
+        if !self.cas_seq(pos, published, pos.wrapping_add(self.cap), PUBLISH) {
+            return self.robbed();
+        }
         let shared = self.shared();
-        // PUBLISH (Release): our reads of the slot happen before a producer reuses it.
-        self.set_seq(pos, pos.wrapping_add(self.cap), PUBLISH);
         shared.not_full.ring(1, &shared.counters.wakes);
+        true
     }
 
     /// Slow path of a stalled member of `role`: reaps dead members (if the lock is free: one
@@ -739,14 +815,15 @@ impl MpmcCore {
             shared.reap(self.tokens);
         }
         match role {
-            Role::Receiver => self.recover_unpublished(),
-            Role::Sender => self.recover_unfreed(),
+            Role::Receiver => self.recover_unpublished(true),
+            Role::Sender => self.recover_unfreed(true),
         }
     }
 
     /// A consumer stalled at `dequeue` on a slot a producer claimed but never published: if no
-    /// live producer announces it, tombstone it.
-    fn recover_unpublished(&self) -> bool {
+    /// live producer announces it, tombstone it. `check_live` false skips that question (a test
+    /// hook's false death verdict, see `Consumer::recover_as_if_dead`).
+    fn recover_unpublished(&self, check_live: bool) -> bool {
         let shared = self.shared();
         let pos = shared.dequeue.load(Acquire);
         if self.seq(pos) != pos {
@@ -759,10 +836,11 @@ impl MpmcCore {
         if claimed == 0 || claimed > self.cap {
             return false;
         }
-        if shared.live_claimant(Role::Sender, pos.wrapping_add(1), self.tokens) {
+        if check_live && shared.live_claimant(Role::Sender, pos.wrapping_add(1), self.tokens) {
             return false;
         }
-        if self.cas_seq(pos, pos, TOMB | pos.wrapping_add(1)) {
+        // AcqRel: acquires what the stalled member left, releases the slot's new state.
+        if self.cas_seq(pos, pos, TOMB | pos.wrapping_add(1), AcqRel) {
             // Relaxed: a statistic.
             shared.losses.lost.fetch_add(1, Relaxed);
             shared.not_empty.ring(1, &shared.counters.wakes);
@@ -772,8 +850,9 @@ impl MpmcCore {
     }
 
     /// A producer stalled at `enqueue` on a slot whose message a consumer claimed a lap ago and
-    /// never freed: if no live consumer announces it, free it.
-    fn recover_unfreed(&self) -> bool {
+    /// never freed: if no live consumer announces it, free it. `check_live` as in
+    /// `recover_unpublished` (see `Producer::recover_as_if_dead`).
+    fn recover_unfreed(&self, check_live: bool) -> bool {
         let shared = self.shared();
         let pos = shared.enqueue.load(Acquire);
         let last_lap = pos.wrapping_sub(self.cap);
@@ -787,10 +866,11 @@ impl MpmcCore {
         if past == 0 || past > self.cap {
             return false;
         }
-        if shared.live_claimant(Role::Receiver, last_lap.wrapping_add(1), self.tokens) {
+        if check_live && shared.live_claimant(Role::Receiver, last_lap.wrapping_add(1), self.tokens) {
             return false;
         }
-        if self.cas_seq(pos, seq, pos) {
+        // AcqRel: acquires what the stalled member left, releases the slot's new state.
+        if self.cas_seq(pos, seq, pos, AcqRel) {
             if seq & TOMB == 0 {
                 // Relaxed: a statistic.
                 shared.losses.dropped.fetch_add(1, Relaxed);
@@ -815,6 +895,7 @@ impl MpmcCore {
             dropped: l.dropped.load(Relaxed),
             discarded: l.discarded.load(Relaxed),
             corrupt: l.corrupt.load(Relaxed),
+            robbed: l.robbed.load(Relaxed),
         }
     }
 
@@ -896,6 +977,12 @@ pub fn channel(capacity: usize, max_message: usize) -> Result<(Producer, Consume
 }
 
 /// A sending member of an MPMC ring.
+///
+/// Sends return `Ok` only for a message published. If this sender is taken for dead while it
+/// holds its slot (a false liveness verdict: see "A member wrongly taken for dead" in the module
+/// docs) and the slot is recovered, the send (or [`WriteGuard::commit`]) returns
+/// [`SendError::Lost`] (`TrySendError::Lost`, `SendTimeoutError::Lost`): nothing was delivered,
+/// the message may be sent again, and the sender stays usable.
 pub struct Producer {
     core: Arc<MpmcCore>,
     me: usize,
@@ -949,6 +1036,16 @@ impl Producer {
     /// Membership and loss counters of the ring.
     pub fn stats(&self) -> Stats {
         self.core.stats()
+    }
+
+    /// Test hook (unit tests and loom builds only): a false death verdict on demand. Does what a
+    /// sender stalled at `enqueue` does when no live receiver announces the message a lap behind
+    /// it, without asking: a claimed, unfreed message there is freed (and counted `dropped`)
+    /// even though its receiver is alive. Returns whether a slot was recovered.
+    #[cfg(any(test, loom))]
+    #[doc(hidden)]
+    pub fn recover_as_if_dead(&self) -> bool {
+        self.core.recover_unfreed(false)
     }
 
     /// Whether every receiver that joined has gone (none may have joined yet: then false).
@@ -1038,15 +1135,17 @@ impl Producer {
         r
     }
 
+    /// Writes `msg` into the claimed slot `pos` and publishes it. False if the slot was recovered
+    /// from us (nothing published): see `MpmcCore::publish`.
     #[inline]
-    fn write(&mut self, pos: u64, msg: &[u8]) {
+    fn write(&mut self, pos: u64, msg: &[u8]) -> bool {
         self.core.slots.mark_write(pos);
         // A hostile process could write the slot concurrently: that changes bytes, never where.
         // SAFETY: the slot for `pos` is ours (we won its position while it was free), its payload
         // holds max_message >= msg.len() bytes, not overlapping `msg` (the caller's memory), and
         // consumers read it only after `publish`.
         unsafe { copy_payload(msg, self.core.slots.payload(pos)) };
-        self.core.publish(pos, msg.len(), false);
+        self.core.publish(pos, msg.len(), false)
     }
 
     /// Reserves a slot for a message of `len` bytes without blocking. Write into the guard, then
@@ -1079,14 +1178,20 @@ impl Sender for Producer {
     #[inline]
     fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
         let pos = self.try_claim(msg.len())?;
-        self.write(pos, msg);
-        Ok(())
+        if self.write(pos, msg) {
+            Ok(())
+        } else {
+            Err(TrySendError::Lost)
+        }
     }
 
     fn send_deadline(&mut self, msg: &[u8], deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
         let pos = self.claim_deadline(msg.len(), deadline)?;
-        self.write(pos, msg);
-        Ok(())
+        if self.write(pos, msg) {
+            Ok(())
+        } else {
+            Err(SendTimeoutError::Lost)
+        }
     }
 
     fn max_message_size(&self) -> usize {
@@ -1144,15 +1249,24 @@ pub struct WriteGuard<'a> {
 
 impl WriteGuard<'_> {
     /// Publishes the message.
-    pub fn commit(mut self) {
+    ///
+    /// The only error is [`SendError::Lost`]: this sender was taken for dead while it held the
+    /// guard (a false liveness verdict; a live member is never robbed otherwise) and the slot
+    /// was recovered. Nothing was published, and the message may be sent again.
+    pub fn commit(mut self) -> Result<(), SendError> {
         self.done = true;
-        self.producer.core.publish(self.pos, self.len, false);
+        if self.producer.core.publish_guarded(self.pos, self.len, false) {
+            Ok(())
+        } else {
+            Err(SendError::Lost)
+        }
     }
 
-    /// Publishes only the first `len` bytes (at most the reserved length).
-    pub fn commit_len(mut self, len: usize) {
+    /// Publishes only the first `len` bytes (at most the reserved length). Errors as
+    /// [`commit`](Self::commit).
+    pub fn commit_len(mut self, len: usize) -> Result<(), SendError> {
         self.len = self.len.min(len);
-        self.commit();
+        self.commit()
     }
 }
 
@@ -1160,9 +1274,10 @@ impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
         if !self.done && !unwinding_under_loom() {
             let core = &self.producer.core;
-            // Relaxed: a statistic.
-            core.shared().losses.discarded.fetch_add(1, Relaxed);
-            core.publish(self.pos, 0, true);
+            if core.publish_guarded(self.pos, 0, true) {
+                // Relaxed: a statistic. A slot recovered from us is not counted: it is in `lost`.
+                core.shared().losses.discarded.fetch_add(1, Relaxed);
+            }
         }
     }
 }
@@ -1185,6 +1300,11 @@ impl DerefMut for WriteGuard<'_> {
 }
 
 /// A receiving member of an MPMC ring.
+///
+/// If this receiver is taken for dead while it copies a message out (a false liveness verdict:
+/// see "A member wrongly taken for dead" in the module docs) and the message's slot is freed
+/// under it, `recv` returns [`RecvError::Lost`] (`TryRecvError::Lost`, `RecvTimeoutError::Lost`)
+/// instead of bytes the next lap's producer may have overwritten; the next call goes on.
 pub struct Consumer {
     core: Arc<MpmcCore>,
     me: usize,
@@ -1253,6 +1373,16 @@ impl Consumer {
     /// Membership and loss counters of the ring.
     pub fn stats(&self) -> Stats {
         self.core.stats()
+    }
+
+    /// Test hook (unit tests and loom builds only): a false death verdict on demand. Does what a
+    /// receiver stalled at `dequeue` does when no live sender announces the slot there, without
+    /// asking: a claimed, unpublished slot is tombstoned (and counted `lost`) even though its
+    /// sender is alive. Returns whether a slot was recovered.
+    #[cfg(any(test, loom))]
+    #[doc(hidden)]
+    pub fn recover_as_if_dead(&self) -> bool {
+        self.core.recover_unpublished(false)
     }
 
     /// One attempt; on "nothing ready", decides between `Empty` and `Disconnected`, running
@@ -1382,8 +1512,11 @@ impl Consumer {
         Ok(self.guard(found))
     }
 
+    /// Copies the claimed message `found` into `buf` and frees its slot. False, with `buf`
+    /// emptied, if the slot was recovered from us meanwhile (see `MpmcCore::free`): what we
+    /// copied may be torn by the next lap's producer, and the message is counted as dropped.
     #[inline]
-    fn copy_out(&mut self, found: (u64, usize), buf: &mut Vec<u8>) {
+    fn copy_out(&mut self, found: (u64, usize), buf: &mut Vec<u8>) -> bool {
         let msg = self.guard(found);
         buf.clear();
         buf.reserve(msg.len());
@@ -1393,6 +1526,12 @@ impl Consumer {
         unsafe {
             copy_payload(&msg, buf.as_mut_ptr());
             buf.set_len(msg.len());
+        }
+        if msg.release() {
+            true
+        } else {
+            buf.clear();
+            false
         }
     }
 }
@@ -1440,7 +1579,7 @@ fn take_once(core: &MpmcCore, me: usize, expect_senders: u32, slow: bool) -> Res
     // Something is left: a message just published, or a slot a dead sender claimed.
     match core.claim_ready(me)? {
         Some((pos, len)) => Ok(Taken::Message(pos, len)),
-        None if core.recover_unpublished() => Ok(Taken::Retry),
+        None if core.recover_unpublished(true) => Ok(Taken::Retry),
         None => Ok(Taken::Empty),
     }
 }
@@ -1449,8 +1588,11 @@ impl Receiver for Consumer {
     #[inline]
     fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<(), TryRecvError> {
         let found = self.try_take()?;
-        self.copy_out(found, buf);
-        Ok(())
+        if self.copy_out(found, buf) {
+            Ok(())
+        } else {
+            Err(TryRecvError::Lost)
+        }
     }
 
     fn recv_deadline(
@@ -1459,8 +1601,11 @@ impl Receiver for Consumer {
         deadline: Option<Instant>,
     ) -> Result<(), RecvTimeoutError> {
         let found = self.take_deadline(deadline)?;
-        self.copy_out(found, buf);
-        Ok(())
+        if self.copy_out(found, buf) {
+            Ok(())
+        } else {
+            Err(RecvTimeoutError::Lost)
+        }
     }
 
     fn peer(&self) -> Option<Peer> {
@@ -1490,7 +1635,9 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
-/// A received message borrowed in place. Derefs to its bytes; the slot is freed on drop.
+/// A received message borrowed in place. Derefs to its bytes; the slot is freed on drop (unless
+/// it was recovered meanwhile because this receiver was taken for dead: then nothing is written,
+/// and [`Stats::robbed`] counts it).
 ///
 /// # Trust
 /// The bytes are the shared segment itself. No cooperating member writes this slot until the
@@ -1516,10 +1663,21 @@ impl Deref for ReadGuard<'_> {
     }
 }
 
+impl ReadGuard<'_> {
+    /// Frees the slot now; false if it was recovered from us (see `MpmcCore::free`).
+    #[inline]
+    fn release(self) -> bool {
+        let guard = std::mem::ManuallyDrop::new(self);
+        guard.consumer.core.free(guard.pos, guard.pos.wrapping_add(1))
+    }
+}
+
 impl Drop for ReadGuard<'_> {
+    /// Frees the slot. If it was recovered from us meanwhile (this receiver was taken for dead),
+    /// nothing is written: the slot may hold the next lap's message by now; `robbed` counts it.
     #[inline]
     fn drop(&mut self) {
-        self.consumer.core.free(self.pos);
+        self.consumer.core.free(self.pos, self.pos.wrapping_add(1));
     }
 }
 
@@ -1593,7 +1751,7 @@ mod tests {
         }
         let mut g = tx.try_reserve(8).unwrap();
         g[..2].copy_from_slice(b"hi");
-        g.commit_len(2);
+        g.commit_len(2).unwrap();
         assert_eq!(&*rx.try_recv_ref().unwrap(), b"hi");
         assert!(matches!(rx.try_recv_ref(), Err(TryRecvError::Empty)));
         assert_eq!(rx.stats().discarded, 1);
@@ -1726,6 +1884,155 @@ mod tests {
             rx.try_recv(&mut buf).unwrap();
             assert_eq!(buf, m);
         }
+    }
+
+    /// Sends `n` one-byte messages `first..first + n` through `tx`, taking each back from `rx`
+    /// (laps of the ring, so every slot is reused): each arrives once, in order. A wedged ring
+    /// fails here within a second instead of hanging.
+    fn flows(tx: &mut Producer, rx: &mut Consumer, first: u8, n: u8) {
+        let mut buf = Vec::new();
+        for i in first..first + n {
+            tx.send_timeout(&[i], Duration::from_secs(1))
+                .unwrap_or_else(|e| panic!("send {i}: {e:?} ({:?})", tx.stats()));
+            rx.recv_timeout(&mut buf, Duration::from_secs(1))
+                .unwrap_or_else(|e| panic!("recv {i}: {e:?} ({:?})", rx.stats()));
+            assert_eq!(buf, [i], "message {i}");
+        }
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+    }
+
+    /// Receives with `try_recv` until `Empty`.
+    fn drain(rx: &mut Consumer) -> Vec<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            match rx.try_recv(&mut buf) {
+                Ok(()) => got.push(buf.clone()),
+                Err(TryRecvError::Empty) => return got,
+                Err(e) => panic!("try_recv: {e:?} after {got:?} ({:?})", rx.stats()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_sender_robbed_of_its_reservation_publishes_nothing_after_the_slot_moved_on() {
+        // The producer reserves position 0; a receiver takes it for dead and tombstones the slot;
+        // the ring moves on (the tombstone is skipped, slot 0 is reused for position 4); then the
+        // producer commits. A store of sequence 1 would rewind slot 0 under the message at 4: it
+        // and the one a lap later would never be delivered and a sender would find the ring
+        // corrupted. The commit must fail and write nothing.
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let mut tx2 = tx.try_clone().unwrap();
+        let mut g = tx.try_reserve(3).unwrap();
+        g.copy_from_slice(b"old");
+        assert!(rx.recover_as_if_dead());
+        tx2.try_send(&[1]).unwrap();
+        assert_eq!(drain(&mut rx), [[1]]);
+        for i in 2..=4 {
+            tx2.try_send(&[i]).unwrap();
+        }
+        assert_eq!(g.commit(), Err(SendError::Lost));
+        assert_eq!(drain(&mut rx), [[2], [3], [4]]);
+        let st = rx.stats();
+        assert_eq!(
+            (st.lost, st.robbed, st.discarded, st.dropped),
+            (1, 1, 0, 0),
+            "{st:?}"
+        );
+        // The robbed sender is still a sender, and every slot goes on working.
+        flows(&mut tx, &mut rx, 10, 9);
+        flows(&mut tx2, &mut rx, 20, 9);
+    }
+
+    #[test]
+    fn a_sender_robbed_before_its_tombstone_was_skipped_does_not_revive_it() {
+        // A store of sequence 1 over the tombstone would deliver the message the recovering
+        // receiver already counted lost (and that the sender could not know was delivered).
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let mut g = tx.try_reserve(3).unwrap();
+        g.copy_from_slice(b"old");
+        assert!(rx.recover_as_if_dead());
+        assert_eq!(g.commit_len(2), Err(SendError::Lost));
+        assert_eq!(drain(&mut rx), Vec::<Vec<u8>>::new());
+        let st = rx.stats();
+        assert_eq!((st.lost, st.robbed), (1, 1), "{st:?}");
+        flows(&mut tx, &mut rx, 0, 9);
+    }
+
+    #[test]
+    fn a_robbed_send_does_not_rewind_and_a_robbed_abandoned_reservation_is_not_discarded() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let mut tx2 = tx.try_clone().unwrap();
+        // `send`'s own path: claimed, taken for dead (the tombstone skipped and slot 0 freed for
+        // position 4), then the copy and the publish. A store of sequence 1 would rewind slot 0
+        // and the other sender would find the ring full at position 4 for ever.
+        let pos = tx.core.claim_free(tx.me).unwrap().unwrap();
+        assert!(rx.recover_as_if_dead());
+        tx2.try_send(&[1]).unwrap();
+        assert_eq!(drain(&mut rx), [[1]]);
+        assert!(!tx.write(pos, b"XXXXXXX"));
+        for m in [&b"2"[..], b"3", b"four"] {
+            tx2.try_send(m).unwrap();
+        }
+        assert_eq!(drain(&mut rx), [&b"2"[..], b"3", b"four"]);
+        // An abandoned reservation whose slot was recovered publishes no tombstone over it.
+        let g = tx.try_reserve(3).unwrap();
+        assert!(rx.recover_as_if_dead());
+        drop(g);
+        let st = rx.stats();
+        assert_eq!((st.lost, st.robbed, st.discarded), (2, 2, 0), "{st:?}");
+        flows(&mut tx, &mut rx, 10, 9);
+    }
+
+    #[test]
+    fn a_receiver_robbed_of_its_message_frees_nothing() {
+        // A receiver holds message 0 in place; a sender takes it for dead and frees the slot, and
+        // reuses it for message 4; then the guard drops. A store of "free for position 4" would
+        // rewind the slot under message 4: it would never be delivered, and receivers would wait
+        // at position 4 for ever (its sender, alive, still announces it).
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let mut rx2 = rx.try_clone().unwrap();
+        for i in 0..4 {
+            tx.try_send(&[i]).unwrap();
+        }
+        let g = rx2.try_recv_ref().unwrap();
+        assert_eq!(*g, [0]);
+        assert!(tx.recover_as_if_dead());
+        tx.try_send(&[4]).unwrap();
+        drop(g);
+        assert_eq!(drain(&mut rx), [[1], [2], [3], [4]]);
+        let st = rx.stats();
+        assert_eq!((st.dropped, st.robbed, st.lost), (1, 1, 0), "{st:?}");
+        flows(&mut tx, &mut rx2, 10, 9);
+        flows(&mut tx, &mut rx, 20, 9);
+    }
+
+    #[test]
+    fn a_receiver_robbed_while_copying_out_returns_lost_not_the_bytes() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let mut rx2 = rx.try_clone().unwrap();
+        for i in 0..4 {
+            tx.try_send(&[i]).unwrap();
+        }
+        // `recv`'s own path: claimed, taken for dead, slot reused, then the copy and the free.
+        let found = rx2.core.claim_ready(rx2.me).ok().flatten().unwrap();
+        assert!(tx.recover_as_if_dead());
+        tx.try_send(b"four").unwrap();
+        let mut buf = b"stale".to_vec();
+        assert!(!rx2.copy_out(found, &mut buf));
+        assert!(buf.is_empty(), "possibly torn bytes handed out: {buf:?}");
+        assert_eq!(
+            drain(&mut rx),
+            [
+                b"\x01".to_vec(),
+                b"\x02".to_vec(),
+                b"\x03".to_vec(),
+                b"four".to_vec()
+            ]
+        );
+        let st = rx.stats();
+        assert_eq!((st.dropped, st.robbed), (1, 1), "{st:?}");
+        flows(&mut tx, &mut rx2, 10, 9);
     }
 
     #[test]

@@ -303,7 +303,7 @@ pub mod off {
     pub const SENDER_PID: usize = SENDER_STATE + 4;
     pub const RECEIVER_STATE: usize = 256 + 6 * 128;
     pub const RECEIVER_PID: usize = RECEIVER_STATE + 4;
-    /// Slow-path counters line (layout version 2): full waits, empty waits, parks, wakes.
+    /// Slow-path counters line (since layout version 2): full waits, empty waits, parks, wakes.
     pub const FULL_WAITS: usize = 256 + 7 * 128;
     pub const EMPTY_WAITS: usize = FULL_WAITS + 8;
     pub const PARKS: usize = FULL_WAITS + 16;

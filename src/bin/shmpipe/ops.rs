@@ -323,7 +323,7 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
         first.max_message
     );
     println!(
-        "{:>8} {:>12} {:>12} {:>8} {:>10} {:>11} {:>8} {:>8} {:>10} {:>10} {:>9} status",
+        "{:>8} {:>12} {:>12} {:>8} {:>10} {:>11} {:>8} {:>8} {:>10} {:>10} {:>9} {:>6} status",
         "time_s",
         "in",
         "out",
@@ -335,6 +335,7 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
         "in/s",
         "out/s",
         "recovered",
+        "robbed",
     );
     let start = Instant::now();
     let mut last: Option<(Instant, inspect::Counters)> = None;
@@ -360,7 +361,7 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
             None => ("-".to_string(), "-".to_string()),
         };
         println!(
-            "{:>8.3} {:>12} {:>12} {:>8} {:>10} {:>11} {:>8} {:>8} {:>10} {:>10} {:>9} {}",
+            "{:>8.3} {:>12} {:>12} {:>8} {:>10} {:>11} {:>8} {:>8} {:>10} {:>10} {:>9} {:>6} {}",
             (now - start).as_secs_f64(),
             c.messages_in,
             c.messages_out,
@@ -372,6 +373,7 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
             rin,
             rout,
             c.recovered.map_or("n.a.".to_string(), |r| r.to_string()),
+            c.robbed.map_or("n.a.".to_string(), |r| r.to_string()),
             info.status.as_str()
         );
         last = Some((now, c));
