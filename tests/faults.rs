@@ -33,6 +33,25 @@ fn kind(e: &Error) -> &'static str {
 }
 
 /// Kills a child and reaps it, so its attachment is gone.
+/// Sends pattern messages (of up to `max` bytes) until a send fails, which must happen within
+/// `capacity` messages (the ring's room): returns how many were sent, and the error.
+fn fill_until_error(
+    tx: &mut shmpipe::transport::shm::ShmSender,
+    max: usize,
+    capacity: u64,
+) -> (u64, SendTimeoutError) {
+    let mut buf = Vec::new();
+    let mut sent = 0;
+    loop {
+        pattern(sent, max, &mut buf);
+        match tx.send_timeout(&buf, Duration::from_secs(20)) {
+            Ok(()) => sent += 1,
+            Err(e) => return (sent, e),
+        }
+        assert!(sent <= capacity, "more messages accepted than the ring holds");
+    }
+}
+
 fn kill_and_reap(child: &mut Proc) {
     child.kill();
     let status = child.wait(SOON);
@@ -161,16 +180,7 @@ fn consumer_killed_while_parked_on_empty_then_producer_fills_and_blocks_gets_dis
     child.kill();
     let killed_at = Instant::now();
     // Not reaped yet: a zombie must count as dead. The ring has room: sends fill it.
-    let mut buf = Vec::new();
-    let mut sent = 0;
-    let r = loop {
-        pattern(sent, MAX, &mut buf);
-        match tx.send_timeout(&buf, Duration::from_secs(20)) {
-            Ok(()) => sent += 1,
-            Err(e) => break e,
-        }
-        assert!(sent <= 4, "more messages accepted than the ring holds");
-    };
+    let (_, r) = fill_until_error(&mut tx, MAX, 4);
     assert_eq!(r, SendTimeoutError::Disconnected);
     assert_noticed(Instant::now(), killed_at, "consumer death");
     assert_eq!(tx.receiver(), Peer::Dead);
@@ -345,16 +355,7 @@ fn a_receiver_killed_while_parked_leaves_its_waiter_bit_only_until_the_sender_fi
     drop(seg);
     // Each publish rings for the dead receiver (a futex call) until the ring is full and the
     // sender finds it dead; from then on its bit is gone.
-    let mut buf = Vec::new();
-    let mut sent = 0;
-    let r = loop {
-        pattern(sent, MAX, &mut buf);
-        match tx.send_timeout(&buf, Duration::from_secs(20)) {
-            Ok(()) => sent += 1,
-            Err(e) => break e,
-        }
-        assert!(sent <= 4, "more messages accepted than the ring holds");
-    };
+    let (sent, r) = fill_until_error(&mut tx, MAX, 4);
     assert_eq!(r, SendTimeoutError::Disconnected);
     assert_eq!(tx.receiver(), Peer::Dead);
     let after = view.counters();

@@ -412,17 +412,7 @@ fn role_hold_reserve(ring: &str, a: &Args) {
 
 fn child_command(role: &str, ring: &str, args: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1", "-q"])
-        .env(ROLE_ENV, role)
-        .env(RING_ENV, ring)
-        .env(
-            ARGS_ENV,
-            args.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
-        .env("RUST_BACKTRACE", "1");
+    common::child_command(&mut cmd, role, ring, args);
     cmd
 }
 

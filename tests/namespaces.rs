@@ -120,6 +120,12 @@ fn kill_namespace(p: &mut Proc) -> Instant {
     at
 }
 
+/// Asserts that a death at `killed` was noticed (just now) within the bound.
+fn assert_noticed(killed: Instant) {
+    let lag = killed.elapsed();
+    assert!(lag < DEATH_BOUND, "noticed {lag:?} after the kill");
+}
+
 fn recv_text(rx: &mut dyn Receiver, buf: &mut Vec<u8>) -> String {
     rx.recv_timeout(buf, SOON).expect("message");
     String::from_utf8(buf.clone()).unwrap()
@@ -154,11 +160,7 @@ fn spsc_sender_in_another_pid_namespace_is_alive_until_killed() {
         rx.recv_timeout(&mut buf, SOON),
         Err(RecvTimeoutError::Disconnected)
     );
-    assert!(
-        killed.elapsed() < DEATH_BOUND,
-        "noticed after {:?}",
-        killed.elapsed()
-    );
+    assert_noticed(killed);
     assert_eq!(rx.sender(), Peer::Dead);
     drop(rx);
     ring.assert_gone("after the receiver dropped");
@@ -210,11 +212,7 @@ fn spsc_receiver_in_another_pid_namespace_gets_everything_and_its_death_is_notic
         }
     };
     assert_eq!(r, Err(SendTimeoutError::Disconnected), "after {sent} messages");
-    assert!(
-        killed.elapsed() < DEATH_BOUND,
-        "noticed after {:?}",
-        killed.elapsed()
-    );
+    assert_noticed(killed);
     assert_eq!(tx.receiver(), Peer::Dead);
 }
 
@@ -266,7 +264,7 @@ fn mpmc_members_in_other_pid_namespaces_are_never_reaped_alive_and_are_when_kill
         assert!(Instant::now() < deadline, "the killed sender was not reaped");
         let _ = rx.recv_timeout(&mut buf, Duration::from_millis(50));
     }
-    assert!(killed.elapsed() < DEATH_BOUND);
+    assert_noticed(killed);
     let st = rx.stats();
     assert_eq!((st.senders, st.senders_died), (1, 1), "{st:?}");
     kill_namespace(&mut b);
@@ -326,11 +324,7 @@ fn msgq_peers_in_another_pid_namespace_are_alive_until_killed() {
         rx.recv_timeout(&mut buf, SOON),
         Err(RecvTimeoutError::Disconnected)
     );
-    assert!(
-        killed.elapsed() < DEATH_BOUND,
-        "noticed after {:?}",
-        killed.elapsed()
-    );
+    assert_noticed(killed);
     drop(rx);
 
     // Namespaced receiver, host sender: everything arrives, then a killed receiver disconnects
@@ -345,11 +339,7 @@ fn msgq_peers_in_another_pid_namespace_are_alive_until_killed() {
     let big = vec![7u8; 4000];
     let r = (0..100_000).try_for_each(|_| tx.send_timeout(&big, SOON));
     assert_eq!(r, Err(SendTimeoutError::Disconnected));
-    assert!(
-        killed.elapsed() < DEATH_BOUND,
-        "noticed after {:?}",
-        killed.elapsed()
-    );
+    assert_noticed(killed);
 }
 
 /// Removes the message queue at a key, and the liveness semaphore set at the same key, on drop.
@@ -378,11 +368,7 @@ fn namespaced_receiver_notices_its_host_senders_death(endpoint: &str) {
     tx.kill();
     tx.wait(SOON);
     assert_eq!(rx.expect("GOT"), ["300", "Disconnected"]);
-    assert!(
-        killed.elapsed() < DEATH_BOUND,
-        "noticed after {:?}",
-        killed.elapsed()
-    );
+    assert_noticed(killed);
     rx.wait(SOON);
 }
 
@@ -440,10 +426,6 @@ fn msgq_sender_in_a_pid_namespace_notices_the_death_of_a_receiver_it_cannot_see(
     rx.wait(SOON);
     let err = tx.expect("ERR");
     assert_eq!(err[0], "Disconnected", "{err:?}");
-    assert!(
-        killed.elapsed() < DEATH_BOUND,
-        "noticed after {:?}",
-        killed.elapsed()
-    );
+    assert_noticed(killed);
     tx.wait(SOON);
 }

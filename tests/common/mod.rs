@@ -484,6 +484,22 @@ pub struct Proc {
     status: Option<ExitStatus>,
 }
 
+/// The arguments and environment that make this test binary run `child_entry` in `role` on
+/// ring `ring` with `args` (`k=v`), added to `cmd` (which runs the binary, or a wrapper of it).
+pub fn child_command(cmd: &mut Command, role: &str, ring: &str, args: &[(&str, String)]) {
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1", "-q"])
+        .env(ROLE_ENV, role)
+        .env(RING_ENV, ring)
+        .env(
+            ARGS_ENV,
+            args.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+        .env("RUST_BACKTRACE", "1");
+}
+
 impl Proc {
     /// Spawns `cmd` with piped stdin and stderr, stdout handled per `out`. The child gets
     /// `PR_SET_PDEATHSIG(SIGKILL)` so it cannot outlive a test process that dies abruptly.
@@ -568,19 +584,8 @@ impl Proc {
 
     /// Re-runs this test binary as a child in `role` on ring `ring`, with `args` (`k=v`).
     pub fn child(role: &str, ring: &str, args: &[(&str, String)]) -> Proc {
-        let exe = std::env::current_exe().unwrap();
-        let mut cmd = Command::new(exe);
-        cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1", "-q"])
-            .env(ROLE_ENV, role)
-            .env(RING_ENV, ring)
-            .env(
-                ARGS_ENV,
-                args.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            )
-            .env("RUST_BACKTRACE", "1");
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        child_command(&mut cmd, role, ring, args);
         Proc::spawn(cmd, Stdout::Protocol)
     }
 
@@ -590,21 +595,10 @@ impl Proc {
     /// to it, nor its to us). `--kill-child`: SIGKILL of the returned process (`unshare`) kills
     /// the child with it. Needs root (see [`can_unshare`]).
     pub fn child_in_pid_namespace(role: &str, ring: &str, args: &[(&str, String)]) -> Proc {
-        let exe = std::env::current_exe().unwrap();
         let mut cmd = Command::new("unshare");
         cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-            .arg(exe)
-            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1", "-q"])
-            .env(ROLE_ENV, role)
-            .env(RING_ENV, ring)
-            .env(
-                ARGS_ENV,
-                args.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            )
-            .env("RUST_BACKTRACE", "1");
+            .arg(std::env::current_exe().unwrap());
+        child_command(&mut cmd, role, ring, args);
         Proc::spawn(cmd, Stdout::Protocol)
     }
 
