@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use shmpipe::Receiver;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -331,4 +332,33 @@ fn ls_lists_only_valid_rings_and_shows_a_foreign_segment_with_all() {
     let (status, _, err) = cli(&["rm", "--force", &ring.name]);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(ring.exists(), "rm removed a foreign segment");
+}
+
+#[test]
+fn after_rm_force_a_survivor_still_notices_its_peers_death() {
+    // `rm --force` removes the ring's semaphore set with it, under the members still attached:
+    // their liveness then falls back to pids (right within one PID namespace), so a peer that
+    // dies afterwards is still noticed, never waited for in vain.
+    let ring = Ring::new("rm-force-death");
+    let mut rx = ring.cfg(8, 32).open_receiver().unwrap();
+    let mut tx = holder(&ring, "sender");
+    let (status, _, err) = cli(&["rm", "--force", &ring.name]);
+    assert!(status.success(), "rm --force: {err}");
+    let mut buf = Vec::new();
+    assert_eq!(
+        rx.recv_timeout(&mut buf, Duration::from_millis(300)),
+        Err(shmpipe::RecvTimeoutError::Timeout),
+        "the sender is alive"
+    );
+    kill_and_reap(&mut tx);
+    let killed = std::time::Instant::now();
+    assert_eq!(
+        rx.recv_timeout(&mut buf, SOON),
+        Err(shmpipe::RecvTimeoutError::Disconnected)
+    );
+    assert!(
+        killed.elapsed() < DEATH_BOUND,
+        "noticed after {:?}",
+        killed.elapsed()
+    );
 }

@@ -264,7 +264,9 @@ impl RoleRecord {
             // Relaxed: ordered by the caller's Acquire load of the state.
             Tokens::Local => local_holder_alive(self.pid.load(Relaxed), self.start_time.load(Relaxed)),
             #[cfg(not(loom))]
-            Tokens::Kernel(_) => tokens.held(tokens::spsc_record(role)),
+            Tokens::Kernel(_) => tokens
+                .held(tokens::spsc_record(role))
+                .unwrap_or_else(|| local_holder_alive(self.pid.load(Relaxed), self.start_time.load(Relaxed))),
         }
     }
 }

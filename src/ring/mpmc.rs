@@ -399,7 +399,10 @@ fn member_alive(m: &Member, index: usize, tokens: Tokens) -> bool {
         // Relaxed: ordered by the caller's Acquire load of the role.
         Tokens::Local => super::local_holder_alive(m.pid.load(Relaxed), m.start_time.load(Relaxed)),
         #[cfg(not(loom))]
-        Tokens::Kernel(_) => tokens.held(index),
+        // A set removed under us (`rm --force`): the pid, as heap rings do.
+        Tokens::Kernel(_) => tokens
+            .held(index)
+            .unwrap_or_else(|| super::local_holder_alive(m.pid.load(Relaxed), m.start_time.load(Relaxed))),
     }
 }
 

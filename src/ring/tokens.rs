@@ -71,14 +71,20 @@ impl Tokens {
         }
     }
 
-    /// Whether some live process holds record `record`'s token (one syscall). When the kernel
-    /// cannot say (the set was removed with its ring, or we may not read it), the answer is
-    /// "alive": a false "alive" costs a timeout, a false "dead" would lose messages.
-    pub(crate) fn held(self, record: usize) -> bool {
+    /// Whether some live process holds record `record`'s token (one syscall). `None` when the set
+    /// is gone (removed with its ring by `rm --force` or `ipcrm -s` while we still use it): then
+    /// the caller falls back to the holder's pid, which is right within one PID namespace. When
+    /// the kernel cannot say for another reason (we may not read the set), the answer is "alive":
+    /// a false "alive" costs a timeout, a false "dead" would lose messages.
+    pub(crate) fn held(self, record: usize) -> Option<bool> {
         match self {
-            Tokens::Local => true,
+            Tokens::Local => Some(true),
             #[cfg(not(loom))]
-            Tokens::Kernel(set) => !matches!(crate::sys::sem::value(set, 1 + record), Ok(0)),
+            Tokens::Kernel(set) => match crate::sys::sem::value(set, 1 + record) {
+                Ok(n) => Some(n > 0),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIDRM | libc::EINVAL)) => None,
+                Err(_) => Some(true),
+            },
         }
     }
 }
