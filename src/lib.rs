@@ -74,7 +74,7 @@ mod sys;
 #[cfg(not(loom))]
 pub mod transport;
 
-pub use channel::{Receiver, Sender};
+pub use channel::{Batch, BatchIter, Receiver, Sender};
 #[cfg(not(loom))]
 pub use endpoint::{open_receiver, open_sender};
 pub use error::{
