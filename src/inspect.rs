@@ -369,8 +369,8 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
         RingKind::Spsc => {
             let shared = backing.shared();
             (
-                shared.tail.load(Relaxed),
-                shared.head.load(Relaxed),
+                shared.tail.count.load(Relaxed),
+                shared.head.count.load(Relaxed),
                 &*shared.counters,
                 None,
                 None,
@@ -425,9 +425,9 @@ fn ring_info(
         RingKind::Spsc => {
             let shared = backing.shared();
             let unread = shared
-                .indices(cap)
+                .indices(layout.geometry.ring_bytes())
                 .ok()
-                .map(|(head, tail)| tail.wrapping_sub(head));
+                .map(|ix| ix.unread);
             let tokens = backing.tokens_of();
             let (sender, receiver) = (
                 role(&shared.sender, tokens, Role::Sender),

@@ -5,8 +5,11 @@
 //! offset 256   control block, 128-byte lines:
 //!              spsc: SpscShared (producer, consumer, doorbells, lock, roles, counters)
 //!              mpmc: MpmcShared (positions, doorbells, lock, roster, counters, member table)
-//! slots_offset slots: capacity x stride bytes; each slot = u32 length, 4 bytes pad,
-//!              (mpmc only: u64 sequence word), payload
+//! slots_offset spsc: records, (capacity + 1) x stride bytes (`ring::records`): each an 8-byte
+//!              header word (stamp, length) and the payload rounded up to 8 bytes; stride is
+//!              the record of a `max_message` message
+//!              mpmc: slots, capacity x stride bytes; each slot = u32 length, 4 bytes pad,
+//!              u64 sequence word, payload
 //! ```
 //!
 //! Every header field is an atomic read once at attach into a local [`Layout`] and validated
@@ -27,8 +30,9 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
 /// count became a 64-bit mask of waiters, one bit per role or member record, and the MPMC member
 /// record lost its `parked` mark; MPMC `publish` and `free` became CASes, and `robbed` joined the
 /// loss counters in their line's spare bytes: a version-2 member would rewind a slot recovered
-/// from it, so the two must not share a ring).
-pub(crate) const LAYOUT_VERSION: u32 = 3;
+/// from it, so the two must not share a ring; 4: SPSC messages are dense records published by
+/// their own header word, and its indices are byte positions with message counts beside them).
+pub(crate) const LAYOUT_VERSION: u32 = 4;
 /// `Header::kind` of an SPSC ring.
 pub(crate) const KIND_SPSC: u32 = 1;
 /// `Header::kind` of an MPMC ring.
@@ -111,7 +115,12 @@ pub(crate) fn segment_size(kind: RingKind, geometry: &Geometry) -> Option<usize>
 /// The segment size a header's raw `capacity` and `stride` describe, checked: `None` if it
 /// overflows (a 64-bit product, then `usize`).
 fn raw_segment_size(kind: RingKind, capacity: u64, stride: u64) -> Option<usize> {
-    let bytes = capacity
+    let units = match kind {
+        // One record more than the capacity (see `Geometry::ring_bytes`).
+        RingKind::Spsc => capacity.checked_add(1)?,
+        RingKind::Mpmc => capacity,
+    };
+    let bytes = units
         .checked_mul(stride)?
         .checked_add(slots_offset(kind) as u64)?;
     usize::try_from(bytes).ok()
@@ -240,13 +249,13 @@ impl Header {
         let geometry = usize::try_from(capacity)
             .ok()
             .zip(usize::try_from(max_message).ok())
-            .and_then(|(c, m)| Geometry::new(c, m).ok())
+            .and_then(|(c, m)| Geometry::for_kind(kind, c, m).ok())
             .ok_or_else(|| {
                 corrupt(format!(
                     "capacity {capacity} / max message {max_message} out of range"
                 ))
             })?;
-        // `Geometry::new` checked that the stride and slot memory of this geometry fit in usize.
+        // `Geometry::for_kind` checked that the stride and memory of this geometry fit in usize.
         let expected_stride = geometry.stride_for(kind);
         if stride != expected_stride as u64 {
             return Err(corrupt(format!(
@@ -342,7 +351,8 @@ mod tests {
         // The largest geometry `new` accepts: every size fits, exactly as wide arithmetic says.
         let g = Geometry::new(MAX_CAPACITY, MAX_MESSAGE_LIMIT).unwrap();
         for kind in [RingKind::Spsc, RingKind::Mpmc] {
-            let wide = slots_offset(kind) as u128 + g.capacity as u128 * g.stride_for(kind) as u128;
+            let units = g.capacity as u128 + u128::from(kind == RingKind::Spsc);
+            let wide = slots_offset(kind) as u128 + units * g.stride_for(kind) as u128;
             assert_eq!(segment_size(kind, &g).map(|s| s as u128), Some(wide));
         }
         // One built by hand, past the limits: the checked sizes say so, and the public ones
@@ -403,10 +413,14 @@ mod fuzz {
                 prop_assert!(layout.size <= actual_size, "{layout:?} in {actual_size} bytes");
                 let kind = layout.kind;
                 prop_assert_eq!(Some(layout.size), segment_size(kind, g));
-                prop_assert!(g.capacity.is_power_of_two() && g.capacity >= 2);
+                match kind {
+                    RingKind::Mpmc => prop_assert!(g.capacity.is_power_of_two() && g.capacity >= 2),
+                    RingKind::Spsc => prop_assert!(g.capacity >= 1),
+                }
                 prop_assert!(g.stride_for(kind) >= g.max_message + kind.slot_header());
                 // Every slot, payload included, lies inside the segment.
-                let end = slots_offset(kind) as u128 + g.capacity as u128 * g.stride_for(kind) as u128;
+                let units = g.capacity as u128 + u128::from(kind == RingKind::Spsc);
+                let end = slots_offset(kind) as u128 + units * g.stride_for(kind) as u128;
                 prop_assert!(end <= actual_size as u128);
                 prop_assert!(layout.name.len() <= 4 * MAX_NAME_LEN);
                 if let Some(name) = expect_name {
@@ -476,11 +490,11 @@ mod fuzz {
             h.max_message.store(max_message, Relaxed);
             h.name_len.store(name_len, Relaxed);
             // The stride and size the geometry would need, if it is one (or arbitrary ones).
+            let as_kind = if kind == KIND_MPMC { RingKind::Mpmc } else { RingKind::Spsc };
             let geometry = usize::try_from(capacity)
                 .ok()
                 .zip(usize::try_from(max_message).ok())
-                .and_then(|(c, m)| super::Geometry::new(c, m).ok());
-            let as_kind = if kind == KIND_MPMC { RingKind::Mpmc } else { RingKind::Spsc };
+                .and_then(|(c, m)| super::Geometry::for_kind(as_kind, c, m).ok());
             let right_stride = geometry.as_ref().map_or(0, |g| g.stride_for(as_kind) as u64);
             let right_size = geometry.as_ref().and_then(|g| segment_size(as_kind, g)).map_or(0, |s| s as u64);
             h.stride.store(stride.unwrap_or(right_stride), Relaxed);

@@ -10,6 +10,7 @@
 #[cfg(not(loom))]
 pub(crate) mod layout;
 pub(crate) mod lock;
+pub(crate) mod records;
 pub mod mpmc;
 pub mod spsc;
 pub(crate) mod tokens;
@@ -25,15 +26,19 @@ use tokens::Tokens;
 
 pub use wait::WaitStrategy;
 
-/// Bytes before the payload in an SPSC slot: the payload length (u32) and padding.
+/// Bytes before the payload in an SPSC record: its header word (see `spsc::records`).
 pub(crate) const SLOT_HEADER: usize = 8;
 /// Bytes before the payload in an MPMC slot: the length (u32), padding, and the slot's sequence
 /// word (u64, see `mpmc`).
 pub(crate) const MPMC_SLOT_HEADER: usize = 16;
 /// Slots are a whole number of cache lines, so neighbours never share one.
 pub(crate) const SLOT_ALIGN: usize = 64;
-/// Largest capacity (slots) a ring may have.
+/// Largest capacity a ring may have: slots of an MPMC ring, or messages of the maximum size an
+/// SPSC ring holds at once.
 pub const MAX_CAPACITY: usize = 1 << 24;
+/// Largest capacity of an SPSC ring sized in bytes ([`Geometry::with_bytes`]): many small
+/// messages fit where few large ones would.
+pub const MAX_SPSC_CAPACITY: usize = 1 << 32;
 /// Largest message a ring may be configured for (16 MiB).
 pub const MAX_MESSAGE_LIMIT: usize = 16 << 20;
 
@@ -441,45 +446,137 @@ impl Slots {
 }
 
 /// Capacity and message-size limits of a ring, validated.
+///
+/// An MPMC ring has `capacity` slots of `max_message` bytes. An SPSC ring stores messages densely
+/// (each takes an 8-byte header plus its length rounded up to 8 bytes): `capacity` is how many
+/// messages of `max_message` bytes it holds at once at least, and many more small ones fit in
+/// the same memory ([`ring_bytes`](Self::ring_bytes)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
-    /// Number of slots, a power of two.
+    /// MPMC: number of slots, a power of two. SPSC: messages of `max_message` bytes the ring
+    /// holds at once, at least.
     pub capacity: usize,
     /// Largest message in bytes.
     pub max_message: usize,
 }
 
+/// Bytes an SPSC record of a `len`-byte message takes: header plus payload rounded up to 8.
+#[inline(always)]
+pub(crate) const fn record_size(len: usize) -> usize {
+    SLOT_HEADER + ((len + 7) & !7)
+}
+
 impl Geometry {
     /// Checks the limits: capacity a power of two in `2..=MAX_CAPACITY`, max message in
-    /// `1..=MAX_MESSAGE_LIMIT`, and slot memory of either kind that fits in `usize`.
+    /// `1..=MAX_MESSAGE_LIMIT`, and ring memory of either kind that fits in `usize`.
     pub fn new(capacity: usize, max_message: usize) -> Result<Self, crate::Error> {
         if !(2..=MAX_CAPACITY).contains(&capacity) || !capacity.is_power_of_two() {
             return Err(crate::Error::InvalidConfig(format!(
                 "capacity must be a power of two between 2 and {MAX_CAPACITY}, got {capacity}"
             )));
         }
+        let geometry = Geometry::checked(capacity, max_message)?;
+        // Cannot fail within the limits above on a 64-bit target (the only kind shmpipe builds
+        // for), but a size is never computed unchecked.
+        for kind in [RingKind::Spsc, RingKind::Mpmc] {
+            geometry.fits(kind)?;
+        }
+        Ok(geometry)
+    }
+
+    /// An SPSC ring of about `bytes` bytes of message memory (rounded down to whole records of
+    /// `max_message`, see [`ring_bytes`](Self::ring_bytes)): room for at least two messages of
+    /// `max_message` bytes, and for `bytes / 16` messages of up to 8 bytes.
+    ///
+    /// ```
+    /// use shmpipe::ring::Geometry;
+    /// let g = Geometry::with_bytes(1 << 20, 64).unwrap();
+    /// assert!(g.ring_bytes() <= 1 << 20);
+    /// // Every 8-byte message takes 16 bytes: a 1 MiB ring holds 65535 of them.
+    /// assert_eq!(g.messages_of(8), (1 << 20) / 16 - 1);
+    /// ```
+    pub fn with_bytes(bytes: usize, max_message: usize) -> Result<Self, crate::Error> {
+        let record = record_size(max_message.min(MAX_MESSAGE_LIMIT));
+        let capacity = (bytes / record).saturating_sub(1);
+        if capacity < 1 {
+            return Err(crate::Error::InvalidConfig(format!(
+                "{bytes} bytes hold no message of {max_message} bytes: an SPSC ring needs at least \
+                 {} bytes for that maximum (two records of {record} bytes)",
+                2 * record
+            )));
+        }
+        if capacity > MAX_SPSC_CAPACITY {
+            return Err(crate::Error::InvalidConfig(format!(
+                "{bytes} bytes is more than an SPSC ring may have for {max_message}-byte messages \
+                 ({MAX_SPSC_CAPACITY} messages of the maximum size)"
+            )));
+        }
+        let geometry = Geometry::checked(capacity, max_message)?;
+        geometry.fits(RingKind::Spsc)?;
+        Ok(geometry)
+    }
+
+    /// The geometry a validated header of `kind` describes: as [`new`](Self::new) for MPMC; any
+    /// capacity in `1..=MAX_SPSC_CAPACITY` for SPSC (rings made by [`with_bytes`](Self::with_bytes)).
+    pub(crate) fn for_kind(kind: RingKind, capacity: usize, max_message: usize) -> Result<Self, crate::Error> {
+        match kind {
+            RingKind::Mpmc => Geometry::new(capacity, max_message),
+            RingKind::Spsc if (1..=MAX_SPSC_CAPACITY).contains(&capacity) => {
+                let geometry = Geometry::checked(capacity, max_message)?;
+                geometry.fits(kind)?;
+                Ok(geometry)
+            }
+            RingKind::Spsc => Err(crate::Error::InvalidConfig(format!(
+                "capacity must be between 1 and {MAX_SPSC_CAPACITY}, got {capacity}"
+            ))),
+        }
+    }
+
+    /// The maximum message checked (the capacity is the caller's).
+    fn checked(capacity: usize, max_message: usize) -> Result<Self, crate::Error> {
         if !(1..=MAX_MESSAGE_LIMIT).contains(&max_message) {
             return Err(crate::Error::InvalidConfig(format!(
                 "maximum message size must be between 1 and {MAX_MESSAGE_LIMIT} bytes, got {max_message}"
             )));
         }
-        let geometry = Geometry {
+        Ok(Geometry {
             capacity,
             max_message,
-        };
-        // Cannot fail within the limits above on a 64-bit target (the only kind shmpipe builds
-        // for), but a size is never computed unchecked.
-        for kind in [RingKind::Spsc, RingKind::Mpmc] {
-            if geometry.checked_slots_size_for(kind).is_none() {
-                return Err(crate::Error::InvalidConfig(format!(
-                    "{capacity} slots of {max_message} bytes do not fit in the address space"
-                )));
-            }
-        }
-        Ok(geometry)
+        })
     }
 
-    /// Bytes from one SPSC slot to the next: header plus payload, rounded up to a cache line.
+    /// Whether this geometry's ring memory of `kind` fits in `usize`.
+    fn fits(&self, kind: RingKind) -> Result<(), crate::Error> {
+        match self.checked_slots_size_for(kind) {
+            Some(_) => Ok(()),
+            None => Err(crate::Error::InvalidConfig(format!(
+                "{} messages of {} bytes do not fit in the address space",
+                self.capacity, self.max_message
+            ))),
+        }
+    }
+
+    /// Bytes of message memory of an SPSC ring: `capacity + 1` records of `max_message` bytes
+    /// (the one extra covers the padding a record that does not fit before the end of the
+    /// memory leaves there, and the header word the producer zeroes after each message).
+    ///
+    /// # Panics
+    /// If that overflows `usize`, which a geometry made by [`new`](Self::new) or
+    /// [`with_bytes`](Self::with_bytes) never does.
+    pub fn ring_bytes(&self) -> usize {
+        self.slots_size_for(RingKind::Spsc)
+    }
+
+    /// How many messages of `len` bytes (at most `max_message`) an empty SPSC ring of this
+    /// geometry holds at once, at least.
+    pub fn messages_of(&self, len: usize) -> usize {
+        // One header word is always kept free (the terminator), and a record may have to skip
+        // the end of the memory: at most one record's worth, less 8.
+        let record = record_size(len.min(self.max_message));
+        (self.ring_bytes() - SLOT_HEADER) / record
+    }
+
+    /// Bytes from one MPMC slot to the next, or of an SPSC record of `max_message` bytes.
     ///
     /// # Panics
     /// If that overflows `usize`, which a geometry made by [`new`](Self::new) never does.
@@ -487,7 +584,7 @@ impl Geometry {
         self.stride_for(RingKind::Spsc)
     }
 
-    /// Bytes from one slot to the next in a ring of `kind`.
+    /// Bytes from one slot to the next in a ring of `kind` (SPSC: a record of `max_message`).
     ///
     /// # Panics
     /// If that overflows `usize`, which a geometry made by [`new`](Self::new) never does.
@@ -496,7 +593,7 @@ impl Geometry {
             .expect("slot stride overflows usize (a Geometry not made by Geometry::new)")
     }
 
-    /// Bytes of SPSC slot memory.
+    /// Bytes of SPSC ring memory ([`ring_bytes`](Self::ring_bytes)).
     ///
     /// # Panics
     /// If that overflows `usize`, which a geometry made by [`new`](Self::new) never does.
@@ -504,7 +601,7 @@ impl Geometry {
         self.slots_size_for(RingKind::Spsc)
     }
 
-    /// Bytes of slot memory in a ring of `kind`.
+    /// Bytes of message memory in a ring of `kind`.
     ///
     /// # Panics
     /// If that overflows `usize`, which a geometry made by [`new`](Self::new) never does.
@@ -515,13 +612,19 @@ impl Geometry {
 
     /// [`stride_for`](Self::stride_for), or `None` if it overflows `usize`.
     pub(crate) fn checked_stride_for(&self, kind: RingKind) -> Option<usize> {
-        kind.slot_header()
-            .checked_add(self.max_message)?
-            .checked_next_multiple_of(SLOT_ALIGN)
+        let header_and_payload = kind.slot_header().checked_add(self.max_message)?;
+        match kind {
+            RingKind::Spsc => header_and_payload.checked_next_multiple_of(8),
+            RingKind::Mpmc => header_and_payload.checked_next_multiple_of(SLOT_ALIGN),
+        }
     }
 
     /// [`slots_size_for`](Self::slots_size_for), or `None` if it overflows `usize`.
     pub(crate) fn checked_slots_size_for(&self, kind: RingKind) -> Option<usize> {
-        self.capacity.checked_mul(self.checked_stride_for(kind)?)
+        let stride = self.checked_stride_for(kind)?;
+        match kind {
+            RingKind::Spsc => self.capacity.checked_add(1)?.checked_mul(stride),
+            RingKind::Mpmc => self.capacity.checked_mul(stride),
+        }
     }
 }

@@ -1,29 +1,42 @@
-//! Single-producer single-consumer ring of variable-length messages in fixed-size slots.
+//! Single-producer single-consumer ring of variable-length messages stored densely.
 //!
-//! Invariants, with `head` and `tail` free-running u64 counters (they never wrap in practice):
-//! - `0 <= tail - head <= capacity`; slot `i & (capacity - 1)` holds message `i` for
-//!   `head <= i < tail`. Only the producer writes `tail`, only the consumer writes `head`.
-//! - Every index read from shared memory is checked against the invariant before use, and a slot
-//!   is only ever addressed through the mask, so a corrupted index yields [`Corrupted`], never an
-//!   out-of-bounds access. A length word is checked against the maximum before it is used.
-//! - Each side keeps its own index locally (the shared copy is only published) and caches the
-//!   other side's, reloading it only when the ring looks full or empty (as rtrb does), so in
-//!   steady streaming each side touches the other's cache line once per lap, not per message.
+//! The message memory holds records (see `records`): an 8-byte header word, written last with
+//! Release, then the payload rounded up to 8 bytes. The consumer waits on the header word of the
+//! record at its own position, so a small message costs one cache line transfer, and the ring
+//! holds as many messages as fit in its bytes, not a fixed number of `max_message` slots.
+//!
+//! Invariants, with `head` and `tail` free-running u64 byte positions (they never wrap in
+//! practice) and `ring_bytes` the size of the memory:
+//! - `0 <= tail - head <= ring_bytes`; the records between them are published and unread. Only
+//!   the producer writes `tail` and the records' header words, only the consumer `head`.
+//! - Each end keeps its own position and its offset (`position mod ring_bytes`, a multiple of 8
+//!   below `ring_bytes`) locally; the shared copies are published for the other side and for
+//!   `shmpipe stat`. The producer reads `head` only when its cached copy says there is no room
+//!   (as rtrb does), so in steady streaming each side touches the other's index line once per lap.
+//! - The producer claims room for a record plus one header word after it, which it zeroes
+//!   before publishing (the terminator): the consumer never mistakes stale bytes for a record.
+//! - A header word read from shared memory is validated (its stamp names the position it was
+//!   read at, its length is at most `max_message` and ends inside the memory) before anything is
+//!   derived from it; anything else is [`Corrupted`], never an out-of-bounds access.
 //! - The per-message paths read process-local copies of the geometry and addresses (`Hot`), and
-//!   a stopped end is caught by the same size/room/fill checks every message makes anyway (its
-//!   gates are closed), with everything else out of line. `examples/insn_count.rs` counts the
-//!   instructions per message (callgrind) against rtrb.
+//!   a stopped end is caught by the same size/room/validity checks every message makes anyway
+//!   (its gates are closed), with everything else out of line. `examples/insn_count.rs` counts
+//!   the instructions per message (callgrind) against rtrb.
+//! - Batches ([`Sender::try_send_batch`], [`Receiver::try_recv_batch`]) publish many records with
+//!   one Release store of the first one's header (the others are written before it), one store
+//!   of each index and at most one wake-up.
 
 use super::lock::LockWord;
+use super::records::{self, message_word, pad_word, Records, HEADER, PAD};
 use super::tokens::{self, Tokens};
 use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
 use super::{
-    cold_clone, copy_payload, too_large, unwinding_under_loom, Geometry, HeapMemory, LivenessTimer, Peer,
-    RingKind, Role, RoleRecord, Slots, WaitStrategy, ROLE_CLOSED,
+    cold_clone, copy_payload, record_size, too_large, unwinding_under_loom, Geometry, HeapMemory,
+    LivenessTimer, Peer, Role, RoleRecord, WaitStrategy, ROLE_CLOSED,
 };
-use crate::channel::{Receiver, Sender};
+use crate::channel::{Batch, Receiver, Sender};
 use crate::error::*;
-use crate::sync::{AtomicU32, AtomicU64, PUBLISH};
+use crate::sync::{AtomicU64, PUBLISH};
 use crossbeam_utils::CachePadded;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
@@ -31,16 +44,35 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// One end's published index: its byte position and how many messages it has passed.
+#[repr(C)]
+pub(crate) struct Cursor {
+    /// Byte position (`tail` or `head`).
+    pub(crate) pos: AtomicU64,
+    /// Messages published (producer) or consumed (consumer): for `shmpipe stat` and for deciding
+    /// whether a finished stream still holds unread messages.
+    pub(crate) count: AtomicU64,
+}
+
+impl Cursor {
+    fn new() -> Self {
+        Cursor {
+            pos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
 /// The control block of an SPSC ring: each group on its own 128-byte line (the adjacent-line
 /// prefetcher pairs 64-byte lines), so the producer's and consumer's hot stores never share one.
 ///
 /// All-zero bytes are a valid initial state (a fresh SysV segment is zero-filled).
 #[repr(C)]
 pub(crate) struct SpscShared {
-    /// Producer line: the next index to publish.
-    pub(crate) tail: CachePadded<AtomicU64>,
-    /// Consumer line: the next index to consume.
-    pub(crate) head: CachePadded<AtomicU64>,
+    /// Producer line: the next position to publish at, and messages published.
+    pub(crate) tail: CachePadded<Cursor>,
+    /// Consumer line: the next position to consume, and messages consumed.
+    pub(crate) head: CachePadded<Cursor>,
     /// The consumer sleeps here while the ring is empty.
     pub(crate) not_empty: CachePadded<Doorbell>,
     /// The producer sleeps here while the ring is full.
@@ -53,11 +85,20 @@ pub(crate) struct SpscShared {
     pub(crate) counters: CachePadded<WaitCounters>,
 }
 
+/// What a ring's two published indices say, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Indices {
+    pub(crate) head: u64,
+    pub(crate) tail: u64,
+    /// Messages published and not consumed.
+    pub(crate) unread: u64,
+}
+
 impl SpscShared {
     pub(crate) fn new() -> Self {
         SpscShared {
-            tail: CachePadded::new(AtomicU64::new(0)),
-            head: CachePadded::new(AtomicU64::new(0)),
+            tail: CachePadded::new(Cursor::new()),
+            head: CachePadded::new(Cursor::new()),
             not_empty: CachePadded::new(Doorbell::new()),
             not_full: CachePadded::new(Doorbell::new()),
             lock: CachePadded::new(LockWord::new()),
@@ -67,16 +108,28 @@ impl SpscShared {
         }
     }
 
-    /// Reads both indices (Acquire: whatever was published before them is visible) and checks
-    /// the ring invariant `0 <= tail - head <= capacity`.
-    pub(crate) fn indices(&self, capacity: usize) -> Result<(u64, u64), Corrupted> {
-        let (head, tail) = (self.head.load(Acquire), self.tail.load(Acquire));
-        if tail.wrapping_sub(head) > capacity as u64 {
+    /// Reads both indices and counts (Acquire: whatever was published before them is visible)
+    /// and checks the ring invariant: `0 <= tail - head <= ring_bytes`, and no more messages
+    /// unread than fit in those bytes (a record takes at least 8).
+    pub(crate) fn indices(&self, ring_bytes: usize) -> Result<Indices, Corrupted> {
+        let (head, tail) = (self.head.pos.load(Acquire), self.tail.pos.load(Acquire));
+        let (consumed, published) = (self.head.count.load(Acquire), self.tail.count.load(Acquire));
+        let used = tail.wrapping_sub(head);
+        if used > ring_bytes as u64 {
             return Err(Corrupted {
-                reason: format!("indices head={head} tail={tail} are more than a ring apart"),
+                reason: format!("indices head={head} tail={tail} are more than a ring ({ring_bytes} bytes) apart"),
             });
         }
-        Ok((head, tail))
+        let unread = published.wrapping_sub(consumed);
+        if unread > used / HEADER as u64 || !(head | tail).is_multiple_of(8) {
+            return Err(Corrupted {
+                reason: format!(
+                    "{unread} unread messages (published {published}, consumed {consumed}) do not fit \
+                     between positions {head} and {tail}"
+                ),
+            });
+        }
+        Ok(Indices { head, tail, unread })
     }
 
     #[cfg_attr(loom, allow(dead_code))]
@@ -124,35 +177,36 @@ pub(crate) trait Backing: Send + Sync {
 /// A ring's memory and validated geometry, shared by its ends in this process.
 pub(crate) struct RingCore {
     shared: NonNull<SpscShared>,
-    slots: Slots,
+    records: Records,
     geometry: Geometry,
     /// `backing.tokens()`, asked once.
     tokens: Tokens,
-    /// Owns the memory `shared` and `slots` point into; dropped last.
+    /// Owns the memory `shared` and `records` point into; dropped last.
     backing: Box<dyn Backing>,
 }
 
 // SAFETY: the pointers refer to memory owned by `backing` (Send + Sync) and accessed only through
-// atomics or through slots the ring protocol assigns to one side at a time.
+// atomics or through records the ring protocol assigns to one side at a time.
 unsafe impl Send for RingCore {}
 // SAFETY: as above.
 unsafe impl Sync for RingCore {}
 
 impl RingCore {
     /// # Safety
-    /// `shared` must point to a valid `SpscShared` and the slots to `geometry.slots_size()` bytes
-    /// laid out as `Slots::new` requires, both kept alive and mapped by `backing`.
+    /// `shared` must point to a valid `SpscShared` and `records` to `geometry.ring_bytes()` bytes
+    /// as `Records::new` requires, both kept alive and mapped by `backing`.
     pub(crate) unsafe fn new(
         shared: NonNull<SpscShared>,
-        slots: Slots,
+        records: Records,
         geometry: Geometry,
         backing: Box<dyn Backing>,
     ) -> Self {
+        debug_assert_eq!(records.size(), geometry.ring_bytes());
         #[cfg(not(loom))]
         crate::sys::membarrier::register();
         RingCore {
             shared,
-            slots,
+            records,
             geometry,
             tokens: backing.tokens(),
             backing,
@@ -168,12 +222,18 @@ impl RingCore {
         // SAFETY: valid for our lifetime by the contract of `new`.
         unsafe { self.shared.as_ref() }
     }
+
+    /// The checked indices (one end's starting point).
+    fn indices(&self) -> Result<Indices, Corrupted> {
+        self.shared().indices(self.records.size())
+    }
 }
 
 impl Backing for HeapMemory<SpscShared> {}
 
 /// Creates an in-process SPSC channel on the heap: the same ring as the shared-memory transport,
 /// without the segment. Useful on its own, and how the algorithm is tested and benchmarked.
+/// It holds at least `capacity` messages of `max_message` bytes, and more smaller ones.
 ///
 /// ```
 /// use shmpipe::{ring::spsc, Receiver, Sender};
@@ -184,18 +244,32 @@ impl Backing for HeapMemory<SpscShared> {}
 /// assert_eq!(buf, b"hello");
 /// ```
 pub fn channel(capacity: usize, max_message: usize) -> Result<(Producer, Consumer), crate::Error> {
-    let geometry = Geometry::new(capacity, max_message)?;
-    let memory = HeapMemory::new(SpscShared::new(), geometry.slots_size());
-    // SAFETY: the slot memory is slots_size bytes, 8-aligned, zeroed; stride is a multiple of
-    // 64. The memory moves into the core (its backing), which frees it last.
+    channel_with(Geometry::new(capacity, max_message)?)
+}
+
+/// [`channel`] with `bytes` of message memory ([`Geometry::with_bytes`]).
+///
+/// ```
+/// use shmpipe::{ring::spsc, Sender, TrySendError};
+/// let (mut tx, _rx) = spsc::channel_bytes(1 << 20, 1024).unwrap();
+/// let mut sent = 0;
+/// while tx.try_send(&[7; 8]) != Err(TrySendError::Full) {
+///     sent += 1;
+/// }
+/// assert!(sent >= 40_000, "1 MiB holds {sent} 8-byte messages");
+/// ```
+pub fn channel_bytes(bytes: usize, max_message: usize) -> Result<(Producer, Consumer), crate::Error> {
+    channel_with(Geometry::with_bytes(bytes, max_message)?)
+}
+
+fn channel_with(geometry: Geometry) -> Result<(Producer, Consumer), crate::Error> {
+    let size = geometry.ring_bytes();
+    let memory = HeapMemory::new(SpscShared::new(), size);
+    // SAFETY: the record memory is `size` bytes (a multiple of 8), 8-aligned, zeroed. The memory
+    // moves into the core (its backing), which frees it last.
     let core = unsafe {
-        let slot_mem = Slots::new(
-            memory.slots(),
-            geometry.capacity,
-            geometry.stride(),
-            RingKind::Spsc,
-        );
-        RingCore::new(memory.shared(), slot_mem, geometry, Box::new(memory))
+        let records = Records::new(memory.slots(), size);
+        RingCore::new(memory.shared(), records, geometry, Box::new(memory))
     };
     let core = Arc::new(core);
     core.shared().sender.claim(Tokens::Local, Role::Sender)?;
@@ -211,17 +285,17 @@ pub fn channel(capacity: usize, max_message: usize) -> Result<(Producer, Consume
 /// (so this is only ever used through that end).
 struct Hot {
     shared: NonNull<SpscShared>,
-    /// The hot path's gates: the geometry's capacity and maximum message size while the end
-    /// works, 0 once it has stopped (`Producer::stop` closes both, `Consumer::poison` the
-    /// capacity), so that the room, size and fill checks every message makes anyway also stop a
-    /// stopped end, whose slow paths then say why. Everything else reads `core.geometry`.
-    capacity: u64,
+    /// The hot path's gates: the ring's size and maximum message size while the end works, 0
+    /// once it has stopped (`Producer::stop` closes both, `Consumer::poison` the size limit), so
+    /// that the room, size and validity checks every message makes anyway also stop a stopped
+    /// end, whose slow paths then say why. Everything else reads `core.geometry`.
+    size: u64,
     max_message: usize,
-    /// Outside loom, a copy of `core.slots` (an address and the geometry, nothing owned), so a
-    /// slot's address costs no `Arc` dereference either. Under loom `Slots` also owns the
-    /// modelled length words and access markers, so the ends use the core's (`slots()`).
+    /// Outside loom, a copy of `core.records` (an address and a size, nothing owned), so a
+    /// record's address costs no `Arc` dereference either. Under loom `Records` also owns the
+    /// modelled header words and access markers, so the ends use the core's (`records()`).
     #[cfg(not(loom))]
-    slots: Slots,
+    records: Records,
 }
 
 // SAFETY: `Hot` is a shared reference to `SpscShared` (atomics only, so `Sync`) whose lifetime
@@ -234,19 +308,10 @@ impl Hot {
     fn new(core: &RingCore) -> Self {
         Hot {
             shared: core.shared,
-            capacity: core.geometry.capacity as u64,
+            size: core.records.size() as u64,
             max_message: core.geometry.max_message,
-            // SAFETY: the same memory and geometry as `core.slots`, for which `RingCore::new`'s
-            // caller met `Slots::new`'s contract; the end holding this keeps the core alive.
             #[cfg(not(loom))]
-            slots: unsafe {
-                Slots::new(
-                    core.slots.base,
-                    core.geometry.capacity,
-                    core.slots.stride,
-                    RingKind::Spsc,
-                )
-            },
+            records: core.records.copy(),
         }
     }
 
@@ -255,6 +320,18 @@ impl Hot {
         // SAFETY: valid while the core lives (the contract of `RingCore::new`), and the end that
         // holds this `Hot` holds an `Arc` of that core.
         unsafe { self.shared.as_ref() }
+    }
+}
+
+/// The offset after a record of `rec` bytes at `off` in a memory of `size` bytes (`off + rec <=
+/// size`): 0 where the record ends the memory.
+#[inline(always)]
+fn next_offset(off: usize, rec: usize, size: usize) -> usize {
+    let next = off + rec;
+    if next == size {
+        0
+    } else {
+        next
     }
 }
 
@@ -269,8 +346,12 @@ enum Stopped {
 /// The sending end of an SPSC ring. See the [crate docs](crate) for the guarantees.
 pub struct Producer {
     core: Arc<RingCore>,
-    /// Our index: authoritative; the shared copy is only ever written from it.
+    /// Our position: authoritative; the shared copy is only ever written from it.
     tail: u64,
+    /// `tail mod ring_bytes`.
+    tail_off: usize,
+    /// Messages published.
+    sent: u64,
     /// Last `head` seen; the true one is the same or further on.
     cached_head: u64,
     /// What every message reads from the core, copied here (no `Arc` dereference per message).
@@ -287,12 +368,14 @@ pub struct Producer {
 impl Producer {
     /// Takes over the sending end of `core`, whose sender role the caller has claimed.
     pub(crate) fn new(core: Arc<RingCore>) -> Result<Self, Corrupted> {
-        let (head, tail) = core.shared().indices(core.geometry.capacity)?;
+        let ix = core.indices()?;
         Ok(Producer {
             hot: Hot::new(&core),
+            tail: ix.tail,
+            tail_off: (ix.tail % core.records.size() as u64) as usize,
+            sent: core.shared().tail.count.load(Relaxed),
+            cached_head: ix.head,
             core,
-            tail,
-            cached_head: head,
             wait: WaitStrategy::default(),
             stopped: None,
             liveness: LivenessTimer::new(),
@@ -300,13 +383,13 @@ impl Producer {
         })
     }
 
-    /// The ring's slots: `Hot`'s copy outside loom, the core's under it.
+    /// The ring's records: `Hot`'s copy outside loom, the core's under it.
     #[inline(always)]
-    fn slots(&self) -> &Slots {
+    fn records(&self) -> &Records {
         #[cfg(not(loom))]
-        return &self.hot.slots;
+        return &self.hot.records;
         #[cfg(loom)]
-        &self.core.slots
+        &self.core.records
     }
 
     /// Sets how [`send`](Sender::send) and [`reserve`](Self::reserve) wait for room.
@@ -314,9 +397,15 @@ impl Producer {
         self.wait = wait;
     }
 
-    /// Number of slots.
+    /// How many messages of the maximum size the ring holds at once, at least (more smaller
+    /// ones fit: see [`ring_bytes`](Self::ring_bytes)).
     pub fn capacity(&self) -> usize {
         self.core.geometry.capacity
+    }
+
+    /// Bytes of message memory (each message takes 8 bytes plus its length rounded up to 8).
+    pub fn ring_bytes(&self) -> usize {
+        self.core.records.size()
     }
 
     /// The receiver's state, including whether its process died (a few syscalls).
@@ -328,9 +417,9 @@ impl Producer {
     #[cold]
     #[inline(never)]
     fn index_fault(&mut self, head: u64) -> Corrupted {
-        let (tail, cap) = (self.tail, self.core.geometry.capacity);
+        let (tail, size) = (self.tail, self.core.records.size());
         let c = Corrupted {
-            reason: format!("consumer index {head} is not within {cap} of producer index {tail}"),
+            reason: format!("consumer index {head} is not within {size} bytes of producer index {tail}"),
         };
         self.stop(Stopped::Corrupted(c.clone()));
         c
@@ -342,7 +431,7 @@ impl Producer {
         if !matches!(self.stopped, Some(Stopped::Corrupted(_))) {
             self.stopped = Some(why);
         }
-        self.hot.capacity = 0;
+        self.hot.size = 0;
         self.hot.max_message = 0;
     }
 
@@ -369,28 +458,43 @@ impl Producer {
         self.hot.shared().forget_waiter(Role::Receiver);
     }
 
-    /// Whether a slot is free, reloading the consumer's index only when the cached one says full.
+    /// Bytes a record of `rec` bytes at `tail` needs: itself, a pad before it if it does not fit
+    /// before the end of the memory, and the terminator word after it.
+    #[inline(always)]
+    fn needed(&self, rec: usize) -> u64 {
+        let size = self.hot.size as usize;
+        let pad = if self.tail_off + rec > size { size - self.tail_off } else { 0 };
+        (pad + rec + HEADER) as u64
+    }
+
+    /// Whether a record of `rec` bytes fits, reloading the consumer's index only when the cached
+    /// one says no. `Ok(false)` also for a stopped end (its size gate is 0).
     #[inline]
-    fn has_room(&mut self) -> Result<bool, Corrupted> {
-        let cap = self.core.geometry.capacity as u64;
-        if self.tail.wrapping_sub(self.cached_head) < cap {
+    fn has_room(&mut self, rec: usize) -> Result<bool, Corrupted> {
+        if self.stopped.is_some() {
+            return Ok(false);
+        }
+        let need = self.needed(rec);
+        if self.tail.wrapping_sub(self.cached_head) + need <= self.hot.size {
             return Ok(true);
         }
-        // Acquire: pairs with the consumer's release of `head`; its reads of the slot we are about
-        // to overwrite happen before our writes.
-        let head = self.hot.shared().head.load(Acquire);
+        // Acquire: pairs with the consumer's release of `head`; its reads of the records we are
+        // about to overwrite happen before our writes.
+        let head = self.hot.shared().head.pos.load(Acquire);
         let used = self.tail.wrapping_sub(head);
-        if used > cap {
+        if used > self.hot.size || !head.is_multiple_of(8) {
             return Err(self.index_fault(head));
         }
         self.cached_head = head;
-        Ok(used < cap)
+        Ok(used + need <= self.hot.size)
     }
 
-    /// One non-blocking attempt; `Full` means wait and retry.
+    /// One non-blocking attempt to make room for a message of `len` bytes at `tail`, with the
+    /// record starting at `tail_off` (a pad before it, if one was needed, is published); `Full`
+    /// means wait and retry.
     #[inline]
     fn try_claim(&mut self, len: usize) -> Result<(), TrySendError> {
-        // A stopped end fails one of the gates (`Hot`): 0 bytes fit, but no slot is free. An
+        // A stopped end fails one of the gates (`Hot`): 0 bytes fit, and no room is left. An
         // inherited one (a forked child's) is refused before it touches the ring.
         if len > self.hot.max_message || tokens::inherited(self.owner) {
             return Err(self.refusal(len));
@@ -398,19 +502,50 @@ impl Producer {
         if self.hot.shared().receiver.state() == ROLE_CLOSED {
             return Err(self.refusal(len));
         }
-        // The cached `head` says there is room (the common case), or a reload of it does: settled
-        // with plain booleans, not `has_room`'s `Result`, which the compiler would build in memory.
-        if self.tail.wrapping_sub(self.cached_head) < self.hot.capacity || self.reload_head() {
+        let rec = record_size(len);
+        // The record fits before the end of the memory and the cached `head` says there is room
+        // (the common case): settled with plain comparisons, the rest out of line.
+        let off = self.tail_off;
+        if off + rec <= self.hot.size as usize
+            && self.tail.wrapping_sub(self.cached_head) + (rec + HEADER) as u64 <= self.hot.size
+        {
             return Ok(());
         }
-        Err(self.no_room(len))
+        self.claim_slow(len)
     }
 
-    /// `try_claim` when the cached `head` says full (once a lap while streaming): whether there is
-    /// room after reloading it. False also for a stopped end, or a bad index (which stops it).
+    /// `try_claim` when the record must skip the end of the memory, or the cached `head` says
+    /// there is no room (once a lap while streaming).
     #[inline(never)]
-    fn reload_head(&mut self) -> bool {
-        self.stopped.is_none() && matches!(self.has_room(), Ok(true))
+    fn claim_slow(&mut self, len: usize) -> Result<(), TrySendError> {
+        match self.has_room(record_size(len)) {
+            Ok(true) => {
+                self.pad_if_needed(record_size(len));
+                Ok(())
+            }
+            Ok(false) => Err(self.no_room(len)),
+            Err(c) => Err(TrySendError::Corrupted(c)),
+        }
+    }
+
+    /// Publishes a pad record over the rest of the memory if a record of `rec` bytes does not fit
+    /// before its end (room for both, and the terminator, has been checked).
+    fn pad_if_needed(&mut self, rec: usize) {
+        let size = self.hot.size as usize;
+        if self.tail_off + rec <= size {
+            return;
+        }
+        let pad = size - self.tail_off;
+        let records = self.records();
+        // Relaxed: ordered before the consumer's read by the pad's publishing store below.
+        records.word(0).store(0, Relaxed);
+        // PUBLISH (Release): the zeroed word at offset 0 happens before the consumer, having
+        // skipped the pad, reads it.
+        records.word(self.tail_off).store(pad_word(self.tail), PUBLISH);
+        self.tail = self.tail.wrapping_add(pad as u64);
+        self.tail_off = 0;
+        // Relaxed: for `stat` and the next open's checks, which read it under the ring lock.
+        self.hot.shared().tail.pos.store(self.tail, Relaxed);
     }
 
     /// `try_claim` found no room: why. The end's own state, or `Full` unless the receiver died.
@@ -446,6 +581,7 @@ impl Producer {
         }
         let core = Arc::clone(&self.core);
         let wait = self.wait;
+        let rec = record_size(len);
         wait_until(
             &core.shared().not_full,
             Tally {
@@ -455,7 +591,7 @@ impl Producer {
             },
             &wait,
             deadline,
-            || match self.has_room() {
+            || match self.has_room(rec) {
                 Ok(true) => Check::Done(Ok(())),
                 Ok(false) if core.shared().receiver.state() == ROLE_CLOSED => {
                     Check::Done(Err(SendTimeoutError::Disconnected))
@@ -471,46 +607,57 @@ impl Producer {
                 Peer::Alive | Peer::NotYet => Check::NotYet,
             },
             || SendTimeoutError::Timeout,
-        )
+        )?;
+        self.pad_if_needed(rec);
+        Ok(())
     }
 
-    /// Publishes the claimed slot `at` with `len` bytes of payload already written.
-    #[inline]
-    fn publish(&mut self, at: Claimed, len: usize) {
-        // SAFETY: `at` is `self.slot()` (see `write` and `guard`): the length word of the slot at
-        // `tail` and the control block, in the core that `self` keeps alive.
-        let (len_word, shared) = unsafe { (at.len_word.as_ref(), at.shared.as_ref()) };
-        // Relaxed: ordered before the consumer's read by the `tail` store below.
-        len_word.store(len as u32, Relaxed);
-        self.tail = self.tail.wrapping_add(1);
-        // PUBLISH (Release): the slot's length and bytes happen before the consumer's Acquire
-        // load of `tail` that finds them.
-        shared.tail.store(self.tail, PUBLISH);
+    /// Writes the record of the claimed message at `tail` (`len` bytes of payload already in
+    /// place) and the terminator after it, and moves `tail` on; its header is stored with
+    /// `order` (Release for a record published on its own; Relaxed for one of a batch that a
+    /// later Release publishes). Returns the record's header word and offset.
+    #[inline(always)]
+    fn finish_record(&mut self, len: usize) -> (u64, usize) {
+        let rec = record_size(len);
+        let off = self.tail_off;
+        let next = next_offset(off, rec, self.hot.size as usize);
+        // Relaxed: ordered before the consumer's read by the publishing store of this record's
+        // (or its batch's first) header, which comes after it.
+        self.records().word(next).store(0, Relaxed);
+        let word = message_word(self.tail, len);
+        self.tail = self.tail.wrapping_add(rec as u64);
+        self.tail_off = next;
+        self.sent = self.sent.wrapping_add(1);
+        (word, off)
+    }
+
+    /// Publishes what `finish_record` (or a batch of them) wrote: the first record's header with
+    /// Release, the indices, and a wake-up if the consumer sleeps.
+    #[inline(always)]
+    fn publish(&mut self, first: (u64, usize)) {
+        let (word, off) = first;
+        // PUBLISH (Release): the payloads, the later records of a batch and the terminator
+        // happen before the consumer's Acquire load of this word that finds them.
+        self.records().word(off).store(word, PUBLISH);
+        let shared = self.hot.shared();
+        // Relaxed: nothing is read on the strength of these but statistics and the next open's
+        // decisions, made under the ring lock after this end closed (its Release).
+        shared.tail.pos.store(self.tail, Relaxed);
+        shared.tail.count.store(self.sent, Relaxed);
         shared.not_empty.ring(1, &shared.counters.wakes);
-    }
-
-    /// The claimed slot at `tail`, addressed once per message.
-    #[inline]
-    fn slot(&self) -> Claimed {
-        let slots = self.slots();
-        Claimed {
-            len_word: NonNull::from(slots.len_word(self.tail)),
-            payload: slots.payload(self.tail),
-            shared: self.hot.shared,
-        }
     }
 
     #[inline]
     fn guard(&mut self, len: usize) -> WriteGuard<'_> {
-        let at = self.slot();
+        let payload = self.records().payload(self.tail_off);
         WriteGuard {
             producer: self,
             len,
-            at,
+            payload,
         }
     }
 
-    /// Reserves a slot for a message of `len` bytes without blocking. Write into the guard, then
+    /// Reserves room for a message of `len` bytes without blocking. Write into the guard, then
     /// [`commit`](WriteGuard::commit); dropping the guard uncommitted publishes nothing.
     ///
     /// ```
@@ -526,13 +673,13 @@ impl Producer {
         Ok(self.guard(len))
     }
 
-    /// Reserves a slot, waiting while the ring is full.
+    /// Reserves room, waiting while the ring is full.
     pub fn reserve(&mut self, len: usize) -> Result<WriteGuard<'_>, SendError> {
         self.claim_deadline(len, None)?;
         Ok(self.guard(len))
     }
 
-    /// Reserves a slot, waiting at most `timeout` while the ring is full.
+    /// Reserves room, waiting at most `timeout` while the ring is full.
     pub fn reserve_timeout(
         &mut self,
         len: usize,
@@ -542,16 +689,50 @@ impl Producer {
         Ok(self.guard(len))
     }
 
-    #[inline]
-    fn write(&mut self, msg: &[u8]) {
-        self.slots().mark_write(self.tail);
-        // Every address before the copy: after it, they would be reloaded from memory.
-        let at = self.slot();
-        // A hostile process could write the slot concurrently: that changes bytes, never where.
-        // SAFETY: the slot at `tail` is ours (claimed: `tail - head < capacity`), its payload holds
-        // max_message >= msg.len() bytes, and the consumer reads it only after `publish`.
-        unsafe { copy_payload(msg, at.payload) };
-        self.publish(at, msg.len());
+    /// Copies `msg` into the claimed record at `tail` and finishes it (unpublished).
+    #[inline(always)]
+    fn write(&mut self, msg: &[u8]) -> (u64, usize) {
+        let records = self.records();
+        records.mark_write(self.tail_off, msg.len());
+        // A hostile process could write the memory concurrently: that changes bytes, never where.
+        // SAFETY: the record at `tail_off` is ours (claimed: room for it and its terminator, and
+        // it ends before the end of the memory), its payload holds `msg.len()` bytes, and the
+        // consumer reads it only after `publish`.
+        unsafe { copy_payload(msg, records.payload(self.tail_off)) };
+        self.finish_record(msg.len())
+    }
+
+    /// After the first message of a batch is claimed and written (`first`): writes as many of
+    /// `rest` as there is room for, then publishes them all. Returns how many of `rest` went.
+    fn write_rest_and_publish(&mut self, first: (u64, usize), rest: &[&[u8]]) -> usize {
+        let mut n = 0;
+        for msg in rest {
+            if msg.len() > self.hot.max_message {
+                break;
+            }
+            let rec = record_size(msg.len());
+            match self.has_room(rec) {
+                Ok(true) => {}
+                // A bad index stopped this end: its next call says so.
+                Ok(false) | Err(_) => break,
+            }
+            let size = self.hot.size as usize;
+            if self.tail_off + rec > size {
+                // A pad inside the batch, published by the first record's header like the rest
+                // (so the word at offset 0 needs no zeroing: the record written there next
+                // stores its header before that publication).
+                // Relaxed: ordered by that publishing store, which comes after it.
+                self.records().word(self.tail_off).store(pad_word(self.tail), Relaxed);
+                self.tail = self.tail.wrapping_add((size - self.tail_off) as u64);
+                self.tail_off = 0;
+            }
+            let (word, off) = self.write(msg);
+            // Relaxed: published by the first record's header (see `publish`).
+            self.records().word(off).store(word, Relaxed);
+            n += 1;
+        }
+        self.publish(first);
+        n
     }
 }
 
@@ -559,14 +740,40 @@ impl Sender for Producer {
     #[inline]
     fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
         self.try_claim(msg.len())?;
-        self.write(msg);
+        let rec = self.write(msg);
+        self.publish(rec);
         Ok(())
     }
 
     fn send_deadline(&mut self, msg: &[u8], deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
         self.claim_deadline(msg.len(), deadline)?;
-        self.write(msg);
+        let rec = self.write(msg);
+        self.publish(rec);
         Ok(())
+    }
+
+    /// One Release store publishes the whole prefix (see the module docs), with one store of
+    /// `tail` and at most one wake-up.
+    fn try_send_batch(&mut self, msgs: &[&[u8]]) -> Result<usize, TrySendError> {
+        let Some((first, rest)) = msgs.split_first() else {
+            return Ok(0);
+        };
+        self.try_claim(first.len())?;
+        let rec = self.write(first);
+        Ok(1 + self.write_rest_and_publish(rec, rest))
+    }
+
+    fn send_batch_deadline(
+        &mut self,
+        msgs: &[&[u8]],
+        deadline: Option<Instant>,
+    ) -> Result<usize, SendTimeoutError> {
+        let Some((first, rest)) = msgs.split_first() else {
+            return Ok(0);
+        };
+        self.claim_deadline(first.len(), deadline)?;
+        let rec = self.write(first);
+        Ok(1 + self.write_rest_and_publish(rec, rest))
     }
 
     fn max_message_size(&self) -> usize {
@@ -598,12 +805,13 @@ impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
             .field("tail", &self.tail)
-            .field("capacity", &self.capacity())
+            .field("sent", &self.sent)
+            .field("ring_bytes", &self.ring_bytes())
             .finish()
     }
 }
 
-/// A reserved slot being written. Derefs to the message bytes (`len` long).
+/// Reserved room being written. Derefs to the message bytes (`len` long).
 ///
 /// The bytes are the shared segment itself, not yet visible to receivers: no cooperating member
 /// reads or writes them before the commit. A process that may write the segment but does not
@@ -611,32 +819,24 @@ impl std::fmt::Debug for Producer {
 pub struct WriteGuard<'a> {
     producer: &'a mut Producer,
     len: usize,
-    /// The slot (`Producer::slot`), addressed once.
-    at: Claimed,
-}
-
-/// Where a producer's claimed slot is: the addresses `publish` needs, computed before the payload
-/// is written so that they stay in registers. All point into the producer's core.
-#[derive(Clone, Copy)]
-struct Claimed {
-    len_word: NonNull<AtomicU32>,
+    /// The payload of the record at the producer's `tail_off`, addressed once.
     payload: *mut u8,
-    shared: NonNull<SpscShared>,
 }
 
-// SAFETY: a `WriteGuard` is a `&mut Producer` (Send + Sync) plus addresses into that producer's
+// SAFETY: a `WriteGuard` is a `&mut Producer` (Send + Sync) plus an address into that producer's
 // core, used only through the guard's `&self`/`&mut self`: nothing a `&mut Producer` would not
-// allow. (The raw pointers alone would make it neither.)
+// allow. (The raw pointer alone would make it neither.)
 unsafe impl Send for WriteGuard<'_> {}
-// SAFETY: as above; through `&WriteGuard` only `deref` reads the slot.
+// SAFETY: as above; through `&WriteGuard` only `deref` reads the record.
 unsafe impl Sync for WriteGuard<'_> {}
 
 impl WriteGuard<'_> {
     /// Publishes the message.
     #[inline]
     pub fn commit(self) {
-        let (at, len) = (self.at, self.len);
-        self.producer.publish(at, len);
+        let len = self.len;
+        let rec = self.producer.finish_record(len);
+        self.producer.publish(rec);
     }
 
     /// Publishes only the first `len` bytes (at most the reserved length).
@@ -650,26 +850,31 @@ impl Deref for WriteGuard<'_> {
     type Target = [u8];
     #[inline]
     fn deref(&self) -> &[u8] {
-        // SAFETY: the claimed slot's payload holds at least `len` (<= max_message) initialised
-        // bytes (segments and heap rings start zeroed) and is ours until published.
-        unsafe { std::slice::from_raw_parts(self.at.payload, self.len) }
+        // SAFETY: the claimed record's payload holds at least `len` bytes inside the memory, all
+        // initialised (segments and heap rings start zeroed), ours until published.
+        unsafe { std::slice::from_raw_parts(self.payload, self.len) }
     }
 }
 
 impl DerefMut for WriteGuard<'_> {
     #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
-        self.producer.slots().mark_write(self.producer.tail);
-        // SAFETY: as in `deref`; `&mut self` makes this the only reference into the slot here.
-        unsafe { std::slice::from_raw_parts_mut(self.at.payload, self.len) }
+        let p = &*self.producer;
+        p.records().mark_write(p.tail_off, self.len);
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference into the record here.
+        unsafe { std::slice::from_raw_parts_mut(self.payload, self.len) }
     }
 }
 
 /// The receiving end of an SPSC ring.
 pub struct Consumer {
     core: Arc<RingCore>,
+    /// Our position: authoritative; the shared copy is only ever written from it.
     head: u64,
-    cached_tail: u64,
+    /// `head mod ring_bytes`.
+    head_off: usize,
+    /// Messages consumed.
+    received: u64,
     /// What every message reads from the core, copied here (no `Arc` dereference per message).
     hot: Hot,
     wait: WaitStrategy,
@@ -684,12 +889,13 @@ pub struct Consumer {
 impl Consumer {
     /// Takes over the receiving end of `core`, whose receiver role the caller has claimed.
     pub(crate) fn new(core: Arc<RingCore>) -> Result<Self, Corrupted> {
-        let (head, tail) = core.shared().indices(core.geometry.capacity)?;
+        let ix = core.indices()?;
         Ok(Consumer {
             hot: Hot::new(&core),
+            head: ix.head,
+            head_off: (ix.head % core.records.size() as u64) as usize,
+            received: core.shared().head.count.load(Relaxed),
             core,
-            head,
-            cached_tail: tail,
             wait: WaitStrategy::default(),
             fault: None,
             liveness: LivenessTimer::new(),
@@ -698,13 +904,13 @@ impl Consumer {
         })
     }
 
-    /// The ring's slots: `Hot`'s copy outside loom, the core's under it.
+    /// The ring's records: `Hot`'s copy outside loom, the core's under it.
     #[inline(always)]
-    fn slots(&self) -> &Slots {
+    fn records(&self) -> &Records {
         #[cfg(not(loom))]
-        return &self.hot.slots;
+        return &self.hot.records;
         #[cfg(loom)]
-        &self.core.slots
+        &self.core.records
     }
 
     /// Sets how [`recv`](Receiver::recv) and [`recv_ref`](Self::recv_ref) wait for messages.
@@ -712,9 +918,14 @@ impl Consumer {
         self.wait = wait;
     }
 
-    /// Number of slots.
+    /// How many messages of the maximum size the ring holds at once, at least.
     pub fn capacity(&self) -> usize {
         self.core.geometry.capacity
+    }
+
+    /// Bytes of message memory.
+    pub fn ring_bytes(&self) -> usize {
+        self.core.records.size()
     }
 
     /// The largest message the ring holds.
@@ -728,64 +939,80 @@ impl Consumer {
         self.core.peer_of(Role::Sender)
     }
 
-    /// Poisons this end: a producer index that no correct producer could have written.
+    /// Poisons this end for good. Closes the hot path's gate (`Hot`), so every later `try_front`
+    /// reaches `front_slow`, which checks `fault`.
     #[cold]
     #[inline(never)]
-    fn index_fault(&mut self, tail: u64) -> Corrupted {
-        let (head, cap) = (self.head, self.core.geometry.capacity);
-        self.poison(format!(
-            "producer index {tail} is not within {cap} of consumer index {head}"
-        ))
-    }
-
-    /// Poisons this end: a length word over the maximum.
-    #[cold]
-    #[inline(never)]
-    fn length_fault(&mut self, len: usize) -> Corrupted {
-        let max = self.core.geometry.max_message;
-        self.poison(format!(
-            "slot length {len} exceeds the maximum message size {max}"
-        ))
-    }
-
-    /// Poisons this end for good. Closes the hot path's gate (`Hot`) and forgets the cached
-    /// `tail`, so every later `try_front` reaches `nothing_yet`, which checks `fault`.
     fn poison(&mut self, reason: String) -> Corrupted {
         let c = Corrupted { reason };
         self.fault = Some(c.clone());
-        self.cached_tail = self.head;
-        self.hot.capacity = 0;
+        self.hot.size = 0;
         c
     }
 
-    /// Whether a message is waiting, reloading the producer's index only when the cache says empty.
-    #[inline]
-    fn has_message(&mut self) -> Result<bool, Corrupted> {
-        if self.head != self.cached_tail {
-            return Ok(true);
+    /// The message whose header `word` was read at `head_off`, if the word is a valid message
+    /// header for our position (anything else, `front_slow` sorts out): stamped for `head`, at
+    /// most `max_message` bytes, ending inside the memory. A poisoned end's gate (size 0) fails.
+    #[inline(always)]
+    fn valid(&self, word: u64) -> Option<Front> {
+        // 0 (nothing yet) and `PAD` wrap to lengths over any maximum.
+        let len = (word as u32).wrapping_sub(1) as usize;
+        let off = self.head_off;
+        let stamped = (word >> 32) as u32 == records::stamp(self.head);
+        if stamped && len <= self.hot.max_message && (off + HEADER + len) as u64 <= self.hot.size {
+            Some(Front { len, off })
+        } else {
+            None
         }
-        // Acquire: pairs with the producer's publishing store; the slot's contents are visible.
-        let tail = self.hot.shared().tail.load(Acquire);
-        let avail = tail.wrapping_sub(self.head);
-        let cap = self.core.geometry.capacity as u64;
-        if avail > cap {
-            return Err(self.index_fault(tail));
-        }
-        self.cached_tail = tail;
-        Ok(avail != 0)
     }
 
-    /// The message at `head`: its length, validated, and where its payload is.
-    #[inline]
-    fn front(&mut self) -> Result<Front, Corrupted> {
-        let slots = self.slots();
-        let payload = slots.payload(self.head);
-        // Relaxed: ordered by the Acquire load of `tail` that found this slot full.
-        let len = slots.len_word(self.head).load(Relaxed) as usize;
-        if len > self.hot.max_message {
-            return Err(self.length_fault(len));
+    /// The header word at our position. Acquire: pairs with the producer's publishing store;
+    /// the record's payload (and a batch's later records) are visible.
+    #[inline(always)]
+    fn header(&self) -> u64 {
+        self.records().word(self.head_off).load(Acquire)
+    }
+
+    /// The message at `head`, if one is there: skips a pad record, and poisons this end on a
+    /// header no correct producer writes.
+    fn peek(&mut self) -> Result<Option<Front>, Corrupted> {
+        loop {
+            let word = self.header();
+            if word == 0 {
+                return Ok(None);
+            }
+            if let Some(front) = self.valid(word) {
+                return Ok(Some(front));
+            }
+            let (off, size) = (self.head_off, self.core.records.size());
+            let stamped = (word >> 32) as u32 == records::stamp(self.head);
+            // A pad at offset 0 would skip a whole lap: no producer writes one.
+            if stamped && word as u32 == PAD && off != 0 {
+                self.skip_pad();
+                continue;
+            }
+            let len = (word as u32).wrapping_sub(1) as usize;
+            let max = self.core.geometry.max_message;
+            return Err(self.poison(if !stamped {
+                format!(
+                    "record header {word:#018x} at position {} is not stamped for it (stale or overwritten)",
+                    self.head
+                )
+            } else if len > max {
+                format!("record length {len} exceeds the maximum message size {max}")
+            } else {
+                format!("a record of {len} bytes at offset {off} runs past the end of the {size}-byte ring")
+            }));
         }
-        Ok(Front { len, payload })
+    }
+
+    /// Moves past the pad record at `head` (the rest of the memory) and frees it.
+    #[cold]
+    fn skip_pad(&mut self) {
+        let size = self.core.records.size();
+        self.head = self.head.wrapping_add((size - self.head_off) as u64);
+        self.head_off = 0;
+        self.publish_head();
     }
 
     /// Empty, or disconnected if the sender is gone: `Ok(true)` means a message arrived meanwhile.
@@ -800,64 +1027,47 @@ impl Consumer {
             return Err(TryRecvError::Empty);
         }
         // A closed or dead sender cannot be parked: if it was killed while parked, its bit would
-        // make every slot we free from now on a futex call.
+        // make every record we free from now on a futex call.
         self.core.shared().forget_waiter(Role::Sender);
         // The sender's last publication happened before it closed (Release/Acquire on the role
         // state) or before it died; look once more so nothing it sent is lost.
-        if self.has_message()? {
+        if self.peek()?.is_some() {
             return Ok(true);
         }
         self.sender_gone = true;
         Err(TryRecvError::Disconnected)
     }
 
+    /// The message at `head`, without blocking.
     #[inline(always)]
     fn try_front(&mut self) -> Result<Front, TryRecvError> {
-        // A poisoned end never passes `poll` (see `poison`); an inherited one is refused before
-        // it touches the ring.
-        if !self.poll() || tokens::inherited(self.owner) {
-            self.nothing_yet()?;
+        // An inherited end is refused before it touches the ring; a poisoned one fails `valid`.
+        if !tokens::inherited(self.owner) {
+            if let Some(front) = self.valid(self.header()) {
+                return Ok(front);
+            }
         }
-        Ok(self.front()?)
+        self.front_slow()
     }
 
-    /// `has_message` for the hot path: true if the cached `tail` or a fresh load of it shows a
-    /// message at `head`. False means "ask `has_message`": the ring looked empty, or the index was
-    /// bad (which `has_message` reports).
-    #[inline(always)]
-    fn poll(&mut self) -> bool {
-        let head = self.head;
-        if head != self.cached_tail {
-            return true;
-        }
-        // Acquire: pairs with the producer's publishing store; the slot's contents are visible.
-        let tail = self.hot.shared().tail.load(Acquire);
-        // 1..=capacity messages waiting, in one comparison: 0 and anything over the capacity
-        // both wrap to at least the capacity.
-        if tail.wrapping_sub(head).wrapping_sub(1) < self.hot.capacity {
-            self.cached_tail = tail;
-            return true;
-        }
-        false
-    }
-
-    /// `try_front` found the ring empty (or a bad index, or the end poisoned): `Empty`, unless the
-    /// sender is gone, or a message arrived meanwhile (`Ok`).
+    /// `try_front` found no valid message at `head` (or the end is inherited or poisoned):
+    /// `Empty`, unless a pad hid the message or the sender is gone.
     #[cold]
     #[inline(never)]
-    fn nothing_yet(&mut self) -> Result<(), TryRecvError> {
+    fn front_slow(&mut self) -> Result<Front, TryRecvError> {
         if tokens::inherited(self.owner) {
             return Err(TryRecvError::Forked);
         }
         if let Some(c) = &self.fault {
             return Err(TryRecvError::Corrupted(cold_clone(c)));
         }
-        if self.has_message()? {
-            return Ok(());
+        if let Some(front) = self.peek()? {
+            return Ok(front);
         }
         let due = self.liveness.due();
         self.empty_or_gone(due)?;
-        Ok(())
+        // `empty_or_gone` saw a message arrive.
+        self.peek()?.ok_or(TryRecvError::Empty)
     }
 
     fn front_deadline(&mut self, deadline: Option<Instant>) -> Result<Front, RecvTimeoutError> {
@@ -876,9 +1086,9 @@ impl Consumer {
             },
             &wait,
             deadline,
-            || match self.has_message() {
-                Ok(true) => Check::Done(Ok(())),
-                Ok(false) => match self.empty_or_gone(false) {
+            || match self.peek() {
+                Ok(Some(_)) => Check::Done(Ok(())),
+                Ok(None) => match self.empty_or_gone(false) {
                     Ok(_) => Check::Done(Ok(())),
                     Err(TryRecvError::Empty) => Check::NotYet,
                     Err(e) => Check::Done(Err(e.into())),
@@ -900,32 +1110,61 @@ impl Consumer {
         }
         found?;
         // Either a message is there, or the sender is gone: decide which, once.
-        if !self.has_message()? {
-            self.empty_or_gone(true)?;
+        match self.peek()? {
+            Some(front) => Ok(front),
+            None => {
+                self.empty_or_gone(true)?;
+                Ok(self.peek()?.ok_or(RecvTimeoutError::Disconnected)?)
+            }
         }
-        Ok(self.front()?)
     }
 
-    /// Frees the slot at `head` for the producer.
-    #[inline]
-    fn release(&mut self) {
+    /// Moves past the record `front` (at `head`) without publishing.
+    #[inline(always)]
+    fn advance(&mut self, front: Front) {
+        let rec = record_size(front.len);
+        self.head = self.head.wrapping_add(rec as u64);
+        self.head_off = next_offset(front.off, rec, self.core_size());
+        self.received = self.received.wrapping_add(1);
+    }
+
+    /// The memory's size, from `Hot` (whose gate is only ever closed on a poisoned end, which
+    /// advances no more).
+    #[inline(always)]
+    fn core_size(&self) -> usize {
+        self.hot.size as usize
+    }
+
+    /// Frees everything before `head` for the producer.
+    #[inline(always)]
+    fn publish_head(&mut self) {
         let shared = self.hot.shared();
-        self.head = self.head.wrapping_add(1);
-        // PUBLISH (Release): our reads of the slot happen before the producer reuses it.
-        shared.head.store(self.head, PUBLISH);
+        // PUBLISH (Release): our reads of the records happen before the producer reuses them.
+        shared.head.pos.store(self.head, PUBLISH);
+        // Relaxed: statistics and the next open's decisions, made under the ring lock.
+        shared.head.count.store(self.received, Relaxed);
         shared.not_full.ring(1, &shared.counters.wakes);
+    }
+
+    /// Frees the record `front` at `head` for the producer.
+    #[inline]
+    fn release(&mut self, front: Front) {
+        self.advance(front);
+        self.publish_head();
     }
 
     #[inline]
     fn guard(&mut self, front: Front) -> ReadGuard<'_> {
+        let payload = self.records().payload(front.off);
         ReadGuard {
             consumer: self,
-            len: front.len,
-            payload: front.payload,
+            front,
+            payload,
         }
     }
 
-    /// Borrows the next message in place, without blocking; its slot is freed when the guard drops.
+    /// Borrows the next message in place, without blocking; its record is freed when the guard
+    /// drops.
     #[inline]
     pub fn try_recv_ref(&mut self) -> Result<ReadGuard<'_>, TryRecvError> {
         let front = self.try_front()?;
@@ -944,9 +1183,20 @@ impl Consumer {
         Ok(self.guard(front))
     }
 
+    /// The payload of `front`, borrowed from the memory (ours until `head` passes it).
+    #[inline(always)]
+    fn bytes(&self, front: Front) -> &[u8] {
+        let records = self.records();
+        records.mark_read(front.off, front.len);
+        // SAFETY: `front` is the record at `head`, published (its header seen with Acquire) and
+        // ours until `head` is published past it; `valid` checked that its `len` bytes end
+        // inside the memory.
+        unsafe { std::slice::from_raw_parts(records.payload(front.off), front.len) }
+    }
+
     #[inline]
     fn copy_out(&mut self, front: Front, buf: &mut Vec<u8>) {
-        let msg = self.guard(front);
+        let msg = self.bytes(front);
         buf.clear();
         buf.reserve(msg.len());
         // `copy_payload` rather than `extend_from_slice`: a short message without a memcpy call.
@@ -954,16 +1204,40 @@ impl Consumer {
         // (length 0), and is not the ring's memory, so the two do not overlap; `copy_payload`
         // initialises exactly those bytes before `set_len` says so.
         unsafe {
-            copy_payload(&msg, buf.as_mut_ptr());
+            copy_payload(msg, buf.as_mut_ptr());
             buf.set_len(msg.len());
         }
+        self.release(front);
+    }
+
+    /// Copies `first` and the messages after it, up to `max` in all, into `batch`, then frees
+    /// them all with one publication of `head`.
+    fn take_batch(&mut self, first: Front, batch: &mut Batch, max: usize) {
+        let mut front = first;
+        loop {
+            batch.push(self.bytes(front));
+            self.advance(front);
+            if batch.len() >= max {
+                break;
+            }
+            front = match self.valid(self.header()) {
+                Some(f) => f,
+                // Nothing more, a pad (skipped), or a bad header (reported by the next call).
+                None => match self.peek() {
+                    Ok(Some(f)) => f,
+                    Ok(None) | Err(_) => break,
+                },
+            };
+        }
+        self.publish_head();
     }
 }
 
-/// The message at a consumer's `head`: validated length and payload address.
+/// The message at a consumer's `head`: its validated length and its record's offset.
+#[derive(Clone, Copy)]
 struct Front {
     len: usize,
-    payload: *mut u8,
+    off: usize,
 }
 
 impl Receiver for Consumer {
@@ -982,6 +1256,26 @@ impl Receiver for Consumer {
         let front = self.front_deadline(deadline)?;
         self.copy_out(front, buf);
         Ok(())
+    }
+
+    /// Frees the whole batch with one store of `head` and at most one wake-up.
+    fn try_recv_batch(&mut self, batch: &mut Batch, max: usize) -> Result<usize, TryRecvError> {
+        batch.clear();
+        let front = self.try_front()?;
+        self.take_batch(front, batch, max.max(1));
+        Ok(batch.len())
+    }
+
+    fn recv_batch_deadline(
+        &mut self,
+        batch: &mut Batch,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<usize, RecvTimeoutError> {
+        batch.clear();
+        let front = self.front_deadline(deadline)?;
+        self.take_batch(front, batch, max.max(1));
+        Ok(batch.len())
     }
 
     fn peer(&self) -> Option<Peer> {
@@ -1009,55 +1303,55 @@ impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
             .field("head", &self.head)
-            .field("capacity", &self.capacity())
+            .field("received", &self.received)
+            .field("ring_bytes", &self.ring_bytes())
             .finish()
     }
 }
 
-/// A received message borrowed in place. Derefs to its bytes; the slot is freed on drop.
+/// A received message borrowed in place. Derefs to its bytes; the record is freed on drop.
 ///
 /// # Trust
-/// The bytes are the shared segment itself. No cooperating member writes this slot until the
-/// guard drops: the producer side only reuses a slot once it is freed (by this guard's drop), and
-/// another member recovers a claimed slot only when the kernel says the claimant's process died.
-/// A process that may write the segment but does not follow the protocol (buggy or hostile) can
-/// change the bytes while you read them; with such peers copy the message out (or use `recv`)
-/// before deciding anything from it. See the README's "Trust model".
+/// The bytes are the shared segment itself. No cooperating member writes this record until the
+/// guard drops: the producer only reuses memory once the consumer's index has passed it (which
+/// this guard's drop does). A process that may write the segment but does not follow the
+/// protocol (buggy or hostile) can change the bytes while you read them; with such peers copy the
+/// message out (or use `recv`) before deciding anything from it. See the README's "Trust model".
 pub struct ReadGuard<'a> {
     consumer: &'a mut Consumer,
-    len: usize,
-    /// The payload of the slot at `head` (`Consumer::front`).
+    front: Front,
+    /// The payload of the record at `head`, addressed once.
     payload: *mut u8,
 }
 
-// SAFETY: a `ReadGuard` is a `&mut Consumer` (Send + Sync) plus the address of the slot at its
+// SAFETY: a `ReadGuard` is a `&mut Consumer` (Send + Sync) plus the address of the record at its
 // `head`, used only through the guard: nothing a `&mut Consumer` would not allow.
 unsafe impl Send for ReadGuard<'_> {}
-// SAFETY: as above; through `&ReadGuard` the slot is only read.
+// SAFETY: as above; through `&ReadGuard` the record is only read.
 unsafe impl Sync for ReadGuard<'_> {}
 
 impl Deref for ReadGuard<'_> {
     type Target = [u8];
     #[inline]
     fn deref(&self) -> &[u8] {
-        self.consumer.slots().mark_read(self.consumer.head);
-        // SAFETY: `payload` is the slot at `head`, which is published (head < tail, seen with
-        // Acquire) and stays ours until `release`; `len` was checked against max_message, and the
-        // payload area is at least that long.
-        unsafe { std::slice::from_raw_parts(self.payload, self.len) }
+        self.consumer.records().mark_read(self.front.off, self.front.len);
+        // SAFETY: `payload` is the record at `head`, published (its header seen with Acquire)
+        // and ours until `release`; `valid` checked that its `len` bytes end inside the memory.
+        unsafe { std::slice::from_raw_parts(self.payload, self.front.len) }
     }
 }
 
 impl Drop for ReadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.consumer.release();
+        self.consumer.release(self.front);
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::Batch;
 
     #[test]
     fn fifo_with_wraparound_and_varied_lengths() {
@@ -1179,14 +1473,143 @@ mod tests {
     }
 
     #[test]
-    fn corrupted_tail_is_reported_not_followed() {
+    fn a_header_not_stamped_for_its_position_is_reported_not_followed() {
         let (mut tx, mut rx) = channel(4, 8).unwrap();
         tx.try_send(b"a").unwrap();
-        tx.core.shared().tail.store(1 << 40, Relaxed);
+        // A header that would be valid one lap later (a stale or forged record).
+        let lap = rx.ring_bytes() as u64;
+        rx.core.records.word(0).store(message_word(lap, 1), Relaxed);
         let mut buf = Vec::new();
+        match rx.try_recv(&mut buf) {
+            Err(TryRecvError::Corrupted(c)) => assert!(c.reason.contains("not stamped"), "{c}"),
+            other => panic!("{other:?}"),
+        }
+        // Poisoned from now on, even with the right header back.
+        rx.core.records.word(0).store(message_word(0, 1), Relaxed);
         assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
-        // Poisoned from now on.
-        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+    }
+
+    #[test]
+    fn a_shared_tail_the_consumer_does_not_need_is_not_followed() {
+        // The consumer reads only record headers: a corrupted `tail` changes nothing for it (the
+        // next open's checks report it, see tests/faults.rs).
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        tx.try_send(b"a").unwrap();
+        tx.core.shared().tail.pos.store(1 << 40, Relaxed);
+        let mut buf = Vec::new();
+        rx.try_recv(&mut buf).unwrap();
+        assert_eq!(buf, b"a");
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+        assert!(rx.core.indices().is_err());
+    }
+
+    #[test]
+    fn records_pad_to_the_end_of_the_memory_and_wrap_without_splitting() {
+        // 3 records of 40 bytes: 120 bytes. Messages of 24 bytes (32-byte records) and 1 byte
+        // (16) land everywhere relative to the end, so many are preceded by a pad.
+        let (mut tx, mut rx) = channel(2, 32).unwrap();
+        assert_eq!(tx.ring_bytes(), 120);
+        let mut buf = Vec::new();
+        let mut next = 0u32;
+        for round in 0..200u32 {
+            let burst = 1 + round % 3;
+            let mut sent = 0;
+            for _ in 0..burst {
+                let len = [24, 1, 32, 0, 9][(next % 5) as usize];
+                let msg: Vec<u8> = (0..len).map(|i| (next as usize * 31 + i) as u8).collect();
+                match tx.try_send(&msg) {
+                    Ok(()) => {
+                        next += 1;
+                        sent += 1;
+                    }
+                    Err(TrySendError::Full) => break,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            assert!(sent >= 1, "an empty ring takes any message");
+            let first = next - sent;
+            for n in first..next {
+                rx.try_recv(&mut buf).unwrap();
+                let len = [24, 1, 32, 0, 9][(n % 5) as usize];
+                let want: Vec<u8> = (0..len).map(|i| (n as usize * 31 + i) as u8).collect();
+                assert_eq!(buf, want, "message {n}");
+            }
+            assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+        }
+        let ix = tx.core.indices().unwrap();
+        assert_eq!(ix.unread, 0);
+        assert_eq!(tx.core.shared().tail.count.load(Relaxed), u64::from(next));
+        assert!(ix.tail > 50 * 120, "many laps: {ix:?}");
+    }
+
+    #[test]
+    fn small_messages_are_dense() {
+        // A 1 MiB ring holds 65535 8-byte messages (16 bytes each, one header word kept free).
+        let (mut tx, mut rx) = channel_bytes(1 << 20, 1024).unwrap();
+        assert!(tx.ring_bytes() <= 1 << 20);
+        let mut n = 0u64;
+        while tx.try_send(&n.to_le_bytes()).is_ok() {
+            n += 1;
+        }
+        assert!(n >= 40_000, "{n}");
+        assert_eq!(n as usize, tx.core.geometry.messages_of(8));
+        let mut buf = Vec::new();
+        for i in 0..n {
+            rx.try_recv(&mut buf).unwrap();
+            assert_eq!(buf, i.to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn batches_publish_once_and_keep_order_across_the_end() {
+        let (mut tx, mut rx) = channel(4, 64).unwrap();
+        let msgs: Vec<Vec<u8>> = (0..1000u32).map(|i| vec![i as u8; (i % 65) as usize]).collect();
+        let mut sent = 0;
+        let mut got = 0;
+        let mut batch = Batch::new();
+        while got < msgs.len() {
+            let rest: Vec<&[u8]> = msgs[sent..].iter().map(|m| &m[..]).collect();
+            if !rest.is_empty() {
+                match tx.try_send_batch(&rest) {
+                    Ok(n) => {
+                        assert!(n >= 1);
+                        sent += n;
+                    }
+                    Err(TrySendError::Full) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            match rx.try_recv_batch(&mut batch, 7) {
+                Ok(n) => {
+                    assert!((1..=7).contains(&n));
+                    for m in &batch {
+                        assert_eq!(m, &msgs[got][..], "message {got}");
+                        got += 1;
+                    }
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!(tx.core.shared().head.count.load(Relaxed), 1000);
+    }
+
+    #[test]
+    fn a_batch_stops_before_an_oversize_message_which_the_next_call_reports() {
+        let (mut tx, mut rx) = channel(8, 8).unwrap();
+        let big = [0u8; 9];
+        let msgs: [&[u8]; 4] = [b"a", b"b", &big, b"c"];
+        assert_eq!(tx.try_send_batch(&msgs), Ok(2));
+        assert_eq!(
+            tx.try_send_batch(&msgs[2..]),
+            Err(TrySendError::TooLarge(TooLarge { len: 9, max: 8 }))
+        );
+        assert_eq!(tx.try_send_batch(&msgs[3..]), Ok(1));
+        let mut batch = Batch::new();
+        assert_eq!(rx.try_recv_batch(&mut batch, 10), Ok(3));
+        assert_eq!(batch.iter().collect::<Vec<_>>(), [&b"a"[..], b"b", b"c"]);
+        drop(tx);
+        assert_eq!(rx.try_recv_batch(&mut batch, 10), Err(TryRecvError::Disconnected));
     }
 
     #[test]
@@ -1221,9 +1644,9 @@ mod tests {
         tx.try_send(b"a").unwrap();
         tx.try_send(b"b").unwrap();
         // Full: the next call reloads `head` and finds it impossible.
-        tx.core.shared().head.store(1 << 40, Relaxed);
+        tx.core.shared().head.pos.store(1 << 40, Relaxed);
         assert!(matches!(tx.try_send(b"c"), Err(TrySendError::Corrupted(_))));
-        tx.core.shared().head.store(2, Relaxed);
+        tx.core.shared().head.pos.store(32, Relaxed);
         // Room again in shared memory, but poisoned: Corrupted first, whatever the size.
         assert!(matches!(tx.try_send(b""), Err(TrySendError::Corrupted(_))));
         assert!(matches!(tx.try_send(&[0; 9]), Err(TrySendError::Corrupted(_))));
@@ -1252,11 +1675,11 @@ mod tests {
         tx.try_send(b"a").unwrap();
         tx.try_send(b"b").unwrap();
         tx.try_send(b"c").unwrap();
-        rx.core.slots.len_word(0).store(9999, Relaxed);
+        rx.core.records.word(0).store(message_word(0, 9999), Relaxed);
         let mut buf = Vec::new();
         assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
         // Messages 1 and 2 are still there and valid, but the end is poisoned.
-        rx.core.slots.len_word(0).store(1, Relaxed);
+        rx.core.records.word(0).store(message_word(0, 1), Relaxed);
         assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
         assert!(matches!(rx.try_recv_ref(), Err(TryRecvError::Corrupted(_))));
         assert!(matches!(rx.recv(&mut buf), Err(RecvError::Corrupted(_))));
@@ -1266,8 +1689,33 @@ mod tests {
     fn corrupted_length_is_reported() {
         let (mut tx, mut rx) = channel(4, 8).unwrap();
         tx.try_send(b"a").unwrap();
-        rx.core.slots.len_word(0).store(9999, Relaxed);
+        rx.core.records.word(0).store(message_word(0, 9999), Relaxed);
         let mut buf = Vec::new();
-        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+        match rx.try_recv(&mut buf) {
+            Err(TryRecvError::Corrupted(c)) => assert!(c.reason.contains("exceeds the maximum"), "{c}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_running_past_the_end_is_reported() {
+        // 48 bytes, records of 1-byte messages take 16: the third ends the memory exactly.
+        let (mut tx, mut rx) = channel_bytes(48, 8).unwrap();
+        assert_eq!(rx.ring_bytes(), 48);
+        let mut buf = Vec::new();
+        for _ in 0..3 {
+            tx.try_send(b"x").unwrap();
+            rx.try_recv(&mut buf).unwrap();
+        }
+        assert_eq!((rx.head, rx.head_off), (48, 0));
+        // A header at the last word (position 88, offset 40) claiming 8 bytes, a legal length
+        // whose payload would end 8 bytes past the memory.
+        rx.head = 88;
+        rx.head_off = 40;
+        rx.core.records.word(40).store(message_word(88, 8), Relaxed);
+        match rx.try_recv(&mut buf) {
+            Err(TryRecvError::Corrupted(c)) => assert!(c.reason.contains("past the end"), "{c}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::inspect::RingStatus;
 use crate::ring::layout::{self, Header, HeaderCheck, Layout, FLAG_RECYCLED, MAX_NAME_LEN};
 use crate::ring::lock::RingLock;
+use crate::ring::records::Records;
 use crate::ring::mpmc::MAX_MEMBERS;
 use crate::ring::mpmc::{self, MpmcBacking, MpmcCore, MpmcShared};
 use crate::ring::spsc::{Backing, Consumer, Producer, RingCore, SpscShared};
@@ -319,7 +320,7 @@ impl Backing for SegmentBacking {
             Role::Receiver => true,
             Role::Sender => match shared.receiver.peer(self.tokens_of(), Role::Receiver) {
                 Peer::Alive => false,
-                Peer::NotYet => shared.tail.load(Acquire) == shared.head.load(Acquire),
+                Peer::NotYet => shared.tail.pos.load(Acquire) == shared.head.pos.load(Acquire),
                 Peer::Closed | Peer::Dead => true,
             },
         };
@@ -471,27 +472,23 @@ fn build_core(backing: SegmentBacking, layout: &Layout, member: usize) -> Opened
     // The attachment holds at least `layout.size` bytes (checked against IPC_STAT), so the
     // control block and the capacity * stride slot bytes of this kind lie inside it. It moves
     // into the backing, which the core keeps (and so the mapping) for as long as it lives.
-    // SAFETY: both offsets are in bounds and 128-aligned in a page-aligned mapping; the stride is
-    // a multiple of 64 and covers the kind's slot header.
+    // SAFETY: both offsets are in bounds and 128-aligned in a page-aligned mapping; an MPMC
+    // ring's stride is a multiple of 64 and covers its slot header, an SPSC ring's record memory
+    // (`ring_bytes`) is a multiple of 8.
     unsafe {
-        let slots = Slots::new(
-            NonNull::new_unchecked(base.add(layout::slots_offset(kind))),
-            g.capacity,
-            g.stride_for(kind),
-            kind,
-        );
+        let memory = NonNull::new_unchecked(base.add(layout::slots_offset(kind)));
         let control = base.add(layout::CONTROL_OFFSET);
         match kind {
             RingKind::Spsc => Opened::Spsc(Arc::new(RingCore::new(
                 NonNull::new_unchecked(control.cast::<SpscShared>()),
-                slots,
+                Records::new(memory, g.ring_bytes()),
                 g,
                 backing,
             ))),
             RingKind::Mpmc => Opened::Mpmc(
                 Arc::new(MpmcCore::new(
                     NonNull::new_unchecked(control.cast::<MpmcShared>()),
-                    slots,
+                    Slots::new(memory, g.capacity, g.stride_for(kind), kind),
                     g,
                     backing,
                 )),
@@ -830,10 +827,10 @@ fn decide_spsc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<
         Role::Receiver => (&shared.receiver, &shared.sender),
     };
     // Checked before claiming, so a refused open leaves the role free.
-    let (head, tail) = shared
-        .indices(layout.geometry.capacity)
-        .map_err(corrupted_ring(layout))?;
-    let unread = tail.wrapping_sub(head);
+    let unread = shared
+        .indices(layout.geometry.ring_bytes())
+        .map_err(corrupted_ring(layout))?
+        .unread;
     let tokens = backing.tokens_of();
     let their_state = theirs.peer(tokens, other(role));
     let decision = decide(
