@@ -86,19 +86,22 @@ fn layout_offsets_used_by_these_tests_match_a_live_ring() {
     child.expect("SENT");
     let seg = RawSeg::attach_key(ring.key);
     assert_eq!(seg.len, ring_size(4, 16));
-    assert_eq!(seg.len, 1280 + 4 * 64);
+    assert_eq!(seg.len, 1280 + 5 * 24);
     assert_eq!(seg.stat().shm_perm.mode & 0o777, 0o600, "created 0600");
     assert_eq!(seg.u64(off::MAGIC), MAGIC);
     assert_eq!(seg.u32(off::VERSION), LAYOUT_VERSION);
     assert_eq!(seg.u32(off::KIND), 1);
     assert_eq!(seg.u64(off::CAPACITY), 4);
     assert_eq!(seg.u64(off::MAX_MESSAGE), 16);
-    assert_eq!(seg.u64(off::STRIDE), 64);
+    assert_eq!(seg.u64(off::STRIDE), 24);
     assert_eq!(seg.u64(off::SEGMENT_SIZE), seg.len as u64);
     assert_eq!(seg.u32(off::CREATOR_PID), child.pid as u32);
     assert_eq!(seg.u32(off::NAME_LEN), ring.name.len() as u32);
-    assert_eq!(seg.u64(off::TAIL), 3);
+    let tail: usize = (0..3).map(|seq| record(pattern_len(seq, 16))).sum();
+    assert_eq!(seg.u64(off::TAIL), tail as u64);
+    assert_eq!(seg.u64(off::SENT), 3);
     assert_eq!(seg.u64(off::HEAD), 0);
+    assert_eq!(seg.u64(off::RECEIVED), 0);
     assert_eq!(seg.u32(off::LOCK), 0);
     assert_eq!(seg.u32(off::SENDER_STATE), 1);
     assert_eq!(seg.u32(off::SENDER_PID), child.pid as u32);
@@ -107,12 +110,16 @@ fn layout_offsets_used_by_these_tests_match_a_live_ring() {
     assert_eq!(seg.u64(off::WAKES), 0, "nobody was woken");
     assert_eq!(seg.u64(off::NOT_EMPTY_WAITERS), 0, "nobody waits");
     assert_eq!(seg.u64(off::NOT_FULL_WAITERS), 0, "nobody waits");
-    let mut expected = Vec::new();
-    pattern(1, 16, &mut expected);
+    let at = record(pattern_len(0, 16));
     assert_eq!(
-        seg.u32(off::SLOTS + 64) as usize,
-        expected.len(),
-        "slot 1 length word"
+        seg.u64(off::SLOTS + at),
+        record_word(at as u64, pattern_len(1, 16)),
+        "record 1's header word"
+    );
+    assert_eq!(
+        seg.u64(off::SLOTS + tail),
+        0,
+        "the terminator after the last record"
     );
 }
 
@@ -137,12 +144,14 @@ fn sigkill_of_a_stalled_consumer_unblocks_the_producer_blocked_in_send_with_disc
     child.expect("READY");
     let mut tx = ring.cfg(4, MAX).open_sender().unwrap();
     let mut buf = Vec::new();
-    for seq in 0..7 {
+    // What the ring holds besides the 3 the child took (more than 4: the records are dense).
+    let fits = spsc_accepts(4, MAX, 3);
+    for seq in 0..fits {
         pattern(seq, MAX, &mut buf);
         send_ok(&mut tx, &buf);
     }
     child.expect("STALLED");
-    pattern(7, MAX, &mut buf);
+    pattern(fits, MAX, &mut buf);
     assert_eq!(tx.try_send(&buf), Err(TrySendError::Full));
     assert_eq!(tx.receiver(), Peer::Alive);
     let pid = child.pid;
@@ -180,7 +189,7 @@ fn consumer_killed_while_parked_on_empty_then_producer_fills_and_blocks_gets_dis
     child.kill();
     let killed_at = Instant::now();
     // Not reaped yet: a zombie must count as dead. The ring has room: sends fill it.
-    let (_, r) = fill_until_error(&mut tx, MAX, 4);
+    let (_, r) = fill_until_error(&mut tx, MAX, spsc_accepts(4, MAX, 0));
     assert_eq!(r, SendTimeoutError::Disconnected);
     assert_noticed(Instant::now(), killed_at, "consumer death");
     assert_eq!(tx.receiver(), Peer::Dead);
@@ -292,8 +301,10 @@ fn a_producer_killed_mid_stream_leaves_an_intact_prefix_then_disconnected() {
         }
     };
     assert_eq!(end, RecvTimeoutError::Disconnected);
+    // A ring's worth: at most one message per 8 bytes of its memory.
+    let ring_worth = (9 * record(MAX) / 8) as u64;
     assert!(
-        seq <= 2000 + 8,
+        seq <= 2000 + ring_worth,
         "at most a ring's worth after the last read: {seq}"
     );
     assert_noticed(Instant::now(), killed_at, "producer death");
@@ -355,7 +366,7 @@ fn a_receiver_killed_while_parked_leaves_its_waiter_bit_only_until_the_sender_fi
     drop(seg);
     // Each publish rings for the dead receiver (a futex call) until the ring is full and the
     // sender finds it dead; from then on its bit is gone.
-    let (sent, r) = fill_until_error(&mut tx, MAX, 4);
+    let (sent, r) = fill_until_error(&mut tx, MAX, spsc_accepts(4, MAX, 0));
     assert_eq!(r, SendTimeoutError::Disconnected);
     assert_eq!(tx.receiver(), Peer::Dead);
     let after = view.counters();
@@ -384,12 +395,13 @@ fn a_sender_killed_while_parked_on_full_leaves_its_waiter_bit_only_until_the_rec
     let ring = Ring::new("kill-parked-tx-bit");
     let mut rx = ring.cfg(4, MAX).open_receiver().unwrap();
     let view = view(&ring);
-    // Six messages into four slots: the sender parks on the fifth.
+    // Two more messages than fit: the sender parks on the first of them.
+    let fits = spsc_accepts(4, MAX, 0);
     let mut child = Proc::child(
         "sender",
         &ring.name,
         &[
-            ("n", "6".into()),
+            ("n", (fits + 2).to_string()),
             ("cap", "4".into()),
             ("max", MAX.to_string()),
             ("wait", "park".into()),
@@ -402,10 +414,10 @@ fn a_sender_killed_while_parked_on_full_leaves_its_waiter_bit_only_until_the_rec
     kill_and_reap(&mut child);
     let before = view.counters();
     assert_eq!((before.parked_senders, before.parked_receivers), (SENDER_BIT, 0));
-    // Draining frees four slots, each a wake for the dead sender (the receiver cannot know yet);
+    // Draining frees `fits` records, each a wake for the dead sender (the receiver cannot know yet);
     // once the ring is empty it finds the sender dead and clears the bit.
     let (mut buf, mut expected) = (Vec::new(), Vec::new());
-    for seq in 0..4 {
+    for seq in 0..fits {
         recv_ok(&mut rx, &mut buf);
         check_pattern(seq, MAX, &buf, &mut expected);
     }
@@ -417,7 +429,7 @@ fn a_sender_killed_while_parked_on_full_leaves_its_waiter_bit_only_until_the_rec
     let after = view.counters();
     assert_eq!(
         after.wakes - before.wakes,
-        4,
+        fits,
         "one wake per freed slot while the bit was set"
     );
     assert_eq!(
@@ -433,12 +445,13 @@ fn a_sender_killed_while_parked_on_full_leaves_its_waiter_bit_only_until_the_rec
 fn a_sender_killed_while_parked_leaves_no_waiter_bit_for_the_receiver_that_opens_next() {
     const MAX: usize = 32;
     let ring = Ring::new("kill-parked-tx-next-open");
-    // No receiver yet: six messages into four slots, and the sender parks on the fifth.
+    // No receiver yet: two more messages than fit, and the sender parks on the first of them.
+    let fits = spsc_accepts(4, MAX, 0);
     let mut child = Proc::child(
         "sender",
         &ring.name,
         &[
-            ("n", "6".into()),
+            ("n", (fits + 2).to_string()),
             ("cap", "4".into()),
             ("max", MAX.to_string()),
             ("wait", "park".into()),
@@ -458,7 +471,7 @@ fn a_sender_killed_while_parked_leaves_no_waiter_bit_for_the_receiver_that_opens
     let before = view.counters();
     assert_eq!((before.parked_senders, before.parked_receivers), (0, 0));
     let (mut buf, mut expected) = (Vec::new(), Vec::new());
-    for seq in 0..4 {
+    for seq in 0..fits {
         recv_ok(&mut rx, &mut buf);
         check_pattern(seq, MAX, &buf, &mut expected);
     }
@@ -990,12 +1003,13 @@ fn an_open_refused_for_corrupted_indices_leaves_the_role_free() {
     child.expect("READY");
     child.expect("SENT");
     let seg = RawSeg::attach_key(ring.key);
+    let tail = seg.u64(off::TAIL);
     seg.set_u64(off::TAIL, 1 << 40);
     match ring.cfg(8, 64).open_receiver() {
         Err(Error::Corrupted(c)) => assert!(c.reason.contains("apart"), "{c}"),
         other => panic!("open_receiver with tail far ahead: {other:?}"),
     }
-    seg.set_u64(off::TAIL, 3);
+    seg.set_u64(off::TAIL, tail);
     let state = seg.u32(off::RECEIVER_STATE);
     let holder = seg.u32(off::RECEIVER_PID);
     let reopened = ring.cfg(8, 64).open_receiver();
@@ -1042,9 +1056,9 @@ fn a_zeroed_magic_on_a_ring_in_use_makes_an_opener_give_up_with_in_use_and_keep_
 }
 
 #[test]
-fn a_corrupted_tail_makes_recv_fail_with_corrupted_and_stay_poisoned() {
+fn a_corrupted_record_header_makes_recv_fail_with_corrupted_and_stay_poisoned() {
     const MAX: usize = 64;
-    let ring = Ring::new("corrupt-tail");
+    let ring = Ring::new("corrupt-header");
     let mut rx = ring.cfg(8, MAX).open_receiver().unwrap();
     let mut child = Proc::child(
         "sender",
@@ -1056,27 +1070,25 @@ fn a_corrupted_tail_makes_recv_fail_with_corrupted_and_stay_poisoned() {
     let mut buf = Vec::new();
     recv_ok(&mut rx, &mut buf);
     let seg = RawSeg::attach_key(ring.key);
-    // head = 1, tail = 3. A tail more than a ring ahead of any head is impossible. (A value
-    // within a ring of head is indistinguishable from real progress and is not checked.)
-    seg.set_u64(off::TAIL, 1 << 40);
-    // Messages 1 and 2 were already seen published (cached tail): they are delivered intact;
-    // the next reload of the tail finds the corruption.
-    let mut expected = Vec::new();
-    for seq in 1..3 {
-        rx.try_recv(&mut buf).unwrap();
-        check_pattern(seq, MAX, &buf, &mut expected);
-    }
+    // The consumer waits on the header word of the record at its position (no tail index): the
+    // second record's header, overwritten with one stamped for a position a lap later (what a
+    // stale header would look like), is refused.
+    let at = record(pattern_len(0, MAX));
+    let good = seg.u64(off::SLOTS + at);
+    assert_eq!(good, record_word(at as u64, pattern_len(1, MAX)), "where the layout says");
+    let lap = (9 * record(MAX)) as u64;
+    seg.set_u64(off::SLOTS + at, record_word(at as u64 + lap, pattern_len(1, MAX)));
     let r = rx.try_recv(&mut buf);
     assert!(
-        matches!(&r, Err(TryRecvError::Corrupted(c)) if c.reason.contains("not within")),
+        matches!(&r, Err(TryRecvError::Corrupted(c)) if c.reason.contains("not stamped")),
         "{r:?}"
     );
     assert!(matches!(
         rx.recv_timeout(&mut buf, SOON),
         Err(RecvTimeoutError::Corrupted(_))
     ));
-    // Poisoned: even with the index put back.
-    seg.set_u64(off::TAIL, 3);
+    // Poisoned: even with the header put back.
+    seg.set_u64(off::SLOTS + at, good);
     let r = rx.try_recv(&mut buf);
     assert!(
         matches!(&r, Err(TryRecvError::Corrupted(c)) if c.to_string().contains("corrupted")),
@@ -1089,21 +1101,22 @@ fn a_corrupted_tail_makes_recv_fail_with_corrupted_and_stay_poisoned() {
 }
 
 #[test]
-fn a_tail_corrupted_while_the_consumer_is_parked_is_reported_as_corrupted() {
-    let ring = Ring::new("corrupt-tail-parked");
+fn a_header_corrupted_while_the_consumer_is_parked_is_reported_as_corrupted() {
+    let ring = Ring::new("corrupt-header-parked");
     let mut rx = ring.cfg(8, 64).open_receiver().unwrap();
     let mut child = Proc::child("hold", &ring.name, &[("side", "sender".into())]);
     child.expect("READY");
     let key = ring.key;
     let corrupter = after(Duration::from_millis(300), move || {
-        RawSeg::attach_key(key).set_u64(off::TAIL, u64::MAX - 5);
+        // Garbage where the consumer waits for the first record's header.
+        RawSeg::attach_key(key).set_u64(off::SLOTS, u64::MAX - 5);
     });
     let mut buf = Vec::new();
     let r = rx.recv_timeout(&mut buf, Duration::from_secs(20));
     let returned = Instant::now();
     let at = corrupter.join().unwrap();
     assert!(matches!(r, Err(RecvTimeoutError::Corrupted(_))), "{r:?}");
-    assert_noticed(returned, at, "corrupted tail");
+    assert_noticed(returned, at, "corrupted header");
     kill_and_reap(&mut child);
     drop(rx);
     ring.assert_gone("after the receiver dropped");
@@ -1122,7 +1135,7 @@ fn a_corrupted_length_word_is_reported_as_corrupted() {
     child.expect("READY");
     child.expect("SENT");
     let seg = RawSeg::attach_key(ring.key);
-    seg.set_u32(off::SLOTS, 9999);
+    seg.set_u64(off::SLOTS, record_word(0, 9999));
     let mut buf = Vec::new();
     let r = rx.recv_timeout(&mut buf, SOON);
     assert!(
@@ -1151,7 +1164,8 @@ fn a_corrupted_head_makes_send_fail_with_corrupted() {
     child.expect("READY");
     child.expect("STALLED");
     let mut tx = ring.cfg(4, 64).open_sender().unwrap();
-    for _ in 0..4 {
+    // 5 records of 72 bytes, less the free header word, in records of 16.
+    for _ in 0..(5 * 72 - 8) / 16 {
         tx.try_send(b"m").unwrap();
     }
     assert_eq!(tx.try_send(b"m"), Err(TrySendError::Full));
@@ -1464,8 +1478,8 @@ fn a_sigstopped_consumer_is_not_dead_and_resumes_after_sigcont() {
     assert_eq!(r, SendTimeoutError::Timeout, "a stopped receiver is not dead");
     assert_eq!(tx.receiver(), Peer::Alive);
     assert!(
-        seq <= 4,
-        "{seq} messages accepted by a 4-slot ring whose reader is stopped"
+        seq <= spsc_accepts(4, MAX, 0),
+        "{seq} messages accepted by a ring of 4 whose reader is stopped"
     );
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(child.pid, libc::SIGCONT) }, 0);

@@ -289,9 +289,12 @@ pub mod off {
     pub const NAME: usize = 64;
     /// 1 + the id of the ring's semaphore set (layout version 3).
     pub const TOKENS: usize = 128;
-    /// Control block (`SpscShared`), one 128-byte line per field.
+    /// Control block (`SpscShared`), one 128-byte line per field. Since layout version 4 `TAIL`
+    /// and `HEAD` are byte positions in the record memory, each followed by its message count.
     pub const TAIL: usize = 256;
+    pub const SENT: usize = TAIL + 8;
     pub const HEAD: usize = 256 + 128;
+    pub const RECEIVED: usize = HEAD + 8;
     /// The doorbells (layout version 3): the futex word (u32), 4 bytes of padding, and the mask
     /// of waiters (u64; SPSC: bit 0 the sender, bit 1 the receiver).
     pub const NOT_EMPTY: usize = 256 + 2 * 128;
@@ -308,24 +311,36 @@ pub mod off {
     pub const EMPTY_WAITS: usize = FULL_WAITS + 8;
     pub const PARKS: usize = FULL_WAITS + 16;
     pub const WAKES: usize = FULL_WAITS + 24;
-    /// Where the slots start (README: "offset 1280 slots").
+    /// Where the record memory starts (README: "offset 1280 records").
     pub const SLOTS: usize = 1280;
 }
 
 /// The layout version these offsets describe.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// `b"shmpipe\0"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
 
-/// Slot stride for `max_message`: 8-byte slot header + payload, rounded up to 64.
+/// The SPSC header's stride for `max_message`: the record of a message of that size, an 8-byte
+/// header word + payload, rounded up to 8.
 pub fn stride(max_message: usize) -> usize {
-    (8 + max_message).next_multiple_of(64)
+    (8 + max_message).next_multiple_of(8)
 }
 
-/// Segment size of a ring with this geometry.
+/// Bytes an SPSC record of a `len`-byte message takes.
+pub fn record(len: usize) -> usize {
+    stride(len)
+}
+
+/// Segment size of an SPSC ring with this geometry: `capacity + 1` records of `max_message`.
 pub fn ring_size(capacity: usize, max_message: usize) -> usize {
-    off::SLOTS + capacity * stride(max_message)
+    off::SLOTS + (capacity + 1) * stride(max_message)
+}
+
+/// The header word of an SPSC record at byte position `pos` holding `len` bytes: the position's
+/// stamp (`pos >> 3`, 32 bits) over `len + 1`.
+pub fn record_word(pos: u64, len: usize) -> u64 {
+    ((pos >> 3) as u32 as u64) << 32 | (len as u64 + 1)
 }
 
 /// A segment attached through libc, independently of shmpipe, detached on drop.
@@ -1232,4 +1247,26 @@ pub fn can_unshare() -> bool {
         eprintln!("skipped: needs `unshare --pid --fork --mount-proc` (root)");
     }
     ok
+}
+
+/// How many of the messages `pattern(0..)` (of up to `max` bytes) an SPSC ring made with
+/// `capacity` and `max` accepts in all while its receiver has taken the first `consumed` of them
+/// and stopped: the dense layout (each record 8 bytes + the length rounded up to 8, a pad before
+/// a record that does not fit before the end, one header word kept free), simulated.
+pub fn spsc_accepts(capacity: usize, max: usize, consumed: u64) -> u64 {
+    let size = ((capacity + 1) * record(max)) as u64;
+    let (mut tail, mut head) = (0u64, 0u64);
+    for seq in 0.. {
+        if seq == consumed {
+            head = tail;
+        }
+        let rec = record(pattern_len(seq, max)) as u64;
+        let off = tail % size;
+        let pad = if off + rec > size { size - off } else { 0 };
+        if seq >= consumed && tail + pad + rec + 8 - head > size {
+            return seq;
+        }
+        tail += pad + rec;
+    }
+    unreachable!()
 }
