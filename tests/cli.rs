@@ -186,7 +186,20 @@ fn cli_send_with_empty_input_exits_0_and_leaves_no_segment() {
 fn cli_recv_count_exits_after_n_and_the_sender_is_told_the_receiver_closed() {
     let ring = Ring::new("cli-count");
     let ep = ring.endpoint();
-    let mut recv = Proc::cli(&["recv", &ep, "--count", "3", "--capacity", "2"], Stdout::Collect);
+    // Two records of 16 bytes (for lines of up to 8 bytes) and the free header word.
+    let mut recv = Proc::cli(
+        &[
+            "recv",
+            &ep,
+            "--count",
+            "3",
+            "--capacity",
+            "2",
+            "--max-message",
+            "8",
+        ],
+        Stdout::Collect,
+    );
     ring.wait_exists(SOON);
     let mut send = Proc::cli(&["send", &ep], Stdout::Null);
     let feeder = feed(send.take_stdin(), seq_lines(10));
@@ -280,7 +293,9 @@ fn cli_recv_drains_a_killed_senders_messages_then_exits_1() {
 #[test]
 fn cli_send_exits_1_saying_the_receiver_died_when_the_receiver_is_sigkilled() {
     let ring = Ring::new("cli-receiver-dies");
-    // A receiver that never reads: the sender fills the 4 slots and blocks.
+    // A receiver that never reads: the sender fills the ring and blocks. 5 records of 1024
+    // bytes, less the free header word, hold 319 lines of up to 8 bytes (16 bytes each).
+    let fits = (5 * record(1024) - 8) / 16;
     let mut child = Proc::child(
         "hold",
         &ring.name,
@@ -288,10 +303,10 @@ fn cli_send_exits_1_saying_the_receiver_died_when_the_receiver_is_sigkilled() {
     );
     child.expect("READY");
     let mut send = Proc::cli(&["send", &ring.endpoint()], Stdout::Null);
-    let feeder = feed(send.take_stdin(), seq_lines(100));
+    let feeder = feed(send.take_stdin(), seq_lines(1000));
     let seg = RawSeg::attach_key(ring.key);
     let deadline = Instant::now() + SOON;
-    while seg.u64(off::TAIL) < 4 {
+    while seg.u64(off::SENT) < fits as u64 {
         assert!(Instant::now() < deadline, "the sender never filled the ring");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -309,7 +324,10 @@ fn cli_send_exits_1_saying_the_receiver_died_when_the_receiver_is_sigkilled() {
     feeder.join().unwrap();
     assert_eq!(status.code(), Some(1));
     let err = send.stderr_text();
-    assert!(err.contains("receiving process died after 4 messages"), "{err}");
+    assert!(
+        err.contains(&format!("receiving process died after {fits} messages")),
+        "{err}"
+    );
     ring.assert_gone("after send exited");
 }
 

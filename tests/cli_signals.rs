@@ -418,14 +418,18 @@ fn ends_blocked_on_full_ring_and_stdout_stop() {
     // Stuck: the ring is full and the receiver takes nothing off it for a while (its stdout
     // pipe is full), not just behind for a moment.
     let deadline = Instant::now() + SOON;
-    let (mut last_out, mut still) = (u64::MAX, 0);
+    // (Full: nothing goes in or out while messages wait; how many fit depends on their lengths.)
+    let (mut last, mut still) = ((u64::MAX, u64::MAX), 0);
     while still < 5 {
         let info = inspect::rings().unwrap().into_iter().find(|i| i.key == ring.key);
-        let (full, out) = info.map_or((false, 0), |i| {
-            (i.unread == Some(i.capacity as u64), i.counters.messages_out)
+        let (waiting, now) = info.map_or((false, (0, 0)), |i| {
+            (
+                i.unread.is_some_and(|n| n > 0),
+                (i.counters.messages_in, i.counters.messages_out),
+            )
         });
-        still = if full && out == last_out { still + 1 } else { 0 };
-        last_out = out;
+        still = if waiting && now == last { still + 1 } else { 0 };
+        last = now;
         assert!(Instant::now() < deadline, "the ring never stayed full");
         std::thread::sleep(Duration::from_millis(50));
     }

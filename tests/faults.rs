@@ -1075,7 +1075,11 @@ fn a_corrupted_record_header_makes_recv_fail_with_corrupted_and_stay_poisoned() 
     // stale header would look like), is refused.
     let at = record(pattern_len(0, MAX));
     let good = seg.u64(off::SLOTS + at);
-    assert_eq!(good, record_word(at as u64, pattern_len(1, MAX)), "where the layout says");
+    assert_eq!(
+        good,
+        record_word(at as u64, pattern_len(1, MAX)),
+        "where the layout says"
+    );
     let lap = (9 * record(MAX)) as u64;
     seg.set_u64(off::SLOTS + at, record_word(at as u64 + lap, pattern_len(1, MAX)));
     let r = rx.try_recv(&mut buf);

@@ -207,7 +207,8 @@ fn spsc_receiver_in_another_pid_namespace_gets_everything_and_its_death_is_notic
     let mut sent = 7;
     let r = loop {
         match tx.send_timeout(format!("m-{sent}").as_bytes(), SOON) {
-            Ok(()) if sent < 5000 => sent += 1,
+            // The ring (the endpoint's default geometry) holds 66,000 of these.
+            Ok(()) if sent < 200_000 => sent += 1,
             r => break r,
         }
     };

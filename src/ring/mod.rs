@@ -10,8 +10,8 @@
 #[cfg(not(loom))]
 pub(crate) mod layout;
 pub(crate) mod lock;
-pub(crate) mod records;
 pub mod mpmc;
+pub(crate) mod records;
 pub mod spsc;
 pub(crate) mod tokens;
 pub(crate) mod wait;
@@ -518,7 +518,11 @@ impl Geometry {
 
     /// The geometry a validated header of `kind` describes: as [`new`](Self::new) for MPMC; any
     /// capacity in `1..=MAX_SPSC_CAPACITY` for SPSC (rings made by [`with_bytes`](Self::with_bytes)).
-    pub(crate) fn for_kind(kind: RingKind, capacity: usize, max_message: usize) -> Result<Self, crate::Error> {
+    pub(crate) fn for_kind(
+        kind: RingKind,
+        capacity: usize,
+        max_message: usize,
+    ) -> Result<Self, crate::Error> {
         match kind {
             RingKind::Mpmc => Geometry::new(capacity, max_message),
             RingKind::Spsc if (1..=MAX_SPSC_CAPACITY).contains(&capacity) => {

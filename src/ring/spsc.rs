@@ -117,7 +117,9 @@ impl SpscShared {
         let used = tail.wrapping_sub(head);
         if used > ring_bytes as u64 {
             return Err(Corrupted {
-                reason: format!("indices head={head} tail={tail} are more than a ring ({ring_bytes} bytes) apart"),
+                reason: format!(
+                    "indices head={head} tail={tail} are more than a ring ({ring_bytes} bytes) apart"
+                ),
             });
         }
         let unread = published.wrapping_sub(consumed);
@@ -463,7 +465,11 @@ impl Producer {
     #[inline(always)]
     fn needed(&self, rec: usize) -> u64 {
         let size = self.hot.size as usize;
-        let pad = if self.tail_off + rec > size { size - self.tail_off } else { 0 };
+        let pad = if self.tail_off + rec > size {
+            size - self.tail_off
+        } else {
+            0
+        };
         (pad + rec + HEADER) as u64
     }
 
@@ -722,7 +728,9 @@ impl Producer {
                 // (so the word at offset 0 needs no zeroing: the record written there next
                 // stores its header before that publication).
                 // Relaxed: ordered by that publishing store, which comes after it.
-                self.records().word(self.tail_off).store(pad_word(self.tail), Relaxed);
+                self.records()
+                    .word(self.tail_off)
+                    .store(pad_word(self.tail), Relaxed);
                 self.tail = self.tail.wrapping_add((size - self.tail_off) as u64);
                 self.tail_off = 0;
             }
