@@ -6,6 +6,9 @@
 //! - `shm_send_recv_ref`: `spsc::channel(1024, 64)`, `try_send(&[u8; 64])` + `try_recv_ref()`;
 //! - `shm_reserve_recv_ref`: the same ring, `try_reserve(64)` + copy + `commit()` + `try_recv_ref()`;
 //! - `rtrb_push_pop`: `rtrb::RingBuffer::<[u8; 64]>::new(1024)`, `push` + `pop`;
+//! - `shm_send_recv_ref_8b` and `rtrb_push_pop_8b`: the same with 8-byte messages;
+//! - `shm_batch_8b`: 8-byte messages 16 at a time, `try_send_batch` + `try_recv_batch` (a copy
+//!   into a reused `Batch`), per message;
 //! - `mpmc_send_recv_ref`: the MPMC ring, `mpmc::channel(1024, 64)`, `try_send` + `try_recv_ref`;
 //! - `arrayqueue_push_pop`: `crossbeam_queue::ArrayQueue::<[u8; 64]>::new(1024)`, `push` + `pop`
 //!   (the MPMC reference);
@@ -29,12 +32,13 @@
 //! Without valgrind the program prints wall time per message, which is only a sanity check.
 
 use shmpipe::ring::{mpmc, spsc};
-use shmpipe::{Receiver, Sender};
+use shmpipe::{Batch, Receiver, Sender};
 use std::hint::black_box;
 use std::time::Instant;
 
 const CAPACITY: usize = 1024;
 type Msg = [u8; 64];
+const BATCH: usize = 16;
 
 #[inline(never)]
 fn shm_send_recv_ref(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, n: u64) {
@@ -44,6 +48,39 @@ fn shm_send_recv_ref(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, n: u64) {
         tx.try_send(black_box(&msg)).unwrap();
         let g = rx.try_recv_ref().unwrap();
         black_box(&*g);
+    }
+}
+
+#[inline(never)]
+fn shm_send_recv_ref_8b(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, n: u64) {
+    for i in 0..n {
+        tx.try_send(black_box(&i.to_le_bytes())).unwrap();
+        let g = rx.try_recv_ref().unwrap();
+        black_box(&*g);
+    }
+}
+
+/// 8-byte messages, `BATCH` at a time: `try_send_batch` then `try_recv_batch` (n messages in all).
+#[inline(never)]
+fn shm_batch_8b(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, batch: &mut Batch, n: u64) {
+    let mut msgs = [[0u8; 8]; BATCH];
+    for round in 0..n / BATCH as u64 {
+        for (j, m) in msgs.iter_mut().enumerate() {
+            *m = (round * BATCH as u64 + j as u64).to_le_bytes();
+        }
+        let slices: [&[u8]; BATCH] = std::array::from_fn(|j| &msgs[j][..]);
+        assert_eq!(tx.try_send_batch(black_box(&slices)).unwrap(), BATCH);
+        assert_eq!(rx.try_recv_batch(batch, BATCH).unwrap(), BATCH);
+        black_box(&*batch);
+    }
+}
+
+#[inline(never)]
+fn rtrb_push_pop_8b(tx: &mut rtrb::Producer<[u8; 8]>, rx: &mut rtrb::Consumer<[u8; 8]>, n: u64) {
+    for i in 0..n {
+        tx.push(*black_box(&i.to_le_bytes())).unwrap();
+        let m = rx.pop().unwrap();
+        black_box(&m);
     }
 }
 
@@ -117,6 +154,23 @@ fn main() {
     {
         let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
         per_msg("shm_send_recv_ref", n, || shm_send_recv_ref(&mut tx, &mut rx, n));
+    }
+    {
+        let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
+        per_msg("shm_send_recv_ref_8b", n, || {
+            shm_send_recv_ref_8b(&mut tx, &mut rx, n)
+        });
+    }
+    {
+        let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
+        let mut batch = Batch::with_capacity(BATCH, BATCH * 8);
+        per_msg("shm_batch_8b", n, || {
+            shm_batch_8b(&mut tx, &mut rx, &mut batch, n)
+        });
+    }
+    {
+        let (mut tx, mut rx) = rtrb::RingBuffer::<[u8; 8]>::new(CAPACITY);
+        per_msg("rtrb_push_pop_8b", n, || rtrb_push_pop_8b(&mut tx, &mut rx, n));
     }
     {
         let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();

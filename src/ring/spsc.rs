@@ -356,6 +356,11 @@ pub struct Producer {
     sent: u64,
     /// Last `head` seen; the true one is the same or further on.
     cached_head: u64,
+    /// The position a record may end at without a look at `head` or a pad: the end of the
+    /// current lap of the memory, or `cached_head + ring_bytes - HEADER` (room for the
+    /// terminator), whichever comes first. 0 once the end has stopped: nothing fits, and the
+    /// slow path says why. One comparison per message.
+    limit: u64,
     /// What every message reads from the core, copied here (no `Arc` dereference per message).
     hot: Hot,
     wait: WaitStrategy,
@@ -371,18 +376,32 @@ impl Producer {
     /// Takes over the sending end of `core`, whose sender role the caller has claimed.
     pub(crate) fn new(core: Arc<RingCore>) -> Result<Self, Corrupted> {
         let ix = core.indices()?;
-        Ok(Producer {
+        let mut producer = Producer {
             hot: Hot::new(&core),
             tail: ix.tail,
             tail_off: (ix.tail % core.records.size() as u64) as usize,
             sent: core.shared().tail.count.load(Relaxed),
             cached_head: ix.head,
+            limit: 0,
             core,
             wait: WaitStrategy::default(),
             stopped: None,
             liveness: LivenessTimer::new(),
             owner: tokens::owner(),
-        })
+        };
+        producer.set_limit();
+        Ok(producer)
+    }
+
+    /// Recomputes `limit` after `cached_head` or the lap changed (or keeps it 0 when stopped).
+    #[inline]
+    fn set_limit(&mut self) {
+        if self.stopped.is_some() {
+            return;
+        }
+        let size = self.hot.size;
+        let lap_end = self.tail - self.tail_off as u64 + size;
+        self.limit = lap_end.min(self.cached_head + size - HEADER as u64);
     }
 
     /// The ring's records: `Hot`'s copy outside loom, the core's under it.
@@ -433,7 +452,7 @@ impl Producer {
         if !matches!(self.stopped, Some(Stopped::Corrupted(_))) {
             self.stopped = Some(why);
         }
-        self.hot.size = 0;
+        self.limit = 0;
         self.hot.max_message = 0;
     }
 
@@ -492,6 +511,7 @@ impl Producer {
             return Err(self.index_fault(head));
         }
         self.cached_head = head;
+        self.set_limit();
         Ok(used + need <= self.hot.size)
     }
 
@@ -508,13 +528,9 @@ impl Producer {
         if self.hot.shared().receiver.state() == ROLE_CLOSED {
             return Err(self.refusal(len));
         }
-        let rec = record_size(len);
         // The record fits before the end of the memory and the cached `head` says there is room
-        // (the common case): settled with plain comparisons, the rest out of line.
-        let off = self.tail_off;
-        if off + rec <= self.hot.size as usize
-            && self.tail.wrapping_sub(self.cached_head) + (rec + HEADER) as u64 <= self.hot.size
-        {
+        // (the common case): one comparison (see `limit`), the rest out of line.
+        if self.tail + record_size(len) as u64 <= self.limit {
             return Ok(());
         }
         self.claim_slow(len)
@@ -550,6 +566,7 @@ impl Producer {
         records.word(self.tail_off).store(pad_word(self.tail), PUBLISH);
         self.tail = self.tail.wrapping_add(pad as u64);
         self.tail_off = 0;
+        self.set_limit();
         // Relaxed: for `stat` and the next open's checks, which read it under the ring lock.
         self.hot.shared().tail.pos.store(self.tail, Relaxed);
     }
@@ -626,14 +643,20 @@ impl Producer {
     fn finish_record(&mut self, len: usize) -> (u64, usize) {
         let rec = record_size(len);
         let off = self.tail_off;
-        let next = next_offset(off, rec, self.hot.size as usize);
-        // Relaxed: ordered before the consumer's read by the publishing store of this record's
-        // (or its batch's first) header, which comes after it.
-        self.records().word(next).store(0, Relaxed);
         let word = message_word(self.tail, len);
         self.tail = self.tail.wrapping_add(rec as u64);
-        self.tail_off = next;
         self.sent = self.sent.wrapping_add(1);
+        let next = off + rec;
+        if next == self.hot.size as usize {
+            // The record ends the memory: the terminator and the next lap start at offset 0.
+            self.tail_off = 0;
+            self.set_limit();
+        } else {
+            self.tail_off = next;
+        }
+        // Relaxed: ordered before the consumer's read by the publishing store of this record's
+        // (or its batch's first) header, which comes after it.
+        self.records().word(self.tail_off).store(0, Relaxed);
         (word, off)
     }
 
@@ -733,6 +756,7 @@ impl Producer {
                     .store(pad_word(self.tail), Relaxed);
                 self.tail = self.tail.wrapping_add((size - self.tail_off) as u64);
                 self.tail_off = 0;
+                self.set_limit();
             }
             let (word, off) = self.write(msg);
             // Relaxed: published by the first record's header (see `publish`).
@@ -745,7 +769,7 @@ impl Producer {
 }
 
 impl Sender for Producer {
-    #[inline]
+    #[inline(always)]
     fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
         self.try_claim(msg.len())?;
         let rec = self.write(msg);
