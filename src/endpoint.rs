@@ -1,7 +1,8 @@
 //! Endpoint strings, parsed in one place: `SCHEME://ADDRESS?option=value&...`.
 //!
 //! Supported now:
-//! - `shm://NAME` and `shm://0xKEY`, with options `capacity` (slots, power of two), `max_message`
+//! - `shm://NAME` and `shm://0xKEY`, with options `capacity` (messages of the maximum size, power
+//!   of two), `bytes` (SPSC: the ring's message memory instead, e.g. `1MiB`), `max_message`
 //!   (bytes), `mode` (`spsc`, the default, or `mpmc` for a ring any number of senders and
 //!   receivers share; or octal permission bits, e.g. `0660`, also spelled `perm=0660`),
 //!   `allow_other_owner` (`true`/`false`), `wait` (`spin`, `park` or the default `adaptive`),
@@ -185,6 +186,37 @@ pub(crate) fn parse_usize(key: &str, v: &str) -> Result<usize, Error> {
         .map_err(|_| Error::Endpoint(format!("option {key}={v:?}: expected a whole number")))
 }
 
+/// A size in bytes: a whole number, optionally with a binary suffix `K`/`KiB`, `M`/`MiB` or
+/// `G`/`GiB` (`64K` = 65536).
+///
+/// ```
+/// use shmpipe::endpoint::parse_size;
+/// assert_eq!(parse_size("bytes", "1MiB").unwrap(), 1 << 20);
+/// assert_eq!(parse_size("bytes", "64K").unwrap(), 65536);
+/// assert_eq!(parse_size("bytes", "4096").unwrap(), 4096);
+/// assert!(parse_size("bytes", "1.5M").is_err());
+/// ```
+pub fn parse_size(key: &str, v: &str) -> Result<usize, Error> {
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(digits);
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => u32::MAX,
+    };
+    n.parse::<usize>()
+        .ok()
+        .filter(|_| shift != u32::MAX)
+        .and_then(|n| n.checked_mul(1usize.checked_shl(shift)?))
+        .ok_or_else(|| {
+            Error::Endpoint(format!(
+                "option {key}={v:?}: expected a size in bytes, optionally with K, KiB, M, MiB, G or GiB"
+            ))
+        })
+}
+
 impl Endpoint {
     /// Parses `shm://NAME`, `msgq://NAME`, `unix:///PATH` or `tcp://HOST:PORT`, each `[?options]`.
     ///
@@ -215,6 +247,7 @@ impl Endpoint {
                     let (k, v) = kv?;
                     match k {
                         "capacity" => cfg.capacity = parse_usize(k, v)?,
+                        "bytes" => cfg.bytes = Some(parse_size(k, v)?),
                         "max_message" => cfg.max_message = parse_usize(k, v)?,
                         "mode" if v == "spsc" => cfg.kind = RingKind::Spsc,
                         "mode" if v == "mpmc" => cfg.kind = RingKind::Mpmc,
@@ -237,7 +270,7 @@ impl Endpoint {
                         }
                         _ => {
                             return Err(Error::Endpoint(format!(
-                                "unknown option {k:?}; shm:// takes capacity, max_message, mode \
+                                "unknown option {k:?}; shm:// takes capacity, bytes, max_message, mode \
                                  (spsc, mpmc or octal bits), perm, senders, allow_other_owner, wait"
                             )))
                         }

@@ -604,3 +604,45 @@ fn a_deadline_already_past_times_out_at_once_on_a_full_ring_and_succeeds_with_ro
     child.wait_success(SOON);
     ring.assert_gone("after both closed");
 }
+
+/// `bytes=` sizes an SPSC ring by its message memory: small messages are stored densely (a
+/// 1 MiB ring holds at least 40,000 8-byte ones, 65,535 in fact), across processes.
+#[test]
+fn a_ring_sized_in_bytes_holds_small_messages_densely_across_processes() {
+    const MAX: usize = 8;
+    let ring = Ring::new("bytes");
+    let endpoint = format!("{}?bytes=1MiB&max_message={MAX}", ring.endpoint());
+    let mut tx = shmpipe::open_sender(&endpoint).unwrap();
+    let size = ring.stat().unwrap().shm_segsz;
+    assert!(size <= off::SLOTS + (1 << 20), "segment of {size} bytes");
+    let mut buf = Vec::new();
+    let mut sent = 0;
+    loop {
+        pattern(sent, MAX, &mut buf);
+        match tx.try_send(&buf) {
+            Ok(()) => sent += 1,
+            Err(TrySendError::Full) => break,
+            Err(e) => panic!("message {sent}: {e:?}"),
+        }
+    }
+    assert!(
+        sent >= 40_000,
+        "a 1 MiB ring took {sent} messages of up to 8 bytes"
+    );
+    // Records of 8 and 16 bytes (lengths 0..=8): at least one per 16 bytes.
+    assert!(sent >= ((size - off::SLOTS - 8) / 16) as u64, "{sent}");
+    let mut child = Proc::child("receiver", &ring.name, &[("max", MAX.to_string())]);
+    child.expect("READY");
+    drop(tx);
+    assert_eq!(
+        child.expect("GOT"),
+        [
+            sent.to_string(),
+            pattern_checksum(sent, MAX).to_string(),
+            "Closed".into(),
+            "Disconnected".into()
+        ]
+    );
+    child.wait_success(SOON);
+    ring.assert_gone("after both ends closed");
+}

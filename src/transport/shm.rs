@@ -113,8 +113,13 @@ pub fn key_for_name(name: &str) -> i32 {
 pub struct ShmConfig {
     /// Where the ring lives.
     pub addr: SegmentAddr,
-    /// Slots in a ring this call creates (power of two). An existing ring keeps its own.
+    /// A ring this call creates holds at least this many messages of `max_message` bytes
+    /// (MPMC: exactly, in as many slots; a power of two). An existing ring keeps its own.
     pub capacity: usize,
+    /// SPSC only: size a ring this call creates by its message memory instead, in bytes
+    /// ([`Geometry::with_bytes`]; `capacity` is then ignored). Small messages are stored densely:
+    /// 1 MiB holds 65535 messages of up to 8 bytes.
+    pub bytes: Option<usize>,
     /// Largest message in a ring this call creates. An existing ring keeps its own; see
     /// [`Sender::max_message_size`](crate::Sender::max_message_size).
     pub max_message: usize,
@@ -141,6 +146,7 @@ impl ShmConfig {
         ShmConfig {
             addr,
             capacity: DEFAULT_CAPACITY,
+            bytes: None,
             max_message: DEFAULT_MAX_MESSAGE,
             mode: 0o600,
             allow_other_owner: false,
@@ -156,10 +162,34 @@ impl ShmConfig {
         Ok(Self::new(SegmentAddr::parse(name)?))
     }
 
-    /// Sets the capacity (slots) for a ring this call creates.
+    /// Sets the capacity (messages of the maximum size) for a ring this call creates.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self
+    }
+
+    /// SPSC: sizes a ring this call creates by its message memory, in bytes (see
+    /// [`bytes`](Self::bytes)).
+    ///
+    /// ```
+    /// use shmpipe::transport::shm::ShmConfig;
+    /// let cfg = ShmConfig::named("ticks").unwrap().ring_bytes(1 << 20).max_message(64);
+    /// assert_eq!(cfg.geometry().unwrap().messages_of(8), 65535);
+    /// ```
+    pub fn ring_bytes(mut self, bytes: usize) -> Self {
+        self.bytes = Some(bytes);
+        self
+    }
+
+    /// The geometry of a ring this call would create, checked.
+    pub fn geometry(&self) -> Result<Geometry, Error> {
+        match (self.bytes, self.kind) {
+            (None, _) => Geometry::new(self.capacity, self.max_message),
+            (Some(bytes), RingKind::Spsc) => Geometry::with_bytes(bytes, self.max_message),
+            (Some(_), RingKind::Mpmc) => Err(Error::InvalidConfig(
+                "a ring's size in bytes applies to SPSC rings; an MPMC ring has `capacity` slots".into(),
+            )),
+        }
     }
 
     /// Sets the largest message for a ring this call creates.
@@ -405,7 +435,7 @@ impl Opened {
 }
 
 fn open(cfg: &ShmConfig, role: Role) -> Result<Opened, Error> {
-    let geometry = Geometry::new(cfg.capacity, cfg.max_message)?;
+    let geometry = cfg.geometry()?;
     if cfg.mode & !0o777 != 0 || cfg.mode & 0o600 != 0o600 {
         return Err(Error::InvalidConfig(format!(
             "mode {:#o} must include 0600 and nothing beyond 0777",
