@@ -45,8 +45,32 @@
 //! happens before the stalled side's Acquire load of the position that proves the claim).
 //!
 //! Guarantee: every message a live producer publishes is received exactly once, unless every
-//! receiver leaves; a producer that dies loses at most the one message it was writing, a consumer
-//! that dies at most the one it was reading; both losses are counted ([`Stats`]).
+//! receiver leaves; a producer that dies loses at most the one message it was writing (or the
+//! unpublished rest of a batch), a consumer that dies at most the one it was reading (or the
+//! unfreed rest of a batch); both losses are counted ([`Stats`]).
+//!
+//! # Batches
+//! `try_send_batch` and `try_recv_batch` (and their blocking forms) claim a *run* of consecutive
+//! positions with one CAS of `enqueue` / `dequeue` (as DPDK's `rte_ring` bulk calls do): the run
+//! is the slots from the position on that are free (published) at the time of the look, at most
+//! the batch's size. A slot seen free stays free until its position is claimed, and claiming it
+//! moves the position, which fails the CAS, so every slot of a won run is ours. Each slot is then
+//! still published (freed) by its own CAS, exactly as a single message's: that keeps the two
+//! guarantees above per slot. What a batch saves is the shared position's CAS (the contended
+//! line) and the sender's checks per message, and the doorbell: one check for sleepers per batch
+//! (a syscall only if someone sleeps), after the last slot.
+//!
+//! The member record announces the run: `claim` its first position and `claim_more` how many
+//! follow, both stored before the claiming CAS, so the argument above holds for every slot of it
+//! (`covers`); `claim_more` goes back to 0 (a Release store) once every slot of the run is
+//! published or freed. A member killed in the middle of a batch leaves a run whose published
+//! (freed) slots are a prefix: recovery starts at the stalled slot and goes on over the following
+//! ones while they are stalled and no live member announces them, so the run is recovered in one
+//! slow path, not one park slice per slot. A batch whose slot was recovered from it (a false
+//! verdict) stops there: the rest of its run is published as tombstones (counted `discarded`), so
+//! what it reports sent is a prefix; a receiver drops that slot's message and reports
+//! [`RecvError::Lost`] (at its next call if it took other messages in this one), as it does
+//! `Corrupted` for a message with an impossible length.
 //!
 //! # A member wrongly taken for dead
 //! The liveness verdict can be wrong (a member record overwritten by another process, say, or a pid

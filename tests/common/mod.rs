@@ -313,7 +313,7 @@ pub mod off {
 }
 
 /// The layout version these offsets describe.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// `b"shmpipe\0"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
