@@ -7,6 +7,10 @@
 //!   Producers spin on `try_send`, consumers on `try_recv_ref` (zero copy), and every side yields
 //!   its core after 64 failed attempts, so that the 2x2 shape (four threads on this 2-core
 //!   machine) measures the queues and not a spinning thread starving the one it waits for.
+//! - `mpmc_batch_64B/{P}x{C}`: the MPMC ring between threads as above, with copies on both sides:
+//!   `per_message` (`try_send` + `try_recv` into a `Vec`) against `batch16` (`try_send_batch` of
+//!   16 + `try_recv_batch` of up to 16 into a `Batch`: one CAS of the shared position and one
+//!   doorbell check per run of slots).
 //! - `mpmc_pingpong_8B`: round trips between two threads through two queues of the same kind.
 //! - `mpmc_one_thread_64B`: one thread sends a message and takes it back, over and over: the
 //!   instruction cost of a send and a receive with no cache line moving between cores (the least
@@ -19,7 +23,7 @@
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 use crossbeam_queue::ArrayQueue;
 use shmpipe::ring::{mpmc, spsc};
-use shmpipe::{Sender, TryRecvError};
+use shmpipe::{Batch, Receiver, Sender, TryRecvError, TrySendError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -217,6 +221,114 @@ fn bench<S: Shape>(
     });
 }
 
+/// Moves `PER_PRODUCER` messages from each of `p` producers to `c` consumers through the MPMC
+/// ring, copying them out, `k` at a time with the batch calls (or one at a time with `k` 0);
+/// returns the time from the common start until the last message was taken.
+fn batch_transfer(p: usize, c: usize, k: usize) -> Duration {
+    let (txs, rxs) = Ring::make(p, c);
+    let total = PER_PRODUCER * p as u64;
+    let taken = std::sync::atomic::AtomicU64::new(0);
+    let start = Barrier::new(p + c + 1);
+    let (elapsed, sum) = std::thread::scope(|s| {
+        let producers: Vec<_> = txs
+            .into_iter()
+            .enumerate()
+            .map(|(id, mut tx)| {
+                let start = &start;
+                s.spawn(move || {
+                    let mut msgs = vec![[0u8; LEN]; k.max(1)];
+                    start.wait();
+                    let mut i = 0;
+                    while i < PER_PRODUCER {
+                        let n = (k.max(1) as u64).min(PER_PRODUCER - i) as usize;
+                        for (j, m) in msgs[..n].iter_mut().enumerate() {
+                            m[..8].copy_from_slice(&(id as u64 * PER_PRODUCER + i + j as u64).to_le_bytes());
+                        }
+                        let refs: Vec<&[u8]> = msgs[..n].iter().map(|m| &m[..]).collect();
+                        i += retry(|| {
+                            if k == 0 {
+                                tx.try_send(refs[0]).ok().map(|()| 1)
+                            } else {
+                                match tx.try_send_batch(&refs) {
+                                    Ok(n) => Some(n as u64),
+                                    Err(TrySendError::Full) => None,
+                                    Err(e) => panic!("try_send_batch: {e:?}"),
+                                }
+                            }
+                        });
+                    }
+                })
+            })
+            .collect();
+        let consumers: Vec<_> = rxs
+            .into_iter()
+            .map(|mut rx| {
+                let (start, taken) = (&start, &taken);
+                s.spawn(move || {
+                    let (mut sum, mut buf, mut batch) = (0u64, Vec::new(), Batch::new());
+                    let seq = |m: &[u8]| u64::from_le_bytes(m[..8].try_into().expect("8 bytes"));
+                    start.wait();
+                    while taken.load(Ordering::Relaxed) < total {
+                        let got = retry(|| {
+                            if taken.load(Ordering::Relaxed) >= total {
+                                return Some(0);
+                            }
+                            let r = if k == 0 {
+                                rx.try_recv(&mut buf).map(|()| {
+                                    sum = sum.wrapping_add(seq(&buf));
+                                    1
+                                })
+                            } else {
+                                rx.try_recv_batch(&mut batch, k).map(|n| {
+                                    sum = batch.iter().fold(sum, |a, m| a.wrapping_add(seq(m)));
+                                    n as u64
+                                })
+                            };
+                            match r {
+                                Ok(n) => Some(n),
+                                Err(TryRecvError::Empty) => None,
+                                // Every producer gone and drained: another consumer is
+                                // counting the last messages it took.
+                                Err(TryRecvError::Disconnected) => Some(0),
+                                Err(e) => panic!("receive: {e:?}"),
+                            }
+                        });
+                        taken.fetch_add(got, Ordering::AcqRel);
+                    }
+                    sum
+                })
+            })
+            .collect();
+        start.wait();
+        let t0 = Instant::now();
+        for p in producers {
+            p.join().expect("producer");
+        }
+        let sums: Vec<u64> = consumers
+            .into_iter()
+            .map(|c| c.join().expect("consumer"))
+            .collect();
+        (t0.elapsed(), sums.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+    });
+    assert_eq!(sum, (0..total).sum::<u64>(), "every message exactly once");
+    elapsed
+}
+
+fn batches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mpmc_batch_64B");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    for (p, cons) in [(1usize, 1usize), (2, 2)] {
+        g.throughput(Throughput::Elements(PER_PRODUCER * p as u64));
+        for (name, k) in [("per_message", 0), ("batch16", 16)] {
+            g.bench_function(format!("{name}/{p}x{cons}"), |b| {
+                b.iter_custom(|iters| (0..iters).map(|_| batch_transfer(p, cons, k)).sum())
+            });
+        }
+    }
+    g.finish();
+}
+
 /// Round trips of one 8-byte message between two threads through two queues of kind `S`.
 fn pingpong<S: Shape>(rounds: u64) -> Duration {
     let (mut a_tx, mut a_rx) = S::make(1, 1);
@@ -281,7 +393,13 @@ fn uncontended(c: &mut Criterion) {
 /// The criterion entry point (`criterion_group!` makes an undocumented `pub fn`).
 #[allow(missing_docs)]
 mod harness {
-    criterion::criterion_group!(benches, super::throughput, super::latency, super::uncontended);
+    criterion::criterion_group!(
+        benches,
+        super::throughput,
+        super::batches,
+        super::latency,
+        super::uncontended
+    );
 }
 
 criterion::criterion_main!(harness::benches);

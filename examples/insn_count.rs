@@ -10,6 +10,11 @@
 //! - `shm_batch_8b`: 8-byte messages 16 at a time, `try_send_batch` + `try_recv_batch` (a copy
 //!   into a reused `Batch`), per message;
 //! - `mpmc_send_recv_ref`: the MPMC ring, `mpmc::channel(1024, 64)`, `try_send` + `try_recv_ref`;
+//! - `mpmc_send_recv_copy`: the MPMC ring, `try_send` + `try_recv(&mut Vec)` (a copy out, as a
+//!   batch receive makes);
+//! - `mpmc_batch16_send_recv`: the MPMC ring, 16 messages at a time, `try_send_batch` of 16 +
+//!   `try_recv_batch(&mut Batch, 16)`: one claim of the shared position and one doorbell check
+//!   per 16 messages on each side (the iteration count is still messages);
 //! - `arrayqueue_push_pop`: `crossbeam_queue::ArrayQueue::<[u8; 64]>::new(1024)`, `push` + `pop`
 //!   (the MPMC reference);
 //! - `shm_send_recv_blocking_8b`: the blocking calls each side of a ping-pong makes,
@@ -120,6 +125,34 @@ fn mpmc_send_recv_ref(tx: &mut mpmc::Producer, rx: &mut mpmc::Consumer, n: u64) 
 }
 
 #[inline(never)]
+fn mpmc_send_recv_copy(tx: &mut mpmc::Producer, rx: &mut mpmc::Consumer, n: u64) {
+    let mut msg: Msg = [7; 64];
+    let mut buf = Vec::with_capacity(64);
+    for i in 0..n {
+        msg[0] = i as u8;
+        tx.try_send(black_box(&msg)).unwrap();
+        rx.try_recv(&mut buf).unwrap();
+        black_box(&buf);
+    }
+}
+
+/// Messages per batch in `mpmc_batch16_send_recv`.
+const BATCH: usize = 16;
+
+#[inline(never)]
+fn mpmc_batch16_send_recv(tx: &mut mpmc::Producer, rx: &mut mpmc::Consumer, n: u64) {
+    let mut msgs = [[7u8; 64]; BATCH];
+    let mut batch = Batch::with_capacity(BATCH, BATCH * 64);
+    for i in 0..n / BATCH as u64 {
+        msgs[0][0] = i as u8;
+        let refs: [&[u8]; BATCH] = std::array::from_fn(|j| &msgs[j][..]);
+        assert_eq!(tx.try_send_batch(black_box(&refs)), Ok(BATCH));
+        assert_eq!(rx.try_recv_batch(&mut batch, BATCH), Ok(BATCH));
+        black_box(&batch);
+    }
+}
+
+#[inline(never)]
 fn arrayqueue_push_pop(q: &crossbeam_queue::ArrayQueue<Msg>, n: u64) {
     let mut msg: Msg = [7; 64];
     for i in 0..n {
@@ -192,6 +225,18 @@ fn main() {
         let (mut tx, mut rx) = mpmc::channel(CAPACITY, 64).unwrap();
         per_msg("mpmc_send_recv_ref", n, || {
             mpmc_send_recv_ref(&mut tx, &mut rx, n)
+        });
+    }
+    {
+        let (mut tx, mut rx) = mpmc::channel(CAPACITY, 64).unwrap();
+        per_msg("mpmc_send_recv_copy", n, || {
+            mpmc_send_recv_copy(&mut tx, &mut rx, n)
+        });
+    }
+    {
+        let (mut tx, mut rx) = mpmc::channel(CAPACITY, 64).unwrap();
+        per_msg("mpmc_batch16_send_recv", n, || {
+            mpmc_batch16_send_recv(&mut tx, &mut rx, n)
         });
     }
     {

@@ -62,6 +62,37 @@ impl Batch {
         self.ends.push(self.bytes.len());
     }
 
+    /// Appends a copy of the `len` bytes at `src` (memory another process may be writing, such as
+    /// a ring slot), without zeroing the room first as [`push_with`](Self::push_with) does.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `len` bytes and must not point into this batch.
+    #[inline]
+    pub(crate) unsafe fn push_copy(&mut self, src: *const u8, len: usize) {
+        self.bytes.reserve(len);
+        let start = self.bytes.len();
+        // SAFETY: after `reserve` the allocation has room for `len` bytes at `start`, which
+        // `copy_payload` initialises (from `src`, valid and not overlapping by the caller's
+        // contract) before `set_len` says so.
+        unsafe {
+            crate::ring::copy_payload(
+                std::slice::from_raw_parts(src, len),
+                self.bytes.as_mut_ptr().add(start),
+            );
+            self.bytes.set_len(start + len);
+        }
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Keeps the first `messages` messages (all if there are fewer) and removes the rest.
+    pub(crate) fn truncate(&mut self, messages: usize) {
+        if messages < self.ends.len() {
+            self.bytes
+                .truncate(if messages == 0 { 0 } else { self.ends[messages - 1] });
+            self.ends.truncate(messages);
+        }
+    }
+
     /// Removes every message (keeping the allocations).
     pub fn clear(&mut self) {
         self.bytes.clear();

@@ -1,7 +1,8 @@
 //! Loom models of the MPMC ring: exactly-once delivery with several producers and consumers, each
 //! producer's order kept, the park/wake protocol with several waiters on one doorbell, disconnect
-//! when the last sender (or receiver) leaves, and the zero-copy reserve/commit, tombstone and
-//! recv_ref paths.
+//! when the last sender (or receiver) leaves, the zero-copy reserve/commit, tombstone and
+//! recv_ref paths, and batches (a run of slots claimed with one CAS, one doorbell check per
+//! batch).
 //!
 //! Under loom the futex is a Mutex + Condvar per word with no timeout that wakes exactly as many
 //! sleepers as asked (`notify_one` per wake), so a lost wakeup, also one hidden among several
@@ -17,7 +18,7 @@
 
 use loom::thread;
 use shmpipe::ring::mpmc::{self, Consumer, Producer};
-use shmpipe::{Error, Receiver, RecvError, SendError, Sender, TryRecvError, WaitStrategy};
+use shmpipe::{Batch, Error, Receiver, RecvError, SendError, Sender, TryRecvError, WaitStrategy};
 use shmpipe_loom_tests::{model_capped, End};
 
 /// Largest message in every model (one slot).
@@ -645,5 +646,110 @@ fn consumer_robbed_of_its_read_guard_frees_nothing_and_the_ring_flows_on() {
         let want = if recovered { (1, 1) } else { (0, 0) };
         assert_eq!((stats.dropped, stats.robbed), want, "{stats:?}");
         drop(c1);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches: a run of slots claimed with one CAS of the shared position, each slot published or
+// freed by its own CAS, one doorbell check per batch
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `msgs` (indices into `MSGS`) with the blocking `send_batch`, looping on the rest.
+fn send_all_in_batches(tx: &mut Producer, msgs: &[usize]) {
+    let msgs: Vec<&[u8]> = msgs.iter().map(|&m| MSGS[m]).collect();
+    let mut rest = &msgs[..];
+    while !rest.is_empty() {
+        match tx.send_batch(rest) {
+            Ok(n) if (1..=rest.len()).contains(&n) => rest = &rest[n..],
+            r => panic!("send_batch({rest:?}): {r:?}"),
+        }
+    }
+}
+
+/// Receives with the blocking `recv_batch` (at most `max` a call) until `Disconnected`.
+fn recv_all_in_batches(rx: &mut Consumer, max: usize) -> Vec<usize> {
+    let mut batch = Batch::new();
+    let mut got = Vec::new();
+    loop {
+        match rx.recv_batch(&mut batch, max) {
+            Ok(n) => {
+                assert!((1..=max).contains(&n), "recv_batch returned {n} (max {max})");
+                assert_eq!(n, batch.len());
+                got.extend(batch.iter().map(identify));
+            }
+            Err(RecvError::Disconnected) => return got,
+            Err(e) => panic!("recv_batch failed: {e:?}"),
+        }
+    }
+}
+
+/// Producer A sends three messages with `send_batch` (a run of two slots when the ring is empty,
+/// the third wrapping around to slot 0 once it is freed), producer B one with `send`; the
+/// consumer, blocked in `recv_batch` of up to two, receives them in runs. Everyone parks at once
+/// when full or empty, and each side checks for sleepers once per batch, so a wake lost to the
+/// batching is a deadlock. Every message is received exactly once, A's in order.
+#[test]
+fn batching_and_single_producers_to_a_batching_consumer_exactly_once() {
+    const SENT: [&[usize]; 2] = [&[0, 1, 3], &[2]];
+    model_capped(Some(1), || {
+        let (mut txs, mut rxs) = parking_channel(2, 2, 1);
+        let mut b = txs.pop().unwrap();
+        let mut a = txs.pop().unwrap();
+        let batcher = thread::spawn(move || send_all_in_batches(&mut a, SENT[0]));
+        let single = thread::spawn(move || send_blocking(&mut b, MSGS[SENT[1][0]]));
+        let got = recv_all_in_batches(&mut rxs[0], 2);
+        batcher.join().unwrap();
+        single.join().unwrap();
+        assert_exactly_once(&[got], &SENT);
+    });
+}
+
+/// A producer sends four messages through two slots in batches while two consumers take them,
+/// one with `recv_batch` (runs of up to two), one with `recv`: together they receive each once,
+/// each in the producer's order, and the slots a batch frees (with one wake for the run) let the
+/// parked producer on.
+#[test]
+fn batching_producer_to_a_batching_and_a_single_consumer_exactly_once() {
+    const SENT: [&[usize]; 1] = [&[0, 1, 2, 3]];
+    model_capped(Some(1), || {
+        let (mut txs, mut rxs) = parking_channel(2, 1, 2);
+        let mut tx = txs.pop().unwrap();
+        let mut single = rxs.pop().unwrap();
+        let producer = thread::spawn(move || send_all_in_batches(&mut tx, SENT[0]));
+        let consumer = thread::spawn(move || recv_all_blocking(&mut single));
+        let got0 = recv_all_in_batches(&mut rxs[0], 2);
+        let got1 = consumer.join().unwrap();
+        producer.join().unwrap();
+        assert_exactly_once(&[got0, got1], &SENT);
+    });
+}
+
+/// The ring is full (two messages sent before the threads start); the producer parks in
+/// `send_batch` of two more, and the consumer takes messages with `recv_batch` until it has all
+/// four. Nobody leaves before that, so no close wakes anyone: the consumer's one wake for the
+/// run of slots it frees must bring the producer, and the producer's one wake for its run must
+/// bring the consumer if it parked meanwhile.
+#[test]
+fn batches_wake_each_other_with_no_close_to_rescue_a_lost_wake() {
+    // Two threads: small enough for the full bound.
+    model_capped(None, || {
+        let (mut txs, mut rxs) = parking_channel(2, 1, 1);
+        let mut tx = txs.pop().unwrap();
+        tx.try_send(MSGS[0]).unwrap();
+        tx.try_send(MSGS[1]).unwrap();
+        let producer = thread::spawn(move || {
+            send_all_in_batches(&mut tx, &[2, 3]);
+            tx
+        });
+        let mut batch = Batch::new();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            let n = rxs[0].recv_batch(&mut batch, 2).unwrap();
+            assert!((1..=2).contains(&n));
+            got.extend(batch.iter().map(identify));
+        }
+        let tx = producer.join().unwrap();
+        assert_exactly_once(&[got], &[&[0, 1, 2, 3]]);
+        drop(tx);
     });
 }

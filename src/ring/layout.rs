@@ -31,7 +31,10 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
 /// record lost its `parked` mark; MPMC `publish` and `free` became CASes, and `robbed` joined the
 /// loss counters in their line's spare bytes: a version-2 member would rewind a slot recovered
 /// from it, so the two must not share a ring; 4: SPSC messages are dense records published by
-/// their own header word, and its indices are byte positions with message counts beside them).
+/// their own header word, and its indices are byte positions with message counts beside them;
+/// an MPMC member record announces a run of positions (`claim_more`, in the record's spare
+/// bytes) claimed by one CAS: a version-3 member would take every slot of a live member's run but
+/// the first for a dead member's and recover it).
 pub(crate) const LAYOUT_VERSION: u32 = 4;
 /// `Header::kind` of an SPSC ring.
 pub(crate) const KIND_SPSC: u32 = 1;

@@ -45,8 +45,32 @@
 //! happens before the stalled side's Acquire load of the position that proves the claim).
 //!
 //! Guarantee: every message a live producer publishes is received exactly once, unless every
-//! receiver leaves; a producer that dies loses at most the one message it was writing, a consumer
-//! that dies at most the one it was reading; both losses are counted ([`Stats`]).
+//! receiver leaves; a producer that dies loses at most the one message it was writing (or the
+//! unpublished rest of a batch), a consumer that dies at most the one it was reading (or the
+//! unfreed rest of a batch); both losses are counted ([`Stats`]).
+//!
+//! # Batches
+//! `try_send_batch` and `try_recv_batch` (and their blocking forms) claim a *run* of consecutive
+//! positions with one CAS of `enqueue` / `dequeue` (as DPDK's `rte_ring` bulk calls do): the run
+//! is the slots from the position on that are free (published) at the time of the look, at most
+//! the batch's size. A slot seen free stays free until its position is claimed, and claiming it
+//! moves the position, which fails the CAS, so every slot of a won run is ours. Each slot is then
+//! still published (freed) by its own CAS, exactly as a single message's: that keeps the two
+//! guarantees above per slot. What a batch saves is the shared position's CAS (the contended
+//! line) and the sender's checks per message, and the doorbell: one check for sleepers per batch
+//! (a syscall only if someone sleeps), after the last slot.
+//!
+//! The member record announces the run: `claim` its first position and `claim_more` how many
+//! follow, both stored before the claiming CAS, so the argument above holds for every slot of it
+//! (`covers`); `claim_more` goes back to 0 (a Release store) once every slot of the run is
+//! published or freed. A member killed in the middle of a batch leaves a run whose published
+//! (freed) slots are a prefix: recovery starts at the stalled slot and goes on over the following
+//! ones while they are stalled and no live member announces them, so the run is recovered in one
+//! slow path, not one park slice per slot. A batch whose slot was recovered from it (a false
+//! verdict) stops there: the rest of its run is published as tombstones (counted `discarded`), so
+//! what it reports sent is a prefix; a receiver drops that slot's message and reports
+//! [`RecvError::Lost`] (at its next call if it took other messages in this one), as it does
+//! `Corrupted` for a message with an impossible length.
 //!
 //! # A member wrongly taken for dead
 //! The liveness verdict can be wrong (a member record overwritten by another process, say, or a pid
@@ -81,7 +105,7 @@ use super::{
     cold_clone, copy_payload, too_large, unwinding_under_loom, Geometry, HeapMemory, LivenessTimer, Peer,
     RingKind, Role, Slots, WaitStrategy,
 };
-use crate::channel::{Receiver, Sender};
+use crate::channel::{Batch, Receiver, Sender};
 use crate::error::*;
 use crate::sync::{AtomicU32, AtomicU64, PUBLISH};
 use crossbeam_utils::CachePadded;
@@ -127,8 +151,21 @@ pub(crate) struct Member {
     pub(crate) role: AtomicU32,
     pub(crate) pid: AtomicU32,
     pub(crate) start_time: AtomicU64,
-    /// 1 + the position this member is claiming or holds; 0 when it holds none.
+    /// 1 + the (first) position this member is claiming or holds; 0 when it holds none.
     pub(crate) claim: AtomicU64,
+    /// How many positions after the first the claim covers: 0 for one slot, `k - 1` while a
+    /// batch claims `k` (see `covers`). Nonzero only from a batch's announcement until every slot
+    /// of it is published or freed, so a one-slot claim never has to store it.
+    pub(crate) claim_more: AtomicU64,
+}
+
+/// Whether a member record announcing `claim` (1 + the first position, 0 for none) and
+/// `claim_more` (positions after the first) covers `pos`. Both are untrusted: they only decide
+/// whether a stalled slot is left alone, never where memory is accessed, and a live member that
+/// announces too much can only delay the recovery of slots it could hold anyway.
+#[inline]
+fn covers(claim: u64, claim_more: u64, pos: u64) -> bool {
+    claim != 0 && pos.wrapping_sub(claim - 1) <= claim_more
 }
 
 /// Who is attached, counted from the member table under the lock.
@@ -210,6 +247,7 @@ impl MpmcShared {
                     pid: AtomicU32::new(0),
                     start_time: AtomicU64::new(0),
                     claim: AtomicU64::new(0),
+                    claim_more: AtomicU64::new(0),
                 })
             }),
         }
@@ -262,8 +300,9 @@ impl MpmcShared {
                     m.pid.store(me.pid, Relaxed);
                     m.start_time.store(me.start_time, Relaxed);
                 }
-                // Relaxed (all three): published by the Release store of the role below.
+                // Relaxed (all four): published by the Release store of the role below.
                 m.claim.store(0, Relaxed);
+                m.claim_more.store(0, Relaxed);
                 // The record was vacant, so nobody owns its waiter bits: a bit still set (left by
                 // a corrupted word) would only cost futex calls until the next reap.
                 let bit = waiter_bit(index);
@@ -378,13 +417,15 @@ impl MpmcShared {
         live
     }
 
-    /// Whether a live member of `role` announces `claim` (1 + a position).
-    fn live_claimant(&self, role: Role, claim: u64, tokens: Tokens) -> bool {
+    /// Whether a live member of `role` announces a claim (of one slot or of a batch's run)
+    /// that covers position `pos`.
+    fn live_claimant(&self, role: Role, pos: u64, tokens: Tokens) -> bool {
         self.members.iter().enumerate().any(|(index, m)| {
-            // Acquire (both): a claimant's announcement is ordered before its claiming CAS, which
-            // the caller has seen; an announcement withdrawn after publishing shows the publication.
+            // Acquire (all): a claimant's announcement (both words) is ordered before its
+            // claiming CAS, which the caller has seen, so neither is read older than that claim;
+            // a batch's range withdrawn after publishing (a Release store) shows the publications.
             m.role.load(Acquire) == role_code(role)
-                && m.claim.load(Acquire) == claim
+                && covers(m.claim.load(Acquire), m.claim_more.load(Acquire), pos)
                 && member_alive(m, index, tokens)
         })
     }
@@ -575,10 +616,20 @@ impl MpmcCore {
     }
 
     /// One attempt by member `me` to claim a free slot: `Ok(None)` when the ring is full.
-    #[inline(always)]
+    #[cfg(test)]
     fn claim_free(&self, me: usize) -> Result<Option<u64>, Corrupted> {
+        Ok(self.claim_free_run(me, 1)?.map(|(pos, _)| pos))
+    }
+
+    /// One attempt by member `me` to claim a run of free slots, at most `max` (1 to capacity),
+    /// with one CAS of `enqueue`: `Ok(Some((first position, how many)))`, `Ok(None)` when the ring
+    /// is full. With `max` 1 (a constant at every one-slot caller) this is the one-slot claim and
+    /// the run's code folds away.
+    #[inline(always)]
+    fn claim_free_run(&self, me: usize, max: u64) -> Result<Option<(u64, u64)>, Corrupted> {
+        debug_assert!((1..=self.cap).contains(&max));
         let shared = self.shared();
-        let claim = &self.member(me).claim;
+        let record = self.member(me);
         // Acquire (here, on a failed CAS and on the reload below), not Relaxed: every position we
         // try must come with a lower bound on its slot's sequence. Reading `enqueue == pos` with
         // Acquire synchronises with the CAS that claimed `pos - capacity` (all claiming CASes form
@@ -586,23 +637,37 @@ impl MpmcCore {
         // `pos - capacity`; so the sequence we load is at least that, and the branches below
         // cover every value from there on. With a Relaxed position the sequence can be read more
         // than a lap stale (loom finds it: a consumer at dequeue 2 reading slot 0's initial 0),
-        // and a correct ring is reported corrupted and the end poisoned.
+        // and a correct ring is reported corrupted and the end poisoned. The same holds for every
+        // slot of a run: `pos + i - capacity` was claimed before `pos` too.
         let mut pos = shared.enqueue.load(Acquire);
         let mut announced = false;
         loop {
             let seq = self.seq(pos);
             if seq == pos {
-                // Relaxed: published by the Release of the claiming CAS below.
-                claim.store(pos.wrapping_add(1), Relaxed);
+                // The run: the free slots that follow. A slot seen free stays free until its
+                // position is claimed, which moves `enqueue` past `pos` and fails our CAS; a slot
+                // seen in any other state ends the run (still in use, or `pos` is stale, and then
+                // the CAS fails too). Acquire (`seq`): the last lap's reads of each slot happen
+                // before our writes.
+                let mut n = 1;
+                while n < max && self.seq(pos.wrapping_add(n)) == pos.wrapping_add(n) {
+                    n += 1;
+                }
+                // Relaxed (both): published by the Release of the claiming CAS below. A
+                // one-slot claim leaves `claim_more` at 0 (see `Member::claim_more`).
+                if max > 1 {
+                    record.claim_more.store(n - 1, Relaxed);
+                }
+                record.claim.store(pos.wrapping_add(1), Relaxed);
                 announced = true;
                 // Release: our announcement happens before anyone who sees the new position.
                 match shared
                     .enqueue
-                    .compare_exchange_weak(pos, pos.wrapping_add(1), Release, Acquire)
+                    .compare_exchange_weak(pos, pos.wrapping_add(n), Release, Acquire)
                 {
                     Ok(_) => {
                         self.pass_on_not_full();
-                        return Ok(Some(pos));
+                        return Ok(Some((pos, n)));
                     }
                     Err(now) => pos = now,
                 }
@@ -623,7 +688,10 @@ impl MpmcCore {
                 // Last lap's message is being written, or is still there: full.
                 if announced {
                     // Relaxed: withdrawing only lets recovery proceed sooner; nothing is ordered.
-                    claim.store(0, Relaxed);
+                    record.claim.store(0, Relaxed);
+                    if max > 1 {
+                        record.claim_more.store(0, Relaxed);
+                    }
                 }
                 return Ok(None);
             } else {
@@ -638,7 +706,7 @@ impl MpmcCore {
     fn claim_ready(&self, me: usize) -> Result<Option<(u64, usize)>, TakeError> {
         let shared = self.shared();
         let claim = &self.member(me).claim;
-        // Acquire (here, on a failed CAS and on the reloads below), as in `claim_free`: reading
+        // Acquire (here, on a failed CAS and on the reloads below), as in `claim_free_run`: reading
         // `dequeue == pos` synchronises with the CAS that claimed `pos - capacity`, made after
         // its claimant acquired the slot published (`pos - capacity + 1`), so the sequence we load
         // is at least that. With a Relaxed position loom finds a consumer reading a sequence a
@@ -683,8 +751,8 @@ impl MpmcCore {
                 }
                 return Ok(None);
             } else if (seq & !TOMB).wrapping_sub(pos) as i64 > 1 {
-                // The slot is further on than `pos`: our position is stale (see `claim_free`).
-                // Coherence guarantees the newer value; Acquire as above (see `claim_free`).
+                // The slot is further on than `pos`: our position is stale (see `claim_free_run`).
+                // Coherence guarantees the newer value; Acquire as above (see `claim_free_run`).
                 let now = shared.dequeue.load(Acquire);
                 if now == pos {
                     return Err(TakeError::Index(self.corrupt_positions("dequeue", pos, seq)));
@@ -694,6 +762,72 @@ impl MpmcCore {
                 return Err(TakeError::Index(self.corrupt_positions("dequeue", pos, seq)));
             }
         }
+    }
+
+    /// One attempt by member `me` to claim a run of published slots (messages and tombstones
+    /// alike), at most `max` (1 to capacity), with one CAS of `dequeue`:
+    /// `Ok(Some((first position, how many)))`, `Ok(None)` when the slot at `dequeue` is not
+    /// ready. The caller reads, checks and frees each slot (`Consumer::drain_run`). Orderings
+    /// and the classification of the first slot's sequence as in `claim_ready`; the run's
+    /// further slots as in `claim_free_run`.
+    fn claim_ready_run(&self, me: usize, max: u64) -> Result<Option<(u64, u64)>, Corrupted> {
+        debug_assert!((1..=self.cap).contains(&max));
+        let shared = self.shared();
+        let record = self.member(me);
+        let mut pos = shared.dequeue.load(Acquire);
+        let mut announced = false;
+        loop {
+            let seq = self.seq(pos);
+            if seq & !TOMB == pos.wrapping_add(1) {
+                // A slot seen published stays so until its position is claimed (which fails our
+                // CAS); any other state ends the run. Acquire (`seq`): each slot's contents
+                // happen before our reads.
+                let mut n = 1;
+                while n < max && self.seq(pos.wrapping_add(n)) & !TOMB == pos.wrapping_add(n + 1) {
+                    n += 1;
+                }
+                // Relaxed (both): published by the Release of the claiming CAS below.
+                record.claim_more.store(n - 1, Relaxed);
+                record.claim.store(pos.wrapping_add(1), Relaxed);
+                announced = true;
+                // Release: our announcement happens before anyone who sees the new position.
+                match shared
+                    .dequeue
+                    .compare_exchange_weak(pos, pos.wrapping_add(n), Release, Acquire)
+                {
+                    Ok(_) => {
+                        self.pass_on_not_empty();
+                        return Ok(Some((pos, n)));
+                    }
+                    Err(now) => pos = now,
+                }
+            } else if seq == pos || seq & !TOMB == pos.wrapping_sub(self.cap).wrapping_add(1) {
+                if announced {
+                    // Relaxed: withdrawing only lets recovery proceed sooner.
+                    record.claim.store(0, Relaxed);
+                    record.claim_more.store(0, Relaxed);
+                }
+                return Ok(None);
+            } else if (seq & !TOMB).wrapping_sub(pos) as i64 > 1 {
+                // Stale `pos` (see `claim_ready`).
+                let now = shared.dequeue.load(Acquire);
+                if now == pos {
+                    return Err(self.corrupt_positions("dequeue", pos, seq));
+                }
+                pos = now;
+            } else {
+                return Err(self.corrupt_positions("dequeue", pos, seq));
+            }
+        }
+    }
+
+    /// Ends a batch's claim of a run: every slot of it has been published or freed (or found
+    /// recovered from us). Release: a member that reads the range withdrawn and then looks at
+    /// one of its slots finds what we wrote there, so it cannot take a slot of ours for a dead
+    /// member's by a view of our record newer than its view of the slot.
+    #[inline]
+    fn end_run(&self, me: usize) {
+        self.member(me).claim_more.store(0, Release);
     }
 
     /// Frees the claimed slot `pos`, whose length word is impossible, and says so.
@@ -749,7 +883,7 @@ impl MpmcCore {
         if !shared.not_full.has_waiters() {
             return;
         }
-        // Acquire: as for every position we look at (see `claim_free`).
+        // Acquire: as for every position we look at (see `claim_free_run`).
         let tail = shared.enqueue.load(Acquire);
         if self.seq(tail) == tail {
             shared.not_full.wake(1, &shared.counters.wakes);
@@ -768,7 +902,17 @@ impl MpmcCore {
     /// commit looks first (`publish_guarded`).
     #[inline]
     fn publish(&self, pos: u64, len: usize, tomb: bool) -> bool {
+        if !self.publish_quietly(pos, len, tomb) {
+            return false;
+        }
         let shared = self.shared();
+        shared.not_empty.ring(1, &shared.counters.wakes);
+        true
+    }
+
+    /// `publish` without the doorbell: a batch rings it once, after its last slot.
+    #[inline(always)]
+    fn publish_quietly(&self, pos: u64, len: usize, tomb: bool) -> bool {
         // Relaxed: ordered before the consumer's read by the sequence CAS below.
         self.slots.len_word(pos).store(len as u32, Relaxed);
         let seq = pos.wrapping_add(1) | if tomb { TOMB } else { 0 };
@@ -777,7 +921,6 @@ impl MpmcCore {
         if !self.cas_seq(pos, pos, seq, PUBLISH) {
             return self.robbed();
         }
-        shared.not_empty.ring(1, &shared.counters.wakes);
         true
     }
 
@@ -800,12 +943,21 @@ impl MpmcCore {
     /// A CAS from the published value, not a store, for the same reason as in `publish`.
     #[inline]
     fn free(&self, pos: u64, published: u64) -> bool {
+        if !self.free_quietly(pos, published) {
+            return false;
+        }
+        let shared = self.shared();
+        shared.not_full.ring(1, &shared.counters.wakes);
+        true
+    }
+
+    /// `free` without the doorbell: a batch rings it once, after its last slot.
+    #[inline(always)]
+    fn free_quietly(&self, pos: u64, published: u64) -> bool {
         // PUBLISH (Release) on success: our reads of the slot happen before a producer reuses it.
         if !self.cas_seq(pos, published, pos.wrapping_add(self.cap), PUBLISH) {
             return self.robbed();
         }
-        let shared = self.shared();
-        shared.not_full.ring(1, &shared.counters.wakes);
         true
     }
 
@@ -824,64 +976,94 @@ impl MpmcCore {
     }
 
     /// A consumer stalled at `dequeue` on a slot a producer claimed but never published: if no
-    /// live producer announces it, tombstone it. `check_live` false skips that question (a test
-    /// hook's false death verdict, see `Consumer::recover_as_if_dead`).
+    /// live producer announces it, tombstone it; and so on for the slots after it (a producer
+    /// killed in a batch leaves a run of claimed, unpublished slots: they are recovered in one
+    /// go, not one per park slice). `check_live` false skips that question and recovers one slot
+    /// only (a test hook's false death verdict, see `Consumer::recover_as_if_dead`).
     fn recover_unpublished(&self, check_live: bool) -> bool {
         let shared = self.shared();
-        let pos = shared.dequeue.load(Acquire);
-        if self.seq(pos) != pos {
-            return false;
-        }
-        // Acquire: if `pos` was claimed, we synchronise with the claiming CAS (or a later one in
-        // its release sequence), so the claimant's announcement is visible to `live_claimant`.
-        let enqueue = shared.enqueue.load(Acquire);
-        let claimed = enqueue.wrapping_sub(pos);
-        if claimed == 0 || claimed > self.cap {
-            return false;
-        }
-        if check_live && shared.live_claimant(Role::Sender, pos.wrapping_add(1), self.tokens) {
-            return false;
-        }
-        // AcqRel: acquires what the stalled member left, releases the slot's new state.
-        if self.cas_seq(pos, pos, TOMB | pos.wrapping_add(1), AcqRel) {
+        let head = shared.dequeue.load(Acquire);
+        let mut recovered = 0;
+        // At most a lap: a run is never longer.
+        while recovered < self.cap {
+            let pos = head.wrapping_add(recovered);
+            // Free for `pos`, so not yet published for it (and not consumed: a consumer claims
+            // only published slots, and a sequence never goes back).
+            if self.seq(pos) != pos {
+                break;
+            }
+            // Acquire: if `pos` was claimed, we synchronise with the claiming CAS (or a later one
+            // in its release sequence), so the claimant's announcement is visible to
+            // `live_claimant`.
+            let enqueue = shared.enqueue.load(Acquire);
+            let claimed = enqueue.wrapping_sub(pos);
+            if claimed == 0 || claimed > self.cap {
+                break;
+            }
+            if check_live && shared.live_claimant(Role::Sender, pos, self.tokens) {
+                break;
+            }
+            // AcqRel: acquires what the stalled member left, releases the slot's new state.
+            if !self.cas_seq(pos, pos, TOMB | pos.wrapping_add(1), AcqRel) {
+                break;
+            }
             // Relaxed: a statistic.
             shared.losses.lost.fetch_add(1, Relaxed);
-            shared.not_empty.ring(1, &shared.counters.wakes);
-            return true;
+            recovered += 1;
+            if !check_live {
+                break;
+            }
         }
-        false
+        if recovered == 0 {
+            return false;
+        }
+        // One wake: the receiver skips every tombstone, and passes a wake on for what follows.
+        shared.not_empty.ring(1, &shared.counters.wakes);
+        true
     }
 
     /// A producer stalled at `enqueue` on a slot whose message a consumer claimed a lap ago and
-    /// never freed: if no live consumer announces it, free it. `check_live` as in
-    /// `recover_unpublished` (see `Producer::recover_as_if_dead`).
+    /// never freed: if no live consumer announces it, free it; and so on for the slots after it
+    /// (a consumer killed in a batch). `check_live` as in `recover_unpublished` (see
+    /// `Producer::recover_as_if_dead`).
     fn recover_unfreed(&self, check_live: bool) -> bool {
         let shared = self.shared();
-        let pos = shared.enqueue.load(Acquire);
-        let last_lap = pos.wrapping_sub(self.cap);
-        let seq = self.seq(pos);
-        if seq & !TOMB != last_lap.wrapping_add(1) {
-            return false;
-        }
-        // Acquire: as in `recover_unpublished`, for the consumer's claiming CAS.
-        let dequeue = shared.dequeue.load(Acquire);
-        let past = dequeue.wrapping_sub(last_lap);
-        if past == 0 || past > self.cap {
-            return false;
-        }
-        if check_live && shared.live_claimant(Role::Receiver, last_lap.wrapping_add(1), self.tokens) {
-            return false;
-        }
-        // AcqRel: acquires what the stalled member left, releases the slot's new state.
-        if self.cas_seq(pos, seq, pos, AcqRel) {
+        let tail = shared.enqueue.load(Acquire);
+        let mut recovered = 0;
+        while recovered < self.cap {
+            let pos = tail.wrapping_add(recovered);
+            let last_lap = pos.wrapping_sub(self.cap);
+            let seq = self.seq(pos);
+            if seq & !TOMB != last_lap.wrapping_add(1) {
+                break;
+            }
+            // Acquire: as in `recover_unpublished`, for the consumer's claiming CAS.
+            let dequeue = shared.dequeue.load(Acquire);
+            let past = dequeue.wrapping_sub(last_lap);
+            if past == 0 || past > self.cap {
+                break;
+            }
+            if check_live && shared.live_claimant(Role::Receiver, last_lap, self.tokens) {
+                break;
+            }
+            // AcqRel: acquires what the stalled member left, releases the slot's new state.
+            if !self.cas_seq(pos, seq, pos, AcqRel) {
+                break;
+            }
             if seq & TOMB == 0 {
                 // Relaxed: a statistic.
                 shared.losses.dropped.fetch_add(1, Relaxed);
             }
-            shared.not_full.ring(1, &shared.counters.wakes);
-            return true;
+            recovered += 1;
+            if !check_live {
+                break;
+            }
         }
-        false
+        if recovered == 0 {
+            return false;
+        }
+        shared.not_full.ring(1, &shared.counters.wakes);
+        true
     }
 
     fn stats(&self) -> Stats {
@@ -1067,22 +1249,29 @@ impl Producer {
     /// One non-blocking attempt; `Full` means wait and retry.
     #[inline]
     fn try_claim(&mut self, len: usize) -> Result<u64, TrySendError> {
+        Ok(self.try_claim_run(len, 1)?.0)
+    }
+
+    /// One non-blocking attempt to claim a run of up to `max` slots (1 to capacity), the first for
+    /// a message of `len` bytes; `Full` means wait and retry.
+    #[inline(always)]
+    fn try_claim_run(&mut self, len: usize, max: u64) -> Result<(u64, u64), TrySendError> {
         if tokens::inherited(self.owner) {
             return Err(TrySendError::Forked);
         }
         if let Some(c) = &self.fault {
             return Err(TrySendError::Corrupted(cold_clone(c)));
         }
-        let max = self.core.geometry.max_message;
-        if len > max {
-            return Err(too_large(len, max));
+        let largest = self.core.geometry.max_message;
+        if len > largest {
+            return Err(too_large(len, largest));
         }
         if self.disconnected || self.receivers_gone() {
             self.disconnected = true;
             return Err(TrySendError::Disconnected);
         }
-        match self.core.claim_free(self.me) {
-            Ok(Some(pos)) => return Ok(pos),
+        match self.core.claim_free_run(self.me, max) {
+            Ok(Some(run)) => return Ok(run),
             Ok(None) => {}
             Err(c) => return Err(TrySendError::Corrupted(self.poison(c))),
         }
@@ -1097,7 +1286,18 @@ impl Producer {
     }
 
     fn claim_deadline(&mut self, len: usize, deadline: Option<Instant>) -> Result<u64, SendTimeoutError> {
-        match self.try_claim(len) {
+        Ok(self.claim_run_deadline(len, 1, deadline)?.0)
+    }
+
+    /// Claims a run of up to `max` slots (1 to capacity), the first for a message of `len`
+    /// bytes, waiting until `deadline` for the first.
+    fn claim_run_deadline(
+        &mut self,
+        len: usize,
+        max: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(u64, u64), SendTimeoutError> {
+        match self.try_claim_run(len, max) {
             Err(TrySendError::Full) => {}
             r => return r.map_err(Into::into),
         }
@@ -1113,8 +1313,8 @@ impl Producer {
             },
             &self.wait,
             deadline,
-            || match core.claim_free(me) {
-                Ok(Some(pos)) => Check::Done(Ok(pos)),
+            || match core.claim_free_run(me, max) {
+                Ok(Some(run)) => Check::Done(Ok(run)),
                 Ok(None) if gone() => Check::Done(Err(SendTimeoutError::Disconnected)),
                 Ok(None) => Check::NotYet,
                 Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
@@ -1149,6 +1349,66 @@ impl Producer {
         // consumers read it only after `publish`.
         unsafe { copy_payload(msg, self.core.slots.payload(pos)) };
         self.core.publish(pos, msg.len(), false)
+    }
+
+    /// The messages a batch may claim slots for: the longest prefix of `msgs` (at most a lap)
+    /// whose messages fit in a slot, but at least the first (whose size `try_claim_run` checks,
+    /// so that a batch starting with a message too large reports it).
+    fn batch_prefix(&self, msgs: &[&[u8]]) -> u64 {
+        let max = self.core.geometry.max_message;
+        let fit = msgs
+            .iter()
+            .take(self.core.geometry.capacity)
+            .skip(1)
+            .take_while(|m| m.len() <= max)
+            .count();
+        1 + fit as u64
+    }
+
+    /// Writes `msgs` (one per slot) into the claimed run starting at `pos` and publishes them in
+    /// order, then rings the doorbell once for them all. Returns how many were published: all,
+    /// unless a slot was recovered from us (we were taken for dead, see `MpmcCore::publish`).
+    /// Then the messages from that one on are not sent: the slots left of our run are published
+    /// as tombstones (counted `discarded`), so that what was sent stays a prefix, and the caller
+    /// may send the rest again without duplicating any.
+    fn write_run(&mut self, pos: u64, msgs: &[&[u8]]) -> usize {
+        let core = &*self.core;
+        let mut sent = 0;
+        let mut robbed = false;
+        for (i, msg) in msgs.iter().enumerate() {
+            let at = pos.wrapping_add(i as u64);
+            if !robbed {
+                // A batch holds its claim longer than a send: look before writing each slot, so
+                // that a slot recovered from us meanwhile gets none of our bytes (the CAS in
+                // `publish_quietly` still decides).
+                if core.still_free(at) {
+                    core.slots.mark_write(at);
+                    // SAFETY: the slot for `at` is ours (our run's claim won its position while
+                    // it was free), its payload holds max_message >= msg.len() bytes (checked by
+                    // `try_claim_run` for the first message, `batch_prefix` for the rest), not
+                    // overlapping `msg`; consumers read it only after the publication.
+                    unsafe { copy_payload(msg, core.slots.payload(at)) };
+                    if core.publish_quietly(at, msg.len(), false) {
+                        sent += 1;
+                        continue;
+                    }
+                } else {
+                    core.robbed();
+                }
+                robbed = true;
+            } else if core.cas_seq(at, at, TOMB | at.wrapping_add(1), PUBLISH) {
+                // Relaxed: a statistic.
+                core.shared().losses.discarded.fetch_add(1, Relaxed);
+            } else {
+                core.robbed();
+            }
+        }
+        if msgs.len() > 1 {
+            core.end_run(self.me);
+        }
+        let shared = core.shared();
+        shared.not_empty.ring(1, &shared.counters.wakes);
+        sent
     }
 
     /// Reserves a slot for a message of `len` bytes without blocking. Write into the guard, then
@@ -1199,6 +1459,36 @@ impl Sender for Producer {
 
     fn max_message_size(&self) -> usize {
         self.core.geometry.max_message
+    }
+
+    /// Claims a run of free slots for the prefix with one CAS of the shared position, writes and
+    /// publishes each, and rings the doorbell once (a syscall only if a receiver sleeps).
+    /// `TrySendError::Lost` only if the first message's slot was recovered from us (this sender
+    /// was taken for dead); a later one's just ends the prefix.
+    fn try_send_batch(&mut self, msgs: &[&[u8]]) -> Result<usize, TrySendError> {
+        let Some(first) = msgs.first() else {
+            return Ok(0);
+        };
+        let (pos, n) = self.try_claim_run(first.len(), self.batch_prefix(msgs))?;
+        match self.write_run(pos, &msgs[..n as usize]) {
+            0 => Err(TrySendError::Lost),
+            sent => Ok(sent),
+        }
+    }
+
+    fn send_batch_deadline(
+        &mut self,
+        msgs: &[&[u8]],
+        deadline: Option<Instant>,
+    ) -> Result<usize, SendTimeoutError> {
+        let Some(first) = msgs.first() else {
+            return Ok(0);
+        };
+        let (pos, n) = self.claim_run_deadline(first.len(), self.batch_prefix(msgs), deadline)?;
+        match self.write_run(pos, &msgs[..n as usize]) {
+            0 => Err(SendTimeoutError::Lost),
+            sent => Ok(sent),
+        }
     }
 
     fn peer(&self) -> Option<Peer> {
@@ -1318,6 +1608,9 @@ pub struct Consumer {
     expect_senders: u32,
     /// `Disconnected` was returned: the senders are gone and the ring drained, for good.
     senders_gone: bool,
+    /// An error met by a batch receive after it had taken messages (a corrupted message
+    /// skipped, or `Lost`), reported by the next call.
+    held: Option<TryRecvError>,
     /// The process this end belongs to, as for `Producer::owner`.
     owner: u32,
 }
@@ -1339,6 +1632,7 @@ impl Consumer {
             liveness: LivenessTimer::new(),
             expect_senders: 1,
             senders_gone: false,
+            held: None,
             owner: tokens::owner(),
         }
     }
@@ -1397,6 +1691,9 @@ impl Consumer {
         if let Some(c) = &self.fault {
             return Err(TryRecvError::Corrupted(cold_clone(c)));
         }
+        if let Some(e) = self.held.take() {
+            return Err(e);
+        }
         if self.senders_gone {
             return Err(TryRecvError::Disconnected);
         }
@@ -1413,9 +1710,15 @@ impl Consumer {
         Err(TryRecvError::Empty)
     }
 
+    /// Whether the fast path may claim: no fault, no held error, not the end, not a forked copy.
+    #[inline(always)]
+    fn fast(&self) -> bool {
+        self.fault.is_none() && self.held.is_none() && !self.senders_gone && !tokens::inherited(self.owner)
+    }
+
     #[inline]
     fn try_take(&mut self) -> Result<(u64, usize), TryRecvError> {
-        if self.fault.is_none() && !self.senders_gone && !tokens::inherited(self.owner) {
+        if self.fast() {
             match self.core.claim_ready(self.me) {
                 Ok(Some(found)) => return Ok(found),
                 Ok(None) => {}
@@ -1539,6 +1842,106 @@ impl Consumer {
     }
 }
 
+impl Consumer {
+    /// Reads, checks and frees each slot of the run `(pos, n)` this member claimed, appending its
+    /// messages to `batch`, and rings the doorbell once for the lot. Tombstones are skipped. A
+    /// message with an impossible length is skipped and counted (`corrupt`); one whose slot was
+    /// recovered from us (this receiver was taken for dead) is not delivered (see
+    /// `MpmcCore::free`): the first such error is held for the caller (`held`).
+    fn drain_run(&mut self, (pos, n): (u64, u64), batch: &mut Batch) {
+        let core = &*self.core;
+        let mut error = None;
+        for at in (0..n).map(|i| pos.wrapping_add(i)) {
+            let seq = core.seq(at);
+            if seq & !TOMB != at.wrapping_add(1) {
+                // Recovered from us before we looked: gone (perhaps a tombstone; we cannot tell).
+                core.robbed();
+                error.get_or_insert(TryRecvError::Lost);
+                continue;
+            }
+            if seq & TOMB != 0 {
+                // Nothing lost if this fails: the tombstone was freed for us (counted).
+                core.free_quietly(at, seq);
+                continue;
+            }
+            // Relaxed: ordered by the Acquire load of the sequence that found it published.
+            let len = core.slots.len_word(at).load(Relaxed) as usize;
+            if len > core.geometry.max_message {
+                core.free_quietly(at, seq);
+                // Relaxed: a statistic.
+                core.shared().losses.corrupt.fetch_add(1, Relaxed);
+                error.get_or_insert_with(|| {
+                    TryRecvError::Corrupted(Corrupted {
+                        reason: format!(
+                            "message at position {at} has length {len}, over the maximum {}; skipped",
+                            core.geometry.max_message
+                        ),
+                    })
+                });
+                continue;
+            }
+            core.slots.mark_read(at);
+            // SAFETY: the slot is ours until freed below (claimed published, its sequence seen
+            // with Acquire); `len` <= max_message, which its payload holds; the batch is our
+            // own memory.
+            unsafe { batch.push_copy(core.slots.payload(at), len) };
+            if !core.free_quietly(at, seq) {
+                // Freed under us: what we copied may be torn by the next lap's producer.
+                batch.truncate(batch.len() - 1);
+                error.get_or_insert(TryRecvError::Lost);
+            }
+        }
+        if n > 1 {
+            core.end_run(self.me);
+        }
+        let shared = core.shared();
+        shared.not_full.ring(1, &shared.counters.wakes);
+        if let Some(e) = error {
+            self.held.get_or_insert(e);
+        }
+    }
+
+    /// A batch receive: `first` finds the first slot to take (without or with waiting; it is
+    /// asked only while the batch is empty), then runs are claimed while they are there, up to
+    /// `max` messages. An error held from before is returned first; one met after messages were
+    /// taken is held for the next call.
+    fn recv_batch_with<E: From<TryRecvError>>(
+        &mut self,
+        batch: &mut Batch,
+        max: usize,
+        mut first: impl FnMut(&mut Self) -> Result<(u64, usize), E>,
+    ) -> Result<usize, E> {
+        batch.clear();
+        let max = max.clamp(1, self.core.geometry.capacity);
+        loop {
+            let want = (max - batch.len()) as u64;
+            let run = if self.fast() {
+                match self.core.claim_ready_run(self.me, want) {
+                    Ok(run) => run,
+                    Err(c) => return Err(self.failed(TakeError::Index(c)).into()),
+                }
+            } else {
+                None
+            };
+            let run = match run {
+                Some(run) => run,
+                None if !batch.is_empty() => break,
+                // `take` and `take_deadline` report a held error, the end, a fault, and skip
+                // tombstones; the slot they return is ours, a message of a checked length.
+                None => (first(self)?.0, 1),
+            };
+            self.drain_run(run, batch);
+            if batch.len() == max || self.held.is_some() {
+                break;
+            }
+        }
+        match batch.len() {
+            0 => Err(self.held.take().map_or(TryRecvError::Empty, |e| e).into()),
+            n => Ok(n),
+        }
+    }
+}
+
 /// What one look at the ring found.
 enum Taken {
     Message(u64, usize),
@@ -1609,6 +2012,32 @@ impl Receiver for Consumer {
         } else {
             Err(RecvTimeoutError::Lost)
         }
+    }
+
+    /// Claims runs of published slots with one CAS of the shared position each, copies the
+    /// messages out and frees their slots, and rings the doorbell once per run (a syscall only if
+    /// a sender sleeps).
+    ///
+    /// A run claimed is drained whole, so an error inside it (a message with an impossible length,
+    /// skipped and counted; `Lost` for a message whose slot was recovered because this receiver
+    /// was taken for dead) is held for the next call when messages were taken, and the messages
+    /// after it in the run are in this batch: the error is reported after them.
+    fn try_recv_batch(&mut self, batch: &mut Batch, max: usize) -> Result<usize, TryRecvError> {
+        self.recv_batch_with(batch, max, |rx| {
+            let slow = rx.liveness.due();
+            rx.take(slow)
+        })
+    }
+
+    /// As [`try_recv_batch`](Receiver::try_recv_batch), waiting until `deadline` for the first
+    /// message.
+    fn recv_batch_deadline(
+        &mut self,
+        batch: &mut Batch,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<usize, RecvTimeoutError> {
+        self.recv_batch_with(batch, max, |rx| rx.take_deadline(deadline))
     }
 
     fn peer(&self) -> Option<Peer> {
@@ -2092,6 +2521,426 @@ mod tests {
         let mut buf = Vec::new();
         assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
         assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+    }
+
+    /// The messages of a batch, as vectors.
+    fn messages(batch: &Batch) -> Vec<Vec<u8>> {
+        batch.iter().map(<[u8]>::to_vec).collect()
+    }
+
+    #[test]
+    fn a_batch_sends_the_prefix_that_fits_and_a_batch_receive_takes_what_is_there() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let mut batch = Batch::new();
+        assert_eq!(tx.try_send_batch(&[]), Ok(0));
+        tx.try_send(b"0").unwrap();
+        let msgs: [&[u8]; 5] = [b"1", b"22", b"333", b"4444", b"5"];
+        // Three slots left: the first three are sent, in one claim, and the rest untouched.
+        assert_eq!(tx.try_send_batch(&msgs), Ok(3));
+        assert_eq!(tx.try_send_batch(&msgs[3..]), Err(TrySendError::Full));
+        assert_eq!(rx.try_recv_batch(&mut batch, 2), Ok(2));
+        assert_eq!(messages(&batch), [&b"0"[..], b"1"]);
+        // Two slots again, the run wrapping around the end of the ring.
+        assert_eq!(tx.try_send_batch(&msgs[3..]), Ok(2));
+        assert_eq!(rx.try_recv_batch(&mut batch, 100), Ok(4));
+        assert_eq!(messages(&batch), [&b"22"[..], b"333", b"4444", b"5"]);
+        assert_eq!(rx.try_recv_batch(&mut batch, 100), Err(TryRecvError::Empty));
+        assert!(batch.is_empty(), "cleared even when nothing is taken");
+        // A `max` of 0 counts as 1.
+        tx.try_send_batch(&msgs[..2]).unwrap();
+        assert_eq!(rx.try_recv_batch(&mut batch, 0), Ok(1));
+        assert_eq!(rx.recv_batch_timeout_for_test(&mut batch, 8), Ok(1));
+        assert_eq!(messages(&batch), [b"22"]);
+        let st = rx.stats();
+        assert_eq!(
+            (st.lost, st.dropped, st.discarded, st.robbed),
+            (0, 0, 0, 0),
+            "{st:?}"
+        );
+    }
+
+    impl Consumer {
+        /// `recv_batch_deadline` with a second's deadline.
+        fn recv_batch_timeout_for_test(
+            &mut self,
+            batch: &mut Batch,
+            max: usize,
+        ) -> Result<usize, RecvTimeoutError> {
+            self.recv_batch_deadline(batch, max, Some(Instant::now() + Duration::from_secs(1)))
+        }
+    }
+
+    #[test]
+    fn a_message_too_large_ends_the_prefix_and_the_next_call_reports_it() {
+        let (mut tx, mut rx) = channel(8, 4).unwrap();
+        let big = [9u8; 5];
+        let msgs: [&[u8]; 4] = [b"a", b"bb", &big, b"c"];
+        assert_eq!(tx.try_send_batch(&msgs), Ok(2));
+        let too_large = TrySendError::TooLarge(TooLarge { len: 5, max: 4 });
+        assert_eq!(tx.try_send_batch(&msgs[2..]), Err(too_large.clone()));
+        assert_eq!(
+            tx.send_batch_deadline(&msgs[2..], None),
+            Err(SendTimeoutError::TooLarge(TooLarge { len: 5, max: 4 }))
+        );
+        assert_eq!(tx.send_batch(&msgs[3..]), Ok(1));
+        let mut batch = Batch::new();
+        assert_eq!(rx.try_recv_batch(&mut batch, 10), Ok(3));
+        assert_eq!(messages(&batch), [&b"a"[..], b"bb", b"c"]);
+        let st = rx.stats();
+        assert_eq!(
+            (st.discarded, st.lost),
+            (0, 0),
+            "nothing claimed for the refused message"
+        );
+    }
+
+    #[test]
+    fn a_blocked_batch_send_waits_for_room_for_its_first_message() {
+        let (mut tx, mut rx) = channel(2, 8).unwrap();
+        let msgs: [&[u8]; 3] = [b"a", b"b", b"c"];
+        assert_eq!(tx.send_batch(&msgs), Ok(2));
+        let soon = Some(Instant::now() + Duration::from_millis(30));
+        assert_eq!(
+            tx.send_batch_deadline(&msgs[2..], soon),
+            Err(SendTimeoutError::Timeout)
+        );
+        let receiver = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut batch = Batch::new();
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                rx.recv_batch(&mut batch, 2).unwrap();
+                got.extend(messages(&batch));
+            }
+            got
+        });
+        assert_eq!(tx.send_batch(&msgs[2..]), Ok(1));
+        assert_eq!(receiver.join().unwrap(), [b"a", b"b", b"c"]);
+    }
+
+    #[test]
+    fn batch_receives_drain_then_report_disconnected() {
+        let (mut tx, mut rx) = channel(8, 8).unwrap();
+        let mut rx2 = rx.try_clone().unwrap();
+        let msgs: [&[u8]; 3] = [b"x", b"y", b"z"];
+        assert_eq!(tx.try_send_batch(&msgs), Ok(3));
+        drop(tx);
+        let mut batch = Batch::new();
+        assert_eq!(rx.try_recv_batch(&mut batch, 2), Ok(2));
+        assert_eq!(rx2.recv_batch(&mut batch, 5), Ok(1));
+        assert_eq!(messages(&batch), [b"z"]);
+        assert_eq!(rx.try_recv_batch(&mut batch, 5), Err(TryRecvError::Disconnected));
+        assert_eq!(rx.recv_batch(&mut batch, 5), Err(RecvError::Disconnected));
+        assert_eq!(
+            rx2.recv_batch_timeout_for_test(&mut batch, 5),
+            Err(RecvTimeoutError::Disconnected)
+        );
+        assert_eq!(rx.peer(), Some(Peer::Closed));
+    }
+
+    #[test]
+    fn a_corrupted_message_in_a_run_is_skipped_and_reported_by_the_next_call() {
+        let (mut tx, mut rx) = channel(8, 8).unwrap();
+        let msgs: [&[u8]; 4] = [b"a", b"b", b"c", b"d"];
+        tx.try_send_batch(&msgs).unwrap();
+        rx.core.slots.len_word(1).store(9999, Relaxed);
+        let mut batch = Batch::new();
+        // The whole run was claimed: the messages after the bad one come with this call.
+        assert_eq!(rx.try_recv_batch(&mut batch, 8), Ok(3));
+        assert_eq!(messages(&batch), [b"a", b"c", b"d"]);
+        assert!(matches!(
+            rx.try_recv_batch(&mut batch, 8),
+            Err(TryRecvError::Corrupted(_))
+        ));
+        assert!(batch.is_empty());
+        // Reported once, and the end is not poisoned.
+        assert_eq!(rx.try_recv_batch(&mut batch, 8), Err(TryRecvError::Empty));
+        tx.try_send(b"e").unwrap();
+        let mut buf = Vec::new();
+        rx.try_recv(&mut buf).unwrap();
+        assert_eq!(buf, b"e");
+        // First in the run: reported at once when nothing else is there.
+        tx.try_send(b"f").unwrap();
+        rx.core.slots.len_word(5).store(9999, Relaxed);
+        assert!(matches!(
+            rx.try_recv_batch(&mut batch, 8),
+            Err(TryRecvError::Corrupted(_))
+        ));
+        assert_eq!(rx.stats().corrupt, 2);
+    }
+
+    #[test]
+    fn tombstones_inside_a_run_are_skipped() {
+        let (mut tx, mut rx) = channel(8, 8).unwrap();
+        drop(tx.try_reserve(1).unwrap());
+        tx.try_send(b"a").unwrap();
+        drop(tx.try_reserve(1).unwrap());
+        drop(tx.try_reserve(1).unwrap());
+        let mut batch = Batch::new();
+        assert_eq!(rx.try_recv_batch(&mut batch, 8), Ok(1));
+        assert_eq!(messages(&batch), [b"a"]);
+        assert_eq!(rx.try_recv_batch(&mut batch, 8), Err(TryRecvError::Empty));
+        assert_eq!(rx.stats().discarded, 3);
+        flows(&mut tx, &mut rx, 0, 20);
+    }
+
+    #[test]
+    fn a_producer_dead_mid_batch_has_the_rest_of_its_run_recovered_at_once() {
+        // A producer claims a run of four slots, publishes two and dies: a blocked receiver takes
+        // those two, then recovers the other two together (one park slice, not one each).
+        let (mut tx, mut rx) = channel(8, 8).unwrap();
+        let mut ghost = tx.try_clone().unwrap();
+        let (pos, n) = ghost.try_claim_run(1, 4).unwrap();
+        assert_eq!((pos, n), (0, 4));
+        assert_eq!(ghost.write_run(0, &[b"g0", b"g1"]), 2);
+        // Its record still announces the run of four when it dies.
+        ghost.core.member(ghost.me).claim_more.store(3, Relaxed);
+        ghost.core.member(ghost.me).pid.store(dead_pid(), Relaxed);
+        std::mem::forget(ghost);
+        tx.try_send(b"live").unwrap();
+        let mut batch = Batch::new();
+        rx.set_wait_strategy(WaitStrategy {
+            park_slice: Duration::from_millis(20),
+            ..WaitStrategy::default()
+        });
+        assert_eq!(rx.recv_batch_timeout_for_test(&mut batch, 8), Ok(2));
+        assert_eq!(messages(&batch), [b"g0", b"g1"]);
+        let t = Instant::now();
+        assert_eq!(rx.recv_batch_timeout_for_test(&mut batch, 8), Ok(1));
+        assert_eq!(messages(&batch), [b"live"]);
+        assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+        let st = rx.stats();
+        assert_eq!((st.lost, st.senders_died, st.robbed), (2, 1, 0), "{st:?}");
+        flows(&mut tx, &mut rx, 0, 20);
+    }
+
+    #[test]
+    fn a_consumer_dead_mid_batch_has_its_unfreed_run_recovered_at_once() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let ghost = rx.try_clone().unwrap();
+        for i in 0..4 {
+            tx.try_send(&[i]).unwrap();
+        }
+        // The ghost claims all four and dies before freeing any.
+        let run = ghost.core.claim_ready_run(ghost.me, 4).unwrap().unwrap();
+        assert_eq!(run, (0, 4));
+        ghost.core.member(ghost.me).pid.store(dead_pid(), Relaxed);
+        std::mem::forget(ghost);
+        assert_eq!(tx.try_send(b"x"), Err(TrySendError::Full));
+        let msgs: [&[u8]; 4] = [b"4", b"5", b"6", b"7"];
+        // Blocked: the first park slice's recovery frees the whole run, and the batch takes it.
+        assert_eq!(tx.send_batch(&msgs), Ok(4));
+        let st = tx.stats();
+        assert_eq!((st.dropped, st.receivers_died, st.robbed), (4, 1, 0), "{st:?}");
+        let mut batch = Batch::new();
+        assert_eq!(rx.try_recv_batch(&mut batch, 8), Ok(4));
+        assert_eq!(messages(&batch), msgs);
+        flows(&mut tx, &mut rx, 0, 20);
+    }
+
+    #[test]
+    fn a_live_batch_claim_is_never_recovered() {
+        // Both roles: a live member's run, announced in its record, is left alone by the other
+        // role's recovery, at every slot of it.
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let (pos, n) = tx.try_claim_run(1, 4).unwrap();
+        assert_eq!((pos, n), (0, 4));
+        assert!(!rx.core.recover_unpublished(true));
+        assert_eq!(tx.write_run(0, &[b"a", b"b", b"c", b"d"]), 4);
+        let run = rx.core.claim_ready_run(rx.me, 4).unwrap().unwrap();
+        assert!(!tx.core.recover_unfreed(true));
+        let mut batch = Batch::new();
+        rx.drain_run(run, &mut batch);
+        assert_eq!(messages(&batch), [b"a", b"b", b"c", b"d"]);
+        let st = rx.stats();
+        assert_eq!((st.lost, st.dropped, st.robbed), (0, 0, 0), "{st:?}");
+        flows(&mut tx, &mut rx, 0, 20);
+    }
+
+    #[test]
+    fn a_batch_sender_robbed_mid_run_sends_a_prefix_and_the_rest_is_not_delivered() {
+        let (mut tx, mut rx) = channel(8, 8).unwrap();
+        let (pos, n) = tx.try_claim_run(1, 3).unwrap();
+        assert_eq!((pos, n), (0, 3));
+        // What a recovery that took us for dead does to the second slot of our run.
+        assert!(rx.core.cas_seq(1, 1, TOMB | 2, AcqRel));
+        assert_eq!(tx.write_run(0, &[b"a", b"b", b"c"]), 1);
+        let mut batch = Batch::new();
+        assert_eq!(rx.try_recv_batch(&mut batch, 8), Ok(1));
+        assert_eq!(messages(&batch), [b"a"]);
+        assert_eq!(rx.try_recv_batch(&mut batch, 8), Err(TryRecvError::Empty));
+        let st = rx.stats();
+        // The slot after the robbed one was published as a tombstone by the sender itself.
+        assert_eq!((st.robbed, st.discarded), (1, 1), "{st:?}");
+        assert_eq!(
+            tx.core.member(tx.me).claim_more.load(Relaxed),
+            0,
+            "the run's range withdrawn"
+        );
+        flows(&mut tx, &mut rx, 0, 20);
+    }
+
+    #[test]
+    fn a_batch_sender_taken_for_dead_finds_its_run_recovered_and_sends_nothing() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let (pos, n) = tx.try_claim_run(1, 3).unwrap();
+        assert_eq!((pos, n), (0, 3));
+        let record = tx.core.member(tx.me);
+        let pid = record.pid.load(Relaxed);
+        record.pid.store(dead_pid(), Relaxed);
+        // One recovery takes the whole run.
+        assert!(rx.core.recover_unpublished(true));
+        assert!(!rx.core.recover_unpublished(true));
+        record.pid.store(pid, Relaxed);
+        let msgs: [&[u8]; 3] = [b"a", b"b", b"c"];
+        assert_eq!(tx.write_run(pos, &msgs), 0);
+        let mut batch = Batch::new();
+        assert_eq!(rx.try_recv_batch(&mut batch, 8), Err(TryRecvError::Empty));
+        let st = rx.stats();
+        assert_eq!((st.lost, st.robbed, st.discarded), (3, 3, 0), "{st:?}");
+        // The sender goes on, and the same messages can be sent again.
+        assert_eq!(tx.try_send_batch(&msgs), Ok(3));
+        assert_eq!(rx.try_recv_batch(&mut batch, 8), Ok(3));
+        assert_eq!(messages(&batch), msgs);
+        flows(&mut tx, &mut rx, 0, 20);
+    }
+
+    #[test]
+    fn a_batch_receiver_robbed_of_a_slot_delivers_the_rest_and_reports_lost_next() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let mut rx2 = rx.try_clone().unwrap();
+        for i in 0..4 {
+            tx.try_send(&[i]).unwrap();
+        }
+        let run = rx2.core.claim_ready_run(rx2.me, 4).unwrap().unwrap();
+        assert_eq!(run, (0, 4));
+        // Taken for dead: the slot at the head of the run is freed and reused under it.
+        assert!(tx.recover_as_if_dead());
+        tx.try_send(b"four").unwrap();
+        let mut batch = Batch::new();
+        rx2.drain_run(run, &mut batch);
+        assert_eq!(messages(&batch), [[1], [2], [3]]);
+        assert_eq!(rx2.try_recv_batch(&mut batch, 8), Err(TryRecvError::Lost));
+        assert_eq!(rx2.try_recv_batch(&mut batch, 8), Ok(1));
+        assert_eq!(messages(&batch), [b"four"]);
+        let st = rx.stats();
+        assert_eq!((st.dropped, st.robbed), (1, 1), "{st:?}");
+        flows(&mut tx, &mut rx2, 10, 9);
+        flows(&mut tx, &mut rx, 20, 9);
+    }
+
+    #[test]
+    fn batches_across_threads_exactly_once_in_producer_order() {
+        const P: u32 = 3;
+        const C: usize = 3;
+        const N: u32 = 20_000;
+        let (tx, rx) = channel(16, 16).unwrap();
+        let mut receivers = Vec::new();
+        for c in 0..C {
+            let mut rx = rx.try_clone().unwrap();
+            rx.set_expect_senders(P);
+            receivers.push(std::thread::spawn(move || {
+                let mut batch = Batch::new();
+                let mut got = Vec::new();
+                let mut buf = Vec::new();
+                let mut round = 0usize;
+                loop {
+                    round += 1;
+                    // Batch receives of varied sizes, blocking and not, and single ones.
+                    let more = match (round + c) % 4 {
+                        0 => match rx.try_recv_batch(&mut batch, round % 7 + 1) {
+                            Ok(_) => true,
+                            Err(TryRecvError::Empty) => {
+                                std::thread::yield_now();
+                                true
+                            }
+                            Err(TryRecvError::Disconnected) => false,
+                            Err(e) => panic!("receiver {c}: {e:?}"),
+                        },
+                        1 => match rx.recv(&mut buf) {
+                            Ok(()) => {
+                                batch.clear();
+                                batch.push(&buf);
+                                true
+                            }
+                            Err(RecvError::Disconnected) => false,
+                            Err(e) => panic!("receiver {c}: {e:?}"),
+                        },
+                        _ => match rx.recv_batch(&mut batch, round % 11 + 1) {
+                            Ok(_) => true,
+                            Err(RecvError::Disconnected) => false,
+                            Err(e) => panic!("receiver {c}: {e:?}"),
+                        },
+                    };
+                    if !more {
+                        return got;
+                    }
+                    got.extend(batch.iter().map(|m| {
+                        let p = u32::from_le_bytes(m[..4].try_into().unwrap());
+                        let i = u32::from_le_bytes(m[4..8].try_into().unwrap());
+                        (p, i)
+                    }));
+                }
+            }));
+        }
+        drop(rx);
+        let mut senders = Vec::new();
+        for p in 0..P {
+            let mut tx = tx.try_clone().unwrap();
+            senders.push(std::thread::spawn(move || {
+                let all: Vec<[u8; 8]> = (0..N)
+                    .map(|i| {
+                        let mut m = [0u8; 8];
+                        m[..4].copy_from_slice(&p.to_le_bytes());
+                        m[4..].copy_from_slice(&i.to_le_bytes());
+                        m
+                    })
+                    .collect();
+                let refs: Vec<&[u8]> = all.iter().map(|m| &m[..]).collect();
+                let mut rest = &refs[..];
+                let mut round = 0usize;
+                while !rest.is_empty() {
+                    round += 1;
+                    let want = (round * (p as usize + 1)) % 23 + 1;
+                    let chunk = &rest[..want.min(rest.len())];
+                    let sent = if p == 0 && round.is_multiple_of(3) {
+                        tx.send(chunk[0]).map(|()| 1).unwrap()
+                    } else if round.is_multiple_of(2) {
+                        match tx.try_send_batch(chunk) {
+                            Ok(n) => n,
+                            Err(TrySendError::Full) => {
+                                std::thread::yield_now();
+                                0
+                            }
+                            Err(e) => panic!("sender {p}: {e:?}"),
+                        }
+                    } else {
+                        tx.send_batch(chunk).unwrap()
+                    };
+                    assert!(sent <= chunk.len());
+                    rest = &rest[sent..];
+                }
+            }));
+        }
+        drop(tx);
+        for s in senders {
+            s.join().unwrap();
+        }
+        let mut all = Vec::new();
+        for h in receivers {
+            let got = h.join().unwrap();
+            let mut last = [None::<u32>; P as usize];
+            for &(p, i) in &got {
+                let prev = &mut last[p as usize];
+                assert!(prev.is_none_or(|x| x < i), "producer {p}: {i} after {prev:?}");
+                *prev = Some(i);
+            }
+            all.extend(got);
+        }
+        all.sort_unstable();
+        let expected: Vec<(u32, u32)> = (0..P).flat_map(|p| (0..N).map(move |i| (p, i))).collect();
+        assert_eq!(all.len(), expected.len());
+        assert!(all == expected, "the union is not exactly the messages sent");
     }
 
     #[test]
