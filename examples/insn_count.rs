@@ -43,6 +43,7 @@ use std::time::Instant;
 
 const CAPACITY: usize = 1024;
 type Msg = [u8; 64];
+/// Messages per batch in `shm_batch_8b` and `mpmc_batch16_send_recv`.
 const BATCH: usize = 16;
 
 #[inline(never)]
@@ -135,9 +136,6 @@ fn mpmc_send_recv_copy(tx: &mut mpmc::Producer, rx: &mut mpmc::Consumer, n: u64)
         black_box(&buf);
     }
 }
-
-/// Messages per batch in `mpmc_batch16_send_recv`.
-const BATCH: usize = 16;
 
 #[inline(never)]
 fn mpmc_batch16_send_recv(tx: &mut mpmc::Producer, rx: &mut mpmc::Consumer, n: u64) {

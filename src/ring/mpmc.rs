@@ -1438,7 +1438,7 @@ impl Producer {
 }
 
 impl Sender for Producer {
-    #[inline]
+    #[inline(always)]
     fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
         let pos = self.try_claim(msg.len())?;
         if self.write(pos, msg) {
@@ -1716,7 +1716,7 @@ impl Consumer {
         self.fault.is_none() && self.held.is_none() && !self.senders_gone && !tokens::inherited(self.owner)
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_take(&mut self) -> Result<(u64, usize), TryRecvError> {
         if self.fast() {
             match self.core.claim_ready(self.me) {

@@ -740,23 +740,25 @@ impl Producer {
                 break;
             }
             let rec = record_size(msg.len());
-            match self.has_room(rec) {
-                Ok(true) => {}
-                // A bad index stopped this end: its next call says so.
-                Ok(false) | Err(_) => break,
-            }
-            let size = self.hot.size as usize;
-            if self.tail_off + rec > size {
-                // A pad inside the batch, published by the first record's header like the rest
-                // (so the word at offset 0 needs no zeroing: the record written there next
-                // stores its header before that publication).
-                // Relaxed: ordered by that publishing store, which comes after it.
-                self.records()
-                    .word(self.tail_off)
-                    .store(pad_word(self.tail), Relaxed);
-                self.tail = self.tail.wrapping_add((size - self.tail_off) as u64);
-                self.tail_off = 0;
-                self.set_limit();
+            if self.tail + rec as u64 > self.limit {
+                match self.has_room(rec) {
+                    Ok(true) => {}
+                    // A bad index stopped this end: its next call says so.
+                    Ok(false) | Err(_) => break,
+                }
+                let size = self.hot.size as usize;
+                if self.tail_off + rec > size {
+                    // A pad inside the batch, published by the first record's header like the
+                    // rest (so the word at offset 0 needs no zeroing: the record written there
+                    // next stores its header before that publication).
+                    // Relaxed: ordered by that publishing store, which comes after it.
+                    self.records()
+                        .word(self.tail_off)
+                        .store(pad_word(self.tail), Relaxed);
+                    self.tail = self.tail.wrapping_add((size - self.tail_off) as u64);
+                    self.tail_off = 0;
+                    self.set_limit();
+                }
             }
             let (word, off) = self.write(msg);
             // Relaxed: published by the first record's header (see `publish`).
@@ -1247,7 +1249,9 @@ impl Consumer {
     fn take_batch(&mut self, first: Front, batch: &mut Batch, max: usize) {
         let mut front = first;
         loop {
-            batch.push(self.bytes(front));
+            let msg = self.bytes(front);
+            // SAFETY: `msg` is the record's payload in the ring's memory, not the batch's.
+            unsafe { batch.push_copy(msg.as_ptr(), msg.len()) };
             self.advance(front);
             if batch.len() >= max {
                 break;
