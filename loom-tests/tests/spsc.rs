@@ -4,9 +4,23 @@
 //! Each test is one small model named for the interleaving it is about. Under loom the futex is a
 //! Mutex + Condvar per word with no timeout, so a lost wakeup shows up as a loom deadlock.
 //!
-//! Every received message is checked for its exact length and bytes: the length word is a loom
-//! atomic stored Relaxed before the publishing `tail` store, so with `--cfg shmpipe_loom_weaken`
-//! (that store made Relaxed) the consumer can read a stale length and these asserts fail.
+//! Under `cfg(loom)` the ring's record memory (`ring::records::Records`) models every 8-byte
+//! word's header as a loom `AtomicU64` and marks every payload access (and the header word of the
+//! record it belongs to) on a per-word loom `UnsafeCell`: a read of a record not ordered after
+//! its write, or a write (the next lap's) not ordered after the read, is a loom causality
+//! violation. Every received message is also checked for its exact length and bytes, and every
+//! header the consumer reads is checked by the ring itself (stamped for its position, or the
+//! ring reports `Corrupted`, which the helpers here turn into a panic). With
+//! `--cfg shmpipe_loom_weaken` (the header publishing store and the consumer's `head` store made
+//! Relaxed) the models that publish or reuse records concurrently fail.
+//!
+//! Geometry: `channel(2, 8)` is 48 bytes, three 16-byte record positions (offsets 0, 16, 32).
+//! Every message of `MSGS` (1 to 4 bytes) takes one 16-byte record, so the ring holds exactly two
+//! of them: a third needs its 16 bytes plus the 8-byte terminator after it (`2 * 16 + 24 > 48`).
+//! The third message goes to offset 32 and its terminator to offset 0, the first message's header
+//! word, so it waits for the first to be freed; the fourth is the first whose record reuses
+//! memory a concurrent read used (offset 0, second lap). No pad ever happens there (records of 16
+//! bytes in 48).
 #![cfg(loom)]
 
 use loom::thread;
@@ -14,11 +28,11 @@ use shmpipe::ring::spsc::{self, Consumer, Producer};
 use shmpipe::{Receiver, RecvError, SendError, Sender, TryRecvError, TrySendError, WaitStrategy};
 use shmpipe_loom_tests::{model_capped, End};
 
-/// Largest message in every model (one 64-byte slot).
+/// Largest message of `channel` (a 16-byte record: 8-byte header, 8 bytes of payload).
 const MAX_MESSAGE: usize = 8;
 
-/// Distinct lengths and distinct bytes, so a stale length or a message from the wrong slot (or the
-/// wrong lap) never compares equal to the expected one.
+/// Distinct lengths and distinct bytes, so a stale length or a message from the wrong record (or
+/// the wrong lap) never compares equal to the expected one. One 16-byte record each.
 const MSGS: [&[u8]; 4] = [b"a", b"bc", b"def", b"ghij"];
 
 /// Runs `f` under loom within the preemption bound (`LOOM_MAX_PREEMPTIONS`, 3 when unset).
@@ -67,14 +81,21 @@ fn recv_spinning(rx: &mut Consumer, buf: &mut Vec<u8>) {
     }
 }
 
-/// Checks one received message: length first (the word a weakened publish leaves stale), then bytes.
+/// Checks one received message of `MSGS`: length first (from the header word), then bytes.
 #[track_caller]
 fn assert_msg(got: &[u8], i: usize) {
-    let want = MSGS[i];
+    assert_sent(got, &MSGS, i);
+}
+
+/// Checks that `got` is message `i` of `sent`: its exact length (read from the record's header
+/// word), then its bytes.
+#[track_caller]
+fn assert_sent(got: &[u8], sent: &[&[u8]], i: usize) {
+    let want = sent[i];
     assert_eq!(
         got.len(),
         want.len(),
-        "message {i}: length {} read from the slot, {} sent",
+        "message {i}: length {} read from the record header, {} sent",
         got.len(),
         want.len()
     );
@@ -85,8 +106,10 @@ fn assert_msg(got: &[u8], i: usize) {
 // FIFO, exactly once, with wraparound (non-blocking calls on both sides)
 // ---------------------------------------------------------------------------------------------
 
-/// Four messages through two slots: each slot is reused once, so the consumer must see the second
-/// lap's length and bytes, in order, each message exactly once, and then nothing more.
+/// Four messages through a ring that holds two: the third waits for the first to be freed (its
+/// terminator is the first's header word), the fourth reuses the first's record on the second lap
+/// (offset 0), so the consumer must see the second lap's header, length and bytes, in order, each
+/// message exactly once, and then nothing more.
 #[test]
 fn fifo_exactly_once_wraps_at_capacity_two() {
     model(|| {
@@ -111,8 +134,9 @@ fn fifo_exactly_once_wraps_at_capacity_two() {
     });
 }
 
-/// The consumer only starts after the producer filled the ring and found it full: the `Full`
-/// answer must be exact (no overwrite of an unread slot) and both messages intact.
+/// The producer fills the ring (two messages) and tries a third while the consumer drains: the
+/// third fits only once the first is freed (its terminator overwrites the first's header word),
+/// so `Full` or not, nothing unread is overwritten and every message that went is intact.
 #[test]
 fn try_send_on_full_ring_reports_full_and_overwrites_nothing() {
     model(|| {
@@ -120,7 +144,8 @@ fn try_send_on_full_ring_reports_full_and_overwrites_nothing() {
         let producer = thread::spawn(move || {
             tx.try_send(MSGS[0]).unwrap();
             tx.try_send(MSGS[1]).unwrap();
-            // The consumer may or may not have freed a slot yet; if not, nothing is written.
+            // The consumer may or may not have freed the first record yet; if not, nothing is
+            // written.
             match tx.try_send(MSGS[2]) {
                 Ok(()) => true,
                 Err(TrySendError::Full) => false,
@@ -145,14 +170,15 @@ fn try_send_on_full_ring_reports_full_and_overwrites_nothing() {
 // Zero-copy paths: reserve/commit and recv_ref
 // ---------------------------------------------------------------------------------------------
 
-/// The producer writes in place through `try_reserve` + `commit`, three messages through two
-/// slots; the consumer copies them out.
+/// The producer writes in place through `try_reserve` + `commit`, four messages through a ring
+/// that holds two (the fourth reserves the first's record again, on the second lap); the consumer
+/// copies them out.
 #[test]
 fn fifo_reserve_commit_wraps_at_capacity_two() {
     model(|| {
         let (mut tx, mut rx) = channel(2);
         let producer = thread::spawn(move || {
-            for msg in &MSGS[..3] {
+            for msg in MSGS {
                 loop {
                     match tx.try_reserve(msg.len()) {
                         Ok(mut slot) => {
@@ -167,7 +193,7 @@ fn fifo_reserve_commit_wraps_at_capacity_two() {
             }
         });
         let mut buf = Vec::new();
-        for i in 0..3 {
+        for i in 0..MSGS.len() {
             recv_spinning(&mut rx, &mut buf);
             assert_msg(&buf, i);
         }
@@ -176,18 +202,19 @@ fn fifo_reserve_commit_wraps_at_capacity_two() {
     });
 }
 
-/// The consumer reads in place through `try_recv_ref`; the slot is freed only when the guard
-/// drops, and the producer's third message reuses the first slot.
+/// The consumer reads in place through `try_recv_ref`; a record is freed only when its guard
+/// drops, and the producer's fourth message reuses the first's record (the third waits for the
+/// first guard's drop: its terminator is the first's header word).
 #[test]
 fn fifo_recv_ref_wraps_at_capacity_two() {
     model(|| {
         let (mut tx, mut rx) = channel(2);
         let producer = thread::spawn(move || {
-            for msg in &MSGS[..3] {
+            for msg in MSGS {
                 send_spinning(&mut tx, msg);
             }
         });
-        for i in 0..3 {
+        for i in 0..MSGS.len() {
             loop {
                 match rx.try_recv_ref() {
                     Ok(msg) => {
@@ -269,8 +296,9 @@ fn recv_parked_twice_is_woken_by_each_send() {
     });
 }
 
-/// The producer parks in `send` on a full ring (capacity 2, filled beforehand) while the consumer
-/// frees a slot with a non-blocking receive.
+/// The producer parks in `send` on a full ring (two messages, sent beforehand) while the consumer
+/// frees the first record with a non-blocking receive (the third message's terminator goes over
+/// the first's header word, so the first must be freed).
 #[test]
 fn send_parked_on_full_is_woken_by_recv() {
     model(|| {
@@ -291,7 +319,8 @@ fn send_parked_on_full_is_woken_by_recv() {
 }
 
 /// Both sides block: the producer parks on full and the consumer parks on empty, each woken only by
-/// the other's doorbell. Three messages through two slots.
+/// the other's doorbell. Three messages through a ring that holds two: the third record ends the
+/// memory and its terminator is at offset 0, over the first's header.
 #[test]
 fn send_and_recv_both_parking_wrap_at_capacity_two() {
     model(|| {
@@ -331,7 +360,7 @@ fn recv_ref_parked_is_woken_by_reserve_commit() {
 }
 
 /// The producer parks in `reserve` on a full ring and is woken when the consumer drops a
-/// `ReadGuard` (the guard, not a copy, frees the slot).
+/// `ReadGuard` (the guard, not a copy, frees the record).
 #[test]
 fn reserve_parked_on_full_is_woken_by_read_guard_drop() {
     model(|| {
@@ -400,7 +429,7 @@ fn recv_parked_is_woken_by_sender_drop() {
 /// Non-blocking receives racing the sender's last sends and its drop: once `try_recv` says
 /// `Disconnected` everything sent before the drop has been received. No fence on the consumer's
 /// side here, so only the close's Release (paired with the Acquire load of the role state) makes
-/// the last `tail` visible to the consumer's final re-check.
+/// the last record header visible to the consumer's final re-check.
 #[test]
 fn try_recv_drains_everything_sent_before_sender_drop() {
     model(|| {
@@ -482,7 +511,7 @@ fn send_parked_on_full_is_woken_by_receiver_drop() {
     });
 }
 
-/// The same through `reserve`: no slot is handed out after the receiver is gone.
+/// The same through `reserve`: no record is handed out after the receiver is gone.
 #[test]
 fn reserve_parked_on_full_is_woken_by_receiver_drop() {
     model(|| {
@@ -518,8 +547,8 @@ fn both_parking_then_sender_drop_drains_all_then_disconnects() {
 }
 
 /// The consumer takes one message from a full ring and drops while the producer is parked: the
-/// producer's pending send may land in the freed slot or see the close, but the one after it (ring
-/// full again, or closed) must return `Disconnected`, never block for ever.
+/// producer's pending send may go (the first record is freed) or see the close, but the one after
+/// it (ring full again, or closed) must return `Disconnected`, never block for ever.
 #[test]
 fn send_parked_on_full_sees_receiver_drop_after_it_took_one() {
     model(|| {
@@ -534,7 +563,7 @@ fn send_parked_on_full_sees_receiver_drop_after_it_took_one() {
         });
         match tx.send(MSGS[2]) {
             Ok(()) | Err(SendError::Disconnected) => {}
-            other => panic!("send into the freed slot: {other:?}"),
+            other => panic!("send after the first record was freed: {other:?}"),
         }
         assert_eq!(tx.send(MSGS[3]), Err(SendError::Disconnected));
         consumer.join().unwrap();
