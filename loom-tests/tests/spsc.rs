@@ -1,5 +1,6 @@
 //! Loom models of the SPSC ring: FIFO exactly-once delivery, the park/wake (doorbell) protocol,
-//! disconnect while the peer is parked, and the zero-copy reserve/commit and recv_ref paths.
+//! disconnect while the peer is parked, the zero-copy reserve/commit and recv_ref paths, and the
+//! record layout's own protocol: pad records, the terminator word, batches.
 //!
 //! Each test is one small model named for the interleaving it is about. Under loom the futex is a
 //! Mutex + Condvar per word with no timeout, so a lost wakeup shows up as a loom deadlock.
@@ -20,12 +21,12 @@
 //! The third message goes to offset 32 and its terminator to offset 0, the first message's header
 //! word, so it waits for the first to be freed; the fourth is the first whose record reuses
 //! memory a concurrent read used (offset 0, second lap). No pad ever happens there (records of 16
-//! bytes in 48).
+//! bytes in 48): the pad models use `channel_bytes(72, 16)` and `PAD_MSGS`.
 #![cfg(loom)]
 
 use loom::thread;
 use shmpipe::ring::spsc::{self, Consumer, Producer};
-use shmpipe::{Receiver, RecvError, SendError, Sender, TryRecvError, TrySendError, WaitStrategy};
+use shmpipe::{Batch, Receiver, RecvError, SendError, Sender, TryRecvError, TrySendError, WaitStrategy};
 use shmpipe_loom_tests::{model_capped, End};
 
 /// Largest message of `channel` (a 16-byte record: 8-byte header, 8 bytes of payload).
@@ -567,5 +568,233 @@ fn send_parked_on_full_sees_receiver_drop_after_it_took_one() {
         }
         assert_eq!(tx.send(MSGS[3]), Err(SendError::Disconnected));
         consumer.join().unwrap();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The record layout: pad records, the terminator, batches
+// ---------------------------------------------------------------------------------------------
+
+/// Largest message of `pad_channel`: records of up to 24 bytes.
+const PAD_MAX: usize = 16;
+
+/// Bytes of `pad_channel`'s memory: three records of `PAD_MAX` (`channel_bytes(72, 16)`).
+const PAD_RING: usize = 72;
+
+/// Messages whose records (16, 24, 24, 16 and 16 bytes) land everywhere relative to the end of a
+/// 72-byte ring. Sent in order from position 0: `abc` at 0, the 12-byte one at 16, the 16-byte
+/// one at 40 (ending at 64), then `F` (16 bytes) does not fit in the 8 bytes left: a pad record
+/// fills 64..72 and `F` goes to offset 0 (position 72), over `abc`'s record; `GHIJKLMN` follows
+/// at offset 16 (position 88). Distinct lengths and first bytes, as `MSGS`.
+const PAD_MSGS: [&[u8]; 5] = [b"abc", b"defghijklmno", b"pqrstuvwxyzABCDE", b"F", b"GHIJKLMN"];
+
+/// A 72-byte ring of records of up to 16 bytes (its geometry asserted: the models' positions
+/// depend on it).
+fn pad_channel() -> (Tx, Rx) {
+    let (tx, rx) = spsc::channel_bytes(PAD_RING, PAD_MAX).unwrap();
+    assert_eq!(tx.ring_bytes(), PAD_RING);
+    (End::new(tx), End::new(rx))
+}
+
+/// `try_recv` that must find a message at once: for the records after the first of a batch,
+/// which the batch's one publishing store made visible together with the first.
+#[track_caller]
+fn recv_now(rx: &mut Consumer, buf: &mut Vec<u8>, sent: &[&[u8]], i: usize) {
+    match rx.try_recv(buf) {
+        Ok(()) => assert_sent(buf, sent, i),
+        other => panic!("message {i}: {other:?}, though an earlier message of its batch was received"),
+    }
+}
+
+/// Wraparound through a pad record, both sides concurrent: the fourth message (`F`) does not fit
+/// before the end, so the producer (once `abc` and the 12-byte message are freed: the pad, `F`
+/// and its terminator need 32 bytes) publishes a pad over 64..72, having zeroed the word at
+/// offset 0 (`abc`'s header from the first lap), and writes `F` over `abc`'s record. The
+/// consumer may be reading the 16-byte message meanwhile, then skips the pad and must find `F`
+/// (never `abc`'s stale header), then `GHIJKLMN`: FIFO, exactly once, exact bytes.
+#[test]
+fn fifo_exactly_once_through_a_pad_record() {
+    model(|| {
+        let (mut tx, mut rx) = pad_channel();
+        let producer = thread::spawn(move || {
+            for msg in PAD_MSGS {
+                send_spinning(&mut tx, msg);
+            }
+        });
+        let mut buf = Vec::new();
+        for i in 0..PAD_MSGS.len() {
+            recv_spinning(&mut rx, &mut buf);
+            assert_sent(&buf, &PAD_MSGS, i);
+        }
+        match rx.try_recv(&mut buf) {
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+            other => panic!("after the last message: {other:?}, buf {buf:?}"),
+        }
+        producer.join().unwrap();
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+    });
+}
+
+/// The terminator across a lap boundary. Before the threads start, two messages are sent and
+/// received: offset 0 and 16 still hold their (first-lap) headers, and both ends are at position
+/// 32. Then the consumer spins on the next header while the producer writes `def` at offset 32 (a
+/// record that ends the memory: its terminator zeroes offset 0) and `ghij` at offset 0 (position
+/// 48, terminator over offset 16). Whenever the consumer reads offset 0 at position 48 it must
+/// find 0 (nothing yet) or `ghij`'s header, never the first lap's: a stale header is reported by
+/// the ring as `Corrupted` ("not stamped"), which fails the model.
+#[test]
+fn consumer_spinning_across_the_lap_boundary_never_reads_a_stale_header() {
+    model(|| {
+        let (mut tx, mut rx) = channel(2);
+        let mut buf = Vec::new();
+        for i in 0..2 {
+            tx.try_send(MSGS[i]).unwrap();
+            rx.try_recv(&mut buf).unwrap();
+            assert_msg(&buf, i);
+        }
+        let producer = thread::spawn(move || {
+            send_spinning(&mut tx, MSGS[2]);
+            send_spinning(&mut tx, MSGS[3]);
+            tx // Kept: the consumer's last look below is at a live producer's terminator.
+        });
+        for i in 2..4 {
+            recv_spinning(&mut rx, &mut buf);
+            assert_msg(&buf, i);
+        }
+        // Position 64 (offset 16): the first lap's header there was zeroed by `ghij`'s terminator.
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+        drop(producer.join().unwrap());
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+    });
+}
+
+/// A batch with a pad inside it, against a consumer using `try_recv`. One message is sent and
+/// received first (both ends at position 24, the first lap's header left at offset 0). Then
+/// `try_send_batch` of three: `abc` at 24, the 16-byte message at 40, and `F`, which does not fit
+/// in the 8 bytes left: a pad (not zeroing offset 0: the batch's own record goes there before the
+/// batch is published) and `F` at offset 0. All three fit in the empty ring (72 bytes with the
+/// terminator), so the batch takes them all, published by one Release store of `abc`'s header.
+/// Once the consumer has `abc`, the pad and the rest must be visible at once (no `Empty`, no
+/// stale header at offset 0). Then `GHIJKLMN` at offset 16 (position 88), over part of `abc`'s
+/// record (24..40), so it waits for `abc` to be freed: that reuse is ordered by `head`.
+#[test]
+fn batch_send_with_a_pad_inside_is_received_whole_by_try_recv() {
+    model(|| {
+        let (mut tx, mut rx) = pad_channel();
+        let mut buf = Vec::new();
+        tx.try_send(PAD_MSGS[1]).unwrap();
+        rx.try_recv(&mut buf).unwrap();
+        assert_sent(&buf, &PAD_MSGS, 1);
+        let sent: [&[u8]; 4] = [PAD_MSGS[0], PAD_MSGS[2], PAD_MSGS[3], PAD_MSGS[4]];
+        let producer = thread::spawn(move || {
+            assert_eq!(
+                tx.try_send_batch(&sent[..3]),
+                Ok(3),
+                "the empty ring holds the whole batch"
+            );
+            send_spinning(&mut tx, sent[3]);
+        });
+        recv_spinning(&mut rx, &mut buf);
+        assert_sent(&buf, &sent, 0);
+        for i in 1..3 {
+            recv_now(&mut rx, &mut buf, &sent, i);
+        }
+        recv_spinning(&mut rx, &mut buf);
+        assert_sent(&buf, &sent, 3);
+        producer.join().unwrap();
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+    });
+}
+
+/// Batch receives against a producer sending one message at a time through the pad: the consumer
+/// takes up to two messages per `try_recv_batch` (one `head` store for each batch), and a batch
+/// may skip the pad in its middle (which frees the records before it). The producer's `F` and
+/// `GHIJKLMN` reuse the records of `abc` and the 12-byte message, freed by those batch stores.
+#[test]
+fn try_recv_batch_against_a_producer_through_a_pad_record() {
+    model(|| {
+        let (mut tx, mut rx) = pad_channel();
+        let producer = thread::spawn(move || {
+            for msg in PAD_MSGS {
+                send_spinning(&mut tx, msg);
+            }
+        });
+        let mut batch = Batch::new();
+        let mut received = 0;
+        while received < PAD_MSGS.len() {
+            match rx.try_recv_batch(&mut batch, 2) {
+                Ok(n) => {
+                    assert!((1..=2).contains(&n), "a batch of {n} (max 2)");
+                    assert_eq!(n, batch.len());
+                    for msg in &batch {
+                        assert_sent(msg, &PAD_MSGS, received);
+                        received += 1;
+                    }
+                }
+                Err(TryRecvError::Empty) => thread::yield_now(),
+                Err(e) => panic!("try_recv_batch after {received} messages: {e:?}"),
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(rx.try_recv_batch(&mut batch, 2), Err(TryRecvError::Disconnected));
+    });
+}
+
+/// A consumer parked in `recv_batch` is woken by a batch send: two batches of two (one Release
+/// store and at most one wake each), into a ring that holds four, so the producer never waits.
+/// Each `recv_batch` (max 2) must return exactly one whole batch: when the consumer is woken (or
+/// finds) the first record of a batch, the second is already visible. The producer is kept alive:
+/// each wake must come from a batch, not from a close.
+#[test]
+fn recv_batch_parked_is_woken_by_each_batch_send() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(4);
+        let producer = thread::spawn(move || {
+            assert_eq!(tx.send_batch(&MSGS[..2]), Ok(2));
+            assert_eq!(tx.send_batch(&MSGS[2..]), Ok(2));
+            tx
+        });
+        let mut batch = Batch::new();
+        for first in [0, 2] {
+            assert_eq!(rx.recv_batch(&mut batch, 2), Ok(2), "batch from message {first}");
+            for (k, msg) in batch.iter().enumerate() {
+                assert_msg(msg, first + k);
+            }
+        }
+        drop(producer.join().unwrap());
+    });
+}
+
+/// A producer parked on a full ring in `send_batch` is woken by a batch receive. The ring is
+/// filled with two messages; the producer blocks sending a batch of two, which needs both records
+/// freed (the third record's terminator covers the first's header, the fourth record is the
+/// first's). The consumer's `try_recv_batch` takes both with one `head` store and one wake, so the
+/// producer, once it sees room, sees room for the whole batch: `Ok(2)`. The consumer then parks in
+/// `recv_batch` and gets that batch whole.
+#[test]
+fn send_batch_parked_on_full_is_woken_by_a_batch_receive() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        tx.try_send(MSGS[0]).unwrap();
+        tx.try_send(MSGS[1]).unwrap();
+        let producer = thread::spawn(move || {
+            assert_eq!(
+                tx.send_batch(&MSGS[2..]),
+                Ok(2),
+                "one head store freed both records"
+            );
+            tx
+        });
+        let mut batch = Batch::new();
+        // Both were sent before the producer thread started.
+        assert_eq!(rx.try_recv_batch(&mut batch, 2), Ok(2));
+        for (k, msg) in batch.iter().enumerate() {
+            assert_msg(msg, k);
+        }
+        assert_eq!(rx.recv_batch(&mut batch, 2), Ok(2));
+        for (k, msg) in batch.iter().enumerate() {
+            assert_msg(msg, 2 + k);
+        }
+        drop(producer.join().unwrap());
     });
 }
