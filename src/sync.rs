@@ -11,9 +11,10 @@ pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-/// The ordering of the store that publishes a slot (producer) or frees one (consumer).
-/// `Release` pairs with the other side's `Acquire` load of the same index: the slot's bytes are
-/// written before the index says they are there. Built with `--cfg loom --cfg shmpipe_loom_weaken`
+/// The ordering of the store that publishes a message (producer) or frees its room (consumer):
+/// an SPSC record's header word (or a pad's) and the SPSC consumer's `head`, an MPMC slot's
+/// sequence. `Release` pairs with the other side's `Acquire` load of the same word: the bytes are
+/// written (or read) before the word says so. Built with `--cfg loom --cfg shmpipe_loom_weaken`
 /// it is `Relaxed`, and the loom models must then fail; that is how we know they have teeth.
 ///
 /// A `--cfg` rather than a Cargo feature, so that no crate in a dependency graph can weaken a

@@ -1,24 +1,39 @@
 //! Loom models of the SPSC ring: FIFO exactly-once delivery, the park/wake (doorbell) protocol,
-//! disconnect while the peer is parked, and the zero-copy reserve/commit and recv_ref paths.
+//! disconnect while the peer is parked, the zero-copy reserve/commit and recv_ref paths, and the
+//! record layout's own protocol: pad records, the terminator word, batches.
 //!
 //! Each test is one small model named for the interleaving it is about. Under loom the futex is a
 //! Mutex + Condvar per word with no timeout, so a lost wakeup shows up as a loom deadlock.
 //!
-//! Every received message is checked for its exact length and bytes: the length word is a loom
-//! atomic stored Relaxed before the publishing `tail` store, so with `--cfg shmpipe_loom_weaken`
-//! (that store made Relaxed) the consumer can read a stale length and these asserts fail.
+//! Under `cfg(loom)` the ring's record memory (`ring::records::Records`) models every 8-byte
+//! word's header as a loom `AtomicU64` and marks every payload access (and the header word of the
+//! record it belongs to) on a per-word loom `UnsafeCell`: a read of a record not ordered after
+//! its write, or a write (the next lap's) not ordered after the read, is a loom causality
+//! violation. Every received message is also checked for its exact length and bytes, and every
+//! header the consumer reads is checked by the ring itself (stamped for its position, or the
+//! ring reports `Corrupted`, which the helpers here turn into a panic). With
+//! `--cfg shmpipe_loom_weaken` (the header publishing store and the consumer's `head` store made
+//! Relaxed) the models that publish or reuse records concurrently fail.
+//!
+//! Geometry: `channel(2, 8)` is 48 bytes, three 16-byte record positions (offsets 0, 16, 32).
+//! Every message of `MSGS` (1 to 4 bytes) takes one 16-byte record, so the ring holds exactly two
+//! of them: a third needs its 16 bytes plus the 8-byte terminator after it (`2 * 16 + 24 > 48`).
+//! The third message goes to offset 32 and its terminator to offset 0, the first message's header
+//! word, so it waits for the first to be freed; the fourth is the first whose record reuses
+//! memory a concurrent read used (offset 0, second lap). No pad ever happens there (records of 16
+//! bytes in 48): the pad models use `channel_bytes(72, 16)` and `PAD_MSGS`.
 #![cfg(loom)]
 
 use loom::thread;
 use shmpipe::ring::spsc::{self, Consumer, Producer};
-use shmpipe::{Receiver, RecvError, SendError, Sender, TryRecvError, TrySendError, WaitStrategy};
+use shmpipe::{Batch, Receiver, RecvError, SendError, Sender, TryRecvError, TrySendError, WaitStrategy};
 use shmpipe_loom_tests::{model_capped, End};
 
-/// Largest message in every model (one 64-byte slot).
+/// Largest message of `channel` (a 16-byte record: 8-byte header, 8 bytes of payload).
 const MAX_MESSAGE: usize = 8;
 
-/// Distinct lengths and distinct bytes, so a stale length or a message from the wrong slot (or the
-/// wrong lap) never compares equal to the expected one.
+/// Distinct lengths and distinct bytes, so a stale length or a message from the wrong record (or
+/// the wrong lap) never compares equal to the expected one. One 16-byte record each.
 const MSGS: [&[u8]; 4] = [b"a", b"bc", b"def", b"ghij"];
 
 /// Runs `f` under loom within the preemption bound (`LOOM_MAX_PREEMPTIONS`, 3 when unset).
@@ -67,14 +82,21 @@ fn recv_spinning(rx: &mut Consumer, buf: &mut Vec<u8>) {
     }
 }
 
-/// Checks one received message: length first (the word a weakened publish leaves stale), then bytes.
+/// Checks one received message of `MSGS`: length first (from the header word), then bytes.
 #[track_caller]
 fn assert_msg(got: &[u8], i: usize) {
-    let want = MSGS[i];
+    assert_sent(got, &MSGS, i);
+}
+
+/// Checks that `got` is message `i` of `sent`: its exact length (read from the record's header
+/// word), then its bytes.
+#[track_caller]
+fn assert_sent(got: &[u8], sent: &[&[u8]], i: usize) {
+    let want = sent[i];
     assert_eq!(
         got.len(),
         want.len(),
-        "message {i}: length {} read from the slot, {} sent",
+        "message {i}: length {} read from the record header, {} sent",
         got.len(),
         want.len()
     );
@@ -85,8 +107,10 @@ fn assert_msg(got: &[u8], i: usize) {
 // FIFO, exactly once, with wraparound (non-blocking calls on both sides)
 // ---------------------------------------------------------------------------------------------
 
-/// Four messages through two slots: each slot is reused once, so the consumer must see the second
-/// lap's length and bytes, in order, each message exactly once, and then nothing more.
+/// Four messages through a ring that holds two: the third waits for the first to be freed (its
+/// terminator is the first's header word), the fourth reuses the first's record on the second lap
+/// (offset 0), so the consumer must see the second lap's header, length and bytes, in order, each
+/// message exactly once, and then nothing more.
 #[test]
 fn fifo_exactly_once_wraps_at_capacity_two() {
     model(|| {
@@ -111,8 +135,9 @@ fn fifo_exactly_once_wraps_at_capacity_two() {
     });
 }
 
-/// The consumer only starts after the producer filled the ring and found it full: the `Full`
-/// answer must be exact (no overwrite of an unread slot) and both messages intact.
+/// The producer fills the ring (two messages) and tries a third while the consumer drains: the
+/// third fits only once the first is freed (its terminator overwrites the first's header word),
+/// so `Full` or not, nothing unread is overwritten and every message that went is intact.
 #[test]
 fn try_send_on_full_ring_reports_full_and_overwrites_nothing() {
     model(|| {
@@ -120,7 +145,8 @@ fn try_send_on_full_ring_reports_full_and_overwrites_nothing() {
         let producer = thread::spawn(move || {
             tx.try_send(MSGS[0]).unwrap();
             tx.try_send(MSGS[1]).unwrap();
-            // The consumer may or may not have freed a slot yet; if not, nothing is written.
+            // The consumer may or may not have freed the first record yet; if not, nothing is
+            // written.
             match tx.try_send(MSGS[2]) {
                 Ok(()) => true,
                 Err(TrySendError::Full) => false,
@@ -145,14 +171,15 @@ fn try_send_on_full_ring_reports_full_and_overwrites_nothing() {
 // Zero-copy paths: reserve/commit and recv_ref
 // ---------------------------------------------------------------------------------------------
 
-/// The producer writes in place through `try_reserve` + `commit`, three messages through two
-/// slots; the consumer copies them out.
+/// The producer writes in place through `try_reserve` + `commit`, four messages through a ring
+/// that holds two (the fourth reserves the first's record again, on the second lap); the consumer
+/// copies them out.
 #[test]
 fn fifo_reserve_commit_wraps_at_capacity_two() {
     model(|| {
         let (mut tx, mut rx) = channel(2);
         let producer = thread::spawn(move || {
-            for msg in &MSGS[..3] {
+            for msg in MSGS {
                 loop {
                     match tx.try_reserve(msg.len()) {
                         Ok(mut slot) => {
@@ -167,7 +194,7 @@ fn fifo_reserve_commit_wraps_at_capacity_two() {
             }
         });
         let mut buf = Vec::new();
-        for i in 0..3 {
+        for i in 0..MSGS.len() {
             recv_spinning(&mut rx, &mut buf);
             assert_msg(&buf, i);
         }
@@ -176,18 +203,19 @@ fn fifo_reserve_commit_wraps_at_capacity_two() {
     });
 }
 
-/// The consumer reads in place through `try_recv_ref`; the slot is freed only when the guard
-/// drops, and the producer's third message reuses the first slot.
+/// The consumer reads in place through `try_recv_ref`; a record is freed only when its guard
+/// drops, and the producer's fourth message reuses the first's record (the third waits for the
+/// first guard's drop: its terminator is the first's header word).
 #[test]
 fn fifo_recv_ref_wraps_at_capacity_two() {
     model(|| {
         let (mut tx, mut rx) = channel(2);
         let producer = thread::spawn(move || {
-            for msg in &MSGS[..3] {
+            for msg in MSGS {
                 send_spinning(&mut tx, msg);
             }
         });
-        for i in 0..3 {
+        for i in 0..MSGS.len() {
             loop {
                 match rx.try_recv_ref() {
                     Ok(msg) => {
@@ -269,8 +297,9 @@ fn recv_parked_twice_is_woken_by_each_send() {
     });
 }
 
-/// The producer parks in `send` on a full ring (capacity 2, filled beforehand) while the consumer
-/// frees a slot with a non-blocking receive.
+/// The producer parks in `send` on a full ring (two messages, sent beforehand) while the consumer
+/// frees the first record with a non-blocking receive (the third message's terminator goes over
+/// the first's header word, so the first must be freed).
 #[test]
 fn send_parked_on_full_is_woken_by_recv() {
     model(|| {
@@ -291,7 +320,8 @@ fn send_parked_on_full_is_woken_by_recv() {
 }
 
 /// Both sides block: the producer parks on full and the consumer parks on empty, each woken only by
-/// the other's doorbell. Three messages through two slots.
+/// the other's doorbell. Three messages through a ring that holds two: the third record ends the
+/// memory and its terminator is at offset 0, over the first's header.
 #[test]
 fn send_and_recv_both_parking_wrap_at_capacity_two() {
     model(|| {
@@ -331,7 +361,7 @@ fn recv_ref_parked_is_woken_by_reserve_commit() {
 }
 
 /// The producer parks in `reserve` on a full ring and is woken when the consumer drops a
-/// `ReadGuard` (the guard, not a copy, frees the slot).
+/// `ReadGuard` (the guard, not a copy, frees the record).
 #[test]
 fn reserve_parked_on_full_is_woken_by_read_guard_drop() {
     model(|| {
@@ -400,7 +430,7 @@ fn recv_parked_is_woken_by_sender_drop() {
 /// Non-blocking receives racing the sender's last sends and its drop: once `try_recv` says
 /// `Disconnected` everything sent before the drop has been received. No fence on the consumer's
 /// side here, so only the close's Release (paired with the Acquire load of the role state) makes
-/// the last `tail` visible to the consumer's final re-check.
+/// the last record header visible to the consumer's final re-check.
 #[test]
 fn try_recv_drains_everything_sent_before_sender_drop() {
     model(|| {
@@ -482,7 +512,7 @@ fn send_parked_on_full_is_woken_by_receiver_drop() {
     });
 }
 
-/// The same through `reserve`: no slot is handed out after the receiver is gone.
+/// The same through `reserve`: no record is handed out after the receiver is gone.
 #[test]
 fn reserve_parked_on_full_is_woken_by_receiver_drop() {
     model(|| {
@@ -518,8 +548,8 @@ fn both_parking_then_sender_drop_drains_all_then_disconnects() {
 }
 
 /// The consumer takes one message from a full ring and drops while the producer is parked: the
-/// producer's pending send may land in the freed slot or see the close, but the one after it (ring
-/// full again, or closed) must return `Disconnected`, never block for ever.
+/// producer's pending send may go (the first record is freed) or see the close, but the one after
+/// it (ring full again, or closed) must return `Disconnected`, never block for ever.
 #[test]
 fn send_parked_on_full_sees_receiver_drop_after_it_took_one() {
     model(|| {
@@ -534,9 +564,237 @@ fn send_parked_on_full_sees_receiver_drop_after_it_took_one() {
         });
         match tx.send(MSGS[2]) {
             Ok(()) | Err(SendError::Disconnected) => {}
-            other => panic!("send into the freed slot: {other:?}"),
+            other => panic!("send after the first record was freed: {other:?}"),
         }
         assert_eq!(tx.send(MSGS[3]), Err(SendError::Disconnected));
         consumer.join().unwrap();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The record layout: pad records, the terminator, batches
+// ---------------------------------------------------------------------------------------------
+
+/// Largest message of `pad_channel`: records of up to 24 bytes.
+const PAD_MAX: usize = 16;
+
+/// Bytes of `pad_channel`'s memory: three records of `PAD_MAX` (`channel_bytes(72, 16)`).
+const PAD_RING: usize = 72;
+
+/// Messages whose records (16, 24, 24, 16 and 16 bytes) land everywhere relative to the end of a
+/// 72-byte ring. Sent in order from position 0: `abc` at 0, the 12-byte one at 16, the 16-byte
+/// one at 40 (ending at 64), then `F` (16 bytes) does not fit in the 8 bytes left: a pad record
+/// fills 64..72 and `F` goes to offset 0 (position 72), over `abc`'s record; `GHIJKLMN` follows
+/// at offset 16 (position 88). Distinct lengths and first bytes, as `MSGS`.
+const PAD_MSGS: [&[u8]; 5] = [b"abc", b"defghijklmno", b"pqrstuvwxyzABCDE", b"F", b"GHIJKLMN"];
+
+/// A 72-byte ring of records of up to 16 bytes (its geometry asserted: the models' positions
+/// depend on it).
+fn pad_channel() -> (Tx, Rx) {
+    let (tx, rx) = spsc::channel_bytes(PAD_RING, PAD_MAX).unwrap();
+    assert_eq!(tx.ring_bytes(), PAD_RING);
+    (End::new(tx), End::new(rx))
+}
+
+/// `try_recv` that must find a message at once: for the records after the first of a batch,
+/// which the batch's one publishing store made visible together with the first.
+#[track_caller]
+fn recv_now(rx: &mut Consumer, buf: &mut Vec<u8>, sent: &[&[u8]], i: usize) {
+    match rx.try_recv(buf) {
+        Ok(()) => assert_sent(buf, sent, i),
+        other => panic!("message {i}: {other:?}, though an earlier message of its batch was received"),
+    }
+}
+
+/// Wraparound through a pad record, both sides concurrent: the fourth message (`F`) does not fit
+/// before the end, so the producer (once `abc` and the 12-byte message are freed: the pad, `F`
+/// and its terminator need 32 bytes) publishes a pad over 64..72, having zeroed the word at
+/// offset 0 (`abc`'s header from the first lap), and writes `F` over `abc`'s record. The
+/// consumer may be reading the 16-byte message meanwhile, then skips the pad and must find `F`
+/// (never `abc`'s stale header), then `GHIJKLMN`: FIFO, exactly once, exact bytes.
+#[test]
+fn fifo_exactly_once_through_a_pad_record() {
+    model(|| {
+        let (mut tx, mut rx) = pad_channel();
+        let producer = thread::spawn(move || {
+            for msg in PAD_MSGS {
+                send_spinning(&mut tx, msg);
+            }
+        });
+        let mut buf = Vec::new();
+        for i in 0..PAD_MSGS.len() {
+            recv_spinning(&mut rx, &mut buf);
+            assert_sent(&buf, &PAD_MSGS, i);
+        }
+        match rx.try_recv(&mut buf) {
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+            other => panic!("after the last message: {other:?}, buf {buf:?}"),
+        }
+        producer.join().unwrap();
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+    });
+}
+
+/// The terminator across a lap boundary. Before the threads start, two messages are sent and
+/// received: offset 0 and 16 still hold their (first-lap) headers, and both ends are at position
+/// 32. Then the consumer spins on the next header while the producer writes `def` at offset 32 (a
+/// record that ends the memory: its terminator zeroes offset 0) and `ghij` at offset 0 (position
+/// 48, terminator over offset 16). Whenever the consumer reads offset 0 at position 48 it must
+/// find 0 (nothing yet) or `ghij`'s header, never the first lap's: a stale header is reported by
+/// the ring as `Corrupted` ("not stamped"), which fails the model.
+#[test]
+fn consumer_spinning_across_the_lap_boundary_never_reads_a_stale_header() {
+    model(|| {
+        let (mut tx, mut rx) = channel(2);
+        let mut buf = Vec::new();
+        for i in 0..2 {
+            tx.try_send(MSGS[i]).unwrap();
+            rx.try_recv(&mut buf).unwrap();
+            assert_msg(&buf, i);
+        }
+        let producer = thread::spawn(move || {
+            send_spinning(&mut tx, MSGS[2]);
+            send_spinning(&mut tx, MSGS[3]);
+            tx // Kept: the consumer's last look below is at a live producer's terminator.
+        });
+        for i in 2..4 {
+            recv_spinning(&mut rx, &mut buf);
+            assert_msg(&buf, i);
+        }
+        // Position 64 (offset 16): the first lap's header there was zeroed by `ghij`'s terminator.
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+        drop(producer.join().unwrap());
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+    });
+}
+
+/// A batch with a pad inside it, against a consumer using `try_recv`. One message is sent and
+/// received first (both ends at position 24, the first lap's header left at offset 0). Then
+/// `try_send_batch` of three: `abc` at 24, the 16-byte message at 40, and `F`, which does not fit
+/// in the 8 bytes left: a pad (not zeroing offset 0: the batch's own record goes there before the
+/// batch is published) and `F` at offset 0. All three fit in the empty ring (72 bytes with the
+/// terminator), so the batch takes them all, published by one Release store of `abc`'s header.
+/// Once the consumer has `abc`, the pad and the rest must be visible at once (no `Empty`, no
+/// stale header at offset 0). Then `GHIJKLMN` at offset 16 (position 88), over part of `abc`'s
+/// record (24..40), so it waits for `abc` to be freed: that reuse is ordered by `head`.
+#[test]
+fn batch_send_with_a_pad_inside_is_received_whole_by_try_recv() {
+    model(|| {
+        let (mut tx, mut rx) = pad_channel();
+        let mut buf = Vec::new();
+        tx.try_send(PAD_MSGS[1]).unwrap();
+        rx.try_recv(&mut buf).unwrap();
+        assert_sent(&buf, &PAD_MSGS, 1);
+        let sent: [&[u8]; 4] = [PAD_MSGS[0], PAD_MSGS[2], PAD_MSGS[3], PAD_MSGS[4]];
+        let producer = thread::spawn(move || {
+            assert_eq!(
+                tx.try_send_batch(&sent[..3]),
+                Ok(3),
+                "the empty ring holds the whole batch"
+            );
+            send_spinning(&mut tx, sent[3]);
+        });
+        recv_spinning(&mut rx, &mut buf);
+        assert_sent(&buf, &sent, 0);
+        for i in 1..3 {
+            recv_now(&mut rx, &mut buf, &sent, i);
+        }
+        recv_spinning(&mut rx, &mut buf);
+        assert_sent(&buf, &sent, 3);
+        producer.join().unwrap();
+        assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Disconnected));
+    });
+}
+
+/// Batch receives against a producer sending one message at a time through the pad: the consumer
+/// takes up to two messages per `try_recv_batch` (one `head` store for each batch), and a batch
+/// may skip the pad in its middle (which frees the records before it). The producer's `F` and
+/// `GHIJKLMN` reuse the records of `abc` and the 12-byte message, freed by those batch stores.
+#[test]
+fn try_recv_batch_against_a_producer_through_a_pad_record() {
+    model(|| {
+        let (mut tx, mut rx) = pad_channel();
+        let producer = thread::spawn(move || {
+            for msg in PAD_MSGS {
+                send_spinning(&mut tx, msg);
+            }
+        });
+        let mut batch = Batch::new();
+        let mut received = 0;
+        while received < PAD_MSGS.len() {
+            match rx.try_recv_batch(&mut batch, 2) {
+                Ok(n) => {
+                    assert!((1..=2).contains(&n), "a batch of {n} (max 2)");
+                    assert_eq!(n, batch.len());
+                    for msg in &batch {
+                        assert_sent(msg, &PAD_MSGS, received);
+                        received += 1;
+                    }
+                }
+                Err(TryRecvError::Empty) => thread::yield_now(),
+                Err(e) => panic!("try_recv_batch after {received} messages: {e:?}"),
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(rx.try_recv_batch(&mut batch, 2), Err(TryRecvError::Disconnected));
+    });
+}
+
+/// A consumer parked in `recv_batch` is woken by a batch send: two batches of two (one Release
+/// store and at most one wake each), into a ring that holds four, so the producer never waits.
+/// Each `recv_batch` (max 2) must return exactly one whole batch: when the consumer is woken (or
+/// finds) the first record of a batch, the second is already visible. The producer is kept alive:
+/// each wake must come from a batch, not from a close.
+#[test]
+fn recv_batch_parked_is_woken_by_each_batch_send() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(4);
+        let producer = thread::spawn(move || {
+            assert_eq!(tx.send_batch(&MSGS[..2]), Ok(2));
+            assert_eq!(tx.send_batch(&MSGS[2..]), Ok(2));
+            tx
+        });
+        let mut batch = Batch::new();
+        for first in [0, 2] {
+            assert_eq!(rx.recv_batch(&mut batch, 2), Ok(2), "batch from message {first}");
+            for (k, msg) in batch.iter().enumerate() {
+                assert_msg(msg, first + k);
+            }
+        }
+        drop(producer.join().unwrap());
+    });
+}
+
+/// A producer parked on a full ring in `send_batch` is woken by a batch receive. The ring is
+/// filled with two messages; the producer blocks sending a batch of two, which needs both records
+/// freed (the third record's terminator covers the first's header, the fourth record is the
+/// first's). The consumer's `try_recv_batch` takes both with one `head` store and one wake, so the
+/// producer, once it sees room, sees room for the whole batch: `Ok(2)`. The consumer then parks in
+/// `recv_batch` and gets that batch whole.
+#[test]
+fn send_batch_parked_on_full_is_woken_by_a_batch_receive() {
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        tx.try_send(MSGS[0]).unwrap();
+        tx.try_send(MSGS[1]).unwrap();
+        let producer = thread::spawn(move || {
+            assert_eq!(
+                tx.send_batch(&MSGS[2..]),
+                Ok(2),
+                "one head store freed both records"
+            );
+            tx
+        });
+        let mut batch = Batch::new();
+        // Both were sent before the producer thread started.
+        assert_eq!(rx.try_recv_batch(&mut batch, 2), Ok(2));
+        for (k, msg) in batch.iter().enumerate() {
+            assert_msg(msg, k);
+        }
+        assert_eq!(rx.recv_batch(&mut batch, 2), Ok(2));
+        for (k, msg) in batch.iter().enumerate() {
+            assert_msg(msg, 2 + k);
+        }
+        drop(producer.join().unwrap());
     });
 }
