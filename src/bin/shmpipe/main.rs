@@ -531,8 +531,18 @@ fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> 
             break Err(Stop::Signal(sig));
         }
         // Drain without blocking while messages are there; flush before sleeping so a
-        // reader downstream sees every message that has arrived.
-        match rx.try_recv_batch(&mut batch, max) {
+        // reader downstream sees every message that has arrived. Found empty, look once more
+        // after giving the processor away: a sender sharing it (a pipeline on few cores) is
+        // often in the middle of a batch, and flushing at every such gap means small writes,
+        // each waking the reader downstream. On 2 cores, `seq 1 10000000 | shmpipe send` with
+        // `shmpipe recv | wc -l` woke wc about 9000 times without this look, 1000 to 2000 with
+        // it, and used about a sixth less CPU.
+        let mut taken = rx.try_recv_batch(&mut batch, max);
+        if let Err(TryRecvError::Empty) = taken {
+            std::thread::yield_now();
+            taken = rx.try_recv_batch(&mut batch, max);
+        }
+        match taken {
             Ok(_) => {}
             Err(TryRecvError::Empty) => {
                 if let Err(e) = out.flush() {
