@@ -515,8 +515,9 @@ fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> 
     let mut received: u64 = 0;
     let limit = count.unwrap_or(u64::MAX);
     // Messages to take at once: as many as make about a block's bytes (messages the size of the
-    // last batch's), so large messages are written while still in cache.
-    let mut take = BATCH;
+    // last batch's), so large messages are written while still in cache; one at first, so a
+    // full ring of large messages is not copied out whole (64 MiB for 64 KiB messages).
+    let mut take = 1;
     let stdout_failed = |e: io::Error| match signals::caught() {
         Some(sig) => Stop::Signal(sig),
         None => Stop::Error(e),
