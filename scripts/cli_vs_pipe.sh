@@ -58,7 +58,7 @@ shm_run() {
 compare() {
     local unit=$1 amount=$2 i p s
     : > "$tmp/pipe"; : > "$tmp/shm"; : > "$tmp/ratio"
-    echo "# $unit: $3 | cat | $4   vs   $3 | shmpipe send $5 shm://X  +  shmpipe recv $6 shm://X | $4"
+    echo "# $unit: $3 | cat | $4   vs   $3 | shmpipe send $5 ${SEND_ARGS:-} shm://X  +  shmpipe recv $6 ${RECV_ARGS:-} shm://X | $4"
     for i in $(seq 1 "$runs"); do
         p=$(pipe_run "$3" "$4")
         s=$(shm_run "$3" "$4" "$5" "$6")
