@@ -114,6 +114,20 @@ impl Batch {
         self.bytes.len()
     }
 
+    /// Every message's bytes, back to back in order, with nothing between them: what a byte
+    /// stream cut into these messages was (`shmpipe recv --raw` writes it in one call).
+    ///
+    /// ```
+    /// let mut batch = shmpipe::Batch::new();
+    /// batch.push(b"ab");
+    /// batch.push(b"");
+    /// batch.push(b"c");
+    /// assert_eq!(batch.as_bytes(), b"abc");
+    /// ```
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Message `i`, if there is one.
     pub fn get(&self, i: usize) -> Option<&[u8]> {
         let end = *self.ends.get(i)?;

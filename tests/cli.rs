@@ -497,3 +497,243 @@ fn remove_key_after_check(key: i32) {
     remove_key(key);
     assert_eq!(left, None, "the demo left its segment behind");
 }
+
+/// Deterministic pseudo-random bytes (xorshift), for inputs that are not made of lines.
+fn noise(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+/// Sends `input` with `send_args`, then receives it with `recv_args` and returns the output
+/// (checking both exit 0 and the ring is gone). The sender finishes first: its messages wait
+/// in the ring, so the ring needs room for all of them (or the receiver started first).
+fn round_trip(ring: &Ring, input: Vec<u8>, send_args: &[&str], recv_args: &[&str]) -> Vec<u8> {
+    let ep = ring.endpoint();
+    let mut recv_all = vec!["recv", ep.as_str()];
+    recv_all.extend(recv_args);
+    let mut recv = Proc::cli(&recv_all, Stdout::Collect);
+    ring.wait_exists(SOON);
+    let mut send_all = vec!["send", ep.as_str()];
+    send_all.extend(send_args);
+    let mut send = Proc::cli(&send_all, Stdout::Null);
+    let feeder = feed(send.take_stdin(), input);
+    send.wait_success(LONG);
+    feeder.join().unwrap();
+    let (status, out) = recv.wait_output(LONG);
+    assert!(
+        status.success(),
+        "recv: {status}; stderr:\n{}",
+        recv.stderr_text()
+    );
+    assert_eq!(recv.stderr_text(), "");
+    assert_eq!(send.stderr_text(), "");
+    ring.assert_gone("after send and recv exited");
+    out
+}
+
+#[test]
+fn cli_lines_round_trip_exactly_across_many_read_blocks() {
+    // 300k lines of 0 to ~1000 bytes (empty ones included), megabytes of input, so lines cross
+    // the ends of send's read blocks everywhere; the last line has no newline.
+    let mut next = noise(11);
+    let mut input = Vec::new();
+    for i in 0..300_000u64 {
+        let r = next();
+        let len = match r % 16 {
+            0 => 0,
+            1 => (r >> 8) as usize % 1000,
+            _ => (r >> 8) as usize % 24,
+        };
+        input.extend((0..len).map(|j| b'!' + ((i as usize + j) % 90) as u8));
+        input.push(b'\n');
+    }
+    input.extend_from_slice(b"the last line, without a newline");
+    assert!(input.len() > 4 << 20, "{} bytes", input.len());
+    let ring = Ring::new("cli-blocks");
+    let out = round_trip(&ring, input.clone(), &[], &[]);
+    let mut expected = input;
+    expected.push(b'\n');
+    assert_same_bytes(&out, &expected);
+}
+
+#[test]
+fn cli_chunk_and_raw_round_trip_binary_bytes_exactly() {
+    let mut next = noise(7);
+    // Zero bytes, newlines, every byte value; not a multiple of any chunk; no trailing newline.
+    let mut binary: Vec<u8> = (0..3_000_001).map(|_| (next() >> 24) as u8).collect();
+    binary[1000..1200].fill(0);
+    *binary.last_mut().unwrap() = b'x';
+    for (chunk, input) in [
+        ("1000", binary.clone()),
+        ("64K", binary.clone()),
+        ("1", b"\x00a\nb\x00".to_vec()),
+        ("4KiB", Vec::new()),
+    ] {
+        let ring = Ring::new("cli-raw");
+        let out = round_trip(&ring, input.clone(), &["--chunk", chunk], &["--raw"]);
+        assert_same_bytes(&out, &input);
+    }
+    // The same, sender first: the ring it creates takes its chunks; then a lines receiver shows
+    // the message boundaries (1000-byte chunks, the last one short).
+    let ring = Ring::new("cli-raw-lines");
+    let ep = ring.endpoint();
+    let mut send = Proc::cli(
+        &["send", &ep, "--chunk", "1000", "--capacity", "4096"],
+        Stdout::Null,
+    );
+    feed(send.take_stdin(), binary[..2500].to_vec()).join().unwrap();
+    send.wait_success(SOON);
+    let mut recv = Proc::cli(&["recv", &ep], Stdout::Collect);
+    let (status, out) = recv.wait_output(SOON);
+    assert!(status.success(), "{}", recv.stderr_text());
+    let mut expected = Vec::new();
+    for part in binary[..2500].chunks(1000) {
+        expected.extend_from_slice(part);
+        expected.push(b'\n');
+    }
+    assert_same_bytes(&out, &expected);
+    ring.assert_gone("after recv drained and exited");
+}
+
+#[test]
+fn cli_bad_chunk_sizes_are_usage_errors_and_a_chunk_larger_than_the_ring_fails_clearly() {
+    let ring = Ring::new("cli-bad-chunk");
+    let ep = ring.endpoint();
+    // Not a size: clap's usage error, exit 2, naming the option; nothing is created.
+    for (value, says) in [
+        ("0", "at least 1 byte"),
+        ("lots", "expected a number of bytes"),
+        ("12Q", "unknown unit \"Q\""),
+        ("-5", "expected a number of bytes"),
+        ("64KB", "unknown unit \"KB\""),
+        ("", "expected a number of bytes"),
+    ] {
+        let mut p = Proc::cli(&["send", &ep, &format!("--chunk={value}")], Stdout::Null);
+        p.close_stdin();
+        let status = p.wait(SOON);
+        let err = p.stderr_text();
+        assert_eq!(status.code(), Some(2), "--chunk {value:?}: {err}");
+        assert!(err.contains("--chunk"), "--chunk {value:?}: {err}");
+        assert!(
+            err.contains(says),
+            "--chunk {value:?}: {err:?} should say {says:?}"
+        );
+        ring.assert_gone(&format!("--chunk {value:?} must not create a ring"));
+    }
+    let mut p = Proc::cli(&["send", &ep, "--chunk"], Stdout::Null);
+    p.close_stdin();
+    assert_eq!(p.wait(SOON).code(), Some(2), "--chunk needs a value");
+    // A chunk larger than the channel's largest message is known once the channel is open:
+    // exit 1, saying both sizes; the ring it made is removed.
+    let mut p = Proc::cli(
+        &["send", &ep, "--chunk", "2K", "--max-message", "1K"],
+        Stdout::Null,
+    );
+    p.close_stdin();
+    let status = p.wait(SOON);
+    let err = p.stderr_text();
+    assert_eq!(status.code(), Some(1), "{err}");
+    for part in [
+        "--chunk 2048 is larger",
+        "largest message, 1024 bytes",
+        "--max-message",
+    ] {
+        assert!(err.contains(part), "{err:?} should mention {part:?}");
+    }
+    ring.assert_gone("a sender that refused its chunk size");
+    // The same against a ring a receiver created: the receiver sees a clean, empty stream.
+    let mut recv = Proc::cli(&["recv", &ep, "--raw", "--max-message", "100"], Stdout::Collect);
+    ring.wait_exists(SOON);
+    let mut p = Proc::cli(&["send", &ep, "--chunk", "64K"], Stdout::Null);
+    p.close_stdin();
+    assert_eq!(p.wait(SOON).code(), Some(1));
+    assert!(
+        p.stderr_text().contains("largest message, 100 bytes"),
+        "{}",
+        p.stderr_text()
+    );
+    let (status, out) = recv.wait_output(SOON);
+    assert!(status.success(), "{}", recv.stderr_text());
+    assert!(out.is_empty());
+    ring.assert_gone("after both exited");
+}
+
+#[test]
+fn cli_recv_count_takes_exactly_n_messages_from_a_full_ring() {
+    // 1000 messages wait in the ring when the receiver comes: a batch could take them all, but
+    // --count takes exactly its number, in lines and in raw mode.
+    for (count, raw) in [("700", false), ("1", false), ("999", true)] {
+        let ring = Ring::new("cli-count-batch");
+        let ep = ring.endpoint();
+        let mut send = Proc::cli(&["send", &ep], Stdout::Null);
+        feed(send.take_stdin(), seq_lines(1000)).join().unwrap();
+        send.wait_success(SOON);
+        let mut args = vec!["recv", ep.as_str(), "--count", count];
+        if raw {
+            args.push("--raw");
+        }
+        let mut recv = Proc::cli(&args, Stdout::Collect);
+        let (status, out) = recv.wait_output(SOON);
+        assert!(status.success(), "{}", recv.stderr_text());
+        let n: u64 = count.parse().unwrap();
+        let mut expected = seq_lines(n);
+        if raw {
+            expected.retain(|&b| b != b'\n');
+        }
+        assert_same_bytes(&out, &expected);
+        ring.assert_gone("the receiver left, taking the ring with it");
+    }
+}
+
+#[test]
+fn cli_an_over_long_line_after_many_is_reported_by_number_and_every_line_before_it_arrives() {
+    // Far into the input, past several read blocks: a line one byte too long, then one longer
+    // than a whole read block (found too long before its end is read).
+    for (long, says) in [
+        (
+            vec![b'x'; 1025],
+            "message of 1025 bytes exceeds the maximum of 1024 bytes",
+        ),
+        (
+            vec![b'y'; 600_000],
+            "message of more than 1024 bytes exceeds the maximum of 1024 bytes",
+        ),
+    ] {
+        let ring = Ring::new("cli-long-line");
+        let ep = ring.endpoint();
+        let before = seq_lines(100_000);
+        let mut input = before.clone();
+        input.extend_from_slice(&long);
+        input.extend_from_slice(b"\nnever sent\n");
+        let mut recv = Proc::cli(&["recv", &ep], Stdout::Collect);
+        ring.wait_exists(SOON);
+        let mut send = Proc::cli(&["send", &ep], Stdout::Null);
+        let feeder = feed(send.take_stdin(), input);
+        let status = send.wait(LONG);
+        feeder.join().unwrap();
+        let err = send.stderr_text();
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert!(err.contains("line 100001: "), "{err}");
+        assert!(err.contains(says), "{err:?} should say {says:?}");
+        let (status, out) = recv.wait_output(LONG);
+        assert!(status.success(), "{}", recv.stderr_text());
+        assert_same_bytes(&out, &before);
+        ring.assert_gone("after both exited");
+    }
+    // A line longer than a read block but within the largest message is one message.
+    let ring = Ring::new("cli-long-ok");
+    let mut long = vec![b'z'; 700_000];
+    long.extend_from_slice(b"\nshort\n");
+    let out = round_trip(
+        &ring,
+        long.clone(),
+        &[],
+        &["--max-message", "1M", "--capacity", "4"],
+    );
+    assert_same_bytes(&out, &long);
+}

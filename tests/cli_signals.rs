@@ -333,6 +333,57 @@ fn streaming_sender_sigterm_ends_stream() {
     sender_signalled(Chan::shm("sig-stream-term"), libc::SIGTERM, true);
 }
 
+/// A byte pipe (`send --chunk`, `recv --raw`) ends the same way: the receiver writes exactly a
+/// prefix of the sender's input, all the sender sent, and exits 0.
+#[test]
+fn streaming_byte_pipe_sender_sigint_ends_stream_with_a_prefix_of_its_input() {
+    /// The input's byte at `offset`: a pattern that no chunk boundary lines up with.
+    fn byte(offset: usize) -> u8 {
+        (offset % 251) as u8
+    }
+    let chan = Chan::shm("sig-bytes");
+    let ep = chan.endpoint();
+    let mut rx = Proc::cli(&["recv", &ep, "--raw"], Stdout::Collect);
+    chan.wait_open(&rx);
+    let mut tx = Proc::cli(&["send", &ep, "--chunk", "1K"], Stdout::Null);
+    let mut stdin = tx.take_stdin();
+    // Writes the pattern until the sender stops reading; the pipe then stays open until the
+    // test ends (an end of input would end the sender cleanly, not by its signal).
+    let feeder = std::thread::spawn(move || {
+        let mut block = vec![0u8; 1 << 20];
+        for offset in (0..).step_by(block.len()) {
+            block
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = byte(offset + i));
+            if stdin.write_all(&block).is_err() {
+                break;
+            }
+        }
+        stdin
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&tx, libc::SIGINT);
+    assert_exits(&mut tx, 128 + libc::SIGINT, "signalled sender");
+    let sent = sent_count(&tx);
+    let (status, out) = rx.wait_output(SOON);
+    assert!(
+        status.success(),
+        "receiver: {status}; stderr:\n{}",
+        rx.stderr_text()
+    );
+    assert!(
+        sent > 0 && !out.is_empty(),
+        "{sent} messages, {} bytes",
+        out.len()
+    );
+    if let Some(at) = (0..out.len()).find(|&i| out[i] != byte(i)) {
+        panic!("the receiver's {} bytes differ from the input at {at}", out.len());
+    }
+    drop(feeder.join().unwrap());
+    chan.assert_gone("after the stream ended");
+}
+
 #[test]
 fn streaming_mpmc_sender_sighup_ends_stream() {
     sender_signalled(Chan::mpmc("sig-stream-mpmc"), libc::SIGHUP, true);
