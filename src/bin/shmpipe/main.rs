@@ -113,9 +113,13 @@ enum Command {
 /// the same options given in the endpoint's query string.
 #[derive(Args)]
 struct RingArgs {
-    /// Slots in the ring (power of two; shm:// only).
+    /// Messages of the maximum size the ring holds at least (power of two; shm:// only).
     #[arg(long)]
     capacity: Option<usize>,
+    /// Size an SPSC ring by its message memory instead, e.g. 1M (shm:// only): small messages
+    /// are stored densely, 1M holds 65535 messages of up to 8 bytes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    bytes: Option<usize>,
     /// Largest message in bytes, or with a suffix K, KiB, M or MiB (every transport).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     max_message: Option<usize>,
@@ -135,6 +139,9 @@ impl RingArgs {
             Endpoint::Shm(cfg) => {
                 if let Some(c) = self.capacity {
                     cfg.capacity = c;
+                }
+                if let Some(b) = self.bytes {
+                    cfg.bytes = Some(b);
                 }
                 if let Some(m) = self.max_message {
                     cfg.max_message = m;
@@ -164,6 +171,9 @@ impl RingArgs {
         }
         if self.capacity.is_some() {
             return Err(shm_only("--capacity"));
+        }
+        if self.bytes.is_some() {
+            return Err(shm_only("--bytes"));
         }
         if self.wait.is_some() {
             return Err(shm_only("--wait"));
@@ -199,23 +209,11 @@ impl RingArgs {
     }
 }
 
-/// A size in bytes: a number, optionally followed by K or KiB (1024 bytes) or M or MiB
-/// (1024 KiB).
+/// A size in bytes: a number, optionally followed by K or KiB (1024 bytes), M or MiB, G or GiB
+/// ([`shmpipe::endpoint::parse_size`], as the endpoints' `bytes=` option takes).
 fn parse_size(s: &str) -> Result<usize, String> {
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(digits);
-    let unit: usize = match unit {
-        "" => 1,
-        "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        _ if number.is_empty() => return Err("expected a number of bytes, as 65536 or 64K".into()),
-        _ => return Err(format!("unknown unit {unit:?}: expected K, KiB, M or MiB")),
-    };
-    let n: usize = number
-        .parse()
-        .map_err(|_| String::from("expected a number of bytes, as 65536 or 64K"))?;
-    n.checked_mul(unit)
-        .ok_or_else(|| format!("{s} bytes is too large"))
+    shmpipe::endpoint::parse_size("size", s)
+        .map_err(|_| format!("{s:?}: expected a number of bytes, as 65536 or 64K (K, KiB, M, MiB, G, GiB)"))
 }
 
 /// A `--chunk` size: [`parse_size`], at least one byte.
@@ -617,6 +615,7 @@ mod demo {
     pub(super) fn produce(endpoint: &str, messages: u64, size: usize) -> ExitCode {
         let args = super::RingArgs {
             capacity: None,
+            bytes: None,
             max_message: Some(size),
             wait: None,
         };
@@ -664,6 +663,7 @@ mod demo {
         };
         let cfg = match (super::RingArgs {
             capacity: None,
+            bytes: None,
             max_message: Some(size),
             wait: None,
         })
