@@ -334,6 +334,52 @@ pub trait Receiver {
         first.map(|()| batch.len())
     }
 
+    /// Hands up to `max` messages that are there now to `f`, in order, without blocking, and
+    /// without copying them where the transport can: on a shared-memory SPSC ring `f` reads each
+    /// message in place (as [`recv_ref`](crate::ring::spsc::Consumer::recv_ref) does, with the
+    /// same trust caveats) and their room is freed together afterwards (one index publication,
+    /// at most one wake-up). `Ok(n)` with `1 <= n <= max` (a `max` of 0 counts as 1), or the
+    /// error of [`try_recv`](Self::try_recv) for the first; an error after some messages is left
+    /// for the next call. If `f` panics, the messages it was given count as received.
+    ///
+    /// ```
+    /// use shmpipe::{ring::spsc, Receiver, Sender};
+    /// let (mut tx, mut rx) = spsc::channel(8, 16).unwrap();
+    /// tx.send_batch(&[b"one", b"two", b"three"]).unwrap();
+    /// let mut total = 0;
+    /// assert_eq!(rx.try_recv_each(10, &mut |msg| total += msg.len()), Ok(3));
+    /// assert_eq!(total, 11);
+    /// ```
+    fn try_recv_each(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> Result<usize, TryRecvError> {
+        let mut buf = Vec::new();
+        self.try_recv(&mut buf)?;
+        f(&buf);
+        let mut n = 1;
+        while n < max && self.try_recv(&mut buf).is_ok() {
+            f(&buf);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// [`try_recv_each`](Self::try_recv_each), waiting until `deadline` for the first message.
+    fn recv_each_deadline(
+        &mut self,
+        max: usize,
+        deadline: Option<Instant>,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, RecvTimeoutError> {
+        let mut buf = Vec::new();
+        self.recv_deadline(&mut buf, deadline)?;
+        f(&buf);
+        let mut n = 1;
+        while n < max && self.try_recv(&mut buf).is_ok() {
+            f(&buf);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Receives up to `max` messages into `batch`, waiting while the channel is empty; see
     /// [`try_recv_batch`](Self::try_recv_batch).
     fn recv_batch(&mut self, batch: &mut Batch, max: usize) -> Result<usize, RecvError> {
@@ -396,6 +442,17 @@ impl<R: Receiver + ?Sized> Receiver for Box<R> {
     }
     fn try_recv_batch(&mut self, batch: &mut Batch, max: usize) -> Result<usize, TryRecvError> {
         (**self).try_recv_batch(batch, max)
+    }
+    fn try_recv_each(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> Result<usize, TryRecvError> {
+        (**self).try_recv_each(max, f)
+    }
+    fn recv_each_deadline(
+        &mut self,
+        max: usize,
+        deadline: Option<Instant>,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, RecvTimeoutError> {
+        (**self).recv_each_deadline(max, deadline, f)
     }
     fn recv_batch_deadline(
         &mut self,

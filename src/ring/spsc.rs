@@ -1244,16 +1244,19 @@ impl Consumer {
         self.release(front);
     }
 
-    /// Copies `first` and the messages after it, up to `max` in all, into `batch`, then frees
-    /// them all with one publication of `head`.
-    fn take_batch(&mut self, first: Front, batch: &mut Batch, max: usize) {
+    /// Hands `first` and the messages after it, up to `max` in all, to `f` in place, then frees
+    /// them all with one publication of `head`. Returns how many.
+    #[inline]
+    fn visit(&mut self, first: Front, max: usize, mut f: impl FnMut(&[u8])) -> usize {
         let mut front = first;
+        let mut n = 0;
         loop {
-            let msg = self.bytes(front);
-            // SAFETY: `msg` is the record's payload in the ring's memory, not the batch's.
-            unsafe { batch.push_copy(msg.as_ptr(), msg.len()) };
+            // Moved past before `f` runs: if it panics, what it was given counts as received
+            // (and is freed by the next publication of `head`).
             self.advance(front);
-            if batch.len() >= max {
+            n += 1;
+            f(self.bytes(front));
+            if n >= max {
                 break;
             }
             front = match self.valid(self.header()) {
@@ -1266,6 +1269,16 @@ impl Consumer {
             };
         }
         self.publish_head();
+        n
+    }
+
+    /// Copies `first` and the messages after it, up to `max` in all, into `batch`, then frees
+    /// them all with one publication of `head`.
+    fn take_batch(&mut self, first: Front, batch: &mut Batch, max: usize) {
+        self.visit(first, max, |msg| {
+            // SAFETY: `msg` is a record's payload in the ring's memory, not the batch's.
+            unsafe { batch.push_copy(msg.as_ptr(), msg.len()) }
+        });
     }
 }
 
@@ -1312,6 +1325,22 @@ impl Receiver for Consumer {
         let front = self.front_deadline(deadline)?;
         self.take_batch(front, batch, max.max(1));
         Ok(batch.len())
+    }
+
+    /// In place, freed with one store of `head` and at most one wake-up.
+    fn try_recv_each(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> Result<usize, TryRecvError> {
+        let front = self.try_front()?;
+        Ok(self.visit(front, max.max(1), f))
+    }
+
+    fn recv_each_deadline(
+        &mut self,
+        max: usize,
+        deadline: Option<Instant>,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, RecvTimeoutError> {
+        let front = self.front_deadline(deadline)?;
+        Ok(self.visit(front, max.max(1), f))
     }
 
     fn peer(&self) -> Option<Peer> {

@@ -10,8 +10,7 @@ use lines::{LineWriter, Lines};
 use shmpipe::endpoint::Endpoint;
 use shmpipe::transport::shm::ShmConfig;
 use shmpipe::{
-    Batch, Peer, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError,
-    WaitStrategy,
+    Peer, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError, WaitStrategy,
 };
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -509,7 +508,6 @@ fn send_chunks(tx: &mut dyn Sender, size: usize, sent: &mut u64) -> Result<(), S
 /// a newline, or with `raw` as they are.
 fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> ExitCode {
     let mut out = LineWriter::new(BLOCK, signals::Stdout);
-    let mut batch = Batch::with_capacity(BATCH, BLOCK);
     let mut received: u64 = 0;
     let limit = count.unwrap_or(u64::MAX);
     // Messages to take at once: as many as make about a block's bytes (messages the size of the
@@ -536,23 +534,30 @@ fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> 
         // each waking the reader downstream. On 2 cores, `seq 1 10000000 | shmpipe send` with
         // `shmpipe recv | wc -l` woke wc about 9000 times without this look, 1000 to 2000 with
         // it, and used about a sixth less CPU.
-        let mut taken = rx.try_recv_batch(&mut batch, max);
+        // Each message goes straight from the ring (in place, on shared memory) into `out`.
+        let mut sink = Sink {
+            out: &mut out,
+            raw,
+            bytes: 0,
+            failed: None,
+        };
+        let mut taken = rx.try_recv_each(max, &mut |msg| sink.put(msg));
         if let Err(TryRecvError::Empty) = taken {
             std::thread::yield_now();
-            taken = rx.try_recv_batch(&mut batch, max);
+            taken = rx.try_recv_each(max, &mut |msg| sink.put(msg));
         }
-        match taken {
-            Ok(_) => {}
+        let n = match taken {
+            Ok(n) => n,
             Err(TryRecvError::Empty) => {
-                if let Err(e) = out.flush() {
+                if let Err(e) = sink.out.flush() {
                     break Err(stdout_failed(e));
                 }
                 let waited = in_slices(
-                    |deadline| rx.recv_batch_deadline(&mut batch, max, deadline),
+                    |deadline| rx.recv_each_deadline(max, deadline, &mut |msg| sink.put(msg)),
                     |e| matches!(e, RecvTimeoutError::Timeout),
                 );
                 match waited {
-                    Ok(_) => {}
+                    Ok(n) => n,
                     Err(Stop::Error(RecvTimeoutError::Disconnected)) => break Ok(()),
                     Err(Stop::Error(e)) => return fail(e),
                     Err(Stop::Signal(sig)) => break Err(Stop::Signal(sig)),
@@ -560,10 +565,11 @@ fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> 
             }
             Err(TryRecvError::Disconnected) => break Ok(()),
             Err(e) => return fail(e),
-        }
-        received += batch.len() as u64;
-        take = (BLOCK / (batch.total_bytes() / batch.len().max(1)).max(1)).clamp(1, BATCH);
-        if let Err(e) = write_batch(&mut out, &batch, raw) {
+        };
+        let (bytes, failed) = (sink.bytes, sink.failed);
+        received += n as u64;
+        take = (BLOCK / (bytes / n.max(1)).max(1)).clamp(1, BATCH);
+        if let Some(e) = failed {
             break Err(stdout_failed(e));
         }
     };
@@ -590,12 +596,27 @@ fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> 
     interrupted(sig, format_args!("left the channel after {received} messages"))
 }
 
-/// Writes a batch's messages: each followed by a newline, or with `raw` back to back, in one go.
-fn write_batch(out: &mut LineWriter<impl Write>, batch: &Batch, raw: bool) -> io::Result<()> {
-    if raw {
-        return out.raw(batch.as_bytes());
+/// Where `recv` puts each message it is handed: into `out`, as a line or (`raw`) as it is,
+/// counting the bytes; the first write error is kept (later messages are dropped with it).
+struct Sink<'a, W: Write> {
+    out: &'a mut LineWriter<W>,
+    raw: bool,
+    bytes: usize,
+    failed: Option<io::Error>,
+}
+
+impl<W: Write> Sink<'_, W> {
+    fn put(&mut self, msg: &[u8]) {
+        self.bytes += msg.len();
+        if self.failed.is_none() {
+            let r = if self.raw {
+                self.out.raw(msg)
+            } else {
+                self.out.line(msg)
+            };
+            self.failed = r.err();
+        }
     }
-    batch.iter().try_for_each(|msg| out.line(msg))
 }
 
 mod demo {
