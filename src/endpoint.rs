@@ -187,16 +187,17 @@ pub(crate) fn parse_usize(key: &str, v: &str) -> Result<usize, Error> {
 }
 
 /// A size in bytes: a whole number, optionally with a binary suffix `K`/`KiB`, `M`/`MiB` or
-/// `G`/`GiB` (`64K` = 65536).
+/// `G`/`GiB` (`64K` = 65536). The error says what is wrong, in a sentence.
 ///
 /// ```
 /// use shmpipe::endpoint::parse_size;
-/// assert_eq!(parse_size("bytes", "1MiB").unwrap(), 1 << 20);
-/// assert_eq!(parse_size("bytes", "64K").unwrap(), 65536);
-/// assert_eq!(parse_size("bytes", "4096").unwrap(), 4096);
-/// assert!(parse_size("bytes", "1.5M").is_err());
+/// assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+/// assert_eq!(parse_size("64K"), Ok(65536));
+/// assert_eq!(parse_size("4096"), Ok(4096));
+/// assert!(parse_size("1.5M").is_err());
+/// assert!(parse_size("12Q").unwrap_err().contains("unknown unit \"Q\""));
 /// ```
-pub fn parse_size(key: &str, v: &str) -> Result<usize, Error> {
+pub fn parse_size(v: &str) -> Result<usize, String> {
     let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (n, unit) = v.split_at(digits);
     let shift = match unit {
@@ -204,17 +205,23 @@ pub fn parse_size(key: &str, v: &str) -> Result<usize, Error> {
         "K" | "k" | "KiB" => 10,
         "M" | "MiB" => 20,
         "G" | "GiB" => 30,
-        _ => u32::MAX,
-    };
-    n.parse::<usize>()
-        .ok()
-        .filter(|_| shift != u32::MAX)
-        .and_then(|n| n.checked_mul(1usize.checked_shl(shift)?))
-        .ok_or_else(|| {
-            Error::Endpoint(format!(
-                "option {key}={v:?}: expected a size in bytes, optionally with K, KiB, M, MiB, G or GiB"
+        _ if n.is_empty() => return Err("expected a number of bytes, as 65536 or 64K".into()),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?}: expected K, KiB, M, MiB, G or GiB"
             ))
-        })
+        }
+    };
+    let n: usize = n
+        .parse()
+        .map_err(|_| String::from("expected a number of bytes, as 65536 or 64K"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{v} bytes is too large"))
+}
+
+/// [`parse_size`] for the endpoint option `key`.
+fn size_option(key: &str, v: &str) -> Result<usize, Error> {
+    parse_size(v).map_err(|why| Error::Endpoint(format!("option {key}={v:?}: {why}")))
 }
 
 impl Endpoint {
@@ -247,7 +254,7 @@ impl Endpoint {
                     let (k, v) = kv?;
                     match k {
                         "capacity" => cfg.capacity = parse_usize(k, v)?,
-                        "bytes" => cfg.bytes = Some(parse_size(k, v)?),
+                        "bytes" => cfg.bytes = Some(size_option(k, v)?),
                         "max_message" => cfg.max_message = parse_usize(k, v)?,
                         "mode" if v == "spsc" => cfg.kind = RingKind::Spsc,
                         "mode" if v == "mpmc" => cfg.kind = RingKind::Mpmc,

@@ -7,7 +7,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use lines::{LineWriter, Lines};
-use shmpipe::endpoint::Endpoint;
+use shmpipe::endpoint::{parse_size, Endpoint};
 use shmpipe::transport::shm::ShmConfig;
 use shmpipe::{
     Peer, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError, WaitStrategy,
@@ -206,13 +206,6 @@ impl RingArgs {
             ))),
         }
     }
-}
-
-/// A size in bytes: a number, optionally followed by K or KiB (1024 bytes), M or MiB, G or GiB
-/// ([`shmpipe::endpoint::parse_size`], as the endpoints' `bytes=` option takes).
-fn parse_size(s: &str) -> Result<usize, String> {
-    shmpipe::endpoint::parse_size("size", s)
-        .map_err(|_| format!("{s:?}: expected a number of bytes, as 65536 or 64K (K, KiB, M, MiB, G, GiB)"))
 }
 
 /// A `--chunk` size: [`parse_size`], at least one byte.
