@@ -353,13 +353,7 @@ pub trait Receiver {
     fn try_recv_each(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> Result<usize, TryRecvError> {
         let mut buf = Vec::new();
         self.try_recv(&mut buf)?;
-        f(&buf);
-        let mut n = 1;
-        while n < max && self.try_recv(&mut buf).is_ok() {
-            f(&buf);
-            n += 1;
-        }
-        Ok(n)
+        Ok(visit_more(self, buf, max, f))
     }
 
     /// [`try_recv_each`](Self::try_recv_each), waiting until `deadline` for the first message.
@@ -371,13 +365,7 @@ pub trait Receiver {
     ) -> Result<usize, RecvTimeoutError> {
         let mut buf = Vec::new();
         self.recv_deadline(&mut buf, deadline)?;
-        f(&buf);
-        let mut n = 1;
-        while n < max && self.try_recv(&mut buf).is_ok() {
-            f(&buf);
-            n += 1;
-        }
-        Ok(n)
+        Ok(visit_more(self, buf, max, f))
     }
 
     /// Receives up to `max` messages into `batch`, waiting while the channel is empty; see
@@ -399,6 +387,24 @@ fn take_more<R: Receiver + ?Sized>(rx: &mut R, batch: &mut Batch, max: usize, sc
     while batch.len() < max && rx.try_recv(scratch).is_ok() {
         batch.push(scratch);
     }
+}
+
+/// The default `recv_each` methods after their first message (in `buf`): hands it to `f`, then
+/// whatever else is there now, up to `max` in all; returns how many. An error stops it and is left
+/// for the next call.
+fn visit_more<R: Receiver + ?Sized>(
+    rx: &mut R,
+    mut buf: Vec<u8>,
+    max: usize,
+    f: &mut dyn FnMut(&[u8]),
+) -> usize {
+    f(&buf);
+    let mut n = 1;
+    while n < max && rx.try_recv(&mut buf).is_ok() {
+        f(&buf);
+        n += 1;
+    }
+    n
 }
 
 impl<S: Sender + ?Sized> Sender for Box<S> {

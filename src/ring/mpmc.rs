@@ -2117,6 +2117,30 @@ impl Drop for ReadGuard<'_> {
 mod tests {
     use super::*;
 
+    /// What each receiver thread got, as (producer, index) pairs: every producer's `0..n`
+    /// exactly once in the union, and each producer's messages in order at each receiver.
+    fn assert_each_once_in_order(
+        receivers: Vec<std::thread::JoinHandle<Vec<(u32, u32)>>>,
+        producers: u32,
+        n: u32,
+    ) {
+        let mut all = Vec::new();
+        for h in receivers {
+            let got = h.join().unwrap();
+            let mut last = vec![None::<u32>; producers as usize];
+            for &(p, i) in &got {
+                let prev = &mut last[p as usize];
+                assert!(prev.is_none_or(|x| x < i), "producer {p}: {i} after {prev:?}");
+                *prev = Some(i);
+            }
+            all.extend(got);
+        }
+        all.sort_unstable();
+        let expected: Vec<(u32, u32)> = (0..producers).flat_map(|p| (0..n).map(move |i| (p, i))).collect();
+        assert_eq!(all.len(), expected.len());
+        assert!(all == expected, "the union is not exactly the messages sent");
+    }
+
     #[test]
     fn sequence_encoding_round_trips_and_zero_is_free() {
         for slot in [0u64, 1, 7, 1023] {
@@ -2926,21 +2950,7 @@ mod tests {
         for s in senders {
             s.join().unwrap();
         }
-        let mut all = Vec::new();
-        for h in receivers {
-            let got = h.join().unwrap();
-            let mut last = [None::<u32>; P as usize];
-            for &(p, i) in &got {
-                let prev = &mut last[p as usize];
-                assert!(prev.is_none_or(|x| x < i), "producer {p}: {i} after {prev:?}");
-                *prev = Some(i);
-            }
-            all.extend(got);
-        }
-        all.sort_unstable();
-        let expected: Vec<(u32, u32)> = (0..P).flat_map(|p| (0..N).map(move |i| (p, i))).collect();
-        assert_eq!(all.len(), expected.len());
-        assert!(all == expected, "the union is not exactly the messages sent");
+        assert_each_once_in_order(receivers, P, N);
     }
 
     #[test]
@@ -2982,20 +2992,6 @@ mod tests {
         for s in senders {
             s.join().unwrap();
         }
-        let mut all = Vec::new();
-        for h in handles {
-            let got = h.join().unwrap();
-            let mut last = [None::<u32>; P as usize];
-            for &(p, i) in &got {
-                let prev = &mut last[p as usize];
-                assert!(prev.is_none_or(|x| x < i), "producer {p}: {i} after {prev:?}");
-                *prev = Some(i);
-            }
-            all.extend(got);
-        }
-        all.sort_unstable();
-        let expected: Vec<(u32, u32)> = (0..P).flat_map(|p| (0..N).map(move |i| (p, i))).collect();
-        assert_eq!(all.len(), expected.len());
-        assert!(all == expected, "the union is not exactly the messages sent");
+        assert_each_once_in_order(handles, P, N);
     }
 }
