@@ -486,14 +486,15 @@ impl Geometry {
 
     /// An SPSC ring of about `bytes` bytes of message memory (rounded down to whole records of
     /// `max_message`, see [`ring_bytes`](Self::ring_bytes)): room for at least two messages of
-    /// `max_message` bytes, and for `bytes / 16` messages of up to 8 bytes.
+    /// `max_message` bytes, and for about `bytes / 16` messages of up to 8 bytes.
     ///
     /// ```
     /// use shmpipe::ring::Geometry;
     /// let g = Geometry::with_bytes(1 << 20, 64).unwrap();
     /// assert!(g.ring_bytes() <= 1 << 20);
-    /// // Every 8-byte message takes 16 bytes: a 1 MiB ring holds 65535 of them.
-    /// assert_eq!(g.messages_of(8), (1 << 20) / 16 - 1);
+    /// // Every 8-byte message takes 16 bytes: a 1 MiB ring holds 65533 of them (the memory is
+    /// // 14563 records of 72 bytes, a little under 1 MiB, less the free header word).
+    /// assert_eq!(g.messages_of(8), 65533);
     /// ```
     pub fn with_bytes(bytes: usize, max_message: usize) -> Result<Self, crate::Error> {
         let record = record_size(max_message.min(MAX_MESSAGE_LIMIT));

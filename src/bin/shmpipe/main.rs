@@ -116,7 +116,7 @@ struct RingArgs {
     #[arg(long)]
     capacity: Option<usize>,
     /// Size an SPSC ring by its message memory instead, e.g. 1M (shm:// only): small messages
-    /// are stored densely, 1M holds 65535 messages of up to 8 bytes.
+    /// are stored densely, 1M holds about 65,500 messages of up to 8 bytes.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     bytes: Option<usize>,
     /// Largest message in bytes, or with a suffix K, KiB, M or MiB (every transport).
