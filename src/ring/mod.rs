@@ -21,7 +21,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 use std::ptr::NonNull;
 #[cfg_attr(loom, allow(unused_imports))]
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokens::Tokens;
 
 pub use wait::WaitStrategy;
@@ -48,31 +48,37 @@ pub(crate) const LIVENESS_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Rate limit for liveness checks on the non-blocking paths.
 pub(crate) struct LivenessTimer {
-    next: Option<Instant>,
+    /// When the next check is due, in `sys::clock::coarse_now_ns` nanoseconds; 0 until the
+    /// first look.
+    next: u64,
 }
 
 impl LivenessTimer {
     pub(crate) const fn new() -> Self {
-        LivenessTimer { next: None }
+        LivenessTimer { next: 0 }
     }
 
+    /// Whether a liveness check is due (at most one every `LIVENESS_INTERVAL`, give or take the
+    /// coarse clock's tick). Read on every `try_` call that finds the ring full or empty, so it
+    /// uses the coarse clock (see `sys::clock`), not `Instant`.
     pub(crate) fn due(&mut self) -> bool {
-        if cfg!(loom) {
-            return false;
-        }
-        let now = Instant::now();
-        match self.next {
-            Some(next) if now < next => false,
-            // The first look starts the clock: an end that has just been opened (and whose
-            // opening checked the peers) is not due at once.
-            None => {
-                self.next = Some(now + LIVENESS_INTERVAL);
-                false
+        #[cfg(loom)]
+        return false;
+        #[cfg(not(loom))]
+        {
+            let now = crate::sys::clock::coarse_now_ns();
+            let interval = LIVENESS_INTERVAL.as_nanos() as u64;
+            if self.next == 0 {
+                // The first look starts the clock: an end that has just been opened (and whose
+                // opening checked the peers) is not due at once.
+                self.next = now + interval;
+                return false;
             }
-            Some(_) => {
-                self.next = Some(now + LIVENESS_INTERVAL);
-                true
+            if now < self.next {
+                return false;
             }
+            self.next = now + interval;
+            true
         }
     }
 }

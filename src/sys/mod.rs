@@ -4,6 +4,7 @@
 //! Invariant: every wrapper reports `errno` as an [`std::io::Error`] and retries `EINTR` itself
 //! where retrying cannot change the meaning of the call.
 
+pub(crate) mod clock;
 pub(crate) mod fork;
 pub(crate) mod futex;
 pub(crate) mod membarrier;
