@@ -30,3 +30,18 @@ mod tests {
         assert!((40_000_000..2_000_000_000).contains(&dt), "{dt} ns");
     }
 }
+
+/// Sleeps for about `d`, or less if a signal arrives: one `nanosleep`, not restarted. For
+/// polling loops that look again (and check their deadline) after every pause. `std::thread::sleep`
+/// restarts an interrupted sleep with the kernel's remaining time, which includes the timer slack
+/// (50 µs by default): under signals every few tens of microseconds that remaining time stops
+/// shrinking, and a 1 ms sleep can last seconds (seen with a SIGUSR1 storm on a slow VM).
+pub(crate) fn nap(d: std::time::Duration) {
+    let ts = libc::timespec {
+        tv_sec: d.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec and a null `rem` is allowed; an EINTR return is the
+    // signal cutting the nap short, which is the point.
+    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+}

@@ -440,7 +440,9 @@ impl Backoff {
             d = d.min(w.saturating_duration_since(Instant::now()));
         }
         if !d.is_zero() {
-            std::thread::sleep(d);
+            // Not `thread::sleep`, which restarts a sleep a signal interrupts: a signal only
+            // makes the next attempt (and the deadline check) come sooner (see `sys::clock::nap`).
+            crate::sys::clock::nap(d);
         }
         self.sleep = (self.sleep * 2).min(MAX_SLEEP);
     }
