@@ -17,20 +17,6 @@ pub(crate) fn coarse_now_ns() -> u64 {
         .wrapping_add(ts.tv_nsec as u64)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_coarse_clock_moves_forward_with_real_time() {
-        let t0 = coarse_now_ns();
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        let dt = coarse_now_ns() - t0;
-        // Coarse: within a tick or two of the 60 ms slept.
-        assert!((40_000_000..2_000_000_000).contains(&dt), "{dt} ns");
-    }
-}
-
 /// Sleeps for about `d`, or less if a signal arrives: one `nanosleep`, not restarted. For
 /// polling loops that look again (and check their deadline) after every pause. `std::thread::sleep`
 /// restarts an interrupted sleep with the kernel's remaining time, which includes the timer slack
@@ -44,4 +30,18 @@ pub(crate) fn nap(d: std::time::Duration) {
     // SAFETY: `ts` is a valid timespec and a null `rem` is allowed; an EINTR return is the
     // signal cutting the nap short, which is the point.
     unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_coarse_clock_moves_forward_with_real_time() {
+        let t0 = coarse_now_ns();
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let dt = coarse_now_ns() - t0;
+        // Coarse: within a tick or two of the 60 ms slept.
+        assert!((40_000_000..2_000_000_000).contains(&dt), "{dt} ns");
+    }
 }
