@@ -1383,10 +1383,9 @@ impl Producer {
                 // `publish_quietly` still decides).
                 if core.still_free(at) {
                     core.slots.mark_write(at);
-                    // SAFETY: the slot for `at` is ours (our run's claim won its position while
-                    // it was free), its payload holds max_message >= msg.len() bytes (checked by
-                    // `try_claim_run` for the first message, `batch_prefix` for the rest), not
-                    // overlapping `msg`; consumers read it only after the publication.
+                    // Sizes: `try_claim_run` checked the first message, `batch_prefix` the rest.
+                    // SAFETY: the slot for `at` is ours (our run won its position while free), its
+                    // payload holds max_message >= msg.len() bytes and does not overlap `msg`.
                     unsafe { copy_payload(msg, core.slots.payload(at)) };
                     if core.publish_quietly(at, msg.len(), false) {
                         sent += 1;
