@@ -7,7 +7,12 @@
 //!   receivers share; or octal permission bits, e.g. `0660`, also spelled `perm=0660`),
 //!   `allow_other_owner` (`true`/`false`), `wait` (`spin`, `park` or the default `adaptive`),
 //!   `senders` (MPMC receivers: how many senders must have joined before "no sender left" ends
-//!   the stream; default 1);
+//!   the stream; default 1); `mode=broadcast` for a publish/subscribe ring
+//!   ([`ring::broadcast`](crate::ring::broadcast)) with `overflow` (`block`, the default, or
+//!   `overwrite`), `tether` (subscribers: `true`, the default, or `false` for one that never
+//!   holds the publisher back), `start` (subscribers: `latest`, the default, or `oldest`) and
+//!   `subscribers` (the publisher: how many subscribers must have joined before the first
+//!   message goes out; default 0);
 //! - `msgq://NAME` and `msgq://0xKEY` (a System V message queue), with options `max_message`,
 //!   `mode` and `allow_other_owner`;
 //! - `unix:///absolute/path.sock` and `tcp://HOST:PORT` (`tcp://127.0.0.1:8080`,
@@ -18,6 +23,7 @@
 
 use crate::channel::{Receiver, Sender};
 use crate::error::Error;
+use crate::ring::broadcast::{Overflow, Start};
 use crate::ring::{RingKind, WaitStrategy};
 use crate::transport::msgq::MsgqConfig;
 use crate::transport::shm::{SegmentAddr, ShmConfig};
@@ -258,6 +264,33 @@ impl Endpoint {
                         "max_message" => cfg.max_message = parse_usize(k, v)?,
                         "mode" if v == "spsc" => cfg.kind = RingKind::Spsc,
                         "mode" if v == "mpmc" => cfg.kind = RingKind::Mpmc,
+                        "mode" if v == "broadcast" => cfg.kind = RingKind::Broadcast,
+                        "overflow" => {
+                            cfg.overflow = match v {
+                                "block" => Overflow::Block,
+                                "overwrite" => Overflow::Overwrite,
+                                _ => {
+                                    return Err(Error::Endpoint(format!(
+                                        "option overflow={v:?}: expected block or overwrite"
+                                    )))
+                                }
+                            }
+                        }
+                        "tether" => cfg.subscription.tethered = parse_bool(k, v)?,
+                        "start" => {
+                            cfg.subscription.start = match v {
+                                "latest" => Start::Latest,
+                                "oldest" => Start::Oldest,
+                                _ => {
+                                    return Err(Error::Endpoint(format!(
+                                        "option start={v:?}: expected latest or oldest"
+                                    )))
+                                }
+                            }
+                        }
+                        "subscribers" => {
+                            cfg.expect_subscribers = parse_usize(k, v)?.min(u32::MAX as usize) as u32
+                        }
                         "mode" | "perm" => cfg.mode = parse_mode(v)?,
                         "senders" => {
                             cfg.expect_senders = parse_usize(k, v)?.clamp(1, u32::MAX as usize) as u32
@@ -278,7 +311,8 @@ impl Endpoint {
                         _ => {
                             return Err(Error::Endpoint(format!(
                                 "unknown option {k:?}; shm:// takes capacity, bytes, max_message, mode \
-                                 (spsc, mpmc or octal bits), perm, senders, allow_other_owner, wait"
+                                 (spsc, mpmc, broadcast or octal bits), perm, senders, overflow, tether, \
+                                 start, subscribers, allow_other_owner, wait"
                             )))
                         }
                     }
@@ -351,6 +385,7 @@ impl Endpoint {
     pub fn open_sender(self) -> Result<Box<dyn Sender + Send>, Error> {
         Ok(match self {
             Endpoint::Shm(cfg) if cfg.kind == RingKind::Mpmc => Box::new(cfg.open_mpmc_sender()?),
+            Endpoint::Shm(cfg) if cfg.kind == RingKind::Broadcast => Box::new(cfg.open_publisher()?),
             Endpoint::Shm(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Msgq(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_sender()?),
@@ -362,6 +397,7 @@ impl Endpoint {
     pub fn open_receiver(self) -> Result<Box<dyn Receiver + Send>, Error> {
         Ok(match self {
             Endpoint::Shm(cfg) if cfg.kind == RingKind::Mpmc => Box::new(cfg.open_mpmc_receiver()?),
+            Endpoint::Shm(cfg) if cfg.kind == RingKind::Broadcast => Box::new(cfg.open_subscriber()?),
             Endpoint::Shm(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Msgq(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_receiver()?),

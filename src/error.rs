@@ -63,7 +63,9 @@ macro_rules! error_enum {
     };
     (@pat $name:ident $variant:ident $e:ident $inner:ty) => { $name::$variant($e) };
     (@pat $name:ident $variant:ident) => { $name::$variant };
-    (@msg $f:ident $msg:literal $e:ident $inner:ty) => { fmt::Display::fmt($e, $f) };
+    (@msg $f:ident $msg:literal $e:ident $inner:ty) => {
+        if $msg.is_empty() { fmt::Display::fmt($e, $f) } else { write!($f, "{} {}", $msg, $e) }
+    };
     (@msg $f:ident $msg:literal) => { $f.write_str($msg) };
 }
 
@@ -151,6 +153,10 @@ error_enum! {
         /// not returned: a producer may already have been writing the next one over it. The receiver stays
         /// usable; the next call goes on.
         Lost => "message lost: this receiver was taken for dead and the message it was reading recovered",
+        /// Broadcast rings only: this subscriber fell more than a ring behind and skipped ahead to the
+        /// oldest message still there; this many messages were never delivered to it (an exact count).
+        /// The subscriber stays usable: the next call returns the next message.
+        Lagged(u64) => "subscriber lapped by the publisher; messages missed:",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
         /// This end was inherited across `fork()`: it belongs to the process that opened it,
@@ -171,6 +177,10 @@ error_enum! {
         /// not returned: a producer may already have been writing the next one over it. The receiver stays
         /// usable; the next call goes on.
         Lost => "message lost: this receiver was taken for dead and the message it was reading recovered",
+        /// Broadcast rings only: this subscriber fell more than a ring behind and skipped ahead to the
+        /// oldest message still there; this many messages were never delivered to it (an exact count).
+        /// The subscriber stays usable: the next call returns the next message.
+        Lagged(u64) => "subscriber lapped by the publisher; messages missed:",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
         /// This end was inherited across `fork()`: it belongs to the process that opened it,
@@ -193,6 +203,10 @@ error_enum! {
         /// not returned: a producer may already have been writing the next one over it. The receiver stays
         /// usable; the next call goes on.
         Lost => "message lost: this receiver was taken for dead and the message it was reading recovered",
+        /// Broadcast rings only: this subscriber fell more than a ring behind and skipped ahead to the
+        /// oldest message still there; this many messages were never delivered to it (an exact count).
+        /// The subscriber stays usable: the next call returns the next message.
+        Lagged(u64) => "subscriber lapped by the publisher; messages missed:",
         /// The shared state failed validation.
         Corrupted(Corrupted) => "",
         /// This end was inherited across `fork()`: it belongs to the process that opened it,
@@ -232,6 +246,7 @@ impl From<RecvTimeoutError> for RecvError {
         match e {
             RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected => RecvError::Disconnected,
             RecvTimeoutError::Lost => RecvError::Lost,
+            RecvTimeoutError::Lagged(n) => RecvError::Lagged(n),
             RecvTimeoutError::Corrupted(c) => RecvError::Corrupted(c),
             RecvTimeoutError::Forked => RecvError::Forked,
         }
@@ -244,6 +259,7 @@ impl From<TryRecvError> for RecvTimeoutError {
             TryRecvError::Empty => RecvTimeoutError::Timeout,
             TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
             TryRecvError::Lost => RecvTimeoutError::Lost,
+            TryRecvError::Lagged(n) => RecvTimeoutError::Lagged(n),
             TryRecvError::Corrupted(c) => RecvTimeoutError::Corrupted(c),
             TryRecvError::Forked => RecvTimeoutError::Forked,
         }

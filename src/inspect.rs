@@ -104,6 +104,9 @@ pub struct Counters {
     /// process); they wrote nothing to it. Their messages are among `recovered`. `None` for
     /// SPSC rings.
     pub robbed: Option<u64>,
+    /// Broadcast rings: messages that lapped subscribers missed, all counted. `None` for the
+    /// other kinds.
+    pub missed: Option<u64>,
 }
 
 /// A shmpipe ring found on the machine.
@@ -115,7 +118,7 @@ pub struct RingInfo {
     pub key: i32,
     /// SysV segment id.
     pub id: i32,
-    /// Ring kind; `"spsc"` or `"mpmc"`.
+    /// Ring kind; `"spsc"`, `"mpmc"` or `"broadcast"`.
     pub kind: &'static str,
     /// Live senders and receivers attached (MPMC rings; SPSC rings have at most one each).
     pub members: (u32, u32),
@@ -137,6 +140,13 @@ pub struct RingInfo {
     pub status: RingStatus,
     /// Its counters.
     pub counters: Counters,
+    /// Broadcast rings: the policy (`"block"` or `"overwrite"`; `None` if corrupted, and for
+    /// the other kinds).
+    pub overflow: Option<&'static str>,
+    /// Broadcast rings: every subscriber attached (pid, alive or dead, lag, missed). Empty for
+    /// the other kinds. For a broadcast ring `sender` is the publisher, `receiver` sums up the
+    /// subscribers, and `members` is (live publishers, live subscribers).
+    pub subscribers: Vec<crate::ring::broadcast::SubscriberInfo>,
 }
 
 /// A segment that is not (or not yet, or not visibly) a shmpipe ring.
@@ -158,6 +168,8 @@ pub struct OtherSegment {
 
 /// A shared-memory segment in `/proc/sysvipc/shm`.
 #[derive(Clone, Debug)]
+// A listing holds a few of these, built once: not worth a box in the public type.
+#[allow(clippy::large_enum_variant)]
 pub enum Segment {
     /// A ring of ours.
     Ring(RingInfo),
@@ -365,12 +377,33 @@ impl RingView {
 
 fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
     // Relaxed: a snapshot for display; nothing is read on the strength of these values.
+    let mut missed = None;
     let (messages_in, messages_out, c, recovered, robbed, bells) = match layout.kind {
         RingKind::Spsc => {
             let shared = backing.shared();
             (
                 shared.tail.count.load(Relaxed),
                 shared.head.count.load(Relaxed),
+                &*shared.counters,
+                None,
+                None,
+                (&*shared.not_full, &*shared.not_empty),
+            )
+        }
+        RingKind::Broadcast => {
+            let shared = backing.broadcast_shared();
+            let tail = shared.tail.load(Relaxed);
+            missed = Some(shared.roster.missed.load(Relaxed));
+            // Consumed: as far as the slowest subscriber has read (all of it with none).
+            let slowest = shared
+                .subscribers(backing.tokens_of())
+                .iter()
+                .map(|s| tail.saturating_sub(s.lag))
+                .min()
+                .unwrap_or(tail);
+            (
+                tail,
+                slowest,
                 &*shared.counters,
                 None,
                 None,
@@ -401,6 +434,7 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
         parked_receivers: bells.1.waiter_bits(),
         recovered,
         robbed,
+        missed,
     }
 }
 
@@ -421,7 +455,37 @@ fn ring_info(
     nattch_uid: (u64, u32),
 ) -> RingInfo {
     let cap = layout.geometry.capacity;
+    let (mut overflow, mut subscribers) = (None, Vec::new());
     let (unread, sender, receiver, members, pending) = match layout.kind {
+        RingKind::Broadcast => {
+            let shared = backing.broadcast_shared();
+            let tokens = backing.tokens_of();
+            overflow = shared.policy().ok().map(|o| o.name());
+            subscribers = shared.subscribers(tokens);
+            let (_, joined, died) = shared.census();
+            let live = subscribers.iter().filter(|s| s.alive).count() as u32;
+            let publisher = role(&shared.publisher, tokens, Role::Sender);
+            let receiver = RoleInfo {
+                peer: if live > 0 {
+                    Peer::Alive
+                } else {
+                    mpmc::peer_state(0, joined, died)
+                },
+                pid: subscribers.iter().find(|s| s.alive).map_or(0, |s| s.pid),
+            };
+            // Unread: what the slowest live subscriber has still to read.
+            let unread = overflow.map(|_| {
+                subscribers
+                    .iter()
+                    .filter(|s| s.alive)
+                    .map(|s| s.lag)
+                    .max()
+                    .unwrap_or(0)
+            });
+            let alive = u32::from(publisher.peer == Peer::Alive);
+            // Never pending: a newcomer starts at the next message, so nothing waits for one.
+            (unread, publisher, receiver, (alive, live), Some(false))
+        }
         RingKind::Spsc => {
             let shared = backing.shared();
             let unread = shared
@@ -467,7 +531,7 @@ fn ring_info(
         RingStatus::Removing
     } else {
         match (unread, pending) {
-            _ if members.0 + members.1 > 0 && layout.kind == RingKind::Mpmc => RingStatus::Live,
+            _ if members.0 + members.1 > 0 && layout.kind != RingKind::Spsc => RingStatus::Live,
             (Some(_), Some(true)) => RingStatus::Pending,
             (Some(_), Some(false)) => RingStatus::Stale,
             (Some(n), None) => status(sender.peer, receiver.peer, n),
@@ -490,6 +554,8 @@ fn ring_info(
         receiver,
         status: st,
         counters: counters(backing, layout),
+        overflow,
+        subscribers,
     }
 }
 

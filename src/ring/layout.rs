@@ -5,17 +5,21 @@
 //! offset 256   control block, 128-byte lines:
 //!              spsc: SpscShared (producer, consumer, doorbells, lock, roles, counters)
 //!              mpmc: MpmcShared (positions, doorbells, lock, roster, counters, member table)
+//!              broadcast: BroadcastShared (tail, doorbells, lock, publisher, roster, counters,
+//!              subscriber table)
 //! slots_offset spsc: records, (capacity + 1) x stride bytes (`ring::records`): each an 8-byte
 //!              header word (stamp, length) and the payload rounded up to 8 bytes; stride is
 //!              the record of a `max_message` message
 //!              mpmc: slots, capacity x stride bytes; each slot = u32 length, 4 bytes pad,
 //!              u64 sequence word, payload
+//!              broadcast: as mpmc (the sequence word is a seqlock, see `ring::broadcast`)
 //! ```
 //!
 //! Every header field is an atomic read once at attach into a local [`Layout`] and validated
 //! there; after that the ring uses only the local copy, so later corruption of the header cannot
 //! move an access outside the segment.
 
+use super::broadcast::BroadcastShared;
 use super::mpmc::MpmcShared;
 use super::spsc::SpscShared;
 use super::{Geometry, RingKind};
@@ -40,6 +44,9 @@ pub(crate) const LAYOUT_VERSION: u32 = 4;
 pub(crate) const KIND_SPSC: u32 = 1;
 /// `Header::kind` of an MPMC ring.
 pub(crate) const KIND_MPMC: u32 = 2;
+/// `Header::kind` of a broadcast ring (new kinds need no new version: an older build refuses
+/// a kind it does not know as a configuration mismatch).
+pub(crate) const KIND_BROADCAST: u32 = 3;
 /// Longest ring name stored in the header.
 pub const MAX_NAME_LEN: usize = 64;
 /// `Header::flags` bit: the segment is being removed; anyone who finds it must not use it.
@@ -51,12 +58,16 @@ pub(crate) const CONTROL_OFFSET: usize = HEADER_SIZE;
 pub(crate) const SLOTS_OFFSET: usize = (CONTROL_OFFSET + size_of::<SpscShared>()).next_multiple_of(128);
 /// Where an MPMC ring's slots start.
 pub(crate) const MPMC_SLOTS_OFFSET: usize = (CONTROL_OFFSET + size_of::<MpmcShared>()).next_multiple_of(128);
+/// Where a broadcast ring's slots start.
+pub(crate) const BROADCAST_SLOTS_OFFSET: usize =
+    (CONTROL_OFFSET + size_of::<BroadcastShared>()).next_multiple_of(128);
 
 /// Where the slots of a ring of `kind` start.
 pub(crate) const fn slots_offset(kind: RingKind) -> usize {
     match kind {
         RingKind::Spsc => SLOTS_OFFSET,
         RingKind::Mpmc => MPMC_SLOTS_OFFSET,
+        RingKind::Broadcast => BROADCAST_SLOTS_OFFSET,
     }
 }
 
@@ -64,6 +75,7 @@ const fn kind_code(kind: RingKind) -> u32 {
     match kind {
         RingKind::Spsc => KIND_SPSC,
         RingKind::Mpmc => KIND_MPMC,
+        RingKind::Broadcast => KIND_BROADCAST,
     }
 }
 
@@ -91,7 +103,8 @@ pub(crate) struct Header {
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
 const _: () = assert!(SLOTS_OFFSET.is_multiple_of(128) && MPMC_SLOTS_OFFSET.is_multiple_of(128));
-const _: () = assert!(SLOTS_OFFSET <= MPMC_SLOTS_OFFSET);
+const _: () = assert!(SLOTS_OFFSET <= MPMC_SLOTS_OFFSET && SLOTS_OFFSET <= BROADCAST_SLOTS_OFFSET);
+const _: () = assert!(BROADCAST_SLOTS_OFFSET.is_multiple_of(128));
 #[cfg(target_arch = "x86_64")]
 const _: () = assert!(SLOTS_OFFSET == 1280);
 
@@ -121,7 +134,7 @@ fn raw_segment_size(kind: RingKind, capacity: u64, stride: u64) -> Option<usize>
     let units = match kind {
         // One record more than the capacity (see `Geometry::ring_bytes`).
         RingKind::Spsc => capacity.checked_add(1)?,
-        RingKind::Mpmc => capacity,
+        RingKind::Mpmc | RingKind::Broadcast => capacity,
     };
     let bytes = units
         .checked_mul(stride)?
@@ -221,21 +234,22 @@ impl Header {
         let kind = match self.kind.load(Relaxed) {
             KIND_SPSC => RingKind::Spsc,
             KIND_MPMC => RingKind::Mpmc,
+            KIND_BROADCAST => RingKind::Broadcast,
             // A kind this build does not know (a newer shmpipe's, say) is a ring of another
             // kind, refused as a configuration mismatch as before MPMC existed, not reported
             // as corrupted (tests/faults.rs relies on this).
             other => {
                 return Err(HeaderCheck::Reject(Error::InvalidConfig(format!(
-                    "ring {name:?} is of unknown kind {other}; this build knows spsc ({KIND_SPSC}) \
-                     and mpmc ({KIND_MPMC})"
+                    "ring {name:?} is of unknown kind {other}; this build knows spsc ({KIND_SPSC}), \
+                     mpmc ({KIND_MPMC}) and broadcast ({KIND_BROADCAST})"
                 ))))
             }
         };
         if let Some(expected) = expect_kind.filter(|&k| k != kind) {
             // Names the word "kind" and both kinds: the mismatch is the whole story.
             return Err(HeaderCheck::Reject(Error::InvalidConfig(format!(
-                "ring {name:?} is of kind {kind}, opened as {expected} (the kind, mode=spsc or \
-                 mode=mpmc, is fixed when a ring is created)"
+                "ring {name:?} is of kind {kind}, opened as {expected} (the kind, mode=spsc, \
+                 mode=mpmc or mode=broadcast, is fixed when a ring is created)"
             ))));
         }
         // Relaxed (the geometry fields): ordered by the Acquire load of the magic above.
@@ -324,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_header_whose_size_product_overflows_is_corrupted_not_wrapped() {
-        for kind in [RingKind::Spsc, RingKind::Mpmc] {
+        for kind in [RingKind::Spsc, RingKind::Mpmc, RingKind::Broadcast] {
             let g = Geometry::new(4, 64).unwrap();
             let h = header(kind, &g);
             let size = segment_size(kind, &g).unwrap();
@@ -417,7 +431,9 @@ mod fuzz {
                 let kind = layout.kind;
                 prop_assert_eq!(Some(layout.size), segment_size(kind, g));
                 match kind {
-                    RingKind::Mpmc => prop_assert!(g.capacity.is_power_of_two() && g.capacity >= 2),
+                    RingKind::Mpmc | RingKind::Broadcast => {
+                        prop_assert!(g.capacity.is_power_of_two() && g.capacity >= 2)
+                    }
                     RingKind::Spsc => prop_assert!(g.capacity >= 1),
                 }
                 prop_assert!(g.stride_for(kind) >= g.max_message + kind.slot_header());
@@ -470,7 +486,7 @@ mod fuzz {
             noise in prop::array::uniform32(any::<[u8; 8]>()),
             magic in prop_oneof![4 => Just(MAGIC), 1 => Just(0u64), 1 => any::<u64>()],
             version in prop_oneof![4 => Just(LAYOUT_VERSION), 1 => any::<u32>()],
-            kind in prop_oneof![2 => Just(KIND_SPSC), 2 => Just(KIND_MPMC), 1 => any::<u32>()],
+            kind in prop_oneof![2 => Just(KIND_SPSC), 2 => Just(KIND_MPMC), 2 => Just(KIND_BROADCAST), 1 => any::<u32>()],
             capacity in prop_oneof![3 => (1u32..=24).prop_map(|s| 1u64 << s), 1 => size_like()],
             max_message in prop_oneof![3 => 1u64..70_000, 1 => size_like()],
             stride in prop_oneof![3 => Just(None), 1 => size_like().prop_map(Some)],
@@ -493,7 +509,11 @@ mod fuzz {
             h.max_message.store(max_message, Relaxed);
             h.name_len.store(name_len, Relaxed);
             // The stride and size the geometry would need, if it is one (or arbitrary ones).
-            let as_kind = if kind == KIND_MPMC { RingKind::Mpmc } else { RingKind::Spsc };
+            let as_kind = match kind {
+                KIND_MPMC => RingKind::Mpmc,
+                KIND_BROADCAST => RingKind::Broadcast,
+                _ => RingKind::Spsc,
+            };
             let geometry = usize::try_from(capacity)
                 .ok()
                 .zip(usize::try_from(max_message).ok())

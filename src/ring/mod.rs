@@ -7,6 +7,7 @@
 //! validated geometry (capacity, slot size) held in process-local fields, never re-read from
 //! shared memory.
 
+pub mod broadcast;
 #[cfg(not(loom))]
 pub(crate) mod layout;
 pub(crate) mod lock;
@@ -144,6 +145,8 @@ pub enum RingKind {
     Spsc,
     /// Any number of senders and receivers ([`mpmc`]), each a process or a thread.
     Mpmc,
+    /// One publisher and many subscribers, each receiving every message ([`broadcast`]).
+    Broadcast,
 }
 
 impl RingKind {
@@ -152,6 +155,7 @@ impl RingKind {
         match self {
             RingKind::Spsc => SLOT_HEADER,
             RingKind::Mpmc => MPMC_SLOT_HEADER,
+            RingKind::Broadcast => broadcast::SLOT_HEADER,
         }
     }
 
@@ -160,6 +164,7 @@ impl RingKind {
         match self {
             RingKind::Spsc => "spsc",
             RingKind::Mpmc => "mpmc",
+            RingKind::Broadcast => "broadcast",
         }
     }
 }
@@ -531,7 +536,7 @@ impl Geometry {
         max_message: usize,
     ) -> Result<Self, crate::Error> {
         match kind {
-            RingKind::Mpmc => Geometry::new(capacity, max_message),
+            RingKind::Mpmc | RingKind::Broadcast => Geometry::new(capacity, max_message),
             RingKind::Spsc if (1..=MAX_SPSC_CAPACITY).contains(&capacity) => {
                 let geometry = Geometry::checked(capacity, max_message)?;
                 geometry.fits(kind)?;
@@ -626,7 +631,7 @@ impl Geometry {
         let header_and_payload = kind.slot_header().checked_add(self.max_message)?;
         match kind {
             RingKind::Spsc => header_and_payload.checked_next_multiple_of(8),
-            RingKind::Mpmc => header_and_payload.checked_next_multiple_of(SLOT_ALIGN),
+            RingKind::Mpmc | RingKind::Broadcast => header_and_payload.checked_next_multiple_of(SLOT_ALIGN),
         }
     }
 
@@ -635,7 +640,7 @@ impl Geometry {
         let stride = self.checked_stride_for(kind)?;
         match kind {
             RingKind::Spsc => self.capacity.checked_add(1)?.checked_mul(stride),
-            RingKind::Mpmc => self.capacity.checked_mul(stride),
+            RingKind::Mpmc | RingKind::Broadcast => self.capacity.checked_mul(stride),
         }
     }
 }

@@ -19,6 +19,9 @@
 
 use crate::error::Error;
 use crate::inspect::RingStatus;
+use crate::ring::broadcast::{
+    self, BcSlots, BroadcastBacking, BroadcastCore, BroadcastShared, Overflow, Subscription, MAX_SUBSCRIBERS,
+};
 use crate::ring::layout::{self, Header, HeaderCheck, Layout, FLAG_RECYCLED, MAX_NAME_LEN};
 use crate::ring::lock::RingLock;
 use crate::ring::mpmc::MAX_MEMBERS;
@@ -138,6 +141,15 @@ pub struct ShmConfig {
     /// MPMC receivers: the end of the stream is when at least this many senders have joined and
     /// none is left (default 1). See [`mpmc::Consumer::set_expect_senders`].
     pub expect_senders: u32,
+    /// Broadcast rings: what the publisher of a ring this call creates does when the slowest
+    /// subscriber is a ring behind (default [`Overflow::Block`]). Opening an existing ring with
+    /// the other policy is an [`Error::InvalidConfig`].
+    pub overflow: Overflow,
+    /// Broadcast subscribers: tethered or not, and where to start.
+    pub subscription: Subscription,
+    /// Broadcast publishers: wait until this many subscribers have joined before the first
+    /// message goes out (default 0). See [`broadcast::Publisher::set_expect_subscribers`].
+    pub expect_subscribers: u32,
 }
 
 impl ShmConfig {
@@ -154,6 +166,9 @@ impl ShmConfig {
             open_timeout: Duration::from_secs(5),
             kind: RingKind::Spsc,
             expect_senders: 1,
+            overflow: Overflow::Block,
+            subscription: Subscription::default(),
+            expect_subscribers: 0,
         }
     }
 
@@ -186,9 +201,9 @@ impl ShmConfig {
         match (self.bytes, self.kind) {
             (None, _) => Geometry::new(self.capacity, self.max_message),
             (Some(bytes), RingKind::Spsc) => Geometry::with_bytes(bytes, self.max_message),
-            (Some(_), RingKind::Mpmc) => Err(Error::InvalidConfig(
-                "a ring's size in bytes applies to SPSC rings; an MPMC ring has `capacity` slots".into(),
-            )),
+            (Some(_), kind) => Err(Error::InvalidConfig(format!(
+                "a ring's size in bytes applies to SPSC rings; an {kind} ring has `capacity` slots"
+            ))),
         }
     }
 
@@ -244,6 +259,30 @@ impl ShmConfig {
         Ok(rx)
     }
 
+    /// Opens (or creates) the broadcast ring and takes its publishing end (one at a time).
+    ///
+    /// ```no_run
+    /// use shmpipe::{transport::shm::ShmConfig, ring::RingKind, Sender};
+    /// let mut tx = ShmConfig::named("quotes")?.kind(RingKind::Broadcast).open_publisher()?;
+    /// tx.send(b"EURUSD 1.0842")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_publisher(&self) -> Result<broadcast::Publisher, Error> {
+        let (core, _, _, _) = open(self.as_kind(RingKind::Broadcast)?, Role::Sender)?.broadcast();
+        let mut tx = broadcast::Publisher::joined(core, self.expect_subscribers);
+        tx.set_wait_strategy(self.wait);
+        Ok(tx)
+    }
+
+    /// Opens (or creates) the broadcast ring and joins it as one more subscriber
+    /// ([`subscription`](Self::subscription) says how).
+    pub fn open_subscriber(&self) -> Result<broadcast::Subscriber, Error> {
+        let (core, me, pos, window) = open(self.as_kind(RingKind::Broadcast)?, Role::Receiver)?.broadcast();
+        let mut rx = broadcast::Subscriber::joined(core, me, pos, window, self.subscription.tethered);
+        rx.set_wait_strategy(self.wait);
+        Ok(rx)
+    }
+
     /// This configuration, checked to be for a ring of `kind`.
     fn as_kind(&self, kind: RingKind) -> Result<&Self, Error> {
         // The message names both kinds (it used to name the configured one twice, which did not
@@ -251,6 +290,7 @@ impl ShmConfig {
         let methods = |k: RingKind| match k {
             RingKind::Spsc => "open_sender / open_receiver",
             RingKind::Mpmc => "open_mpmc_sender / open_mpmc_receiver",
+            RingKind::Broadcast => "open_publisher / open_subscriber",
         };
         if self.kind != kind {
             return Err(Error::InvalidConfig(format!(
@@ -296,6 +336,23 @@ impl SegmentBacking {
         unsafe { &*self.att.as_ptr().add(layout::CONTROL_OFFSET).cast::<MpmcShared>() }
     }
 
+    /// The broadcast control block. Only for a segment whose header validated as broadcast.
+    pub(crate) fn broadcast_shared(&self) -> &BroadcastShared {
+        assert!(
+            self.att.len() >= layout::BROADCAST_SLOTS_OFFSET,
+            "validated as broadcast"
+        );
+        // SAFETY: the attachment covers the control block (checked above), CONTROL_OFFSET is
+        // 128-aligned, and BroadcastShared is atomics only, valid for any bytes.
+        unsafe {
+            &*self
+                .att
+                .as_ptr()
+                .add(layout::CONTROL_OFFSET)
+                .cast::<BroadcastShared>()
+        }
+    }
+
     /// Flags the segment so nobody adopts it, then removes its key and its semaphore set. Needs a
     /// read-write attachment.
     pub(crate) fn retire(&self) {
@@ -317,6 +374,7 @@ impl SegmentBacking {
         match kind {
             RingKind::Spsc => &self.shared().lock,
             RingKind::Mpmc => &self.mpmc_shared().lock,
+            RingKind::Broadcast => &self.broadcast_shared().lock,
         }
     }
 
@@ -392,6 +450,30 @@ impl MpmcBacking for SegmentBacking {
     }
 }
 
+impl BroadcastBacking for SegmentBacking {
+    fn on_leave(&self, shared: &BroadcastShared) {
+        shared.reap(self.tokens_of());
+        if broadcast_abandoned(shared, self.tokens_of()) {
+            self.retire();
+        }
+    }
+
+    fn unreachable(&self) -> bool {
+        self.removed()
+    }
+
+    fn tokens(&self) -> Tokens {
+        self.tokens_of()
+    }
+}
+
+/// Whether nobody will use a broadcast ring again: no live subscriber and no live publisher.
+/// (A newcomer starts at the next message, so a finished stream is not kept for anyone.) Called
+/// under the lock, after reaping.
+fn broadcast_abandoned(shared: &BroadcastShared, tokens: Tokens) -> bool {
+    shared.census().0 == 0 && shared.publisher.peer(tokens, Role::Sender) != Peer::Alive
+}
+
 /// Whether nobody will use an MPMC ring again: no live member, and not a finished stream whose
 /// messages await their first receiver (kept, as a message queue would keep them). Called under
 /// the lock, after reaping.
@@ -416,20 +498,49 @@ enum Step {
 enum Opened {
     Spsc(Arc<RingCore>),
     Mpmc(Arc<MpmcCore>, usize),
+    /// With the subscriber record joined, its start and the end of its join window.
+    Broadcast(Arc<BroadcastCore>, Joined),
+}
+
+/// Where a joining member stands: its record, and for a broadcast subscriber its start
+/// position and the end of its join window (see `ring::broadcast`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Joined {
+    member: usize,
+    pos: u64,
+    window: u64,
+    /// A broadcast ring's policy, as read (once) and validated under the lock.
+    overflow: Overflow,
+}
+
+impl From<usize> for Joined {
+    fn from(member: usize) -> Self {
+        Joined {
+            member,
+            ..Joined::default()
+        }
+    }
 }
 
 impl Opened {
     fn spsc(self) -> Arc<RingCore> {
         match self {
             Opened::Spsc(core) => core,
-            Opened::Mpmc(..) => unreachable!("opened with kind spsc"),
+            _ => unreachable!("opened with kind spsc"),
         }
     }
 
     fn mpmc(self) -> (Arc<MpmcCore>, usize) {
         match self {
             Opened::Mpmc(core, me) => (core, me),
-            Opened::Spsc(_) => unreachable!("opened with kind mpmc"),
+            _ => unreachable!("opened with kind mpmc"),
+        }
+    }
+
+    fn broadcast(self) -> (Arc<BroadcastCore>, usize, u64, u64) {
+        match self {
+            Opened::Broadcast(core, j) => (core, j.member, j.pos, j.window),
+            _ => unreachable!("opened with kind broadcast"),
         }
     }
 }
@@ -491,7 +602,7 @@ fn create_error(e: io::Error, size: usize) -> Error {
 }
 
 /// The ring in `att`, of the validated `layout`; `member` is the MPMC record we joined.
-fn build_core(backing: SegmentBacking, layout: &Layout, member: usize) -> Opened {
+fn build_core(backing: SegmentBacking, layout: &Layout, joined: Joined) -> Opened {
     assert!(
         layout.size <= backing.att.len(),
         "layout validated against the attachment's size"
@@ -502,9 +613,10 @@ fn build_core(backing: SegmentBacking, layout: &Layout, member: usize) -> Opened
     // The attachment holds at least `layout.size` bytes (checked against IPC_STAT), so the
     // control block and the capacity * stride slot bytes of this kind lie inside it. It moves
     // into the backing, which the core keeps (and so the mapping) for as long as it lives.
-    // SAFETY: both offsets are in bounds and 128-aligned in a page-aligned mapping; an MPMC
-    // ring's stride is a multiple of 64 and covers its slot header, an SPSC ring's record memory
-    // (`ring_bytes`) is a multiple of 8.
+    // SAFETY: both offsets are in bounds and 128-aligned in a page-aligned mapping; an MPMC or
+    // broadcast ring's stride is a multiple of 64 and covers its slot header, an SPSC ring's
+    // record memory (`ring_bytes`) is a multiple of 8; the slot memory of every kind is only
+    // accessed atomically or as the ring protocol assigns it.
     unsafe {
         let memory = NonNull::new_unchecked(base.add(layout::slots_offset(kind)));
         let control = base.add(layout::CONTROL_OFFSET);
@@ -522,7 +634,17 @@ fn build_core(backing: SegmentBacking, layout: &Layout, member: usize) -> Opened
                     g,
                     backing,
                 )),
-                member,
+                joined.member,
+            ),
+            RingKind::Broadcast => Opened::Broadcast(
+                Arc::new(BroadcastCore::new(
+                    NonNull::new_unchecked(control.cast::<BroadcastShared>()),
+                    BcSlots::new(memory, g.capacity, g.stride_for(kind)),
+                    g,
+                    joined.overflow,
+                    backing,
+                )),
+                joined,
             ),
         }
     }
@@ -533,6 +655,8 @@ fn set_size(kind: RingKind) -> usize {
     tokens::set_size(match kind {
         RingKind::Spsc => 2,
         RingKind::Mpmc => MAX_MEMBERS,
+        // The publisher's token, then one per subscriber record.
+        RingKind::Broadcast => 1 + MAX_SUBSCRIBERS,
     })
 }
 
@@ -579,8 +703,16 @@ fn create_new(
             .shared()
             .role(role)
             .claim(Tokens::Kernel(set), role)
-            .map(|()| 0),
-        RingKind::Mpmc => backing.mpmc_shared().join(role, Tokens::Kernel(set)),
+            .map(|()| Joined::from(0)),
+        RingKind::Mpmc => backing
+            .mpmc_shared()
+            .join(role, Tokens::Kernel(set))
+            .map(Joined::from),
+        RingKind::Broadcast => {
+            let shared = backing.broadcast_shared();
+            shared.set_policy(cfg.overflow);
+            join_broadcast(shared, Tokens::Kernel(set), role, cfg, geometry, cfg.overflow)
+        }
     };
     let member = match member {
         Ok(member) => member,
@@ -743,6 +875,7 @@ fn attach_existing(cfg: &ShmConfig, key: i32, role: Role, deadline: Instant) -> 
     let decision = match layout.kind {
         RingKind::Spsc => decide_spsc(&backing, &layout, role)?,
         RingKind::Mpmc => decide_mpmc(&backing, &layout, role)?,
+        RingKind::Broadcast => decide_broadcast(&backing, &layout, role, cfg)?,
     };
     match decision {
         (Decision::Claim, member) => {
@@ -789,11 +922,14 @@ fn creation_stalled(
     if let Some(set) = backing.header().sems() {
         // A set we cannot stat or that has the wrong size is not a creator's lock to wait on.
         let set = SemId(set);
-        let sized = sem::stat(set)
-            .is_ok_and(|st| st.nsems == set_size(RingKind::Spsc) || st.nsems == set_size(RingKind::Mpmc));
-        if !sized {
+        let kinds = [RingKind::Spsc, RingKind::Mpmc, RingKind::Broadcast];
+        let Some(nsems) = sem::stat(set)
+            .ok()
+            .map(|st| st.nsems)
+            .filter(|n| kinds.iter().any(|&k| set_size(k) == *n))
+        else {
             return Ok(Stalled::Retry);
-        }
+        };
         let wait = (Instant::now() + Duration::from_millis(10)).min(deadline);
         return match sem::lock(set, LOCK_SEM, wait) {
             Ok(true) => {
@@ -802,8 +938,7 @@ fn creation_stalled(
                 // token before publishing). A token held means a live ring whose header was
                 // damaged: never removed, waited for until the deadline.
                 let published = backing.header().magic.load(Acquire) != 0;
-                let held =
-                    (1..set_size(RingKind::Mpmc)).any(|n| !matches!(sem::value(set, n), Ok(0) | Err(_)));
+                let held = (1..nsems).any(|n| !matches!(sem::value(set, n), Ok(0) | Err(_)));
                 let _ = sem::unlock(set, LOCK_SEM);
                 if published {
                     Ok(Stalled::Wait)
@@ -850,7 +985,7 @@ fn corrupted_ring(layout: &Layout) -> impl FnOnce(crate::Corrupted) -> Error + '
 }
 
 /// Under the lock: claim the SPSC role (then the role is ours), recycle, or refuse.
-fn decide_spsc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<(Decision, usize), Error> {
+fn decide_spsc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<(Decision, Joined), Error> {
     let shared = backing.shared();
     let (mine, theirs) = match role {
         Role::Sender => (&shared.sender, &shared.receiver),
@@ -880,22 +1015,92 @@ fn decide_spsc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<
         }
         mine.claim(tokens, role)?;
     }
-    Ok((decision, 0))
+    Ok((decision, Joined::default()))
 }
 
 /// Under the lock: join the MPMC ring (then the returned member record is ours) or recycle it.
 /// Dead members are reaped first; a ring with no live member is stale unless it holds a finished
 /// stream awaiting its first receiver.
-fn decide_mpmc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<(Decision, usize), Error> {
+fn decide_mpmc(backing: &SegmentBacking, layout: &Layout, role: Role) -> Result<(Decision, Joined), Error> {
     let shared = backing.mpmc_shared();
     shared
         .positions(layout.geometry.capacity)
         .map_err(corrupted_ring(layout))?;
     shared.reap(backing.tokens_of());
     if mpmc_abandoned(shared) {
-        return Ok((Decision::Recycle, 0));
+        return Ok((Decision::Recycle, Joined::default()));
     }
-    Ok((Decision::Claim, shared.join(role, backing.tokens_of())?))
+    Ok((Decision::Claim, shared.join(role, backing.tokens_of())?.into()))
+}
+
+/// Takes the broadcast `role` for this process: the publisher's role record, or a subscriber
+/// record placed as `cfg.subscription` asks. Caller holds the lock.
+fn join_broadcast(
+    shared: &BroadcastShared,
+    tokens: Tokens,
+    role: Role,
+    cfg: &ShmConfig,
+    geometry: &Geometry,
+    overflow: Overflow,
+) -> Result<Joined, Error> {
+    match role {
+        Role::Sender => shared.publisher.claim(tokens, Role::Sender).map(|()| Joined {
+            overflow,
+            ..Joined::default()
+        }),
+        Role::Receiver => {
+            let (member, pos, window) = shared.join(tokens, cfg.subscription, geometry.capacity as u64)?;
+            Ok(Joined {
+                member,
+                pos,
+                window,
+                overflow,
+            })
+        }
+    }
+}
+
+/// Under the lock: take the publisher's role (one at a time) or join as a subscriber, recycle
+/// an abandoned ring, or refuse. Dead subscribers are reaped first.
+fn decide_broadcast(
+    backing: &SegmentBacking,
+    layout: &Layout,
+    role: Role,
+    cfg: &ShmConfig,
+) -> Result<(Decision, Joined), Error> {
+    let shared = backing.broadcast_shared();
+    let tokens = backing.tokens_of();
+    let overflow = shared.policy().map_err(corrupted_ring(layout))?;
+    if overflow != cfg.overflow {
+        // Lossless and lossy are different promises: a subscriber that asked for one must not
+        // silently get the other, whoever created the ring.
+        return Err(Error::InvalidConfig(format!(
+            "ring {:?} is a broadcast ring with overflow={overflow}, opened with overflow={} (the \
+             policy is fixed when a ring is created)",
+            layout.name, cfg.overflow
+        )));
+    }
+    shared.reap(tokens);
+    let publisher = shared.publisher.peer(tokens, Role::Sender);
+    let subscribers = shared.census().0;
+    let decision = match (role, publisher) {
+        (Role::Sender, Peer::Alive) => Decision::Refuse(format!(
+            "its publisher is live pid {} (one publisher at a time)",
+            shared.publisher.pid.load(Relaxed)
+        )),
+        (Role::Sender, Peer::Closed | Peer::Dead) if subscribers > 0 => Decision::Refuse(format!(
+            "its previous publisher is gone and {subscribers} subscribers are still attached; retry \
+             when they have finished"
+        )),
+        (Role::Sender, Peer::Closed | Peer::Dead) => Decision::Recycle,
+        _ if broadcast_abandoned(shared, tokens) => Decision::Recycle,
+        _ => Decision::Claim,
+    };
+    let joined = match decision {
+        Decision::Claim => join_broadcast(shared, tokens, role, cfg, &layout.geometry, overflow)?,
+        _ => Joined::default(),
+    };
+    Ok((decision, joined))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

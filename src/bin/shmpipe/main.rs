@@ -497,6 +497,12 @@ fn send_chunks(tx: &mut dyn Sender, size: usize, sent: &mut u64) -> Result<(), S
     }
 }
 
+/// A broadcast subscriber was lapped (`overflow=overwrite`, or `tether=false`): said on
+/// stderr, and the stream goes on from the oldest message still in the ring.
+fn lagged(missed: u64) {
+    eprintln!("shmpipe recv: lagged behind the publisher: {missed} messages missed");
+}
+
 /// `recv`: messages to stdout until the end of the stream, or `count` of them; each followed by
 /// a newline, or with `raw` as they are.
 fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> ExitCode {
@@ -551,12 +557,20 @@ fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> 
                 );
                 match waited {
                     Ok(n) => n,
+                    Err(Stop::Error(RecvTimeoutError::Lagged(missed))) => {
+                        lagged(missed);
+                        continue;
+                    }
                     Err(Stop::Error(RecvTimeoutError::Disconnected)) => break Ok(()),
                     Err(Stop::Error(e)) => return fail(e),
                     Err(Stop::Signal(sig)) => break Err(Stop::Signal(sig)),
                 }
             }
             Err(TryRecvError::Disconnected) => break Ok(()),
+            Err(TryRecvError::Lagged(missed)) => {
+                lagged(missed);
+                continue;
+            }
             Err(e) => return fail(e),
         };
         let (bytes, failed) = (sink.bytes, sink.failed);
