@@ -473,15 +473,10 @@ fn ring_info(
                 },
                 pid: subscribers.iter().find(|s| s.alive).map_or(0, |s| s.pid),
             };
-            // Unread: what the slowest live subscriber has still to read.
-            let unread = overflow.map(|_| {
-                subscribers
-                    .iter()
-                    .filter(|s| s.alive)
-                    .map(|s| s.lag)
-                    .max()
-                    .unwrap_or(0)
-            });
+            // Unread: what the slowest live subscriber can still read (a lapped one, no more
+            // than the ring holds).
+            let slowest = subscribers.iter().filter(|s| s.alive).map(|s| s.lag).max();
+            let unread = overflow.map(|_| slowest.unwrap_or(0).min(cap as u64));
             let alive = u32::from(publisher.peer == Peer::Alive);
             // Never pending: a newcomer starts at the next message, so nothing waits for one.
             (unread, publisher, receiver, (alive, live), Some(false))

@@ -14,7 +14,7 @@ use shmpipe::{
 };
 use std::io::{self, Write};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 mod bench;
 mod lines;
@@ -497,10 +497,35 @@ fn send_chunks(tx: &mut dyn Sender, size: usize, sent: &mut u64) -> Result<(), S
     }
 }
 
-/// A broadcast subscriber was lapped (`overflow=overwrite`, or `tether=false`): said on
-/// stderr, and the stream goes on from the oldest message still in the ring.
-fn lagged(missed: u64) {
-    eprintln!("shmpipe recv: lagged behind the publisher: {missed} messages missed");
+/// Messages a broadcast subscriber missed when lapped (`overflow=overwrite`, or
+/// `tether=false`): said on stderr at most once a second (a subscriber that cannot keep up is
+/// lapped again and again, by a few messages each time), and once more at the end; the stream
+/// goes on from the oldest message still in the ring.
+struct LagReport {
+    unreported: u64,
+    total: u64,
+    last: Option<Instant>,
+}
+
+impl LagReport {
+    fn add(&mut self, missed: u64) {
+        self.unreported += missed;
+        self.total += missed;
+        if self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            self.report();
+        }
+    }
+
+    fn report(&mut self) {
+        if self.unreported > 0 {
+            eprintln!(
+                "shmpipe recv: lagged behind the publisher: {} messages missed ({} in all)",
+                self.unreported, self.total
+            );
+            self.unreported = 0;
+            self.last = Some(Instant::now());
+        }
+    }
 }
 
 /// `recv`: messages to stdout until the end of the stream, or `count` of them; each followed by
@@ -513,6 +538,11 @@ fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> 
     // last batch's), so large messages are written while still in cache; one at first, so a
     // full ring of large messages is not copied out whole (64 MiB for 64 KiB messages).
     let mut take = 1;
+    let mut lag = LagReport {
+        unreported: 0,
+        total: 0,
+        last: None,
+    };
     let stdout_failed = |e: io::Error| match signals::caught() {
         Some(sig) => Stop::Signal(sig),
         None => Stop::Error(e),
@@ -558,7 +588,7 @@ fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> 
                 match waited {
                     Ok(n) => n,
                     Err(Stop::Error(RecvTimeoutError::Lagged(missed))) => {
-                        lagged(missed);
+                        lag.add(missed);
                         continue;
                     }
                     Err(Stop::Error(RecvTimeoutError::Disconnected)) => break Ok(()),
@@ -568,7 +598,7 @@ fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> 
             }
             Err(TryRecvError::Disconnected) => break Ok(()),
             Err(TryRecvError::Lagged(missed)) => {
-                lagged(missed);
+                lag.add(missed);
                 continue;
             }
             Err(e) => return fail(e),
@@ -580,6 +610,7 @@ fn run_recv(mut rx: Box<dyn Receiver + Send>, count: Option<u64>, raw: bool) -> 
             break Err(stdout_failed(e));
         }
     };
+    lag.report();
     // What was taken off the channel is written out, unless stdout blocks after a signal.
     let flushed = out.flush();
     // A signal wins over an end of stream or an error that came with it.

@@ -3,6 +3,7 @@
 use super::fail;
 use clap::Args;
 use shmpipe::inspect::{self, key_hex, peer_name, QueueInfo, Removal, RingInfo, RingView, Segment};
+use shmpipe::ring::broadcast::SubscriberInfo;
 use shmpipe::transport::shm::SegmentAddr;
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -77,13 +78,28 @@ fn printable(s: &str) -> String {
     s.chars().flat_map(char::escape_debug).collect()
 }
 
-/// A role's column: its holder (SPSC), or how many members hold it (MPMC).
-fn role_cell(kind: &str, r: &inspect::RoleInfo, live: u32) -> String {
+/// A role's column: its holder (SPSC, a broadcast ring's publisher), or how many members hold
+/// it (MPMC, a broadcast ring's subscribers).
+fn role_cell(many: bool, r: &inspect::RoleInfo, live: u32) -> String {
     match r.peer {
         shmpipe::Peer::NotYet => "vacant".into(),
-        shmpipe::Peer::Alive if kind == "mpmc" => format!("{live} alive"),
+        shmpipe::Peer::Alive if many => format!("{live} alive"),
         p => format!("{}/{}", peer_name(p), r.pid),
     }
+}
+
+/// A broadcast ring's subscribers, as JSON.
+fn subscribers_json(subs: &[SubscriberInfo]) -> String {
+    let each: Vec<String> = subs
+        .iter()
+        .map(|s| {
+            format!(
+                "{{\"record\":{},\"pid\":{},\"alive\":{},\"tethered\":{},\"lag\":{},\"missed\":{}}}",
+                s.index, s.pid, s.alive, s.tethered, s.lag, s.missed
+            )
+        })
+        .collect();
+    format!("[{}]", each.join(","))
 }
 
 fn ring_json(r: &RingInfo) -> String {
@@ -92,7 +108,7 @@ fn ring_json(r: &RingInfo) -> String {
     format!(
         "{{\"type\":\"shm\",\"name\":{},\"key\":\"{}\",\"id\":{},\"kind\":\"{}\",\"status\":\"{}\",\
          \"capacity\":{},\"max_message\":{},\"unread\":{},\"attached\":{},\"uid\":{},\"sender\":{},\
-         \"receiver\":{},\"senders\":{},\"receivers\":{},\"in\":{},\"out\":{},\"full_waits\":{},\"empty_waits\":{},\"parks\":{},\"wakes\":{}}}",
+         \"receiver\":{},\"senders\":{},\"receivers\":{},\"in\":{},\"out\":{},\"full_waits\":{},\"empty_waits\":{},\"parks\":{},\"wakes\":{}{}}}",
         json_str(&r.name),
         key_hex(r.key),
         r.id,
@@ -112,7 +128,15 @@ fn ring_json(r: &RingInfo) -> String {
         c.full_waits,
         c.empty_waits,
         c.parks,
-        c.wakes
+        c.wakes,
+        match r.overflow {
+            Some(policy) => format!(
+                ",\"overflow\":\"{policy}\",\"missed\":{},\"subscribers\":{}",
+                c.missed.unwrap_or(0),
+                subscribers_json(&r.subscribers)
+            ),
+            None => String::new(),
+        }
     )
 }
 
@@ -174,7 +198,7 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<10} {:>8} {:<9} {:<4} {:>6} {:>7} {:>9} {:>3}  {:<14} {:<14}",
+        "{:<24} {:<10} {:>8} {:<9} {:<9} {:>6} {:>7} {:>9} {:>3}  {:<14} {:<14}",
         "NAME", "KEY", "SHMID", "STATUS", "KIND", "CAP", "MAXMSG", "UNREAD", "ATT", "SENDER", "RECEIVER"
     );
     for s in &segments {
@@ -182,7 +206,7 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
             Segment::Ring(r) => {
                 let _ = writeln!(
                     out,
-                    "{:<24} {:<10} {:>8} {:<9} {:<4} {:>6} {:>7} {:>9} {:>3}  {:<14} {:<14}",
+                    "{:<24} {:<10} {:>8} {:<9} {:<9} {:>6} {:>7} {:>9} {:>3}  {:<14} {:<14}",
                     printable(&r.name),
                     key_hex(r.key),
                     r.id,
@@ -192,14 +216,14 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
                     r.max_message,
                     r.unread.map_or("corrupted".to_string(), |n| n.to_string()),
                     r.attached,
-                    role_cell(r.kind, &r.sender, r.members.0),
-                    role_cell(r.kind, &r.receiver, r.members.1)
+                    role_cell(r.kind == "mpmc", &r.sender, r.members.0),
+                    role_cell(r.kind != "spsc", &r.receiver, r.members.1)
                 );
             }
             Segment::Other(o) if args.all => {
                 let _ = writeln!(
                     out,
-                    "{:<24} {:<10} {:>8} {:<9} {:<4} {:>6} {:>7} {:>9} {:>3}  {}",
+                    "{:<24} {:<10} {:>8} {:<9} {:<9} {:>6} {:>7} {:>9} {:>3}  {}",
                     "-",
                     key_hex(o.key),
                     o.id,
@@ -314,11 +338,12 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
     let interval = Duration::from_millis(args.interval.max(1));
     let first = view.info();
     println!(
-        "# ring {} key {} shmid {} {} capacity {} max_message {}",
+        "# ring {} key {} shmid {} {}{} capacity {} max_message {}",
         printable(&first.name),
         key_hex(first.key),
         first.id,
         first.kind,
+        first.overflow.map_or(String::new(), |o| format!(" overflow={o}")),
         first.capacity,
         first.max_message
     );
@@ -334,9 +359,16 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
         "wakes",
         "in/s",
         "out/s",
-        "recovered",
+        // A broadcast ring recovers nothing; its lapped subscribers miss messages.
+        if first.overflow.is_some() {
+            "missed"
+        } else {
+            "recovered"
+        },
         "robbed",
     );
+    // A broadcast ring's `out` is the slowest subscriber's position and `unread` its lag; after
+    // each row comes one comment line per subscriber.
     let start = Instant::now();
     let mut last: Option<(Instant, inspect::Counters)> = None;
     let mut n = 0u64;
@@ -372,10 +404,23 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
             c.wakes,
             rin,
             rout,
-            c.recovered.map_or("n.a.".to_string(), |r| r.to_string()),
+            c.recovered
+                .or(c.missed)
+                .map_or("n.a.".to_string(), |r| r.to_string()),
             c.robbed.map_or("n.a.".to_string(), |r| r.to_string()),
             info.status.as_str()
         );
+        for sub in &info.subscribers {
+            println!(
+                "#   subscriber {} pid {} {} {} lag {} missed {}",
+                sub.index,
+                sub.pid,
+                if sub.alive { "alive" } else { "dead" },
+                if sub.tethered { "tethered" } else { "untethered" },
+                sub.lag,
+                sub.missed
+            );
+        }
         last = Some((now, c));
         n += 1;
     }
