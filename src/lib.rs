@@ -50,6 +50,14 @@
 //! number of processes share ([`ring::mpmc`]): exactly once, each sender's messages in order at
 //! every receiver, and a member killed mid-operation loses at most its own in-flight message
 //! (counted in [`ring::mpmc::Stats`]) without wedging the others.
+//!
+//! # Every subscriber gets every message
+//! `shm://NAME?mode=broadcast` creates a publish/subscribe ring ([`ring::broadcast`]): one
+//! publisher, up to 64 subscribers joining and leaving at any time, each receiving every message
+//! published after it joined, in order. With `overflow=block` (the default) the publisher waits
+//! for the slowest live tethered subscriber and nothing is lost; with `overflow=overwrite` it
+//! never waits, and a subscriber that falls a ring behind is told exactly how many messages it
+//! missed ([`RecvError::Lagged`]).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
