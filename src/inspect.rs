@@ -465,13 +465,22 @@ fn ring_info(
             let (_, joined, died) = shared.census();
             let live = subscribers.iter().filter(|s| s.alive).count() as u32;
             let publisher = role(&shared.publisher, tokens, Role::Sender);
-            let receiver = RoleInfo {
-                peer: if live > 0 {
-                    Peer::Alive
-                } else {
-                    mpmc::peer_state(0, joined, died)
+            // Summed up: alive if any is; else dead if a record still names a dead process
+            // (not reaped yet) or one was reaped; else closed (all left) or vacant.
+            let dead = subscribers.iter().find(|s| !s.alive);
+            let receiver = match (subscribers.iter().find(|s| s.alive), dead) {
+                (Some(s), _) => RoleInfo {
+                    peer: Peer::Alive,
+                    pid: s.pid,
                 },
-                pid: subscribers.iter().find(|s| s.alive).map_or(0, |s| s.pid),
+                (None, Some(s)) => RoleInfo {
+                    peer: Peer::Dead,
+                    pid: s.pid,
+                },
+                (None, None) => RoleInfo {
+                    peer: mpmc::peer_state(0, joined, died),
+                    pid: 0,
+                },
             };
             // Unread: what the slowest live subscriber can still read (a lapped one, no more
             // than the ring holds).
