@@ -112,12 +112,12 @@ fn every_recv_prints_the_whole_stream_and_exits_at_its_end() {
 fn missed_in_all(stderr: &str) -> u64 {
     stderr
         .lines()
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             let rest = l.strip_prefix("shmpipe recv: lagged behind the publisher: ")?;
             let total = rest.split('(').nth(1)?.split_whitespace().next()?;
             total.parse().ok()
         })
-        .last()
         .unwrap_or(0)
 }
 
