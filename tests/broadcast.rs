@@ -783,3 +783,315 @@ fn an_untethered_subscriber_stopped_does_not_hold_a_blocking_publisher_back() {
     tethered.wait_success(SOON);
     assert_no_ipc(&ring, set, "after everyone left");
 }
+
+/// A child subscriber waiting in `recv` finds slot 0 holding `bad` (written through a raw
+/// attachment): it must report `Corrupted` within a few park slices, not crash or wait on.
+fn waiting_subscriber_reports_a_bad_sequence(tag: &str, bad: u64) {
+    const CAP: usize = 8;
+    let ring = Ring::new(tag);
+    let mut c = cfg(&ring, CAP, Overflow::Overwrite);
+    c.expect_subscribers = 1;
+    let mut tx = c.open_publisher().unwrap();
+    let set = sem_set(&ring);
+    let mut sub = subscriber(
+        &ring,
+        &args(&[("overflow", "overwrite".into()), ("at", "8".into())]),
+    );
+    publish(&mut tx, 0, 8);
+    sub.expect("AT");
+    // It now waits for position 8, in slot 0.
+    std::thread::sleep(Duration::from_millis(50));
+    let raw = RawSeg::attach_key(ring.key);
+    assert_eq!(raw.u64(bc::seq(0, MAX)), 2);
+    let t0 = Instant::now();
+    raw.set_u64(bc::seq(0, MAX), bad);
+    let m = got(&mut sub);
+    assert!(m["end"].starts_with("Corrupted"), "{m:?}");
+    assert_eq!(num(&m, "count"), 8, "{m:?}");
+    assert!(t0.elapsed() < DEATH_BOUND, "noticed after {:?}", t0.elapsed());
+    sub.wait_success(SOON);
+    drop(raw);
+    drop(tx);
+    assert_no_ipc(&ring, set, "after a corrupted ring's members left");
+}
+
+#[test]
+fn a_sequence_word_for_another_slot_is_corrupted() {
+    // Position 9's "complete" value in slot 0 (position 9 lives in slot 1).
+    waiting_subscriber_reports_a_bad_sequence("bc-bad-seq", 2 * 9 + 2);
+}
+
+#[test]
+fn a_sequence_word_laps_far_beyond_the_publisher_is_corrupted() {
+    // Slot 0's residue, a million laps ahead: followed, it would skip every message to come.
+    waiting_subscriber_reports_a_bad_sequence("bc-far-lap", 2 * (8 << 20) + 2);
+}
+
+#[test]
+fn a_subscriber_cursor_past_the_tail_is_corrupted_for_the_publisher() {
+    const CAP: usize = 8;
+    let ring = Ring::new("bc-bad-cursor");
+    let mut c = cfg(&ring, CAP, Overflow::Block);
+    c.expect_subscribers = 1;
+    let mut tx = c.open_publisher().unwrap();
+    let set = sem_set(&ring);
+    let mut sub = subscriber(&ring, &args(&[("at", "3".into())]));
+    publish(&mut tx, 0, 3);
+    sub.expect("AT");
+    let raw = RawSeg::attach_key(ring.key);
+    // Record 0 is the child's (tethered, its pid), at 3.
+    assert_eq!((raw.u32(bc::SUBS), raw.u32(bc::SUBS + 4)), (1, sub.pid as u32));
+    assert_eq!(raw.u64(bc::cursor(0)), 3);
+    raw.set_u64(bc::cursor(0), 1 << 40);
+    // The publisher recomputes its limit when it reaches the cached one (within a ring).
+    let mut buf = Vec::new();
+    let mut seq = 3;
+    let err = loop {
+        encode(seq, &mut buf);
+        match tx.try_send(&buf) {
+            Ok(()) => seq += 1,
+            Err(e) => break e,
+        }
+        assert!(seq < 3 + 2 * CAP as u64, "never noticed");
+    };
+    assert!(matches!(err, TrySendError::Corrupted(_)), "{err:?}");
+    let t0 = Instant::now();
+    let r = tx.send_timeout(&buf, SOON);
+    assert!(matches!(r, Err(SendTimeoutError::Corrupted(_))), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(1), "a corrupted ring made send wait");
+    // The subscriber is unharmed: it drains what was published and sees the end.
+    drop(tx);
+    let m = got(&mut sub);
+    assert_exact(&m, 0, seq);
+    sub.wait_success(SOON);
+    drop(raw);
+    assert_no_ipc(&ring, set, "after both left");
+}
+
+#[test]
+fn a_tail_behind_a_subscriber_after_the_publisher_closed_is_corrupted() {
+    let ring = Ring::new("bc-bad-tail");
+    let mut publisher = spawn("b_pub", &ring, &args(&[("n", "5".into()), ("subs", "1".into())]));
+    publisher.expect("READY");
+    let set = sem_set(&ring);
+    let mut rx = cfg(&ring, 64, Overflow::Block).open_subscriber().unwrap();
+    let mut buf = Vec::new();
+    for seq in 0..5 {
+        rx.recv_timeout(&mut buf, SOON).unwrap();
+        assert_eq!(decode(&buf), Ok(seq));
+    }
+    publisher.expect("SENT");
+    publisher.expect("DONE");
+    publisher.wait_success(SOON);
+    let raw = RawSeg::attach_key(ring.key);
+    raw.set_u64(bc::TAIL, 2);
+    let t0 = Instant::now();
+    let r = rx.recv_timeout(&mut buf, SOON);
+    assert!(matches!(r, Err(RecvTimeoutError::Corrupted(_))), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    // Poisoned from then on, in every call.
+    assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+    drop(raw);
+    drop(rx);
+    assert_no_ipc(&ring, set, "after the subscriber left");
+}
+
+#[test]
+fn an_invalid_policy_word_is_corrupted_for_every_opener() {
+    let ring = Ring::new("bc-bad-policy");
+    let mut tx = cfg(&ring, 8, Overflow::Block).open_publisher().unwrap();
+    let set = sem_set(&ring);
+    let raw = RawSeg::attach_key(ring.key);
+    assert_eq!(raw.u32(bc::POLICY), 1);
+    raw.set_u32(bc::POLICY, 7);
+    for side in ["subscriber", "publisher"] {
+        let mut p = spawn("b_open", &ring, &args(&[("side", side.into())]));
+        let words = p.expect("OPENED");
+        assert_eq!(words[0], "Corrupted", "{side}: {words:?}");
+        p.wait_success(SOON);
+    }
+    // Nor does inspecting it crash: `shmpipe stat` shows it.
+    let mut stat = Proc::cli(&["stat", &ring.name, "--count", "1"], Stdout::Collect);
+    let (status, out) = stat.wait_output(SOON);
+    assert!(status.success(), "stat: {status}; {}", stat.stderr_text());
+    assert!(String::from_utf8_lossy(&out).contains("broadcast"));
+    // The live publisher goes on (it validated the policy when it opened).
+    tx.send_timeout(b"still here", SOON).unwrap();
+    drop(raw);
+    drop(tx);
+    assert_no_ipc(&ring, set, "after the publisher left");
+}
+
+#[test]
+fn one_publisher_at_a_time_and_the_policy_is_the_rings() {
+    let ring = Ring::new("bc-inuse");
+    let tx = cfg(&ring, 8, Overflow::Block).open_publisher().unwrap();
+    let set = sem_set(&ring);
+    let open = |side: &str, more: &[(&'static str, String)]| {
+        let mut a = args(&[("side", side.to_string()), ("cap", "8".into())]);
+        a.extend_from_slice(more);
+        let mut p = spawn("b_open", &ring, &a);
+        let words = p.expect("OPENED");
+        (p, words)
+    };
+    let (mut p, words) = open("publisher", &[]);
+    assert_eq!(words[0], "InUse", "{words:?}");
+    p.wait_success(SOON);
+    let ow = ("overflow", "overwrite".to_string());
+    for side in ["publisher", "subscriber"] {
+        let (mut p, words) = open(side, &[ow.clone()]);
+        assert_eq!(words[0], "InvalidConfig", "{side}: {words:?}");
+        p.wait_success(SOON);
+    }
+    // Refused opens took nothing: one live subscriber joins as the first.
+    let (mut sub, words) = open("subscriber", &[]);
+    assert_eq!(words, ["Ok"]);
+    let st = tx.stats();
+    assert_eq!((st.subscribers, st.joined, st.died), (1, 1, 0), "{st:?}");
+    // The publisher gone, its subscriber still there: a new publisher waits for it to finish.
+    drop(tx);
+    let (mut p, words) = open("publisher", &[]);
+    assert_eq!(words[0], "InUse", "{words:?}");
+    p.wait_success(SOON);
+    assert!(ring.exists());
+    sub.say("GO");
+    sub.expect("DONE");
+    sub.wait_success(SOON);
+    assert_no_ipc(&ring, set, "after the last member left");
+    // And a new publisher makes a new ring, with the other policy if it likes.
+    let tx = cfg(&ring, 8, Overflow::Overwrite).open_publisher().unwrap();
+    assert_eq!(tx.overflow(), Overflow::Overwrite);
+    let set = sem_set(&ring);
+    drop(tx);
+    assert_no_ipc(&ring, set, "after the new publisher left");
+}
+
+/// A subscriber child in a PID namespace of its own (it is pid 1 there).
+fn namespaced_subscriber(ring: &Ring, a: &[(&'static str, String)]) -> Proc {
+    let mut p = Proc::child_in_pid_namespace("b_sub", &ring.name, a);
+    assert_eq!(p.expect("READY"), ["1"], "the child is pid 1 of its own namespace");
+    p
+}
+
+#[test]
+fn subscribers_in_another_pid_namespace_get_the_stream_and_a_killed_one_is_reaped() {
+    if !can_unshare() {
+        return;
+    }
+    killed_subscriber_is_reaped("bc-ns-kill", namespaced_subscriber);
+}
+
+#[test]
+fn a_publisher_in_another_pid_namespace_is_alive_until_it_closes() {
+    if !can_unshare() {
+        return;
+    }
+    const N: u64 = 5000;
+    let ring = Ring::new("bc-ns-pub");
+    let mut publisher = Proc::child_in_pid_namespace(
+        "b_pub",
+        &ring.name,
+        &args(&[("n", N.to_string()), ("subs", "1".into()), ("pause_at", "100".into())]),
+    );
+    publisher.expect("READY");
+    let set = sem_set(&ring);
+    let mut rx = cfg(&ring, 64, Overflow::Block).open_subscriber().unwrap();
+    let mut buf = Vec::new();
+    for seq in 0..100 {
+        rx.recv_timeout(&mut buf, SOON).unwrap();
+        assert_eq!(decode(&buf), Ok(seq));
+    }
+    publisher.expect("AT");
+    // Its pid means nothing here; it must not be taken for dead while it waits.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rx.publisher(), Peer::Alive);
+    assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+    publisher.say("GO");
+    for seq in 100..N {
+        rx.recv_timeout(&mut buf, SOON).unwrap();
+        assert_eq!(decode(&buf), Ok(seq));
+    }
+    assert_eq!(rx.recv_timeout(&mut buf, SOON), Err(RecvTimeoutError::Disconnected));
+    assert_eq!(rx.publisher(), Peer::Closed);
+    publisher.wait_success(SOON);
+    drop(rx);
+    assert_no_ipc(&ring, set, "after both left");
+}
+
+/// Forks; the child runs `child` and `_exit`s with what it returns; returns that status.
+fn in_forked_child(child: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child runs only `child` (the inherited ends' methods: malloc, syscalls) and
+    // `_exit`, never returning into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let code = child();
+        // SAFETY: ends the child without running the harness's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    libc::WEXITSTATUS(status)
+}
+
+/// Drops the forked child's copy of `end` (see tests/fork.rs). Only in a forked child that then
+/// `_exit`s.
+fn drop_inherited<T>(end: &T) {
+    // SAFETY: in the forked child the bytes of `end` are a private copy of the parent's value,
+    // dropped exactly once here; the child `_exit`s without touching the original again.
+    drop(unsafe { std::ptr::read(end) });
+}
+
+fn fails(ok: bool, bit: u32) -> i32 {
+    if ok {
+        0
+    } else {
+        1 << bit
+    }
+}
+
+#[test]
+fn a_forked_childs_copies_return_forked_and_their_drop_disturbs_nothing() {
+    let ring = Ring::new("bc-fork");
+    let mut c = cfg(&ring, 8, Overflow::Block);
+    c.expect_subscribers = 2;
+    let mut tx = c.open_publisher().unwrap();
+    let set = sem_set(&ring);
+    let mut rx: Subscriber = cfg(&ring, 8, Overflow::Block).open_subscriber().unwrap();
+    let mut other = subscriber(&ring, &[]);
+    publish(&mut tx, 0, 3);
+    let code = in_forked_child(|| {
+        let mut buf = Vec::new();
+        let r = fails(tx.try_send(b"child") == Err(TrySendError::Forked), 0)
+            | fails(tx.send(b"child") == Err(SendError::Forked), 1)
+            | fails(rx.try_recv(&mut buf) == Err(TryRecvError::Forked), 2)
+            | fails(rx.recv(&mut buf) == Err(RecvError::Forked), 3)
+            | fails(buf.is_empty(), 4);
+        drop_inherited(&tx);
+        drop_inherited(&rx);
+        r
+    });
+    assert_eq!(code, 0, "the forked child saw other results (bits {code:#b})");
+    // Nothing left, closed or died: the parent's publisher and subscriber go on.
+    let st = tx.stats();
+    assert_eq!((st.subscribers, st.joined, st.died), (2, 2, 0), "{st:?}");
+    assert_eq!(rx.publisher(), Peer::Alive);
+    assert!(ring.exists());
+    // (One at a time: our own subscriber is tethered to an 8-slot ring.)
+    let mut buf = Vec::new();
+    for seq in 0..100 {
+        if seq >= 3 {
+            publish(&mut tx, seq, seq + 1);
+        }
+        rx.recv_timeout(&mut buf, SOON).unwrap();
+        assert_eq!(decode(&buf), Ok(seq));
+    }
+    drop(tx);
+    assert_eq!(rx.recv_timeout(&mut buf, SOON), Err(RecvTimeoutError::Disconnected));
+    assert_exact(&got(&mut other), 0, 100);
+    other.wait_success(SOON);
+    drop(rx);
+    assert_no_ipc(&ring, set, "after everyone left");
+}
