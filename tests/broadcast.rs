@@ -102,7 +102,11 @@ fn decode(msg: &[u8]) -> Result<u64, String> {
     if payload.len() != payload_len(seq) || fnv(payload) != sum {
         return Err(format!("message {seq} is torn or damaged ({} bytes)", msg.len()));
     }
-    if payload.iter().enumerate().any(|(i, &b)| b != payload_byte(seq, i)) {
+    if payload
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b != payload_byte(seq, i))
+    {
         return Err(format!("message {seq} has the wrong payload"));
     }
     Ok(seq)
@@ -306,8 +310,12 @@ fn role_sub(ring: &str, a: &Args) {
 fn role_open(ring: &str, a: &Args) {
     let cfg = bcfg(ring, a);
     let end: Result<Box<dyn std::any::Any>, Error> = match a.get("side") {
-        Some("subscriber") => cfg.open_subscriber().map(|s| Box::new(s) as Box<dyn std::any::Any>),
-        _ => cfg.open_publisher().map(|p| Box::new(p) as Box<dyn std::any::Any>),
+        Some("subscriber") => cfg
+            .open_subscriber()
+            .map(|s| Box::new(s) as Box<dyn std::any::Any>),
+        _ => cfg
+            .open_publisher()
+            .map(|p| Box::new(p) as Box<dyn std::any::Any>),
     };
     match end {
         Ok(end) => {
@@ -443,7 +451,10 @@ fn the_offsets_in_tests_common_match_a_live_ring() {
     let raw = RawSeg::attach_key(ring.key);
     assert_eq!(raw.u64(bc::TAIL), 11);
     assert_eq!(raw.u32(bc::POLICY), 2);
-    assert_eq!((raw.u32(bc::SUBSCRIBERS), raw.u32(bc::JOINED), raw.u32(bc::DIED)), (1, 1, 0));
+    assert_eq!(
+        (raw.u32(bc::SUBSCRIBERS), raw.u32(bc::JOINED), raw.u32(bc::DIED)),
+        (1, 1, 0)
+    );
     assert_eq!(raw.u64(bc::MISSED), 3);
     assert_eq!(raw.u32(bc::SUBS), 2, "record 0 is untethered");
     assert_eq!(raw.u32(bc::SUBS + 4), std::process::id());
@@ -451,7 +462,7 @@ fn the_offsets_in_tests_common_match_a_live_ring() {
     for p in 3..11u64 {
         assert_eq!(raw.u64(bc::seq(p as usize % 8, MAX)), 2 * p + 2, "slot of {p}");
     }
-    let len = raw.u32(bc::SLOTS + (3 % 8) * bc::stride(MAX)) as usize;
+    let len = raw.u32(bc::SLOTS + 3 * bc::stride(MAX)) as usize;
     let mut want = Vec::new();
     encode(3, &mut want);
     assert_eq!(len, want.len());
@@ -478,7 +489,9 @@ fn four_subscriber_processes_each_get_the_whole_stream_in_order() {
     );
     publisher.expect("READY");
     let set = sem_set(&ring);
-    let mut subs: Vec<Proc> = (0..4).map(|_| subscriber(&ring, &args(&[cap.clone()]))).collect();
+    let mut subs: Vec<Proc> = (0..4)
+        .map(|_| subscriber(&ring, std::slice::from_ref(&cap)))
+        .collect();
     let t0 = Instant::now();
     let line = publisher.line(Duration::from_secs(120));
     let sent = kv(&line.split_whitespace().map(str::to_string).collect::<Vec<_>>());
@@ -551,9 +564,15 @@ fn killed_subscriber_is_reaped(tag: &str, spawn_sub: fn(&Ring, &[(&'static str, 
     victim.expect("STALLED");
     // The victim holds the publisher a ring past its cursor (the others keep up).
     std::thread::sleep(Duration::from_millis(300));
-    assert!(done.try_recv().is_err(), "the publisher finished past a stalled subscriber");
+    assert!(
+        done.try_recv().is_err(),
+        "the publisher finished past a stalled subscriber"
+    );
     let held = tail_of(&ring);
-    assert!(held <= STALL + CAP, "published {held} past a subscriber at {STALL}");
+    assert!(
+        held <= STALL + CAP,
+        "published {held} past a subscriber at {STALL}"
+    );
     victim.kill();
     victim.wait(SOON);
     // Reaped after a park slice (100 ms by default): the publisher moves on.
@@ -616,7 +635,10 @@ fn late_subscribers_get_a_contiguous_suffix_from_the_latest_or_the_oldest_messag
             .filter_map(|p| p.try_line(Duration::ZERO))
             .inspect(|l| assert!(l.starts_with("READY"), "{l}"))
             .count();
-        assert!(seq < N - CAP, "the stream ended before the late subscribers joined");
+        assert!(
+            seq < N - CAP,
+            "the stream ended before the late subscribers joined"
+        );
         encode(seq, &mut buf);
         tx.send_timeout(&buf, SOON).unwrap();
         seq += 1;
@@ -630,7 +652,10 @@ fn late_subscribers_get_a_contiguous_suffix_from_the_latest_or_the_oldest_messag
     assert_exact(&got(&mut oldest), K - (CAP - 1), N);
     let m = got(&mut latest2);
     let first = num(&m, "first");
-    assert!((S..=joined_by).contains(&first), "{m:?}: joined in {S}..={joined_by}");
+    assert!(
+        (S..=joined_by).contains(&first),
+        "{m:?}: joined in {S}..={joined_by}"
+    );
     assert_exact(&m, first, N);
     let m = got(&mut oldest2);
     let first = num(&m, "first");
@@ -664,7 +689,7 @@ fn overwrite_never_waits_for_a_stopped_subscriber_and_counts_what_it_missed_exac
     let set = sem_set(&ring);
     let ow = ("overflow", "overwrite".to_string());
     let mut stopped = subscriber(&ring, &lossy(N, &[ow.clone(), ("at", K.to_string())]));
-    let mut running = subscriber(&ring, &lossy(N, &[ow.clone()]));
+    let mut running = subscriber(&ring, &lossy(N, std::slice::from_ref(&ow)));
     let mut buf = Vec::new();
     let mut send = |tx: &mut Publisher, seq: u64| {
         encode(seq, &mut buf);
@@ -681,7 +706,11 @@ fn overwrite_never_waits_for_a_stopped_subscriber_and_counts_what_it_missed_exac
     for seq in K..N {
         send(&mut tx, seq);
     }
-    eprintln!("published {} while a subscriber was stopped in {:?}", N - K, t0.elapsed());
+    eprintln!(
+        "published {} while a subscriber was stopped in {:?}",
+        N - K,
+        t0.elapsed()
+    );
     sigcont(&stopped);
     // Resumed after the stream ended: it misses all but the last ring, exactly.
     let m = got(&mut stopped);
@@ -695,7 +724,11 @@ fn overwrite_never_waits_for_a_stopped_subscriber_and_counts_what_it_missed_exac
     assert_eq!(m["end"], "Until");
     let r = got(&mut running);
     assert_eq!(num(&r, "count") + num(&r, "missed"), N, "{r:?}");
-    assert_eq!((num(&r, "last"), num(&r, "own")), (N - 1, num(&r, "missed")), "{r:?}");
+    assert_eq!(
+        (num(&r, "last"), num(&r, "own")),
+        (N - 1, num(&r, "missed")),
+        "{r:?}"
+    );
     // The ring's total is the sum of both.
     let st = tx.stats();
     assert_eq!(st.missed, num(&m, "missed") + num(&r, "missed"), "{st:?}");
@@ -728,8 +761,14 @@ fn overwrite_subscribers_lapped_while_copying_never_see_a_torn_message() {
     let from = ("from", "0".to_string());
     let mut subs = [
         subscriber(&ring, &args(&[ow.clone(), cap.clone(), from.clone()])),
-        subscriber(&ring, &args(&[ow.clone(), cap.clone(), from.clone(), ("slow", "97".into())])),
-        subscriber(&ring, &args(&[ow.clone(), cap.clone(), from.clone(), ("slow", "5".into())])),
+        subscriber(
+            &ring,
+            &args(&[ow.clone(), cap.clone(), from.clone(), ("slow", "97".into())]),
+        ),
+        subscriber(
+            &ring,
+            &args(&[ow.clone(), cap.clone(), from.clone(), ("slow", "5".into())]),
+        ),
     ];
     let sent = publisher.expect("SENT");
     assert_eq!(sent[0], format!("n={N}"), "{sent:?}");
@@ -742,7 +781,10 @@ fn overwrite_subscribers_lapped_while_copying_never_see_a_torn_message() {
         assert_eq!(num(&m, "last"), N - 1, "{m:?}");
         assert_eq!(num(&m, "own"), num(&m, "missed"), "{m:?}");
         assert_eq!(m["end"], "Disconnected", "{m:?}");
-        eprintln!("received {} missed {} in {} lags", m["count"], m["missed"], m["lags"]);
+        eprintln!(
+            "received {} missed {} in {} lags",
+            m["count"], m["missed"], m["lags"]
+        );
         s.wait_success(SOON);
     }
     assert_no_ipc(&ring, set, "after everyone left");
@@ -858,7 +900,10 @@ fn a_subscriber_cursor_past_the_tail_is_corrupted_for_the_publisher() {
     let t0 = Instant::now();
     let r = tx.send_timeout(&buf, SOON);
     assert!(matches!(r, Err(SendTimeoutError::Corrupted(_))), "{r:?}");
-    assert!(t0.elapsed() < Duration::from_secs(1), "a corrupted ring made send wait");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "a corrupted ring made send wait"
+    );
     // The subscriber is unharmed: it drains what was published and sees the end.
     drop(tx);
     let m = got(&mut sub);
@@ -939,7 +984,7 @@ fn one_publisher_at_a_time_and_the_policy_is_the_rings() {
     p.wait_success(SOON);
     let ow = ("overflow", "overwrite".to_string());
     for side in ["publisher", "subscriber"] {
-        let (mut p, words) = open(side, &[ow.clone()]);
+        let (mut p, words) = open(side, std::slice::from_ref(&ow));
         assert_eq!(words[0], "InvalidConfig", "{side}: {words:?}");
         p.wait_success(SOON);
     }
@@ -969,7 +1014,11 @@ fn one_publisher_at_a_time_and_the_policy_is_the_rings() {
 /// A subscriber child in a PID namespace of its own (it is pid 1 there).
 fn namespaced_subscriber(ring: &Ring, a: &[(&'static str, String)]) -> Proc {
     let mut p = Proc::child_in_pid_namespace("b_sub", &ring.name, a);
-    assert_eq!(p.expect("READY"), ["1"], "the child is pid 1 of its own namespace");
+    assert_eq!(
+        p.expect("READY"),
+        ["1"],
+        "the child is pid 1 of its own namespace"
+    );
     p
 }
 
@@ -991,7 +1040,11 @@ fn a_publisher_in_another_pid_namespace_is_alive_until_it_closes() {
     let mut publisher = Proc::child_in_pid_namespace(
         "b_pub",
         &ring.name,
-        &args(&[("n", N.to_string()), ("subs", "1".into()), ("pause_at", "100".into())]),
+        &args(&[
+            ("n", N.to_string()),
+            ("subs", "1".into()),
+            ("pause_at", "100".into()),
+        ]),
     );
     publisher.expect("READY");
     let set = sem_set(&ring);
@@ -1011,7 +1064,10 @@ fn a_publisher_in_another_pid_namespace_is_alive_until_it_closes() {
         rx.recv_timeout(&mut buf, SOON).unwrap();
         assert_eq!(decode(&buf), Ok(seq));
     }
-    assert_eq!(rx.recv_timeout(&mut buf, SOON), Err(RecvTimeoutError::Disconnected));
+    assert_eq!(
+        rx.recv_timeout(&mut buf, SOON),
+        Err(RecvTimeoutError::Disconnected)
+    );
     assert_eq!(rx.publisher(), Peer::Closed);
     publisher.wait_success(SOON);
     drop(rx);
@@ -1089,9 +1145,79 @@ fn a_forked_childs_copies_return_forked_and_their_drop_disturbs_nothing() {
         assert_eq!(decode(&buf), Ok(seq));
     }
     drop(tx);
-    assert_eq!(rx.recv_timeout(&mut buf, SOON), Err(RecvTimeoutError::Disconnected));
+    assert_eq!(
+        rx.recv_timeout(&mut buf, SOON),
+        Err(RecvTimeoutError::Disconnected)
+    );
     assert_exact(&got(&mut other), 0, 100);
     other.wait_success(SOON);
     drop(rx);
     assert_no_ipc(&ring, set, "after everyone left");
+}
+
+#[test]
+fn a_publisher_killed_mid_stream_ends_every_subscribers_stream_after_a_gapless_drain() {
+    let ring = Ring::new("bc-pub-killed");
+    let mut publisher = spawn(
+        "b_pub",
+        &ring,
+        &args(&[("n", "10000000".into()), ("subs", "2".into())]),
+    );
+    publisher.expect("READY");
+    let set = sem_set(&ring);
+    let mut subs = [subscriber(&ring, &[]), subscriber(&ring, &[])];
+    until_published_past(&ring, 5000, SOON);
+    let killed = Instant::now();
+    publisher.kill();
+    publisher.wait(SOON);
+    let tail = tail_of(&ring);
+    for s in &mut subs {
+        let m = got(s);
+        let lag = killed.elapsed();
+        assert!(lag < DEATH_BOUND, "the end was noticed {lag:?} after the kill");
+        // Everything published before the death, nothing torn, then the end.
+        assert_eq!((num(&m, "first"), num(&m, "count")), (0, tail), "{m:?}");
+        assert_eq!(num(&m, "sum"), stream_sum(0, tail), "{m:?}");
+        assert_eq!(
+            (m["end"].as_str(), m["publisher"].as_str()),
+            ("Disconnected", "Dead")
+        );
+        s.wait_success(SOON);
+    }
+    assert_no_ipc(&ring, set, "after the subscribers of a dead publisher left");
+}
+
+#[test]
+fn a_ring_whose_members_were_all_killed_is_recycled_by_the_next_opener() {
+    let ring = Ring::new("bc-stale");
+    let mut publisher = spawn(
+        "b_pub",
+        &ring,
+        &args(&[
+            ("n", "20".into()),
+            ("subs", "1".into()),
+            ("pause_at", "10".into()),
+        ]),
+    );
+    publisher.expect("READY");
+    let old_id = ring.shmid().unwrap();
+    let old_set = sem_set(&ring);
+    let mut sub = subscriber(&ring, &args(&[("stall_after", "5".into())]));
+    publisher.expect("AT");
+    sub.expect("STALLED");
+    publisher.kill();
+    sub.kill();
+    publisher.wait(SOON);
+    sub.wait(SOON);
+    assert_eq!(ring.shmid(), Some(old_id), "nobody removed it yet");
+    // The next opener finds no live member: a fresh ring, the old set removed with the old one.
+    let mut rx = cfg(&ring, 64, Overflow::Block).open_subscriber().unwrap();
+    assert_ne!(ring.shmid(), Some(old_id));
+    assert_eq!(sem_count(old_set), None, "the stale ring's semaphore set is left");
+    let set = sem_set(&ring);
+    let mut buf = Vec::new();
+    assert_eq!(rx.try_recv(&mut buf), Err(TryRecvError::Empty));
+    assert_eq!(rx.stats().published, 0);
+    drop(rx);
+    assert_no_ipc(&ring, set, "after the new subscriber left");
 }
