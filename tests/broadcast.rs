@@ -1221,3 +1221,43 @@ fn a_ring_whose_members_were_all_killed_is_recycled_by_the_next_opener() {
     drop(rx);
     assert_no_ipc(&ring, set, "after the new subscriber left");
 }
+
+#[test]
+fn shmpipe_recv_on_an_overwrite_ring_reports_its_lag_on_stderr_and_goes_on() {
+    const CAP: u64 = 16;
+    const N: u64 = 1000;
+    let ring = Ring::new("bc-cli-lag");
+    let mut tx = cfg(&ring, CAP as usize, Overflow::Overwrite)
+        .open_publisher()
+        .unwrap();
+    let set = sem_set(&ring);
+    let ep = format!("{}?mode=broadcast&overflow=overwrite", ring.endpoint());
+    let mut recv = Proc::cli(&["recv", &ep], Stdout::Collect);
+    let deadline = Instant::now() + SOON;
+    while tx.stats().joined == 0 {
+        assert!(Instant::now() < deadline, "shmpipe recv never joined");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    sigstop(&recv);
+    for seq in 0..N {
+        tx.try_send(format!("m-{seq}").as_bytes()).unwrap();
+    }
+    drop(tx);
+    sigcont(&recv);
+    let (status, out) = recv.wait_output(SOON);
+    let stderr = recv.stderr_text();
+    assert!(status.success(), "recv: {status}; stderr:\n{stderr}");
+    // Lapped at 0: the last ring's worth, after a line on stderr with the exact count.
+    let lines: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let want: Vec<String> = (N - CAP..N).map(|s| format!("m-{s}")).collect();
+    assert_eq!(lines, want);
+    assert!(
+        stderr.contains(&format!("{} messages missed", N - CAP)),
+        "stderr: {stderr}"
+    );
+    assert_no_ipc(&ring, set, "after shmpipe recv exited");
+}
