@@ -82,6 +82,8 @@ pub fn remove_key(key: i32) {
 /// Semaphores in the set of an SPSC / MPMC ring (the lock and one token per member record).
 pub const SPSC_SEMS: usize = 3;
 pub const MPMC_SEMS: usize = 65;
+/// ... and of a broadcast ring: the lock, the publisher's token, one per subscriber record.
+pub const BROADCAST_SEMS: usize = 66;
 
 /// The number of semaphores in set `id` (`None`: no such set).
 pub fn sem_count(id: i32) -> Option<usize> {
@@ -109,7 +111,7 @@ pub fn sems_of(id: i32) -> Option<i32> {
     // SAFETY: detaches the mapping made above.
     unsafe { libc::shmdt(addr) };
     let set = i32::try_from(raw.checked_sub(1)?).ok()?;
-    matches!(sem_count(set), Some(SPSC_SEMS | MPMC_SEMS)).then_some(set)
+    matches!(sem_count(set), Some(SPSC_SEMS | MPMC_SEMS | BROADCAST_SEMS)).then_some(set)
 }
 
 /// Removes the semaphore set the header of segment `id` names.
@@ -313,6 +315,46 @@ pub mod off {
     pub const WAKES: usize = FULL_WAITS + 24;
     /// Where the record memory starts (README: "offset 1280 records").
     pub const SLOTS: usize = 1280;
+}
+
+/// Broadcast control block offsets (src/ring/broadcast.rs, `#[repr(C)] struct
+/// BroadcastShared`, each group a 128-byte `CachePadded` line from `off::TAIL`), checked against
+/// a live ring by `tests/broadcast.rs`.
+pub mod bc {
+    /// Messages published (u64).
+    pub const TAIL: usize = 256;
+    /// `BroadcastRoster` (the sixth line): policy (u32: 1 block, 2 overwrite), live subscribers,
+    /// joined, died (u32 each), the occupied mask and the missed total (u64 each).
+    pub const POLICY: usize = 256 + 5 * 128;
+    pub const SUBSCRIBERS: usize = POLICY + 4;
+    pub const JOINED: usize = POLICY + 8;
+    pub const DIED: usize = POLICY + 12;
+    pub const MISSED: usize = POLICY + 24;
+    /// Subscriber record `i` (a `Sub`, one line each): state (u32: 0 vacant, 1 tethered,
+    /// 2 untethered), pid (u32), start time, cursor, missed (u64 each).
+    pub const SUBS: usize = 256 + 7 * 128;
+    pub const SUB_LINE: usize = 128;
+    pub const SUB_CURSOR: usize = 16;
+    /// Where the slots start (`layout::BROADCAST_SLOTS_OFFSET`: 64 subscriber lines after the
+    /// seven of the control block).
+    pub const SLOTS: usize = 256 + (7 + 64) * 128;
+    /// In a slot: the length (u32) at 0, the sequence word (u64) at 8, the payload at 16.
+    pub const SLOT_SEQ: usize = 8;
+
+    /// Bytes from one slot to the next for `max_message`: header and payload, rounded up to 64.
+    pub fn stride(max_message: usize) -> usize {
+        (16 + max_message).next_multiple_of(64)
+    }
+
+    /// The sequence word of slot `slot`.
+    pub fn seq(slot: usize, max_message: usize) -> usize {
+        SLOTS + slot * stride(max_message) + SLOT_SEQ
+    }
+
+    /// The cursor of subscriber record `index`.
+    pub fn cursor(index: usize) -> usize {
+        SUBS + index * SUB_LINE + SUB_CURSOR
+    }
 }
 
 /// The layout version these offsets describe.
