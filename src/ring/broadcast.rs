@@ -798,7 +798,8 @@ impl Publisher {
     }
 
     /// Waits until at least `n` subscribers have joined (ever) before the first message goes
-    /// out: a stream that must not start before its subscribers are there. Default 0.
+    /// out: a stream that must not start before its subscribers are there. Default 0. Until
+    /// then `try_send` returns `Full` (under either policy) and `send` waits.
     pub fn set_expect_subscribers(&mut self, n: u32) {
         self.expect = n;
     }
