@@ -12,7 +12,7 @@ const MESSAGES: u64 = 300;
 /// Generous bound for the whole run on a busy 2-core machine.
 const LIMIT: Duration = Duration::from_secs(180);
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 14] = [
     "scenario",
     "transport",
     "size",
@@ -24,6 +24,9 @@ const KEYS: [&str; 11] = [
     "msgs_per_s",
     "bytes_per_s",
     "ns_per_msg",
+    "subscribers",
+    "subscriber",
+    "missed",
 ];
 
 /// A SysV object listed in /proc/sysvipc: kind, id, and the pids it records (creator and last
@@ -278,6 +281,73 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
         .count()
         + 1;
     assert_no_leak(&run, with_peer);
+}
+
+#[test]
+fn fanout_run_covers_every_subscriber_count_and_leaks_nothing() {
+    let run = run_bench(&[
+        "--scenario",
+        "fanout",
+        "--json",
+        "--messages",
+        &MESSAGES.to_string(),
+    ]);
+    // (transport, subscribers) -> the subscriber indices seen on per-subscriber lines.
+    let mut rows: BTreeMap<(String, u64), BTreeSet<u64>> = BTreeMap::new();
+    for line in run.stdout.lines() {
+        let f = parse_line(line);
+        let keys: BTreeSet<&str> = f.keys().map(String::as_str).collect();
+        assert_eq!(keys, KEYS.into_iter().collect(), "keys of {line}");
+        assert_eq!(f["scenario"], "fanout", "{line}");
+        assert_eq!(number(&f, "size"), Some(64.0), "{line}");
+        let n = number(&f, "subscribers").expect("subscribers") as u64;
+        let p: Vec<f64> = ["p50_ns", "p99_ns", "p999_ns", "max_ns"]
+            .iter()
+            .map(|k| number(&f, k).unwrap_or_else(|| panic!("{k} missing: {line}")))
+            .collect();
+        assert!(p[0] > 0.0, "no latency: {line}");
+        assert!(
+            p.windows(2).all(|w| w[0] <= w[1]),
+            "percentiles out of order: {line}"
+        );
+        let missed = number(&f, "missed").expect("missed");
+        // Lossless rings and the bus never miss a message.
+        if f["transport"] != "shm-bcast-overwrite" {
+            assert_eq!(missed, 0.0, "{line}");
+        }
+        let key = (f["transport"].clone(), n);
+        match number(&f, "subscriber") {
+            None => {
+                assert!(
+                    number(&f, "msgs_per_s").unwrap_or(0.0) > 0.0,
+                    "no throughput: {line}"
+                );
+                assert!(rows.insert(key, BTreeSet::new()).is_none(), "duplicate: {line}");
+            }
+            Some(i) => {
+                assert_eq!(number(&f, "msgs_per_s"), None, "{line}");
+                let subs = rows
+                    .get_mut(&key)
+                    .unwrap_or_else(|| panic!("before its row: {line}"));
+                assert!(subs.insert(i as u64), "duplicate: {line}");
+            }
+        }
+    }
+    let mut expected = BTreeMap::new();
+    expected.insert(("shm".to_string(), 1), (0..1).collect::<BTreeSet<u64>>());
+    for t in [
+        "shm-bcast-block",
+        "shm-bcast-overwrite",
+        "inproc-bcast",
+        "inproc-bus",
+    ] {
+        for n in [1, 2, 4] {
+            expected.insert((t.to_string(), n), (0..n).collect());
+        }
+    }
+    assert_eq!(rows, expected, "result lines; stdout:\n{}", run.stdout);
+    // A peer per subscriber of the cross-process rows: 1 + 2 x (1 + 2 + 4).
+    assert_no_leak(&run, 1 + 2 * 7);
 }
 
 #[test]

@@ -16,6 +16,11 @@
 //!   recorded.
 //! - `crossover` (only when asked for): ns per message of open + send N + close, setup
 //!   included, for `shm`, `msgq` and `unix` (see [`crossover`]).
+//! - `fanout` (only when asked for): one publisher, 1, 2 and 4 subscriber processes of a
+//!   broadcast ring (`shm-bcast-block`, `shm-bcast-overwrite`), next to our SPSC ring (`shm`, one
+//!   subscriber) and in-process broadcasts (`inproc-bcast`, `inproc-bus`): publisher msgs/s,
+//!   one-way latency at each subscriber from a send timestamp in the message, and messages
+//!   missed (see [`fanout`]).
 //!
 //! `--plot FILE.svg` also draws the latency percentile curves and the throughput bars of the
 //! run into one SVG (see [`plot`]).
@@ -30,6 +35,7 @@
 
 mod cleanup;
 mod crossover;
+mod fanout;
 mod inproc;
 mod ipc_crate;
 mod mpmc;
@@ -66,13 +72,17 @@ pub(crate) enum Scenario {
     /// 2 producers x 2 consumers of 64-byte messages through one queue: msgs/s (shm-mpmc with
     /// producer processes; inproc-mpmc and inproc-arrayqueue with threads).
     Mpmc,
+    /// 1 publisher -> 1, 2, 4 subscribers of 64-byte messages: publisher msgs/s, one-way latency
+    /// at each subscriber, messages missed (only when asked for).
+    Fanout,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 4] = [
+    const ALL: [Scenario; 5] = [
         Scenario::Throughput,
         Scenario::Latency,
         Scenario::Mpmc,
+        Scenario::Fanout,
         Scenario::Crossover,
     ];
 
@@ -82,6 +92,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Crossover => "crossover",
             Scenario::Mpmc => "mpmc",
+            Scenario::Fanout => "fanout",
         }
     }
 
@@ -91,6 +102,8 @@ impl Scenario {
             Scenario::Throughput | Scenario::Latency | Scenario::Mpmc => true,
             // Many short runs, a question of its own: only when asked for.
             Scenario::Crossover => false,
+            // Up to five busy processes on this machine's CPUs: only when asked for.
+            Scenario::Fanout => false,
         }
     }
 }
@@ -132,11 +145,19 @@ pub(crate) enum Transport {
     InprocRtrb,
     /// In-process: our MPMC ring on the heap (mpmc scenario)
     InprocMpmc,
+    /// shm://NAME?mode=broadcast&overflow=block (fanout scenario)
+    ShmBcastBlock,
+    /// shm://NAME?mode=broadcast&overflow=overwrite (fanout scenario)
+    ShmBcastOverwrite,
+    /// In-process: our broadcast ring on the heap, overflow=block (fanout scenario)
+    InprocBcast,
+    /// In-process: bus::Bus, one writer thread and N reader threads (fanout scenario)
+    InprocBus,
 }
 
 impl Transport {
     /// Every transport, in the order of the report: each of ours next to its baseline.
-    const ALL: [Transport; 17] = [
+    const ALL: [Transport; 21] = [
         Transport::Shm,
         Transport::ShmPark,
         Transport::ShmMpmc,
@@ -154,6 +175,10 @@ impl Transport {
         Transport::InprocArrayqueue,
         Transport::InprocRtrb,
         Transport::InprocMpmc,
+        Transport::ShmBcastBlock,
+        Transport::ShmBcastOverwrite,
+        Transport::InprocBcast,
+        Transport::InprocBus,
     ];
 
     fn name(self) -> &'static str {
@@ -175,6 +200,10 @@ impl Transport {
             Transport::InprocArrayqueue => "inproc-arrayqueue",
             Transport::InprocRtrb => "inproc-rtrb",
             Transport::InprocMpmc => "inproc-mpmc",
+            Transport::ShmBcastBlock => "shm-bcast-block",
+            Transport::ShmBcastOverwrite => "shm-bcast-overwrite",
+            Transport::InprocBcast => "inproc-bcast",
+            Transport::InprocBus => "inproc-bus",
         }
     }
 
@@ -202,9 +231,11 @@ impl Transport {
     /// Whether this is run in `scenario` with messages of `size` bytes.
     fn supports(self, scenario: Scenario, size: usize) -> bool {
         let mpmc_only = matches!(self, Transport::ShmMpmc | Transport::InprocMpmc);
+        let fanout_only = fanout::TRANSPORTS.contains(&self) && self != Transport::Shm;
         match scenario {
             Scenario::Mpmc => mpmc_only || self == Transport::InprocArrayqueue,
-            _ if mpmc_only => false,
+            Scenario::Fanout => fanout::TRANSPORTS.contains(&self),
+            _ if mpmc_only || fanout_only => false,
             Scenario::Throughput => {
                 !matches!(self, Transport::RawAtomic | Transport::RawFutex)
                     && (!self.is_inproc() || inproc::supports(self, size))
@@ -226,6 +257,9 @@ impl Transport {
             (Transport::Tcp, _) => Transport::RawTcp,
             // The issue's reference for an MPMC queue, in the same shape.
             (Transport::ShmMpmc | Transport::InprocMpmc, Scenario::Mpmc) => Transport::InprocArrayqueue,
+            // The issue's reference for a broadcast ring: our SPSC ring (one subscriber).
+            (Transport::ShmBcastBlock | Transport::ShmBcastOverwrite, Scenario::Fanout) => Transport::Shm,
+            (Transport::InprocBcast, Scenario::Fanout) => Transport::InprocBus,
             _ => return None,
         })
     }
@@ -314,7 +348,7 @@ pub(crate) fn ring_capacity(size: usize) -> usize {
 
 /// Where the throughput and latency code meets a crossover or mpmc job (each dispatched to its
 /// own module before it).
-const NOT_CROSSOVER: &str = "the crossover and mpmc scenarios are measured by their own modules";
+const NOT_CROSSOVER: &str = "the crossover, mpmc and fanout scenarios are measured by their own modules";
 
 /// Size of a latency message.
 const PING_SIZE: usize = 8;
@@ -350,6 +384,22 @@ impl PeerProc {
     /// Spawns `bench-peer`. The descriptors in `inherit_fds` are left open across exec
     /// (everything else we open is close-on-exec).
     fn spawn(ctx: &Ctx, job: &Job, addrs: &[String], inherit_fds: &[RawFd]) -> Result<PeerProc, String> {
+        Self::spawn_with(ctx, job, addrs, inherit_fds, Stdio::null())
+    }
+
+    /// [`PeerProc::spawn`] with the peer's standard output piped to us ([`PeerProc::take_stdout`]):
+    /// the fanout subscribers report through it.
+    fn spawn_piped(ctx: &Ctx, job: &Job, addrs: &[String]) -> Result<PeerProc, String> {
+        Self::spawn_with(ctx, job, addrs, &[], Stdio::piped())
+    }
+
+    fn spawn_with(
+        ctx: &Ctx,
+        job: &Job,
+        addrs: &[String],
+        inherit_fds: &[RawFd],
+        stdout: Stdio,
+    ) -> Result<PeerProc, String> {
         let mut cmd = Command::new(&ctx.exe);
         cmd.args(["bench-peer", "--scenario", job.scenario.name()])
             .args(["--transport", job.transport.name()])
@@ -359,10 +409,11 @@ impl PeerProc {
         for a in addrs {
             cmd.arg(format!("--addr={a}"));
         }
-        if let Some(core) = ctx.peer_core {
+        // Several subscribers are not pinned to one CPU: they would take turns on it.
+        if let Some(core) = ctx.peer_core.filter(|_| job.subscribers <= 1) {
             cmd.args(["--pin-core", &core.to_string()]);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        cmd.stdin(Stdio::null()).stdout(stdout);
         if !inherit_fds.is_empty() {
             // Allocated here, in the parent: the child only reads it.
             let fds = inherit_fds.to_vec();
@@ -391,6 +442,11 @@ impl PeerProc {
             child: Some(child),
             token,
         })
+    }
+
+    /// The peer's standard output, if it was piped and not taken yet.
+    fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
     }
 
     fn pid(&self) -> u32 {
@@ -474,6 +530,10 @@ pub(crate) struct Job {
     messages: u64,
     /// Untimed round trips before the timed ones (latency).
     warmup: u64,
+    /// Subscribers (fanout; 0 elsewhere).
+    subscribers: usize,
+    /// Paced, timestamped messages after the `messages` of the stream (fanout; 0 elsewhere).
+    paced: u64,
 }
 
 impl Job {
@@ -484,6 +544,8 @@ impl Job {
             Scenario::Latency => self.warmup + self.messages,
             Scenario::Crossover => self.messages,
             Scenario::Mpmc => (self.messages / mpmc::PRODUCERS as u64).max(1),
+            // What each subscriber is sent: the stream, then the paced messages.
+            Scenario::Fanout => self.messages + self.paced,
         }
     }
 }
@@ -496,6 +558,8 @@ enum Measured {
     Latency(Latencies),
     /// Nanoseconds per message, setup included (crossover).
     PerMessage(u64),
+    /// Fanout: the publisher's rate, and each subscriber's one-way latencies and losses.
+    Fanout(f64, Vec<fanout::SubResult>),
 }
 
 /// One line of the report.
@@ -511,11 +575,26 @@ struct Row {
     msgs_per_s: Option<f64>,
     /// Crossover: ns per message, setup included.
     ns_per_msg: Option<u64>,
+    /// Fanout: subscribers and what each one saw (empty elsewhere).
+    subscribers: Vec<fanout::SubResult>,
 }
 
 impl Row {
     fn bytes_per_s(&self) -> Option<f64> {
         self.msgs_per_s.map(|r| r * self.size as f64)
+    }
+
+    /// Messages missed, all subscribers counted (fanout).
+    fn missed(&self) -> Option<u64> {
+        (self.scenario == Scenario::Fanout).then(|| self.subscribers.iter().map(|s| s.missed).sum())
+    }
+
+    /// The transport, and for fanout the subscriber count ("shm-bcast-block x4").
+    fn label(&self) -> String {
+        match self.scenario {
+            Scenario::Fanout => format!("{} x{}", self.transport.name(), self.subscribers.len()),
+            _ => self.transport.name().to_string(),
+        }
     }
 }
 
@@ -544,13 +623,47 @@ impl Latencies {
         self.0.saturating_record(one_way);
     }
 
+    /// Records one one-way latency measured directly (fanout: send timestamp to arrival).
+    #[inline]
+    pub(crate) fn record_one_way_ns(&mut self, ns: u64) {
+        self.0.saturating_record(ns.clamp(1, Self::HIGHEST_NS));
+    }
+
+    /// Adds every value of `other`.
+    pub(crate) fn merge(&mut self, other: &Latencies) {
+        self.0.add(&other.0).expect("histograms of the same bounds");
+    }
+
+    /// The recorded values as text, `VALUE:COUNT` pairs separated by spaces (a peer's report).
+    pub(crate) fn encode(&self) -> String {
+        let mut out = String::new();
+        for v in self.0.iter_recorded() {
+            let _ = write!(out, "{}:{} ", v.value_iterated_to(), v.count_at_value());
+        }
+        out.pop();
+        out
+    }
+
+    /// The inverse of [`Latencies::encode`] (each value lands in the bucket it came from).
+    pub(crate) fn decode(text: &str) -> Result<Latencies, String> {
+        let mut l = Latencies::new();
+        for pair in text.split_whitespace() {
+            let (v, c) = pair
+                .split_once(':')
+                .and_then(|(v, c)| Some((v.parse::<u64>().ok()?, c.parse::<u64>().ok()?)))
+                .ok_or_else(|| format!("bad latency bucket {pair:?}"))?;
+            l.0.saturating_record_n(v, c);
+        }
+        Ok(l)
+    }
+
     /// The histogram itself.
     fn histogram(&self) -> &Histogram<u64> {
         &self.0
     }
 
     /// Recorded iterations.
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.0.len()
     }
 
@@ -560,7 +673,7 @@ impl Latencies {
     }
 
     /// p50, p99, p99.9 and max in ns.
-    fn summary(&self) -> [u64; 4] {
+    pub(crate) fn summary(&self) -> [u64; 4] {
         [
             self.quantile(0.50),
             self.quantile(0.99),
@@ -763,6 +876,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             Scenario::Crossover if args.size.is_empty() => crossover::SIZES.to_vec(),
             Scenario::Crossover => args.size.iter().map(|&s| s as usize).collect(),
             Scenario::Mpmc => vec![mpmc::SIZE],
+            Scenario::Fanout => vec![fanout::SIZE],
         };
         let counts: &[u64] = match scenario {
             Scenario::Crossover => &crossover::COUNTS,
@@ -788,14 +902,23 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
                     Scenario::Latency => (latency_n, warmup),
                     Scenario::Crossover => (count, 0),
                     Scenario::Mpmc => (throughput_n, 0),
+                    Scenario::Fanout => (throughput_n, 0),
                 };
-                jobs.push(Job {
-                    scenario,
-                    transport,
-                    size,
-                    messages,
-                    warmup,
-                });
+                let (subscriber_counts, paced): (&[usize], u64) = match scenario {
+                    Scenario::Fanout => (fanout::subscriber_counts(transport), latency_n),
+                    _ => (&[0], 0),
+                };
+                for &subscribers in subscriber_counts {
+                    jobs.push(Job {
+                        scenario,
+                        transport,
+                        size,
+                        messages,
+                        warmup,
+                        subscribers,
+                        paced,
+                    });
+                }
             }
         }
     }
@@ -818,12 +941,17 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     let tty = unsafe { libc::isatty(2) } == 1;
     for (i, job) in jobs.iter().enumerate() {
         let label = format!(
-            "[{:>2}/{}] {} {} {} B",
+            "[{:>2}/{}] {} {} {} B{}",
             i + 1,
             jobs.len(),
             job.scenario.name(),
             job.transport.name(),
-            job.size
+            job.size,
+            if job.scenario == Scenario::Fanout {
+                format!(" x{}", job.subscribers)
+            } else {
+                String::new()
+            }
         );
         eprint!("{label}");
         let t = Instant::now();
@@ -844,10 +972,12 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         match result {
             Ok(m) => {
                 eprintln!(" {:.2} s", t.elapsed().as_secs_f64());
-                let (distribution, msgs_per_s, ns_per_msg) = match m {
-                    Measured::Rate(r) => (None, Some(r), None),
-                    Measured::Latency(l) => (Some(l), None, None),
-                    Measured::PerMessage(ns) => (None, None, Some(ns)),
+                let (distribution, msgs_per_s, ns_per_msg, subscribers) = match m {
+                    Measured::Rate(r) => (None, Some(r), None, Vec::new()),
+                    Measured::Latency(l) => (Some(l), None, None, Vec::new()),
+                    Measured::PerMessage(ns) => (None, None, Some(ns), Vec::new()),
+                    // The row's latencies: every subscriber's together.
+                    Measured::Fanout(r, subs) => (Some(fanout::merged(&subs)), Some(r), None, subs),
                 };
                 rows.push(Row {
                     scenario: job.scenario,
@@ -858,6 +988,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
                     distribution,
                     msgs_per_s,
                     ns_per_msg,
+                    subscribers,
                 });
             }
             Err(e) => {
@@ -869,7 +1000,10 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
 
     if args.json {
         for row in &rows {
-            println!("{}", json_line(row));
+            println!("{}", json_line(row, None));
+            for i in 0..row.subscribers.len() {
+                println!("{}", json_line(row, Some(i)));
+            }
         }
     } else {
         println!(
@@ -879,6 +1013,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             byte_cap.map_or_else(String::new, |c| format!(" (at most {} MiB)", c >> 20)),
         );
         print!("{}", table(&rows));
+        print!("{}", fanout::table(&rows, cpus.len(), latency_n));
     }
     let mut plot_failed = false;
     if let Some(path) = &args.plot {
@@ -911,6 +1046,7 @@ fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     match job.scenario {
         Scenario::Crossover => return crossover::measure(ctx, job),
         Scenario::Mpmc => return mpmc::measure(ctx, job),
+        Scenario::Fanout => return fanout::measure(ctx, job),
         _ => {}
     }
     match job.transport.family() {
@@ -941,6 +1077,8 @@ pub(crate) fn peer(args: PeerArgs) -> ExitCode {
         crossover::peer(&args)
     } else if args.scenario == Scenario::Mpmc {
         mpmc::peer(&args)
+    } else if args.scenario == Scenario::Fanout {
+        fanout::peer(&args)
     } else {
         match args.transport.family() {
             Family::Ours => ours::peer(&args),
@@ -962,18 +1100,30 @@ pub(crate) fn peer(args: PeerArgs) -> ExitCode {
     }
 }
 
-fn json_line(row: &Row) -> String {
+/// The JSON line of a row, or with `subscriber` of one fanout subscriber: its own latencies
+/// and losses, no rate (the publisher's is on the row's line).
+fn json_line(row: &Row, subscriber: Option<usize>) -> String {
     fn int(v: Option<u64>) -> String {
         v.map_or_else(|| "null".into(), |v| v.to_string())
     }
     fn float(v: Option<f64>) -> String {
         v.map_or_else(|| "null".into(), |v| format!("{v:.1}"))
     }
-    let l = |i: usize| int(row.latency.map(|l| l[i]));
+    let sub = subscriber.map(|i| &row.subscribers[i]);
+    let latency = match sub {
+        Some(s) => Some(s.latency.summary()),
+        None => row.latency,
+    };
+    let l = |i: usize| int(latency.map(|l| l[i]));
+    let (msgs_per_s, bytes_per_s) = match sub {
+        Some(_) => (None, None),
+        None => (row.msgs_per_s, row.bytes_per_s()),
+    };
+    let fanout = row.scenario == Scenario::Fanout;
     format!(
         "{{\"scenario\":\"{}\",\"transport\":\"{}\",\"size\":{},\"messages\":{},\"p50_ns\":{},\
          \"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"msgs_per_s\":{},\"bytes_per_s\":{},\
-         \"ns_per_msg\":{}}}",
+         \"ns_per_msg\":{},\"subscribers\":{},\"subscriber\":{},\"missed\":{}}}",
         row.scenario.name(),
         row.transport.name(),
         row.size,
@@ -982,9 +1132,12 @@ fn json_line(row: &Row) -> String {
         l(1),
         l(2),
         l(3),
-        float(row.msgs_per_s),
-        float(row.bytes_per_s()),
+        float(msgs_per_s),
+        float(bytes_per_s),
         int(row.ns_per_msg),
+        int(fanout.then_some(row.subscribers.len() as u64)),
+        int(subscriber.map(|i| i as u64)),
+        int(sub.map_or_else(|| row.missed(), |s| Some(s.missed))),
     )
 }
 
@@ -999,6 +1152,9 @@ fn times(r: f64) -> String {
 
 /// The row's comparison with its baseline, if both were measured.
 fn versus(row: &Row, rows: &[Row]) -> String {
+    if row.scenario == Scenario::Fanout {
+        return fanout::versus(row, rows);
+    }
     let find = |t: Transport| {
         rows.iter()
             .find(|b| b.transport == t && b.scenario == row.scenario && b.size == row.size)
@@ -1051,7 +1207,7 @@ fn table(rows: &[Row]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<10} {:<17} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>9}  vs raw",
+        "{:<10} {:<22} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>9}  vs raw",
         "scenario",
         "transport",
         "size",
@@ -1068,9 +1224,9 @@ fn table(rows: &[Row]) -> String {
         let l = |i: usize| row.latency.map_or_else(dash, |l| l[i].to_string());
         let _ = writeln!(
             out,
-            "{:<10} {:<17} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>9}  {}",
+            "{:<10} {:<22} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12} {:>9}  {}",
             row.scenario.name(),
-            row.transport.name(),
+            row.label(),
             row.size,
             row.messages,
             l(0),
@@ -1091,6 +1247,12 @@ fn table(rows: &[Row]) -> String {
          N = size rounded up to a power of two, and skip sizes above 1024 B.\n\
          Spinning rows (shm, raw-atomic, inproc-*) need two idle CPUs.\n",
     );
+    if rows.iter().any(|r| r.scenario == Scenario::Fanout) {
+        out.push_str(
+            "fanout: TRANSPORT xN = N subscribers; msgs/s: the publisher's; latency: one way, from a send\n\
+             timestamp to each subscriber (see below); vs: broadcast x1 / shm (SPSC), inproc-bcast / inproc-bus.\n",
+        );
+    }
     out.push_str(&crossover_table(rows));
     out
 }

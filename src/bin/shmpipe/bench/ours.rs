@@ -161,7 +161,7 @@ pub(super) fn open_rx(endpoint: &str) -> Result<Rx, String> {
 pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let eps = endpoints(ctx, job)?;
     match job.scenario {
-        Scenario::Crossover | Scenario::Mpmc => Err(super::NOT_CROSSOVER.into()),
+        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout => Err(super::NOT_CROSSOVER.into()),
         Scenario::Throughput => {
             let mut rx = open_rx(&eps.up)?;
             let peer = PeerProc::spawn(ctx, job, std::slice::from_ref(&eps.up), &[])?;
@@ -234,7 +234,7 @@ fn ping(tx: &mut Tx, rx: &mut Rx, warmup: u64, n: u64) -> Result<Latencies, Stri
 /// The peer's side.
 pub(super) fn peer(args: &PeerArgs) -> Result<(), String> {
     match args.scenario {
-        Scenario::Crossover | Scenario::Mpmc => Err(super::NOT_CROSSOVER.into()),
+        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout => Err(super::NOT_CROSSOVER.into()),
         Scenario::Throughput => {
             let [up] = &args.addr[..] else {
                 return Err("expected one --addr".into());

@@ -6,7 +6,9 @@
 //!   measured, so the tail is as wide as the median.
 //! - Throughput (when measured): one horizontal bar per transport and message size, msgs/s on a
 //!   log scale, grouped by size, coloured by family (ours, raw baseline, in-process, another
-//!   crate).
+//!   crate); fanout rows are labelled with their subscriber count ("64 B shm-bcast-block x4").
+//! - Fanout latency (when measured): as the latency chart, one curve per transport and
+//!   subscriber count, every subscriber's one-way latencies (send timestamp to arrival) together.
 //!
 //! Crossover results are not plotted (the table shows them).
 
@@ -112,29 +114,48 @@ pub(super) fn write(path: &Path, rows: &[Row]) -> Result<(), String> {
         .iter()
         .filter(|r| r.scenario == Scenario::Latency && r.distribution.is_some())
         .collect();
+    let fanout: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.scenario == Scenario::Fanout && r.distribution.is_some())
+        .collect();
     let mut throughput: Vec<&Row> = rows
         .iter()
         .filter(|r| {
-            matches!(r.scenario, Scenario::Throughput | Scenario::Mpmc)
-                && r.msgs_per_s.is_some_and(|r| r > 0.0)
+            matches!(
+                r.scenario,
+                Scenario::Throughput | Scenario::Mpmc | Scenario::Fanout
+            ) && r.msgs_per_s.is_some_and(|r| r > 0.0)
         })
         .collect();
     // Grouped by size, each group in the report's transport order (sort is stable).
-    throughput.sort_by_key(|r| (r.size, r.scenario == Scenario::Mpmc));
-    if latency.is_empty() && throughput.is_empty() {
+    throughput.sort_by_key(|r| (r.size, r.scenario as u8));
+    if latency.is_empty() && throughput.is_empty() && fanout.is_empty() {
         return Err("plotting: no latency or throughput result to plot".into());
     }
     let lat_h = if latency.is_empty() { 0 } else { LATENCY_HEIGHT };
+    let fan_h = if fanout.is_empty() { 0 } else { LATENCY_HEIGHT };
     let thr_h = if throughput.is_empty() {
         0
     } else {
         THROUGHPUT_EXTRA + BAR_ROW * throughput.len() as u32
     };
-    let root = SVGBackend::new(path, (WIDTH, lat_h + thr_h)).into_drawing_area();
+    let root = SVGBackend::new(path, (WIDTH, lat_h + fan_h + thr_h)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let (top, bottom) = root.split_vertically(lat_h);
+    let (top, rest) = root.split_vertically(lat_h);
+    let (middle, bottom) = rest.split_vertically(fan_h);
     if !latency.is_empty() {
-        latency_chart(&top, &latency)?;
+        latency_chart(
+            &top,
+            &latency,
+            "One-way latency (round trip / 2) by percentile, 8-byte ping-pong, warm-up excluded",
+        )?;
+    }
+    if !fanout.is_empty() {
+        latency_chart(
+            &middle,
+            &fanout,
+            "Fanout: one-way latency (send timestamp to arrival) by percentile, 64 B, all subscribers",
+        )?;
     }
     if !throughput.is_empty() {
         throughput_chart(&bottom, &throughput)?;
@@ -145,7 +166,7 @@ pub(super) fn write(path: &Path, rows: &[Row]) -> Result<(), String> {
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
-fn latency_chart(area: &Area, rows: &[&Row]) -> Result<(), String> {
+fn latency_chart(area: &Area, rows: &[&Row], caption: &str) -> Result<(), String> {
     // Each curve: (nines, one-way ns) from the histogram's quantile iteration, which steps
     // finer towards the tail; the last point (q = 1, the max) is put at 1 - 1/n.
     let curves: Vec<(&Row, Vec<(f64, f64)>)> = rows
@@ -179,10 +200,7 @@ fn latency_chart(area: &Area, rows: &[&Row]) -> Result<(), String> {
         .fold((f64::MAX, 1.0f64), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let (plot_area, legend_area) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
     let mut chart = ChartBuilder::on(&plot_area)
-        .caption(
-            "One-way latency (round trip / 2) by percentile, 8-byte ping-pong, warm-up excluded",
-            ("sans-serif", 18),
-        )
+        .caption(caption, ("sans-serif", 18))
         .margin(12)
         .margin_right(30)
         .x_label_area_size(40)
@@ -222,7 +240,7 @@ fn latency_chart(area: &Area, rows: &[&Row]) -> Result<(), String> {
                 [(4, y + 6), (28, y + 6)],
                 colour.stroke_width(width),
             ))
-            .and_then(|()| legend_area.draw(&Text::new(row.transport.name(), (34, y), text(13))))
+            .and_then(|()| legend_area.draw(&Text::new(row.label(), (34, y), text(13))))
             .and_then(|()| legend_area.draw(&Text::new(values, (34, y + 15), text(11))))
             .map_err(err)?;
     }
@@ -247,7 +265,7 @@ fn throughput_chart(area: &Area, rows: &[&Row]) -> Result<(), String> {
                 super::mpmc::PRODUCERS,
                 super::mpmc::CONSUMERS
             ),
-            _ => format!("{} B {}", r.size, r.transport.name()),
+            _ => format!("{} B {}", r.size, r.label()),
         })
         .collect();
     let n = rows.len();
