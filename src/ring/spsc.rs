@@ -996,12 +996,18 @@ impl Consumer {
     /// most `max_message` bytes, ending inside the memory. A poisoned end's gate (size 0) fails.
     #[inline(always)]
     fn valid(&self, word: u64) -> Option<Front> {
-        // 0 (nothing yet) and `PAD` wrap to lengths over any maximum.
-        let len = (word as u32).wrapping_sub(1) as usize;
+        // With our stamp xored out, a header stamped for `head` leaves `len + 1` (below 2^32) and
+        // anything else has bits above 32 set. So one comparison of `x - 1` against the maximum
+        // checks the stamp and the length: 0 (nothing yet), a `PAD` low half (2^32 - 2 after the
+        // subtraction), a zero low half (wraps to u64::MAX) and any other stamp all exceed it
+        // (`max_message <= MAX_MESSAGE_LIMIT`, far below 2^32 - 2).
+        let len = (word ^ records::stamp_high(self.head)).wrapping_sub(1);
         let off = self.head_off;
-        let stamped = (word >> 32) as u32 == records::stamp(self.head);
-        if stamped && len <= self.hot.max_message && (off + HEADER + len) as u64 <= self.hot.size {
-            Some(Front { len, off })
+        if len <= self.hot.max_message as u64 && off as u64 + HEADER as u64 + len <= self.hot.size {
+            Some(Front {
+                len: len as usize,
+                off,
+            })
         } else {
             None
         }
@@ -1568,6 +1574,34 @@ mod tests {
         // Poisoned from now on, even with the right header back.
         rx.core.records.word(0).store(message_word(0, 1), Relaxed);
         assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+    }
+
+    #[test]
+    fn every_header_word_but_a_valid_one_for_the_position_is_refused() {
+        // `valid` checks the stamp and the length with one comparison (the stamp xored out); each
+        // of these words must still reach `peek`'s checks and poison the consumer. Read at
+        // position 16, so the expected stamp is not 0.
+        let pos = 16u64;
+        let stamp = (records::stamp(pos) as u64) << 32;
+        let cases = [
+            (stamp, "exceeds"),                         // a zero low half: length -1
+            (stamp | 10, "exceeds"),                    // length 9 > max 8
+            (stamp | (u32::MAX as u64 - 1), "exceeds"), // the largest non-pad length
+            (stamp | (1 << 63) | 2, "not stamped"),     // the stamp's top bit differs
+            ((stamp ^ (1 << 32)) | 2, "not stamped"),   // its bottom bit differs
+        ];
+        for (word, why) in cases {
+            let (mut tx, mut rx) = channel(4, 8).unwrap();
+            let mut buf = Vec::new();
+            tx.try_send(b"a").unwrap();
+            rx.try_recv(&mut buf).unwrap();
+            tx.try_send(b"b").unwrap();
+            rx.core.records.word(pos as usize).store(word, Relaxed);
+            match rx.try_recv(&mut buf) {
+                Err(TryRecvError::Corrupted(c)) => assert!(c.reason.contains(why), "{word:#x}: {c}"),
+                other => panic!("{word:#x}: {other:?}"),
+            }
+        }
     }
 
     #[test]
