@@ -378,7 +378,7 @@ impl RingView {
 fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
     // Relaxed: a snapshot for display; nothing is read on the strength of these values.
     let mut missed = None;
-    let (messages_in, messages_out, c, recovered, robbed, bells) = match layout.kind {
+    let (messages_in, messages_out, c, recovered, robbed, bells, not_sleepers) = match layout.kind {
         RingKind::Spsc => {
             let shared = backing.shared();
             (
@@ -388,6 +388,8 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
                 None,
                 None,
                 (&*shared.not_full, &*shared.not_empty),
+                // A closed receiver's mark, not a parked receiver.
+                crate::ring::spsc::RECEIVER_CLOSED,
             )
         }
         RingKind::Broadcast => {
@@ -408,6 +410,7 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
                 None,
                 None,
                 (&*shared.not_full, &*shared.not_empty),
+                0,
             )
         }
         RingKind::Mpmc => {
@@ -420,6 +423,7 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
                 Some(l.lost.load(Relaxed).wrapping_add(l.dropped.load(Relaxed))),
                 Some(l.robbed.load(Relaxed)),
                 (&*shared.not_full, &*shared.not_empty),
+                0,
             )
         }
     };
@@ -431,7 +435,7 @@ fn counters(backing: &SegmentBacking, layout: &Layout) -> Counters {
         parks: c.parks.load(Relaxed),
         wakes: c.wakes.load(Relaxed),
         parked_senders: bells.0.waiter_bits(),
-        parked_receivers: bells.1.waiter_bits(),
+        parked_receivers: bells.1.waiter_bits() & !not_sleepers,
         recovered,
         robbed,
         missed,

@@ -38,8 +38,11 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
 /// their own header word, and its indices are byte positions with message counts beside them;
 /// an MPMC member record announces a run of positions (`claim_more`, in the record's spare
 /// bytes) claimed by one CAS: a version-3 member would take every slot of a live member's run but
-/// the first for a dead member's and recover it).
-pub(crate) const LAYOUT_VERSION: u32 = 4;
+/// the first for a dead member's and recover it); 5: an SPSC receiver's close also sets
+/// `RECEIVER_CLOSED` in the `not_empty` doorbell's mask, and the producer no longer reads the
+/// receiver's role before each send, only that mask after it: a version-4 receiver would close
+/// without the mark, and a version-5 sender would keep sending into its ring until it filled).
+pub(crate) const LAYOUT_VERSION: u32 = 5;
 /// `Header::kind` of an SPSC ring.
 pub(crate) const KIND_SPSC: u32 = 1;
 /// `Header::kind` of an MPMC ring.

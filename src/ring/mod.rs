@@ -110,29 +110,58 @@ pub(crate) fn unwinding_under_loom() -> bool {
 /// `dst` must be valid for writes of `src.len()` bytes and must not overlap `src`.
 #[inline(always)]
 pub(crate) unsafe fn copy_payload(src: &[u8], dst: *mut u8) {
-    /// Copies `n` bytes, `K <= n <= 2 * K`, as two `K`-byte blocks that overlap in the middle.
+    /// A 16-byte block held in one vector register. (`[u8; 16]` and `u128` blocks went through
+    /// the stack or through pairs of general registers.)
+    #[cfg(target_arch = "x86_64")]
+    type Block16 = std::arch::x86_64::__m128i;
+    #[cfg(not(target_arch = "x86_64"))]
+    type Block16 = [u8; 16];
+
+    /// Copies `n` bytes, `size_of::<T>() <= n <= 2 * size_of::<T>()`, as two blocks of type `T`
+    /// (plain bytes) that overlap in the middle.
     ///
     /// # Safety
-    /// As `copy_payload`, for `n` bytes at `s`, with `K <= n`.
+    /// As `copy_payload`, for `n` bytes at `s`, with `size_of::<T>() <= n`.
     #[inline(always)]
-    unsafe fn two_blocks<const K: usize>(s: *const u8, d: *mut u8, n: usize) {
+    unsafe fn two_blocks<T: Copy>(s: *const u8, d: *mut u8, n: usize) {
+        let k = std::mem::size_of::<T>();
         // SAFETY: both blocks lie within the `n` bytes at `s` (read) and at `d` (written), since
-        // `K <= n`; unaligned accesses are used, and the buffers do not overlap.
+        // `k <= n`; unaligned accesses are used, and the buffers do not overlap.
         unsafe {
-            let first = s.cast::<[u8; K]>().read_unaligned();
-            let last = s.add(n - K).cast::<[u8; K]>().read_unaligned();
-            d.cast::<[u8; K]>().write_unaligned(first);
-            d.add(n - K).cast::<[u8; K]>().write_unaligned(last);
+            let first = s.cast::<T>().read_unaligned();
+            let last = s.add(n - k).cast::<T>().read_unaligned();
+            d.cast::<T>().write_unaligned(first);
+            d.add(n - k).cast::<T>().write_unaligned(last);
         }
     }
     let (s, n) = (src.as_ptr(), src.len());
-    // SAFETY: each branch's length condition is `two_blocks`'s; the rest is the caller's contract.
+    // The largest inline class first (one range check for up to a cache line), then a small
+    // tree: 8 to 16 bytes take two more comparisons, not three.
+    // SAFETY: each branch's length condition is `two_blocks`'s (in the 33..64 branch, all four
+    // blocks lie within the `n > 32` bytes at `s` and at `dst`); the rest is the caller's contract.
     unsafe {
-        match n {
-            33..=64 => two_blocks::<32>(s, dst, n),
-            16..=32 => two_blocks::<16>(s, dst, n),
-            8..=15 => two_blocks::<8>(s, dst, n),
-            _ => std::ptr::copy_nonoverlapping(s, dst, n),
+        if n.wrapping_sub(33) < 32 {
+            // The first 32 bytes and the last 32, as four 16-byte blocks.
+            let t = s.add(n - 32);
+            let a = s.cast::<Block16>().read_unaligned();
+            let b = s.add(16).cast::<Block16>().read_unaligned();
+            let c = t.cast::<Block16>().read_unaligned();
+            let d = t.add(16).cast::<Block16>().read_unaligned();
+            let u = dst.add(n - 32);
+            dst.cast::<Block16>().write_unaligned(a);
+            dst.add(16).cast::<Block16>().write_unaligned(b);
+            u.cast::<Block16>().write_unaligned(c);
+            u.add(16).cast::<Block16>().write_unaligned(d);
+        } else if n <= 16 {
+            if n >= 8 {
+                two_blocks::<u64>(s, dst, n)
+            } else {
+                std::ptr::copy_nonoverlapping(s, dst, n)
+            }
+        } else if n <= 32 {
+            two_blocks::<Block16>(s, dst, n)
+        } else {
+            std::ptr::copy_nonoverlapping(s, dst, n)
         }
     }
 }

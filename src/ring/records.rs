@@ -42,10 +42,19 @@ pub(crate) const fn stamp(pos: u64) -> u32 {
     (pos >> 3) as u32
 }
 
-/// The header word of a record at `pos` holding `len` bytes (`len < u32::MAX - 1`).
+/// `stamp(pos) << 32`, the high half of a header word at `pos`, for `pos` a multiple of 8 (every
+/// record position is): bits 3..35 of `pos` land in bits 32..64 and its zero low bits below them.
+#[inline(always)]
+pub(crate) const fn stamp_high(pos: u64) -> u64 {
+    debug_assert!(pos.is_multiple_of(8));
+    pos << 29
+}
+
+/// The header word of a record at `pos` (a multiple of 8) holding `len` bytes
+/// (`len < u32::MAX - 1`).
 #[inline(always)]
 pub(crate) const fn message_word(pos: u64, len: usize) -> u64 {
-    ((stamp(pos) as u64) << 32) | (len as u64 + 1)
+    stamp_high(pos) | (len as u64 + 1)
 }
 
 /// The header word of a pad record at `pos`.

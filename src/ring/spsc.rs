@@ -22,6 +22,11 @@
 //!   a stopped end is caught by the same size/room/validity checks every message makes anyway
 //!   (its gates are closed), with everything else out of line. `examples/insn_count.rs` counts
 //!   the instructions per message (callgrind) against rtrb.
+//! - A send learns that the receiver has closed from the doorbell check it makes after publishing
+//!   anyway (`RECEIVER_CLOSED`), not from a load of the receiver's role before it: a close that
+//!   happens before a send still makes it `Disconnected` (its record went into a ring that no
+//!   receiver will claim again). A reservation, whose commit cannot report it, checks the role
+//!   first, and a full ring checks it in its slow path.
 //! - Batches ([`Sender::try_send_batch`], [`Receiver::try_recv_batch`]) publish many records with
 //!   one Release store of the first one's header (the others are written before it), one store
 //!   of each index and at most one wake-up.
@@ -158,6 +163,12 @@ pub(crate) const SENDER_BIT: u64 = 1 << 0;
 /// The receiver's bit in `not_empty.waiters`. A bit per role rather than a shared one, so that the
 /// two words are never mistaken for each other in `shmpipe stat` or a debugger.
 pub(crate) const RECEIVER_BIT: u64 = 1 << 1;
+/// Set in `not_empty.waiters` by the receiver's close, after its role says closed, and never
+/// cleared (a ring whose receiver closed is never claimed again: the next open recycles it). Not a
+/// sleeper: it makes the producer's doorbell check after each publication, a load it makes anyway,
+/// take its slow path, which stops the producer. So a send never loads the receiver's state on its
+/// fast path, and a close that happens before a send still makes that send `Disconnected`.
+pub(crate) const RECEIVER_CLOSED: u64 = 1 << 63;
 
 /// Where a ring's memory lives, and what happens when one of its ends closes.
 pub(crate) trait Backing: Send + Sync {
@@ -519,20 +530,27 @@ impl Producer {
     /// record starting at `tail_off` (a pad before it, if one was needed, is published); `Full`
     /// means wait and retry.
     #[inline(always)]
-    fn try_claim(&mut self, len: usize) -> Result<(), TrySendError> {
-        self.try_claim_with(len, true)
+    fn try_claim<const RESERVE: bool>(&mut self, len: usize) -> Result<(), TrySendError> {
+        self.try_claim_with::<RESERVE>(len, true)
     }
 
     /// `try_claim`; `liveness` false for a blocking call, whose wait checks the receiver after
     /// each park slice instead (and must not read the clock first, see `Consumer::try_front_with`).
     #[inline(always)]
-    fn try_claim_with(&mut self, len: usize, liveness: bool) -> Result<(), TrySendError> {
+    fn try_claim_with<const RESERVE: bool>(
+        &mut self,
+        len: usize,
+        liveness: bool,
+    ) -> Result<(), TrySendError> {
         // A stopped end fails one of the gates (`Hot`): 0 bytes fit, and no room is left. An
         // inherited one (a forked child's) is refused before it touches the ring.
         if len > self.hot.max_message || tokens::inherited(self.owner) {
             return Err(self.refusal(len));
         }
-        if self.hot.shared().receiver.state() == ROLE_CLOSED {
+        // A send does not check for a closed receiver here: its doorbell check after publishing
+        // finds `RECEIVER_CLOSED` (see `publish`), and a full ring says so in `no_room`. A
+        // reservation (`RESERVE`) must: its commit cannot report `Disconnected`.
+        if RESERVE && self.hot.shared().receiver.state() == ROLE_CLOSED {
             return Err(self.refusal(len));
         }
         // The record fits before the end of the memory and the cached `head` says there is room
@@ -585,6 +603,10 @@ impl Producer {
         if self.stopped.is_some() {
             return self.refusal(len);
         }
+        if self.hot.shared().receiver.state() == ROLE_CLOSED {
+            self.set_disconnected();
+            return TrySendError::Disconnected;
+        }
         if liveness && self.liveness.due() && self.core.peer_of(Role::Receiver) == Peer::Dead {
             self.set_disconnected();
             return TrySendError::Disconnected;
@@ -592,20 +614,24 @@ impl Producer {
         TrySendError::Full
     }
 
-    fn claim_deadline(&mut self, len: usize, deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
-        let r = self.claim_deadline_inner(len, deadline);
+    fn claim_deadline<const RESERVE: bool>(
+        &mut self,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError> {
+        let r = self.claim_deadline_inner::<RESERVE>(len, deadline);
         if r == Err(SendTimeoutError::Disconnected) {
             self.set_disconnected();
         }
         r
     }
 
-    fn claim_deadline_inner(
+    fn claim_deadline_inner<const RESERVE: bool>(
         &mut self,
         len: usize,
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError> {
-        match self.try_claim_with(len, false) {
+        match self.try_claim_with::<RESERVE>(len, false) {
             Err(TrySendError::Full) => {}
             r => return r.map_err(Into::into),
         }
@@ -669,8 +695,12 @@ impl Producer {
 
     /// Publishes what `finish_record` (or a batch of them) wrote: the first record's header with
     /// Release, the indices, and a wake-up if the consumer sleeps.
+    ///
+    /// `Err(Disconnected)` if the doorbell showed that the receiver has closed (`RECEIVER_CLOSED`):
+    /// what was published will never be read (no receiver claims the ring again), and this end
+    /// has stopped.
     #[inline(always)]
-    fn publish(&mut self, first: (u64, usize)) {
+    fn publish(&mut self, first: (u64, usize)) -> Result<(), TrySendError> {
         let (word, off) = first;
         // PUBLISH (Release): the payloads, the later records of a batch and the terminator
         // happen before the consumer's Acquire load of this word that finds them.
@@ -680,7 +710,27 @@ impl Producer {
         // decisions, made under the ring lock after this end closed (its Release).
         shared.tail.pos.store(self.tail, Relaxed);
         shared.tail.count.store(self.sent, Relaxed);
-        shared.not_empty.ring(1, &shared.counters.wakes);
+        if shared.not_empty.has_waiters() {
+            return self.publish_slow();
+        }
+        Ok(())
+    }
+
+    /// The doorbell check after a publication found a bit set: wake the receiver if it sleeps,
+    /// stop if it has closed.
+    #[cold]
+    #[inline(never)]
+    fn publish_slow(&mut self) -> Result<(), TrySendError> {
+        let shared = self.hot.shared();
+        let bits = shared.not_empty.waiter_bits();
+        if bits & RECEIVER_BIT != 0 {
+            shared.not_empty.wake(1, &shared.counters.wakes);
+        }
+        if bits & RECEIVER_CLOSED != 0 {
+            self.set_disconnected();
+            return Err(TrySendError::Disconnected);
+        }
+        Ok(())
     }
 
     #[inline]
@@ -705,13 +755,13 @@ impl Producer {
     /// assert_eq!(&*rx.try_recv_ref().unwrap(), b"hello");
     /// ```
     pub fn try_reserve(&mut self, len: usize) -> Result<WriteGuard<'_>, TrySendError> {
-        self.try_claim(len)?;
+        self.try_claim::<true>(len)?;
         Ok(self.guard(len))
     }
 
     /// Reserves room, waiting while the ring is full.
     pub fn reserve(&mut self, len: usize) -> Result<WriteGuard<'_>, SendError> {
-        self.claim_deadline(len, None)?;
+        self.claim_deadline::<true>(len, None)?;
         Ok(self.guard(len))
     }
 
@@ -721,7 +771,7 @@ impl Producer {
         len: usize,
         timeout: Duration,
     ) -> Result<WriteGuard<'_>, SendTimeoutError> {
-        self.claim_deadline(len, Instant::now().checked_add(timeout))?;
+        self.claim_deadline::<true>(len, Instant::now().checked_add(timeout))?;
         Ok(self.guard(len))
     }
 
@@ -739,8 +789,9 @@ impl Producer {
     }
 
     /// After the first message of a batch is claimed and written (`first`): writes as many of
-    /// `rest` as there is room for, then publishes them all. Returns how many of `rest` went.
-    fn write_rest_and_publish(&mut self, first: (u64, usize), rest: &[&[u8]]) -> usize {
+    /// `rest` as there is room for, then publishes them all. Returns how many of `rest` went, or
+    /// `Disconnected` if the receiver has closed (see `publish`).
+    fn write_rest_and_publish(&mut self, first: (u64, usize), rest: &[&[u8]]) -> Result<usize, TrySendError> {
         let mut n = 0;
         for msg in rest {
             if msg.len() > self.hot.max_message {
@@ -772,25 +823,23 @@ impl Producer {
             self.records().word(off).store(word, Relaxed);
             n += 1;
         }
-        self.publish(first);
-        n
+        self.publish(first)?;
+        Ok(n)
     }
 }
 
 impl Sender for Producer {
     #[inline(always)]
     fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
-        self.try_claim(msg.len())?;
+        self.try_claim::<false>(msg.len())?;
         let rec = self.write(msg);
-        self.publish(rec);
-        Ok(())
+        self.publish(rec)
     }
 
     fn send_deadline(&mut self, msg: &[u8], deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
-        self.claim_deadline(msg.len(), deadline)?;
+        self.claim_deadline::<false>(msg.len(), deadline)?;
         let rec = self.write(msg);
-        self.publish(rec);
-        Ok(())
+        Ok(self.publish(rec)?)
     }
 
     /// One Release store publishes the whole prefix (see the module docs), with one store of
@@ -799,9 +848,9 @@ impl Sender for Producer {
         let Some((first, rest)) = msgs.split_first() else {
             return Ok(0);
         };
-        self.try_claim(first.len())?;
+        self.try_claim::<false>(first.len())?;
         let rec = self.write(first);
-        Ok(1 + self.write_rest_and_publish(rec, rest))
+        Ok(1 + self.write_rest_and_publish(rec, rest)?)
     }
 
     fn send_batch_deadline(
@@ -812,9 +861,9 @@ impl Sender for Producer {
         let Some((first, rest)) = msgs.split_first() else {
             return Ok(0);
         };
-        self.claim_deadline(first.len(), deadline)?;
+        self.claim_deadline::<false>(first.len(), deadline)?;
         let rec = self.write(first);
-        Ok(1 + self.write_rest_and_publish(rec, rest))
+        Ok(1 + self.write_rest_and_publish(rec, rest)?)
     }
 
     fn max_message_size(&self) -> usize {
@@ -837,7 +886,10 @@ impl Drop for Producer {
         }
         let shared = self.core.shared();
         shared.sender.close(self.core.tokens, Role::Sender);
-        shared.not_empty.ring(u32::MAX, &shared.counters.wakes);
+        // A wake only for a sleeping receiver: `RECEIVER_CLOSED` is not one.
+        if shared.not_empty.has_waiters() && shared.not_empty.waiter_bits() & RECEIVER_BIT != 0 {
+            shared.not_empty.wake(u32::MAX, &shared.counters.wakes);
+        }
         self.core.backing.on_close(Role::Sender, shared);
     }
 }
@@ -877,7 +929,9 @@ impl WriteGuard<'_> {
     pub fn commit(self) {
         let len = self.len;
         let rec = self.producer.finish_record(len);
-        self.producer.publish(rec);
+        // `Disconnected` only if the receiver closed after the reservation was handed out (it
+        // checked): the producer has stopped, and its next call says so.
+        let _ = self.producer.publish(rec);
     }
 
     /// Publishes only the first `len` bytes (at most the reserved length).
@@ -996,12 +1050,18 @@ impl Consumer {
     /// most `max_message` bytes, ending inside the memory. A poisoned end's gate (size 0) fails.
     #[inline(always)]
     fn valid(&self, word: u64) -> Option<Front> {
-        // 0 (nothing yet) and `PAD` wrap to lengths over any maximum.
-        let len = (word as u32).wrapping_sub(1) as usize;
+        // With our stamp xored out, a header stamped for `head` leaves `len + 1` (below 2^32) and
+        // anything else has bits above 32 set. So one comparison of `x - 1` against the maximum
+        // checks the stamp and the length: 0 (nothing yet), a `PAD` low half (2^32 - 2 after the
+        // subtraction), a zero low half (wraps to u64::MAX) and any other stamp all exceed it
+        // (`max_message <= MAX_MESSAGE_LIMIT`, far below 2^32 - 2).
+        let len = (word ^ records::stamp_high(self.head)).wrapping_sub(1);
         let off = self.head_off;
-        let stamped = (word >> 32) as u32 == records::stamp(self.head);
-        if stamped && len <= self.hot.max_message && (off + HEADER + len) as u64 <= self.hot.size {
-            Some(Front { len, off })
+        if len <= self.hot.max_message as u64 && off as u64 + HEADER as u64 + len <= self.hot.size {
+            Some(Front {
+                len: len as usize,
+                off,
+            })
         } else {
             None
         }
@@ -1375,6 +1435,10 @@ impl Drop for Consumer {
         }
         let shared = self.core.shared();
         shared.receiver.close(self.core.tokens, Role::Receiver);
+        // Relaxed: the producer reads nothing on the strength of the bit, it only stops; a send
+        // that this close happens before sees it (coherence), and one racing the close may not,
+        // exactly as with the role's state.
+        shared.not_empty.waiters.fetch_or(RECEIVER_CLOSED, Relaxed);
         shared.not_full.ring(u32::MAX, &shared.counters.wakes);
         self.core.backing.on_close(Role::Receiver, shared);
     }
@@ -1505,6 +1569,55 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_of_send_after_the_receiver_closed_is_disconnected_without_a_wake() {
+        // The receiver's close is seen through the doorbell mask after publishing
+        // (`RECEIVER_CLOSED`), through the role before reserving.
+        type Send = fn(&mut Producer) -> Result<(), TrySendError>;
+        let sends: [(&str, Send); 4] = [
+            ("try_send", |tx| tx.try_send(b"x")),
+            ("try_send_batch", |tx| {
+                tx.try_send_batch(&[b"x", b"y"]).map(|_| ())
+            }),
+            ("send", |tx| tx.send(b"x").map_err(|_| TrySendError::Disconnected)),
+            ("try_reserve", |tx| tx.try_reserve(1).map(|_| ())),
+        ];
+        for (name, send) in sends {
+            let (mut tx, rx) = channel(4, 8).unwrap();
+            tx.try_send(b"before").unwrap();
+            drop(rx);
+            let shared = tx.core.shared();
+            assert_eq!(shared.not_empty.waiter_bits(), RECEIVER_CLOSED, "{name}");
+            assert_eq!(send(&mut tx), Err(TrySendError::Disconnected), "{name}");
+            assert_eq!(tx.try_send(b"z"), Err(TrySendError::Disconnected), "{name}");
+            assert!(
+                matches!(tx.try_reserve(1), Err(TrySendError::Disconnected)),
+                "{name}"
+            );
+            let wakes = &tx.core.shared().counters.wakes;
+            assert_eq!(wakes.load(Relaxed), 0, "{name}: the mark is not a sleeper");
+            let core = Arc::clone(&tx.core);
+            drop(tx);
+            assert_eq!(
+                core.shared().counters.wakes.load(Relaxed),
+                0,
+                "{name}: nor on drop"
+            );
+        }
+        // A reservation handed out before the close: its commit cannot say so, the next call does.
+        let (mut tx, rx) = channel(4, 8).unwrap();
+        let mut w = tx.try_reserve(1).unwrap();
+        w[0] = 1;
+        drop(rx);
+        w.commit();
+        assert_eq!(tx.try_send(b"z"), Err(TrySendError::Disconnected));
+        // And a full ring reports the close, not Full.
+        let (mut tx, rx) = channel(2, 8).unwrap();
+        while tx.try_send(b"f").is_ok() {}
+        drop(rx);
+        assert_eq!(tx.try_send(b"f"), Err(TrySendError::Disconnected));
+    }
+
+    #[test]
     fn uncommitted_reservation_publishes_nothing() {
         let (mut tx, mut rx) = channel(4, 8).unwrap();
         {
@@ -1568,6 +1681,34 @@ mod tests {
         // Poisoned from now on, even with the right header back.
         rx.core.records.word(0).store(message_word(0, 1), Relaxed);
         assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Corrupted(_))));
+    }
+
+    #[test]
+    fn every_header_word_but_a_valid_one_for_the_position_is_refused() {
+        // `valid` checks the stamp and the length with one comparison (the stamp xored out); each
+        // of these words must still reach `peek`'s checks and poison the consumer. Read at
+        // position 16, so the expected stamp is not 0.
+        let pos = 16u64;
+        let stamp = (records::stamp(pos) as u64) << 32;
+        let cases = [
+            (stamp, "exceeds"),                         // a zero low half: length -1
+            (stamp | 10, "exceeds"),                    // length 9 > max 8
+            (stamp | (u32::MAX as u64 - 1), "exceeds"), // the largest non-pad length
+            (stamp | (1 << 63) | 2, "not stamped"),     // the stamp's top bit differs
+            ((stamp ^ (1 << 32)) | 2, "not stamped"),   // its bottom bit differs
+        ];
+        for (word, why) in cases {
+            let (mut tx, mut rx) = channel(4, 8).unwrap();
+            let mut buf = Vec::new();
+            tx.try_send(b"a").unwrap();
+            rx.try_recv(&mut buf).unwrap();
+            tx.try_send(b"b").unwrap();
+            rx.core.records.word(pos as usize).store(word, Relaxed);
+            match rx.try_recv(&mut buf) {
+                Err(TryRecvError::Corrupted(c)) => assert!(c.reason.contains(why), "{word:#x}: {c}"),
+                other => panic!("{word:#x}: {other:?}"),
+            }
+        }
     }
 
     #[test]

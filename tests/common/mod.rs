@@ -298,7 +298,8 @@ pub mod off {
     pub const HEAD: usize = 256 + 128;
     pub const RECEIVED: usize = HEAD + 8;
     /// The doorbells (layout version 3): the futex word (u32), 4 bytes of padding, and the mask
-    /// of waiters (u64; SPSC: bit 0 the sender, bit 1 the receiver).
+    /// of waiters (u64; SPSC: bit 0 the sender, bit 1 the receiver; since version 5, bit 63 of
+    /// `NOT_EMPTY_WAITERS` marks a closed receiver).
     pub const NOT_EMPTY: usize = 256 + 2 * 128;
     pub const NOT_EMPTY_WAITERS: usize = NOT_EMPTY + 8;
     pub const NOT_FULL: usize = 256 + 3 * 128;
@@ -358,7 +359,7 @@ pub mod bc {
 }
 
 /// The layout version these offsets describe.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// `b"shmpipe\0"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"shmpipe\0");
