@@ -15,6 +15,9 @@
 //! - `mpmc_batch16_send_recv`: the MPMC ring, 16 messages at a time, `try_send_batch` of 16 +
 //!   `try_recv_batch(&mut Batch, 16)`: one claim of the shared position and one doorbell check
 //!   per 16 messages on each side (the iteration count is still messages);
+//! - `shm_send_recv_copy`: the SPSC ring's copy path, `try_send` + `try_recv(&mut Vec)`;
+//! - `bcast_send_recv_copy` (twice: `overflow=block`, then `overwrite`): the broadcast ring with
+//!   one subscriber, `try_send` + `try_recv(&mut Vec)` (it has no borrowed reads);
 //! - `arrayqueue_push_pop`: `crossbeam_queue::ArrayQueue::<[u8; 64]>::new(1024)`, `push` + `pop`
 //!   (the MPMC reference);
 //! - `shm_send_recv_blocking_8b`: the blocking calls each side of a ping-pong makes,
@@ -36,7 +39,7 @@
 //! `callgrind_annotate --auto=yes --include=src/ring /tmp/insn.out`.
 //! Without valgrind the program prints wall time per message, which is only a sanity check.
 
-use shmpipe::ring::{mpmc, spsc};
+use shmpipe::ring::{broadcast, mpmc, spsc};
 use shmpipe::{Batch, Receiver, Sender};
 use std::hint::black_box;
 use std::time::Instant;
@@ -150,6 +153,33 @@ fn mpmc_batch16_send_recv(tx: &mut mpmc::Producer, rx: &mut mpmc::Consumer, n: u
     }
 }
 
+/// The SPSC ring's copy path (`try_send` + `try_recv` into a `Vec`), the reference for the
+/// broadcast rows below, which have no borrowed reads.
+#[inline(never)]
+fn shm_send_recv_copy(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, n: u64) {
+    let mut msg: Msg = [7; 64];
+    let mut buf = Vec::with_capacity(64);
+    for i in 0..n {
+        msg[0] = i as u8;
+        tx.try_send(black_box(&msg)).unwrap();
+        rx.try_recv(&mut buf).unwrap();
+        black_box(&buf);
+    }
+}
+
+/// The broadcast ring with one subscriber: `try_send` + `try_recv` (a copy: slots are seqlocks).
+#[inline(never)]
+fn bcast_send_recv_copy(tx: &mut broadcast::Publisher, rx: &mut broadcast::Subscriber, n: u64) {
+    let mut msg: Msg = [7; 64];
+    let mut buf = Vec::with_capacity(64);
+    for i in 0..n {
+        msg[0] = i as u8;
+        tx.try_send(black_box(&msg)).unwrap();
+        rx.try_recv(&mut buf).unwrap();
+        black_box(&buf);
+    }
+}
+
 #[inline(never)]
 fn arrayqueue_push_pop(q: &crossbeam_queue::ArrayQueue<Msg>, n: u64) {
     let mut msg: Msg = [7; 64];
@@ -191,6 +221,19 @@ fn main() {
         per_msg("shm_send_recv_ref_8b", n, || {
             shm_send_recv_ref_8b(&mut tx, &mut rx, n)
         });
+    }
+    {
+        let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
+        per_msg("shm_send_recv_copy", n, || {
+            shm_send_recv_copy(&mut tx, &mut rx, n)
+        });
+    }
+    for (name, overflow) in [
+        ("bcast_block_copy", broadcast::Overflow::Block),
+        ("bcast_overwrite_copy", broadcast::Overflow::Overwrite),
+    ] {
+        let (mut tx, mut rx) = broadcast::channel(CAPACITY, 64, overflow).unwrap();
+        per_msg(name, n, || bcast_send_recv_copy(&mut tx, &mut rx, n));
     }
     {
         let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();

@@ -567,32 +567,40 @@ impl BcSlots {
 /// Stores `msg` into `words` (at least `msg.len()` bytes of them), a word at a time.
 #[inline]
 fn store_words(words: &[AtomicU64], msg: &[u8]) {
-    let mut chunks = msg.chunks_exact(8);
-    for (w, c) in words.iter().zip(&mut chunks) {
-        let bytes: [u8; 8] = c.try_into().expect("chunks of 8");
+    let (full, rest) = (msg.len() / 8, msg.len() % 8);
+    let src = msg.as_ptr();
+    let full_words = &words[..full.min(words.len())];
+    for (i, w) in full_words.iter().enumerate() {
+        // SAFETY: `i < full`, so the 8 bytes at `i * 8` lie inside `msg`; unaligned read.
+        let v = unsafe { src.add(i * 8).cast::<u64>().read_unaligned() };
         // Relaxed: ordered by the seqlock's fence and the Release store of the sequence.
-        w.store(u64::from_ne_bytes(bytes), Relaxed);
+        w.store(v, Relaxed);
     }
-    let rest = chunks.remainder();
-    if let (false, Some(w)) = (rest.is_empty(), words.get(msg.len() / 8)) {
+    if let (true, Some(w)) = (rest > 0, words.get(full)) {
         let mut bytes = [0u8; 8];
-        bytes[..rest.len()].copy_from_slice(rest);
+        bytes[..rest].copy_from_slice(&msg[full * 8..]);
         // Relaxed: as above.
         w.store(u64::from_ne_bytes(bytes), Relaxed);
     }
 }
 
 /// Copies `len` bytes (at most the words' size) out of `words` into `buf`, replacing its
-/// contents.
+/// contents: a word at a time, straight into the `Vec`'s memory.
 #[inline]
 fn load_words(words: &[AtomicU64], len: usize, buf: &mut Vec<u8>) {
+    let n = len.div_ceil(8).min(words.len());
     buf.clear();
-    buf.reserve(len.next_multiple_of(8));
-    for w in &words[..len.div_ceil(8).min(words.len())] {
+    buf.reserve(n * 8);
+    let dst = buf.as_mut_ptr();
+    for (i, w) in words[..n].iter().enumerate() {
         // Relaxed: ordered by the Acquire load of the sequence and the fence after the copy.
-        buf.extend_from_slice(&w.load(Relaxed).to_ne_bytes());
+        let bytes = w.load(Relaxed).to_ne_bytes();
+        // SAFETY: `i < n` and the capacity is at least `n * 8` bytes (reserved above, on an
+        // empty `Vec`); an unaligned write of plain bytes.
+        unsafe { dst.add(i * 8).cast::<[u8; 8]>().write_unaligned(bytes) };
     }
-    buf.truncate(len);
+    // SAFETY: the first `n * 8` bytes were written above, and `len.min(n * 8)` is no more.
+    unsafe { buf.set_len(len.min(n * 8)) };
 }
 
 /// Where a broadcast ring's memory lives, and what happens when a member leaves.
