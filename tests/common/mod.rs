@@ -660,9 +660,13 @@ impl Proc {
         Proc::spawn(cmd, Stdout::Protocol)
     }
 
-    /// The `shmpipe` CLI binary with `args`.
+    /// The `shmpipe` CLI binary with `args`. Only the CLI crate's tests (`cli/tests/`, which
+    /// share this module) have the binary: the library's own tests never run it.
     pub fn cli(args: &[&str], out: Stdout) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shmpipe"));
+        let Some(exe) = option_env!("CARGO_BIN_EXE_shmpipe") else {
+            panic!("the shmpipe binary is built for the tests of cli/ (shmpipe-cli) only")
+        };
+        let mut cmd = Command::new(exe);
         cmd.args(args);
         Proc::spawn(cmd, out)
     }
@@ -1312,4 +1316,27 @@ pub fn spsc_accepts(capacity: usize, max: usize, consumed: u64) -> u64 {
         tail += pad + rec;
     }
     unreachable!()
+}
+
+/// Stops child `p` with SIGSTOP and waits until it is stopped.
+pub fn sigstop(p: &Proc) {
+    // SAFETY: a plain syscall on our own, not yet reaped, child.
+    assert_eq!(unsafe { libc::kill(p.pid, libc::SIGSTOP) }, 0);
+    // Wait until it is really stopped (`T` in /proc/PID/stat).
+    let deadline = Instant::now() + SOON;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
+        if state == Some(Some('T')) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "child {} never stopped", p.pid);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Resumes child `p` (SIGCONT).
+pub fn sigcont(p: &Proc) {
+    // SAFETY: as in `sigstop`.
+    assert_eq!(unsafe { libc::kill(p.pid, libc::SIGCONT) }, 0);
 }

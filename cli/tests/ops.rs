@@ -5,6 +5,7 @@
 //! its own rings, and `rm --stale` is always given a `--prefix` unique to the test (other tests,
 //! and other test runs, have stale rings of their own that must not be touched).
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::*;

@@ -4,6 +4,7 @@
 //! 128 + the signal, and leaves nothing in `ipcs -m` / `ipcs -q`, whether it was waiting on its
 //! channel, on stdin, on a full ring or on a stdout nobody reads, or streaming.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::*;

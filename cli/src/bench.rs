@@ -436,7 +436,7 @@ impl PeerProc {
             .map_err(|e| format!("spawning {}: {e}", ctx.exe.display()))?;
         let token = reg.add(cleanup::Resource::Peer(child.id()));
         drop(reg);
-        // The leak check in tests/cli_bench.rs reads this to know which processes were ours.
+        // The leak check in cli/tests/cli_bench.rs reads this to know which processes were ours.
         eprint!(" (peer pid {})", child.id());
         Ok(PeerProc {
             child: Some(child),

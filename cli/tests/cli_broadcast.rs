@@ -3,9 +3,14 @@
 //! `overflow=overwrite` ring says on stderr how many messages it missed and carries on; `ls`,
 //! `stat` and `rm --stale` know the kind.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
+use shmpipe::ring::broadcast::Overflow;
+use shmpipe::ring::RingKind;
+use shmpipe::transport::shm::ShmConfig;
+use shmpipe::Sender;
 use std::io::Write;
 use std::process::{ChildStdin, ExitStatus};
 use std::thread::JoinHandle;
@@ -187,4 +192,70 @@ fn ls_and_stat_show_the_subscribers_and_rm_stale_removes_a_ring_whose_members_di
     assert!(status.success(), "{err}");
     assert!(out.contains(&format!("removed {}", ring.name)), "{out}");
     ring.assert_gone("after rm --stale");
+}
+
+/// A broadcast ring's configuration (`max_message` 128).
+fn broadcast_cfg(ring: &Ring, cap: usize, overflow: Overflow) -> ShmConfig {
+    let mut c = ring.cfg(cap, 128).kind(RingKind::Broadcast);
+    c.overflow = overflow;
+    c
+}
+
+#[test]
+fn shmpipe_stat_shows_a_broadcast_ring_whose_policy_word_is_corrupt() {
+    let ring = Ring::new("bc-cli-bad-policy");
+    let mut tx = broadcast_cfg(&ring, 8, Overflow::Block).open_publisher().unwrap();
+    let raw = RawSeg::attach_key(ring.key);
+    assert_eq!(raw.u32(bc::POLICY), 1);
+    raw.set_u32(bc::POLICY, 7);
+    let mut stat = Proc::cli(&["stat", &ring.name, "--count", "1"], Stdout::Collect);
+    let (status, out) = stat.wait_output(SOON);
+    assert!(status.success(), "stat: {status}; {}", stat.stderr_text());
+    assert!(String::from_utf8_lossy(&out).contains("broadcast"));
+    // The live publisher goes on (it validated the policy when it opened).
+    tx.send_timeout(b"still here", SOON).unwrap();
+    drop(raw);
+    drop(tx);
+    ring.assert_gone("after the publisher left");
+}
+
+#[test]
+fn shmpipe_recv_on_an_overwrite_ring_reports_its_lag_on_stderr_and_goes_on() {
+    const CAP: u64 = 16;
+    const N: u64 = 1000;
+    let ring = Ring::new("bc-cli-lag");
+    let mut tx = broadcast_cfg(&ring, CAP as usize, Overflow::Overwrite)
+        .open_publisher()
+        .unwrap();
+    let set = sems_of(ring.shmid().unwrap()).unwrap();
+    let ep = format!("{}?mode=broadcast&overflow=overwrite", ring.endpoint());
+    let mut recv = Proc::cli(&["recv", &ep], Stdout::Collect);
+    let deadline = Instant::now() + SOON;
+    while tx.stats().joined == 0 {
+        assert!(Instant::now() < deadline, "shmpipe recv never joined");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    sigstop(&recv);
+    for seq in 0..N {
+        tx.try_send(format!("m-{seq}").as_bytes()).unwrap();
+    }
+    drop(tx);
+    sigcont(&recv);
+    let (status, out) = recv.wait_output(SOON);
+    let stderr = recv.stderr_text();
+    assert!(status.success(), "recv: {status}; stderr:\n{stderr}");
+    // Lapped at 0: the last ring's worth, after a line on stderr with the exact count.
+    let lines: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let want: Vec<String> = (N - CAP..N).map(|s| format!("m-{s}")).collect();
+    assert_eq!(lines, want);
+    assert!(
+        stderr.contains(&format!("{} messages missed", N - CAP)),
+        "stderr: {stderr}"
+    );
+    ring.assert_gone("after shmpipe recv exited");
+    assert_eq!(sem_count(set), None, "the ring's semaphore set is left");
 }

@@ -3,6 +3,7 @@
 //! endpoints. Peers are the CLI binary itself, this test binary re-run in a role (see
 //! `tests/common`), or this process through the library.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
