@@ -54,6 +54,7 @@ pub enum Endpoint {
 /// namespace, `kernel.shmmni = 0`, seccomp). Any other error (in use, foreign object, corrupted)
 /// is returned, since the next transport would not meet the peer either. Both ends must run
 /// where the same transports are available, or they will not meet.
+#[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct AutoConfig {
     /// The channel's name (the rules of `shm://NAME`).

@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::{Duration, Instant};
 
 /// What a ring is to an operator.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RingStatus {
     /// A live process holds a role.
@@ -65,6 +66,7 @@ pub fn peer_name(peer: Peer) -> &'static str {
 }
 
 /// One role (sender or receiver) of a ring.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoleInfo {
     /// Its state, including whether the holder's process is still alive.
@@ -74,6 +76,7 @@ pub struct RoleInfo {
 }
 
 /// Counters of a ring, read from its control block.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Messages published (the producer index).
@@ -110,6 +113,7 @@ pub struct Counters {
 }
 
 /// A shmpipe ring found on the machine.
+#[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct RingInfo {
     /// The name in its header (a raw-key ring's name is its key in hex).
@@ -150,6 +154,7 @@ pub struct RingInfo {
 }
 
 /// A segment that is not (or not yet, or not visibly) a shmpipe ring.
+#[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct OtherSegment {
     /// SysV key.
@@ -178,6 +183,7 @@ pub enum Segment {
 }
 
 /// A SysV message queue.
+#[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct QueueInfo {
     /// SysV key.
@@ -645,6 +651,7 @@ fn attach_ring(
 }
 
 /// Which rings [`remove`] may remove.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Removal {
     /// Any ring no live process holds a role of (stale, pending or corrupted).
@@ -704,6 +711,7 @@ fn remove_id(key: i32, id: ShmId, expect: Option<&str>, rule: Removal) -> Result
 }
 
 /// What [`remove_stale`] did.
+#[non_exhaustive]
 #[derive(Debug, Default)]
 pub struct StaleRemoval {
     /// The rings removed, as they were just before.

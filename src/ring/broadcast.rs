@@ -89,6 +89,7 @@ const _: () = assert!(MAX_SUBSCRIBERS.is_power_of_two() && MAX_SUBSCRIBERS <= u6
 pub(crate) const SLOT_HEADER: usize = 16;
 
 /// What the publisher does when the slowest subscriber is a whole ring behind.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Overflow {
     /// Wait (spin, then park) until the slowest live tethered subscriber catches up: lossless.
@@ -130,6 +131,7 @@ impl std::fmt::Display for Overflow {
 }
 
 /// Where a new subscriber starts reading.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Start {
     /// At the next message published after it joined.
@@ -140,6 +142,7 @@ pub enum Start {
 }
 
 /// How a subscriber joins a broadcast ring.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Subscription {
     /// Whether this subscriber holds an [`Overflow::Block`] publisher back (default true). An
@@ -434,6 +437,7 @@ fn sub_alive(s: &Sub, index: usize, tokens: Tokens) -> bool {
 }
 
 /// One subscriber, as `shmpipe stat` shows it.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubscriberInfo {
     /// Its record in the ring.
@@ -451,6 +455,7 @@ pub struct SubscriberInfo {
 }
 
 /// A snapshot of a broadcast ring.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Messages published.

@@ -167,6 +167,7 @@ pub(crate) unsafe fn copy_payload(src: &[u8], dst: *mut u8) {
 }
 
 /// Which ring algorithm a segment holds, fixed when it is created.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RingKind {
     /// One sender and one receiver ([`spsc`]): the fastest ring.
@@ -231,6 +232,7 @@ pub(crate) struct RoleRecord {
 }
 
 /// What a channel end knows about the process at the other end.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Peer {
     /// Nobody has claimed the role yet.

@@ -470,6 +470,7 @@ pub(crate) struct Census {
 }
 
 /// A snapshot of an MPMC ring's membership and losses.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Senders attached now (dead ones are removed when noticed).

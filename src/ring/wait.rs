@@ -138,6 +138,7 @@ fn sleeper_barrier() -> bool {
 ///
 /// Spinning buys latency with CPU: with fewer cores than busy threads a spinning waiter only delays
 /// the peer it waits for, so the default is short.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitStrategy {
     /// Rounds of `spin_loop()` before yielding.

@@ -192,6 +192,7 @@ const FIRST_SLEEP: Duration = Duration::from_micros(2);
 const MAX_SLEEP: Duration = Duration::from_millis(1);
 
 /// How to open or create a message queue.
+#[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct MsgqConfig {
     /// Where the queue lives: a name (hashed to a key) or a raw key.

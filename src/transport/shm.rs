@@ -112,6 +112,7 @@ pub fn key_for_name(name: &str) -> i32 {
 }
 
 /// How to open or create a shared-memory ring.
+#[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct ShmConfig {
     /// Where the ring lives.

@@ -249,6 +249,7 @@ pub enum Listen {
 }
 
 /// How to open a socket channel. See the [module documentation](self) for the semantics.
+#[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct SocketConfig {
     /// Where the channel lives.
