@@ -58,6 +58,26 @@
 //! for the slowest live tethered subscriber and nothing is lost; with `overflow=overwrite` it
 //! never waits, and a subscriber that falls a ring behind is told exactly how many messages it
 //! missed ([`RecvError::Lagged`]).
+//!
+//! # Which type for which job
+//!
+//! | job | use |
+//! |---|---|
+//! | any transport from a URL-like string (`shm://`, `msgq://`, `unix://`, `tcp://`, `auto://`) | [`open_sender`], [`open_receiver`]: boxed [`Sender`] / [`Receiver`] |
+//! | one process to one process, fastest | [`transport::shm::ShmConfig`]: [`open_sender`](transport::shm::ShmConfig::open_sender) / [`open_receiver`](transport::shm::ShmConfig::open_receiver) |
+//! | many senders and receivers sharing the work | `ShmConfig::kind(RingKind::Mpmc)`: [`open_mpmc_sender`](transport::shm::ShmConfig::open_mpmc_sender) / [`open_mpmc_receiver`](transport::shm::ShmConfig::open_mpmc_receiver) ([`ring::mpmc`]) |
+//! | one publisher, every subscriber gets every message | `ShmConfig::kind(RingKind::Broadcast)`: [`open_publisher`](transport::shm::ShmConfig::open_publisher) / [`open_subscriber`](transport::shm::ShmConfig::open_subscriber) ([`ring::broadcast`]) |
+//! | write in place, read without a copy | `reserve` / `recv_ref` on [`ring::spsc`] and [`ring::mpmc`] ends |
+//! | many small messages at once | [`Sender::send_batch`], [`Receiver::recv_batch`] into a [`Batch`] |
+//! | the same rings inside one process (tests, loom models) | [`ring::spsc::channel`], [`ring::mpmc::channel`], [`ring::broadcast::channel`] |
+//! | a kernel queue that outlives both processes | [`transport::msgq::MsgqConfig`] |
+//! | a peer in another network namespace or on another host | [`transport::socket::SocketConfig`] (`unix://`, `tcp://`) |
+//! | see, watch and clean up rings (what `shmpipe ls`/`stat`/`rm` show) | [`inspect`] |
+//! | what went wrong | [`Error`] (opening) and the per-call errors ([`TrySendError`], [`RecvError`], ...) |
+//! | how a blocked call waits (spin, yield, park) | [`WaitStrategy`] |
+//!
+//! The library depends on `libc` and `crossbeam-utils` only. The `shmpipe` command-line tool is a
+//! separate package (`shmpipe-cli`).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
