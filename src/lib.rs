@@ -59,6 +59,13 @@
 //! never waits, and a subscriber that falls a ring behind is told exactly how many messages it
 //! missed ([`RecvError::Lagged`]).
 //!
+//! # Typed messages
+//! With the non-default feature `bytemuck`, every sender and receiver also sends and receives
+//! plain-old-data values as their own bytes (`tx.send_pod(&quote)`, `rx.recv_pod::<Quote>()`,
+//! and in place on the SPSC and MPMC rings: `rx.try_recv_pod_ref::<Quote>()`); with `serde`, any
+//! serde value in postcard's compact format (`tx.send_value(&order)`,
+//! `rx.recv_value::<Order>()`). See `typed` (documented when either feature is enabled).
+//!
 //! # Which type for which job
 //!
 //! | job | use |
@@ -73,10 +80,12 @@
 //! | a kernel queue that outlives both processes | [`transport::msgq::MsgqConfig`] |
 //! | a peer in another network namespace or on another host | [`transport::socket::SocketConfig`] (`unix://`, `tcp://`) |
 //! | see, watch and clean up rings (what `shmpipe ls`/`stat`/`rm` show) | [`inspect`] |
+//! | values instead of bytes: `#[repr(C)]` structs as their bytes, serde values (features `bytemuck`, `serde`) | `send_pod` / `recv_pod` / `try_recv_pod_ref`, `send_value` / `recv_value` (module `typed`) |
 //! | what went wrong | [`Error`] (opening) and the per-call errors ([`TrySendError`], [`RecvError`], ...) |
 //! | how a blocked call waits (spin, yield, park) | [`WaitStrategy`] |
 //!
-//! The library depends on `libc` and `crossbeam-utils` only. The `shmpipe` command-line tool is a
+//! The library depends on `libc` and `crossbeam-utils` only (plus `bytemuck`, or `serde` and
+//! `postcard`, with the non-default features of those names). The `shmpipe` command-line tool is a
 //! separate package (`shmpipe-cli`).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -101,6 +110,9 @@ mod sync;
 mod sys;
 #[cfg(not(loom))]
 pub mod transport;
+#[cfg(all(not(loom), any(feature = "bytemuck", feature = "serde")))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "bytemuck", feature = "serde"))))]
+pub mod typed;
 
 pub use channel::{Batch, BatchIter, Receiver, Sender};
 #[cfg(not(loom))]
@@ -110,3 +122,9 @@ pub use error::{
     TrySendError,
 };
 pub use ring::{Peer, WaitStrategy};
+#[cfg(all(not(loom), any(feature = "bytemuck", feature = "serde")))]
+pub use typed::TypedRecvError;
+#[cfg(all(not(loom), feature = "bytemuck"))]
+pub use typed::{PodReceiver, PodSender};
+#[cfg(all(not(loom), feature = "serde"))]
+pub use typed::{TypedSendError, ValueReceiver, ValueSender};
