@@ -794,7 +794,8 @@ fn typed_errors_box() -> Result<(), Box<dyn std::error::Error>> {
 // ---------------------------------------------------------------------------------------------
 
 /// Python's `struct.pack('<QIH2x', price, qty, venue)` is a `Quote`, both ways, over Unix
-/// sockets (framed as the README says). Skipped without `python3`.
+/// sockets (framed as the README says). Skipped without `python3`, unless
+/// `SHMPIPE_REQUIRE_PYTHON` is set (as CI does).
 #[test]
 fn python_peer_reads_and_writes_quotes() {
     if !Command::new("python3")
@@ -802,6 +803,10 @@ fn python_peer_reads_and_writes_quotes() {
         .status()
         .is_ok_and(|s| s.success())
     {
+        assert!(
+            std::env::var_os("SHMPIPE_REQUIRE_PYTHON").is_none(),
+            "python3 is required (SHMPIPE_REQUIRE_PYTHON is set) but not found"
+        );
         eprintln!("python3 not found: skipping");
         return;
     }
