@@ -1,14 +1,14 @@
-//! Loom models of the shmpipe SPSC and MPMC ring protocols.
+//! Loom models of the shmpipe SPSC, MPMC and broadcast ring protocols.
 //!
-//! This crate has no code of its own: the models live in `tests/spsc.rs` and `tests/mpmc.rs` and
-//! exercise `shmpipe::ring::spsc` and `shmpipe::ring::mpmc` built with `--cfg loom`, where its atomics, fences and futex come from
-//! loom. See `README.md` for what each model covers and how to run them:
+//! This crate has no code of its own: the models live in `tests/spsc.rs`, `tests/mpmc.rs` and
+//! `tests/broadcast.rs` and exercise `shmpipe::ring::{spsc, mpmc, broadcast}` built with
+//! `--cfg loom`, where its atomics, fences and futex come from loom. See `README.md` for what each model covers and how to run them:
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release
 //! ```
 //!
-//! What the two model files share lives here: [`model_capped`] (run a model, print how many
+//! What the model files share lives here: [`model_capped`] (run a model, print how many
 //! interleavings it explored) and [`End`] (a channel end that is leaked, not dropped, while its
 //! thread unwinds from a loom panic).
 

@@ -805,6 +805,14 @@ impl Publisher {
         Ok(s)
     }
 
+    /// A handle that subscribes from another thread while this publisher sends (loom models
+    /// only: a late joiner racing the publisher; `subscribe` needs the publisher itself).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn joiner(&self) -> Joiner {
+        Joiner(Arc::clone(&self.core))
+    }
+
     /// Sets how blocking calls wait for room (and for subscribers).
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
@@ -965,9 +973,18 @@ impl Publisher {
     fn write(&mut self, msg: &[u8]) {
         let (pos, slots) = (self.pos, &self.core.slots);
         let seq = slots.seq(pos);
-        // Relaxed, then a Release fence: a seqlock writer's opening. A subscriber that reads any
-        // payload word below reads this odd value (or later) on its second look at the sequence.
-        seq.store(pos.wrapping_mul(2).wrapping_add(1), Relaxed);
+        // Then a Release fence: a seqlock writer's opening. A subscriber that reads any payload
+        // word below reads this odd value (or later) on its second look at the sequence.
+        //
+        // Release, not Relaxed (found by the loom models): a lapped subscriber that reads this
+        // odd value checks it against `tail` (`skip`), and must then see the `tail` we stored
+        // before it (at least `pos`). With a Relaxed store, a subscriber at position 0 of a
+        // 2-slot ring could read position 4's odd value in slot 0 and then the `tail` of 1 (the
+        // store of `tail` after message 3 not yet visible to it: C11 allows it, and so does
+        // ARMv8, where a later plain store may become visible before an earlier store-release),
+        // and poison itself with "slot sequence for position 4 is more than a ring past the
+        // published 1". On x86 a Release store is the same plain store.
+        seq.store(pos.wrapping_mul(2).wrapping_add(1), Release);
         fence(Release);
         store_words(slots.payload(pos), msg);
         // Relaxed: published by the Release store of the sequence below.
@@ -1026,6 +1043,25 @@ impl std::fmt::Debug for Publisher {
             .field("capacity", &self.capacity())
             .field("overflow", &self.core.overflow)
             .finish()
+    }
+}
+
+/// Subscribes to a ring from a thread other than its publisher's (loom models only, see
+/// [`Publisher::joiner`]).
+#[cfg(loom)]
+#[doc(hidden)]
+pub struct Joiner(Arc<BroadcastCore>);
+
+#[cfg(loom)]
+impl Joiner {
+    /// As [`Publisher::subscribe`], with the default wait strategy.
+    pub fn subscribe(&self, sub: Subscription) -> Result<Subscriber, crate::Error> {
+        Subscriber::join(Arc::clone(&self.0), sub)
+    }
+
+    /// The ring's statistics (as [`Publisher::stats`]).
+    pub fn stats(&self) -> Stats {
+        self.0.stats()
     }
 }
 
@@ -1184,6 +1220,11 @@ impl Subscriber {
     #[cold]
     #[inline(never)]
     fn skip(&mut self, at: u64) -> Result<u64, Corrupted> {
+        // Acquire: the sequence word that showed `at` was read before this fence (Acquire in
+        // `look`, but Relaxed on the second look after a copy). If its store was the publisher's
+        // (Release, odd or even), the `tail` it stored before that (at least `at`) is visible
+        // below, so the check against `tail` never fires for a correct publisher (see `write`).
+        fence(Acquire);
         let tail = self.core.shared().published();
         let cap = self.core.cap;
         // `at` is being written or complete, so the publisher reached it: a hostile value far
