@@ -421,10 +421,13 @@ fn spin_then_yield_then_park_is_woken_on_both_sides() {
 // decided by the interleaving, and each model checks that loom explored both.
 // ---------------------------------------------------------------------------------------------
 
-/// Counts the runs of a model that ended each way: `[in time, timed out]`.
+/// Counts the runs of a model that ended each way: `[in time, timed out]`. Plain std atomics,
+/// outside the model (loom runs one execution at a time), so every access is Relaxed: counts
+/// read after the model has returned.
 type Outcomes = [AtomicUsize; 2];
 
 fn assert_both_outcomes(outcomes: &Outcomes) {
+    // Relaxed: see `Outcomes`.
     let [in_time, timed_out] = [&outcomes[0], &outcomes[1]].map(|n| n.load(Relaxed));
     assert!(
         in_time > 0 && timed_out > 0,

@@ -16,6 +16,10 @@ use std::sync::Arc;
 
 /// Runs `f` under loom with the preemption bound from `LOOM_MAX_PREEMPTIONS` (2 when unset),
 /// but at most `cap`. Returns how many executions loom explored.
+///
+/// The counters here and in the models are std atomics outside the model (loom runs one
+/// execution at a time, on this thread's behalf), read after the model has returned: every
+/// access is Relaxed, as the counts order nothing.
 fn model<F>(cap: usize, f: F) -> usize
 where
     F: Fn() + Sync + Send + 'static,
