@@ -120,9 +120,16 @@ impl FutexWord {
         }
     }
 
-    /// Loom has no clock: a deadline is ignored and the model only ever wakes by notification,
-    /// so a lost wakeup shows up as a deadlock.
-    pub(crate) fn wait(&self, expected: u32, _deadline: Option<Instant>) {
+    /// Loom has no clock, and its `Condvar::wait_timeout` never times out. An untimed sleep
+    /// (`deadline` `None`) waits for a notification only, so a lost wakeup shows up as a
+    /// deadlock. A timed one does not sleep at all: it yields, so the other threads run, and its
+    /// deadline counts as passed (`wait::deadline_passed`): a timed wait in a model times out
+    /// instead of sleeping, rather than deadlocking where real time would have ended it.
+    pub(crate) fn wait(&self, expected: u32, deadline: Option<Instant>) {
+        if deadline.is_some() {
+            loom::thread::yield_now();
+            return;
+        }
         let bucket = self.lock.lock().unwrap();
         if self.word.load(Ordering::Acquire) == expected {
             drop(self.cond.wait(bucket).unwrap());

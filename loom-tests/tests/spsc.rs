@@ -26,8 +26,13 @@
 
 use loom::thread;
 use shmpipe::ring::spsc::{self, Consumer, Producer};
-use shmpipe::{Batch, Receiver, RecvError, SendError, Sender, TryRecvError, TrySendError, WaitStrategy};
+use shmpipe::{
+    Batch, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryRecvError,
+    TrySendError, WaitStrategy,
+};
 use shmpipe_loom_tests::{model_capped, End};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
 /// Largest message of `channel` (a 16-byte record: 8-byte header, 8 bytes of payload).
 const MAX_MESSAGE: usize = 8;
@@ -408,6 +413,86 @@ fn spin_then_yield_then_park_is_woken_on_both_sides() {
         }
         drop(producer.join().unwrap());
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timed waits. Loom has no clock: in a model a deadline passes at the waiter's first park, which
+// only yields (see `wait::deadline_passed`), so which of "in time" and "timed out" happens is
+// decided by the interleaving, and each model checks that loom explored both.
+// ---------------------------------------------------------------------------------------------
+
+/// Counts the runs of a model that ended each way: `[in time, timed out]`. Plain std atomics,
+/// outside the model (loom runs one execution at a time), so every access is Relaxed: counts
+/// read after the model has returned.
+type Outcomes = [AtomicUsize; 2];
+
+fn assert_both_outcomes(outcomes: &Outcomes) {
+    // Relaxed: see `Outcomes`.
+    let [in_time, timed_out] = [&outcomes[0], &outcomes[1]].map(|n| n.load(Relaxed));
+    assert!(
+        in_time > 0 && timed_out > 0,
+        "both outcomes of the timed wait explored: {in_time} in time, {timed_out} timed out"
+    );
+}
+
+/// `recv_timeout` on an empty ring (the default wait strategy, cut to one spin and one yield
+/// under loom) against a send: it returns the message, or `Timeout` with the message still in
+/// the ring, and then a blocking `recv` after the timed-out wait must still be woken by the send
+/// (the timed-out waiter left no state behind that swallows the wakeup). The producer is kept
+/// alive, so no close can do the waking.
+#[test]
+fn recv_timeout_gets_the_message_or_times_out_and_loses_nothing() {
+    static OUTCOMES: Outcomes = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    model(|| {
+        let (mut tx, mut rx) = channel(2);
+        let producer = thread::spawn(move || {
+            tx.send(MSGS[0]).unwrap();
+            tx
+        });
+        let mut buf = Vec::new();
+        match rx.recv_timeout(&mut buf, Duration::from_secs(3600)) {
+            Ok(()) => OUTCOMES[0].fetch_add(1, Relaxed),
+            Err(RecvTimeoutError::Timeout) => {
+                rx.recv(&mut buf).unwrap();
+                OUTCOMES[1].fetch_add(1, Relaxed)
+            }
+            Err(e) => panic!("recv_timeout failed: {e:?}"),
+        };
+        assert_msg(&buf, 0);
+        drop(producer.join().unwrap());
+    });
+    assert_both_outcomes(&OUTCOMES);
+}
+
+/// `send_timeout` on a full ring against a consumer taking everything: it sends, or returns
+/// `Timeout` having written nothing, and then a blocking `send` must still be woken by a receive.
+/// The consumer must get the three messages exactly once, in order.
+#[test]
+fn send_timeout_sends_or_times_out_and_writes_nothing() {
+    static OUTCOMES: Outcomes = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    model(|| {
+        let (mut tx, mut rx) = parking_channel(2);
+        tx.try_send(MSGS[0]).unwrap();
+        tx.try_send(MSGS[1]).unwrap();
+        let consumer = thread::spawn(move || {
+            let mut buf = Vec::new();
+            for i in 0..3 {
+                rx.recv(&mut buf).unwrap();
+                assert_msg(&buf, i);
+            }
+            rx
+        });
+        match tx.send_timeout(MSGS[2], Duration::from_secs(3600)) {
+            Ok(()) => OUTCOMES[0].fetch_add(1, Relaxed),
+            Err(SendTimeoutError::Timeout) => {
+                tx.send(MSGS[2]).unwrap();
+                OUTCOMES[1].fetch_add(1, Relaxed)
+            }
+            Err(e) => panic!("send_timeout failed: {e:?}"),
+        };
+        drop(consumer.join().unwrap());
+    });
+    assert_both_outcomes(&OUTCOMES);
 }
 
 // ---------------------------------------------------------------------------------------------

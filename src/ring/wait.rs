@@ -138,6 +138,9 @@ fn sleeper_barrier() -> bool {
 ///
 /// Spinning buys latency with CPU: with fewer cores than busy threads a spinning waiter only delays
 /// the peer it waits for, so the default is short.
+///
+/// Built with `--cfg loom`, a wait spins and yields at most once each (a timed wait not at all),
+/// and a timed wait times out where it would sleep: see `loom-tests/downstream/README.md`.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitStrategy {
@@ -239,21 +242,37 @@ pub(crate) fn wait_until<T, E>(
     debug_assert!(tally.bit.is_power_of_two(), "one waiter bit: {:#x}", tally.bit);
     // Relaxed (here and for `parks`): statistics only; nothing is ordered by them.
     tally.waits.fetch_add(1, Relaxed);
-    for _ in 0..strategy.spins {
+    // Under loom a round of either is a loom yield and a re-check: branch points that add no
+    // behaviour a park does not have, and the default 128 + 8 exceed loom's branch limit in any
+    // model. An untimed wait gets at most one round of each there. A timed one gets none: its
+    // one modelled park (a yield, see `deadline_passed`) is then the only turn it gives the other
+    // threads before it may time out; with more, a model could reach the timeout only by
+    // preempting the peer once per yield, beyond the small preemption bounds models run at.
+    let (spins, yields) = if cfg!(loom) {
+        match deadline {
+            Some(_) => (0, 0),
+            None => (strategy.spins.min(1), strategy.yields.min(1)),
+        }
+    } else {
+        (strategy.spins, strategy.yields)
+    };
+    for _ in 0..spins {
         if let Check::Done(r) = check() {
             return r;
         }
         spin_loop();
     }
-    for _ in 0..strategy.yields {
+    for _ in 0..yields {
         if let Check::Done(r) = check() {
             return r;
         }
         yield_now();
     }
+    // Whether this wait has parked with its deadline (under loom, where that only yields).
+    let mut parked = false;
     loop {
         let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
+        if deadline_passed(deadline, now, parked) {
             return match check() {
                 Check::Done(r) => r,
                 Check::NotYet => Err(timeout()),
@@ -280,6 +299,7 @@ pub(crate) fn wait_until<T, E>(
             };
             tally.parks.fetch_add(1, Relaxed);
             bell.word.wait(seen, until);
+            parked = true;
         }
         // Release: nothing depends on it but keeps the bit from clearing before our loads.
         bell.waiters.fetch_and(!tally.bit, Release);
@@ -292,6 +312,25 @@ pub(crate) fn wait_until<T, E>(
         if let Check::Done(r) = on_slice() {
             return r;
         }
+    }
+}
+
+/// Whether a wait's deadline has passed.
+///
+/// Loom has no clock (`Instant::now()` in a model is the machine's real time, which differs from
+/// one run of a model to the next), so under loom no clock is read: a deadline passes once the
+/// waiter has parked on it, and a timed park does not sleep, it yields (`FutexWord::wait`). A
+/// timed wait in a model is thus a poll that gives the other threads one turn: it returns
+/// whatever its last re-check finds, `Timeout` if that is nothing yet. Every run of a model takes
+/// the same path, and loom's choice of interleavings decides whether the peer acted in time, so
+/// both outcomes are explored. A deadline too far to represent (`None`) is an untimed wait, as
+/// outside loom.
+#[inline]
+fn deadline_passed(deadline: Option<Instant>, now: Instant, parked: bool) -> bool {
+    if cfg!(loom) {
+        deadline.is_some() && parked
+    } else {
+        deadline.is_some_and(|d| now >= d)
     }
 }
 
