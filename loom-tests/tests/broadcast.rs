@@ -75,7 +75,10 @@ fn channel(overflow: Overflow) -> (Tx, Rx) {
 
 /// Another subscriber of `tx`'s ring, parking at once (it inherits the publisher's strategy).
 fn subscribe(tx: &Publisher, tethered: bool, start: Start) -> Rx {
-    End::new(tx.subscribe(Subscription { tethered, start }).unwrap())
+    End::new(
+        tx.subscribe(Subscription::default().tethered(tethered).start(start))
+            .unwrap(),
+    )
 }
 
 /// Sends messages `range` with the blocking `send`.

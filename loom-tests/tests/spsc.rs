@@ -393,11 +393,7 @@ fn reserve_parked_on_full_is_woken_by_read_guard_drop() {
 fn spin_then_yield_then_park_is_woken_on_both_sides() {
     model(|| {
         let (mut tx, mut rx) = channel(2);
-        let strategy = WaitStrategy {
-            spins: 1,
-            yields: 1,
-            ..WaitStrategy::default()
-        };
+        let strategy = WaitStrategy::default().spins(1).yields(1);
         tx.set_wait_strategy(strategy);
         rx.set_wait_strategy(strategy);
         tx.try_send(MSGS[0]).unwrap();
@@ -594,6 +590,41 @@ fn send_parked_on_full_is_woken_by_receiver_drop() {
         let consumer = thread::spawn(move || drop(rx));
         assert_eq!(tx.send(MSGS[2]), Err(SendError::Disconnected));
         consumer.join().unwrap();
+    });
+}
+
+/// A send racing the receiver's close is `Disconnected` only if the receiver did not take its
+/// message: the receiver takes what is there (`try_recv`, once) and closes while the producer
+/// sends. `Disconnected` for a message that was received would invite the caller to resend it
+/// elsewhere: a duplicate. (The downstream loom models found this; before the fix, a send that
+/// saw the close after publishing always said `Disconnected`.) With an `Ok`, the message may
+/// or may not have been read, as for any message sent just before a receiver leaves.
+#[test]
+fn send_racing_the_receivers_close_is_disconnected_only_if_its_message_was_not_taken() {
+    model(|| {
+        let (mut tx, mut rx) = channel(2);
+        let consumer = thread::spawn(move || {
+            let mut buf = Vec::new();
+            let took = match rx.try_recv(&mut buf) {
+                Ok(()) => {
+                    assert_eq!(buf, MSGS[0]);
+                    true
+                }
+                Err(TryRecvError::Empty) => false,
+                Err(e) => panic!("try_recv: {e:?}"),
+            };
+            drop(rx);
+            took
+        });
+        let sent = tx.try_send(MSGS[0]);
+        let took = consumer.join().unwrap();
+        match sent {
+            Ok(()) => {}
+            Err(TrySendError::Disconnected) => assert!(!took, "Disconnected, but the message was received"),
+            Err(e) => panic!("try_send: {e:?}"),
+        }
+        // Either way the receiver is gone now, and the producer says so.
+        assert_eq!(tx.try_send(MSGS[1]), Err(TrySendError::Disconnected));
     });
 }
 

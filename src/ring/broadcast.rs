@@ -162,6 +162,26 @@ impl Default for Subscription {
     }
 }
 
+impl Subscription {
+    /// This subscription, tethered or not (see [`tethered`](Self::tethered)).
+    ///
+    /// ```
+    /// use shmpipe::ring::broadcast::{Start, Subscription};
+    /// let monitor = Subscription::default().tethered(false).start(Start::Oldest);
+    /// assert!(!monitor.tethered);
+    /// ```
+    pub fn tethered(mut self, tethered: bool) -> Self {
+        self.tethered = tethered;
+        self
+    }
+
+    /// This subscription, starting at `start`.
+    pub fn start(mut self, start: Start) -> Self {
+        self.start = start;
+        self
+    }
+}
+
 const VACANT: u32 = 0;
 const TETHERED: u32 = 1;
 const UNTETHERED: u32 = 2;

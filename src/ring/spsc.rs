@@ -25,7 +25,8 @@
 //! - A send learns that the receiver has closed from the doorbell check it makes after publishing
 //!   anyway (`RECEIVER_CLOSED`), not from a load of the receiver's role before it: a close that
 //!   happens before a send still makes it `Disconnected` (its record went into a ring that no
-//!   receiver will claim again). A reservation, whose commit cannot report it, checks the role
+//!   receiver will claim again), but a send whose message the receiver took before closing is
+//!   `Ok` (the receiver's last `head` says which; found by the downstream loom models). A reservation, whose commit cannot report it, checks the role
 //!   first, and a full ring checks it in its slow path.
 //! - Batches ([`Sender::try_send_batch`], [`Receiver::try_recv_batch`]) publish many records with
 //!   one Release store of the first one's header (the others are written before it), one store
@@ -41,11 +42,11 @@ use super::{
 };
 use crate::channel::{Batch, Receiver, Sender};
 use crate::error::*;
-use crate::sync::{AtomicU64, PUBLISH};
+use crate::sync::{fence, AtomicU64, PUBLISH};
 use crossbeam_utils::CachePadded;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -696,9 +697,10 @@ impl Producer {
     /// Publishes what `finish_record` (or a batch of them) wrote: the first record's header with
     /// Release, the indices, and a wake-up if the consumer sleeps.
     ///
-    /// `Err(Disconnected)` if the doorbell showed that the receiver has closed (`RECEIVER_CLOSED`):
-    /// what was published will never be read (no receiver claims the ring again), and this end
-    /// has stopped.
+    /// `Err(Disconnected)` if the doorbell showed that the receiver has closed (`RECEIVER_CLOSED`)
+    /// without reading the first record published here: it will never be read (no receiver claims
+    /// the ring again), and this end has stopped. If the receiver read it before it closed, the
+    /// send succeeded (`Ok`, and the next call is `Disconnected`).
     #[inline(always)]
     fn publish(&mut self, first: (u64, usize)) -> Result<(), TrySendError> {
         let (word, off) = first;
@@ -711,26 +713,44 @@ impl Producer {
         shared.tail.pos.store(self.tail, Relaxed);
         shared.tail.count.store(self.sent, Relaxed);
         if shared.not_empty.has_waiters() {
-            return self.publish_slow();
+            return self.publish_slow(off);
         }
         Ok(())
     }
 
-    /// The doorbell check after a publication found a bit set: wake the receiver if it sleeps,
-    /// stop if it has closed.
+    /// The doorbell check after a publication (whose first record is at offset `off`) found a bit
+    /// set: wake the receiver if it sleeps, stop if it has closed.
     #[cold]
     #[inline(never)]
-    fn publish_slow(&mut self) -> Result<(), TrySendError> {
+    fn publish_slow(&mut self, off: usize) -> Result<(), TrySendError> {
         let shared = self.hot.shared();
         let bits = shared.not_empty.waiter_bits();
         if bits & RECEIVER_BIT != 0 {
             shared.not_empty.wake(1, &shared.counters.wakes);
         }
         if bits & RECEIVER_CLOSED != 0 {
+            // Did the receiver take what we published before it closed? Its last `head` says:
+            // `Disconnected` for a message it took would invite a resend, a duplicate. Acquire:
+            // pairs with the Release of the close's `fetch_or`, after its last `head` store. A
+            // hostile `head` can only change the answer, and is used for nothing else.
+            fence(Acquire);
+            let head = shared.head.pos.load(Relaxed);
+            let first = self.first_position(off);
             self.set_disconnected();
+            if head.wrapping_sub(first) as i64 > 0 {
+                return Ok(());
+            }
             return Err(TrySendError::Disconnected);
         }
         Ok(())
+    }
+
+    /// The position of the record at offset `off` published last: the one before `tail` (at most
+    /// a ring's size before it) at that offset.
+    fn first_position(&self, off: usize) -> u64 {
+        let size = self.hot.size;
+        let back = self.tail.wrapping_sub(off as u64) % size;
+        self.tail.wrapping_sub(if back == 0 { size } else { back })
     }
 
     #[inline]
@@ -1435,10 +1455,11 @@ impl Drop for Consumer {
         }
         let shared = self.core.shared();
         shared.receiver.close(self.core.tokens, Role::Receiver);
-        // Relaxed: the producer reads nothing on the strength of the bit, it only stops; a send
-        // that this close happens before sees it (coherence), and one racing the close may not,
-        // exactly as with the role's state.
-        shared.not_empty.waiters.fetch_or(RECEIVER_CLOSED, Relaxed);
+        // Release: a send that finds the bit reads our last `head` after it (`publish_slow`), to
+        // tell whether we took its message before closing. A send that this close happens
+        // before sees the bit (coherence), and one racing the close may not, exactly as with the
+        // role's state.
+        shared.not_empty.waiters.fetch_or(RECEIVER_CLOSED, Release);
         shared.not_full.ring(u32::MAX, &shared.counters.wakes);
         self.core.backing.on_close(Role::Receiver, shared);
     }

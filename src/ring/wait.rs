@@ -180,6 +180,32 @@ impl WaitStrategy {
             ..Self::default()
         }
     }
+
+    /// This strategy with `spins` rounds of `spin_loop()` before yielding.
+    ///
+    /// ```
+    /// use shmpipe::WaitStrategy;
+    /// use std::time::Duration;
+    /// let w = WaitStrategy::default().spins(1000).yields(0).park_slice(Duration::from_millis(50));
+    /// assert_eq!((w.spins, w.yields), (1000, 0));
+    /// ```
+    pub fn spins(mut self, spins: u32) -> Self {
+        self.spins = spins;
+        self
+    }
+
+    /// This strategy with `yields` rounds of `sched_yield()` before parking.
+    pub fn yields(mut self, yields: u32) -> Self {
+        self.yields = yields;
+        self
+    }
+
+    /// This strategy with parks of at most `park_slice` each (how often a blocked side
+    /// re-checks its peer's liveness).
+    pub fn park_slice(mut self, park_slice: Duration) -> Self {
+        self.park_slice = park_slice;
+        self
+    }
 }
 
 /// Slow-path statistics of a ring, on their own line at the end of the control block: how often
