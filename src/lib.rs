@@ -23,7 +23,8 @@
 //! - **FIFO, exactly once**: every message a sender publishes is received once, in order,
 //!   unless the receiver leaves (or dies) before reading it.
 //! - **Clean close**: dropping the sender lets the receiver drain everything, then get
-//!   `Disconnected`; dropping the receiver makes the sender's next call `Disconnected`.
+//!   `Disconnected`; dropping the receiver makes the sender's next call `Disconnected`. A send
+//!   that returns `Disconnected` was not received, so resending it elsewhere never duplicates it.
 //! - **Crash**: a peer killed by SIGKILL is noticed within a park slice (100 ms by default) by a
 //!   blocked side, and turns into `Disconnected` (the receiver still drains what was published).
 //!   A message half-written when its sender died was never published and is not seen.
