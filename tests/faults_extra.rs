@@ -24,12 +24,7 @@ fn child_entry() {
     if !role.starts_with("x_") {
         return child_main();
     }
-    // Never outlive a purpose, whatever happens: a hang shows as exit 97.
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(60));
-        eprintln!("child watchdog: exiting after 60 s");
-        std::process::exit(97);
-    });
+    child_watchdog(Duration::from_secs(60));
     let ring = std::env::var(RING_ENV).expect("ring name");
     let a = Args::from_env();
     let code = match role.as_str() {

@@ -47,12 +47,7 @@ fn child_entry() {
     if !role.starts_with("m_") {
         return child_main();
     }
-    // Never outlive a purpose, whatever happens: a hang shows as exit 97.
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(100));
-        eprintln!("child watchdog: exiting after 100 s");
-        std::process::exit(97);
-    });
+    child_watchdog(Duration::from_secs(100));
     let ring = std::env::var(RING_ENV).expect("ring name");
     let a = Args::from_env();
     match role.as_str() {

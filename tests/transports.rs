@@ -19,7 +19,8 @@
 mod common;
 
 use common::{
-    check_pattern, checksum, pattern, tell, unique_name, Proc, Ring, ARGS_ENV, RING_ENV, ROLE_ENV, SOON,
+    check_pattern, checksum, child_watchdog, free_port, pattern, tell, unique_name, Proc, Ring, ARGS_ENV,
+    RING_ENV, ROLE_ENV, SOON,
 };
 use shmpipe::transport::shm::key_for_name;
 use shmpipe::{
@@ -258,14 +259,6 @@ impl Drop for Place {
     }
 }
 
-/// A loopback port that was free a moment ago (bind port 0, note the port, close).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Child roles
 // ---------------------------------------------------------------------------------------------
@@ -275,12 +268,7 @@ fn free_port() -> u16 {
 #[test]
 fn child_entry() {
     let Ok(role) = std::env::var(ROLE_ENV) else { return };
-    // A child never outlives its purpose, whatever the parent does.
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(120));
-        eprintln!("child watchdog: exiting after 120 s");
-        std::process::exit(97);
-    });
+    child_watchdog(Duration::from_secs(120));
     let endpoint = std::env::var(RING_ENV).expect("endpoint");
     let a = Args::from_env();
     match role.as_str() {

@@ -16,7 +16,7 @@
 mod common;
 
 use bytemuck::{Pod, Zeroable};
-use common::{tell, Proc, Queue, Ring, ARGS_ENV, RING_ENV, ROLE_ENV, SOON};
+use common::{child_watchdog, free_port, tell, Proc, Queue, Ring, ARGS_ENV, RING_ENV, ROLE_ENV, SOON};
 use serde::{Deserialize, Serialize, Serializer};
 use shmpipe::ring::{mpmc, spsc, RingKind};
 use shmpipe::typed::{PodReceiver, PodSender, TypedRecvError, TypedSendError, ValueReceiver, ValueSender};
@@ -230,14 +230,6 @@ impl Place {
     }
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Child roles
 // ---------------------------------------------------------------------------------------------
@@ -247,11 +239,7 @@ fn free_port() -> u16 {
 #[test]
 fn child_entry() {
     let Ok(role) = std::env::var(ROLE_ENV) else { return };
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(120));
-        eprintln!("child watchdog: exiting after 120 s");
-        std::process::exit(97);
-    });
+    child_watchdog(Duration::from_secs(120));
     let endpoint = std::env::var(RING_ENV).expect("endpoint");
     let args = std::env::var(ARGS_ENV).unwrap_or_default();
     let arg = |k: &str| -> u64 {

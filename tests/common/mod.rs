@@ -982,12 +982,7 @@ fn child_cfg(ring: &str, a: &Args) -> ShmConfig {
 /// an ordinary test.
 pub fn child_main() {
     let Ok(role) = std::env::var(ROLE_ENV) else { return };
-    // A child never outlives its purpose, whatever the parent does.
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(120));
-        eprintln!("child watchdog: exiting after 120 s");
-        std::process::exit(97);
-    });
+    child_watchdog(Duration::from_secs(120));
     let ring = std::env::var(RING_ENV).expect("ring name");
     let a = Args::from_env();
     match role.as_str() {
@@ -1339,4 +1334,22 @@ pub fn sigstop(p: &Proc) {
 pub fn sigcont(p: &Proc) {
     // SAFETY: as in `sigstop`.
     assert_eq!(unsafe { libc::kill(p.pid, libc::SIGCONT) }, 0);
+}
+
+/// In a child process: exit with status 97 after `limit`, whatever happens, so a child never
+/// outlives its purpose and a hang shows as exit 97.
+pub fn child_watchdog(limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("child watchdog: exiting after {} s", limit.as_secs());
+        std::process::exit(97);
+    });
+}
+
+/// A loopback TCP port that was free a moment ago (bind port 0, note the port, close).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
 }
