@@ -230,6 +230,8 @@ fn role_sub(ring: &str, a: &Args) {
     let stall = a.opt("stall_after");
     let slow = a.opt("slow");
     let until = a.opt("until");
+    let borrow = a.opt("borrow") == Some(1);
+    let mut in_place = 0u64;
     let mut expected = a.opt("from");
     let (mut count, mut sum, mut missed, mut lags) = (0u64, 0u64, 0u64, 0u64);
     let (mut first, mut last) = (None, None);
@@ -244,7 +246,17 @@ fn role_sub(ring: &str, a: &Args) {
         if until.is_some() && expected >= until {
             break "Until".to_string();
         }
-        match rx.recv_timeout(&mut buf, Duration::from_secs(60)) {
+        let r = if borrow {
+            // The zero-copy form: the message in its slot where that is safe, else a copy.
+            rx.recv_ref_timeout(Duration::from_secs(60)).map(|g| {
+                in_place += u64::from(g.is_in_place());
+                buf.clear();
+                buf.extend_from_slice(&g);
+            })
+        } else {
+            rx.recv_timeout(&mut buf, Duration::from_secs(60))
+        };
+        match r {
             Ok(()) => {
                 let seq = match decode(&buf) {
                     Ok(seq) => seq,
@@ -292,7 +304,7 @@ fn role_sub(ring: &str, a: &Args) {
     let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     tell(&format!(
         "GOT count={count} sum={sum} first={} last={} missed={missed} lags={lags} own={} end={end} \
-         publisher={:?}",
+         in_place={in_place} publisher={:?}",
         show(first),
         show(last),
         rx.missed(),
@@ -463,8 +475,9 @@ fn four_subscriber_processes_each_get_the_whole_stream_in_order() {
     );
     publisher.expect("READY");
     let set = sem_set(&ring);
+    // Two of them read with `recv_ref_timeout`: on a block ring, in place every time.
     let mut subs: Vec<Proc> = (0..4)
-        .map(|_| subscriber(&ring, std::slice::from_ref(&cap)))
+        .map(|i| subscriber(&ring, &[cap.clone(), ("borrow", u64::from(i < 2).to_string())]))
         .collect();
     let t0 = Instant::now();
     let line = publisher.line(Duration::from_secs(120));
@@ -478,10 +491,11 @@ fn four_subscriber_processes_each_get_the_whole_stream_in_order() {
         (num(&sent, "joined"), num(&sent, "died"), num(&sent, "missed")),
         (4, 0, 0)
     );
-    for s in &mut subs {
+    for (i, s) in subs.iter_mut().enumerate() {
         let m = got(s);
         assert_exact(&m, 0, N);
         assert_eq!(num(&m, "own"), 0);
+        assert_eq!(num(&m, "in_place"), if i < 2 { N } else { 0 }, "subscriber {i}");
         s.wait_success(SOON);
     }
     assert_no_ipc(&ring, set, "after the publisher and every subscriber left");

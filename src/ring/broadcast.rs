@@ -1290,9 +1290,15 @@ impl Subscriber {
         }
     }
 
-    /// One attempt to take the message at our position into `buf`.
+    /// One attempt to take the message at our position into `buf`, or, with `BORROW`, to find
+    /// it complete and leave it in its slot (the caller lends it out and advances when done).
+    /// Returns its length.
     #[inline]
-    fn try_take(&mut self, buf: &mut Vec<u8>, liveness: bool) -> Result<(), TryRecvError> {
+    fn try_take<const BORROW: bool>(
+        &mut self,
+        buf: &mut Vec<u8>,
+        liveness: bool,
+    ) -> Result<usize, TryRecvError> {
         if tokens::inherited(self.owner) {
             return Err(TryRecvError::Forked);
         }
@@ -1310,6 +1316,16 @@ impl Subscriber {
                     // Relaxed: ordered by the Acquire load of the sequence in `look`.
                     let len = slots.len(pos).load(Relaxed) as usize;
                     let max = self.core.geometry.max_message;
+                    if BORROW {
+                        // Lent in place (`borrowable`): nobody writes the slot until our
+                        // cursor moves past it, so there is no second look.
+                        if len > max {
+                            return Err(TryRecvError::Corrupted(
+                                self.poison(format!("message length {len} exceeds the maximum {max}")),
+                            ));
+                        }
+                        return Ok(len);
+                    }
                     load_words(slots.payload(pos), len.min(max), buf);
                     // Acquire: the copy above happens before the second look at the sequence;
                     // if the publisher overwrote any word we read, we see its odd value or later.
@@ -1324,7 +1340,7 @@ impl Subscriber {
                         }
                         self.pos = pos.wrapping_add(1);
                         self.store_cursor();
-                        return Ok(());
+                        return Ok(len);
                     }
                     buf.clear();
                     match self.classify(pos, again)? {
@@ -1402,9 +1418,13 @@ impl Subscriber {
         Ok(!matches!(self.look()?, Look::NotYet) || self.gone(false)?)
     }
 
-    fn recv_inner(&mut self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<(), RecvTimeoutError> {
+    fn recv_inner<const BORROW: bool>(
+        &mut self,
+        buf: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<usize, RecvTimeoutError> {
         loop {
-            match self.try_take(buf, false) {
+            match self.try_take::<BORROW>(buf, false) {
                 Err(TryRecvError::Empty) => {}
                 r => return r.map_err(Into::into),
             }
@@ -1441,11 +1461,133 @@ impl Subscriber {
                 self.done = true;
                 return Err(RecvTimeoutError::Disconnected);
             }
-            match self.try_take(buf, true) {
+            match self.try_take::<BORROW>(buf, true) {
                 Err(TryRecvError::Empty) => continue,
                 r => return r.map_err(Into::into),
             }
         }
+    }
+
+    /// Whether the message at our position may be lent in place: only a tethered subscriber of
+    /// an `Overflow::Block` ring past its join window holds the publisher off its slot until
+    /// its cursor moves. (Under loom the payload words are loom atomics: always a copy.)
+    fn borrowable(&self) -> bool {
+        !cfg!(loom) && self.tethered && self.core.overflow == Overflow::Block && self.pos >= self.window_end
+    }
+
+    /// The guard for a message `try_take::<BORROW>` found (`in_place`) or copied into `scratch`.
+    fn guard(&mut self, len: usize, in_place: bool) -> ReadGuard<'_> {
+        ReadGuard {
+            sub: self,
+            len,
+            in_place,
+        }
+    }
+
+    /// Receives without blocking and without a copy where that is safe: a tethered subscriber of
+    /// an `overflow=block` ring reads the message in its slot (the publisher cannot overwrite it
+    /// until the guard is dropped, which moves this subscriber on); otherwise, under
+    /// `overflow=overwrite`, untethered, or in the join window of `Start::Oldest`, the message is
+    /// copied into a buffer the guard lends ([`ReadGuard::is_in_place`] says which). Errors as
+    /// [`try_recv`](Receiver::try_recv).
+    ///
+    /// Holding the guard holds an `overflow=block` publisher back, as an unread message does.
+    ///
+    /// ```
+    /// use shmpipe::ring::broadcast::{self, Overflow};
+    /// use shmpipe::Sender;
+    /// let (mut tx, mut rx) = broadcast::channel(4, 16, Overflow::Block).unwrap();
+    /// tx.send(b"tick").unwrap();
+    /// let msg = rx.try_recv_ref().unwrap();
+    /// assert_eq!(&*msg, b"tick");
+    /// assert!(msg.is_in_place());
+    /// ```
+    pub fn try_recv_ref(&mut self) -> Result<ReadGuard<'_>, TryRecvError> {
+        let in_place = self.borrowable();
+        let mut buf = std::mem::take(&mut self.scratch);
+        let r = if in_place {
+            self.try_take::<true>(&mut buf, true)
+        } else {
+            self.try_take::<false>(&mut buf, true)
+        };
+        self.scratch = buf;
+        Ok(self.guard(r?, in_place))
+    }
+
+    /// As [`try_recv_ref`](Self::try_recv_ref), waiting while there is nothing to take.
+    pub fn recv_ref(&mut self) -> Result<ReadGuard<'_>, RecvError> {
+        self.recv_ref_deadline(None).map_err(Into::into)
+    }
+
+    /// As [`try_recv_ref`](Self::try_recv_ref), waiting at most `timeout`.
+    pub fn recv_ref_timeout(&mut self, timeout: Duration) -> Result<ReadGuard<'_>, RecvTimeoutError> {
+        self.recv_ref_deadline(Instant::now().checked_add(timeout))
+    }
+
+    fn recv_ref_deadline(&mut self, deadline: Option<Instant>) -> Result<ReadGuard<'_>, RecvTimeoutError> {
+        let in_place = self.borrowable();
+        let mut buf = std::mem::take(&mut self.scratch);
+        let r = if in_place {
+            self.recv_inner::<true>(&mut buf, deadline)
+        } else {
+            self.recv_inner::<false>(&mut buf, deadline)
+        };
+        self.scratch = buf;
+        Ok(self.guard(r?, in_place))
+    }
+}
+
+/// A received broadcast message, lent by [`Subscriber::try_recv_ref`] and its blocking forms:
+/// in its slot when that is safe ([`is_in_place`](Self::is_in_place)), else a copy. Dropping it
+/// moves the subscriber on (and, for a message in place, lets the publisher reuse the slot).
+pub struct ReadGuard<'a> {
+    sub: &'a mut Subscriber,
+    len: usize,
+    in_place: bool,
+}
+
+impl ReadGuard<'_> {
+    /// Whether the message is read in its slot (no copy): a tethered subscriber of an
+    /// `overflow=block` ring, past its join window.
+    pub fn is_in_place(&self) -> bool {
+        self.in_place
+    }
+}
+
+impl std::ops::Deref for ReadGuard<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        if !self.in_place {
+            return &self.sub.scratch;
+        }
+        let words = self.sub.core.slots.payload(self.sub.pos);
+        // SAFETY: `len` was checked against `max_message`, which the slot's payload words hold
+        // (`stride - SLOT_HEADER >= max_message`). The message is complete (its sequence was
+        // read with Acquire after the publisher's Release, so its words' stores happen before
+        // these reads), and nobody writes those words while the guard lives: the ring is
+        // `Overflow::Block` and this tethered subscriber's cursor, which the publisher waits on,
+        // stays at this position until the guard drops. Other subscribers only read them, so
+        // these plain reads race no write.
+        unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        if self.in_place {
+            self.sub.pos = self.sub.pos.wrapping_add(1);
+            self.sub.store_cursor();
+        }
+    }
+}
+
+impl std::fmt::Debug for ReadGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadGuard")
+            .field("len", &self.len)
+            .field("in_place", &self.in_place)
+            .finish()
     }
 }
 
@@ -1457,8 +1599,8 @@ impl Subscriber {
         f(buf);
         let mut n = 1;
         while n < max {
-            match self.try_take(buf, false) {
-                Ok(()) => f(buf),
+            match self.try_take::<false>(buf, false) {
+                Ok(_) => f(buf),
                 Err(TryRecvError::Lagged(missed)) => {
                     self.pending_lag = missed;
                     break;
@@ -1474,7 +1616,7 @@ impl Subscriber {
 impl Receiver for Subscriber {
     #[inline]
     fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<(), TryRecvError> {
-        self.try_take(buf, true)
+        self.try_take::<false>(buf, true).map(drop)
     }
 
     fn recv_deadline(
@@ -1482,7 +1624,7 @@ impl Receiver for Subscriber {
         buf: &mut Vec<u8>,
         deadline: Option<Instant>,
     ) -> Result<(), RecvTimeoutError> {
-        self.recv_inner(buf, deadline)
+        self.recv_inner::<false>(buf, deadline).map(drop)
     }
 
     fn try_recv_batch(&mut self, batch: &mut Batch, max: usize) -> Result<usize, TryRecvError> {
@@ -1503,8 +1645,8 @@ impl Receiver for Subscriber {
     fn try_recv_each(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> Result<usize, TryRecvError> {
         let mut buf = std::mem::take(&mut self.scratch);
         let r = self
-            .try_take(&mut buf, true)
-            .map(|()| self.take_more(&mut buf, max.max(1), f));
+            .try_take::<false>(&mut buf, true)
+            .map(|_| self.take_more(&mut buf, max.max(1), f));
         self.scratch = buf;
         r
     }
@@ -1517,8 +1659,8 @@ impl Receiver for Subscriber {
     ) -> Result<usize, RecvTimeoutError> {
         let mut buf = std::mem::take(&mut self.scratch);
         let r = self
-            .recv_inner(&mut buf, deadline)
-            .map(|()| self.take_more(&mut buf, max.max(1), f));
+            .recv_inner::<false>(&mut buf, deadline)
+            .map(|_| self.take_more(&mut buf, max.max(1), f));
         self.scratch = buf;
         r
     }
@@ -1599,6 +1741,47 @@ mod tests {
         for h in handles {
             assert_eq!(h.join().unwrap(), 0);
         }
+    }
+
+    #[test]
+    fn borrowed_reads_are_in_place_only_where_the_slot_cannot_be_overwritten() {
+        let (mut tx, mut rx) = channel(4, 16, Overflow::Block).unwrap();
+        let mut loose = tx.subscribe(Subscription::default().tethered(false)).unwrap();
+        for i in 0..4 {
+            tx.try_send(&msg(i)).unwrap();
+        }
+        {
+            // Tethered, block: in its slot, and holding the publisher off it.
+            let g = rx.try_recv_ref().unwrap();
+            assert!(g.is_in_place());
+            assert_eq!(seq_of(&g), 0);
+            assert_eq!(tx.try_send(&msg(4)), Err(TrySendError::Full));
+            // Untethered: a copy (its slot may be overwritten under it).
+            let c = loose.try_recv_ref().unwrap();
+            assert!(!c.is_in_place());
+            assert_eq!(seq_of(&c), 0);
+            assert_eq!(seq_of(&g), 0, "the borrowed message is unchanged");
+        }
+        // The guard's drop moved the subscriber on and freed the slot.
+        tx.try_send(&msg(4)).unwrap();
+        for i in 1..5 {
+            let g = rx.recv_ref_timeout(Duration::from_secs(5)).unwrap();
+            assert!(g.is_in_place());
+            assert_eq!(seq_of(&g), i);
+        }
+        assert!(matches!(rx.try_recv_ref(), Err(TryRecvError::Empty)));
+        drop(tx);
+        assert!(matches!(rx.recv_ref(), Err(RecvError::Disconnected)));
+
+        // Overwrite: always a copy, lags counted as by `try_recv`.
+        let (mut tx, mut rx) = channel(4, 16, Overflow::Overwrite).unwrap();
+        for i in 0..10 {
+            tx.try_send(&msg(i)).unwrap();
+        }
+        assert!(matches!(rx.try_recv_ref(), Err(TryRecvError::Lagged(6))));
+        let g = rx.try_recv_ref().unwrap();
+        assert!(!g.is_in_place());
+        assert_eq!(seq_of(&g), 6);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::{with_scratch, TypedRecvError};
 use crate::error::*;
-use crate::ring::{mpmc, spsc};
+use crate::ring::{broadcast, mpmc, spsc};
 use crate::{Receiver, Sender};
 use bytemuck::{AnyBitPattern, NoUninit};
 use std::any::type_name;
@@ -164,7 +164,10 @@ fn read_pod<T: AnyBitPattern, E>(msg: &[u8]) -> Result<T, TypedRecvError<E>> {
 
 /// A plain-old-data value received in place from a shared-memory ring: derefs to `&T`; the
 /// message's room is freed when it drops (as with the byte guard `G` it holds, which it gets
-/// from [`spsc::Consumer::try_recv_pod_ref`] or [`mpmc::Consumer::try_recv_pod_ref`]).
+/// from [`spsc::Consumer::try_recv_pod_ref`], [`mpmc::Consumer::try_recv_pod_ref`] or
+/// [`broadcast::Subscriber::try_recv_pod_ref`]; a broadcast subscriber lends the message in
+/// place only where its slot cannot be overwritten, else a copy: see
+/// [`broadcast::Subscriber::try_recv_ref`]).
 ///
 /// # Alignment
 /// A `T` is lent in place when the message's bytes are aligned for it. Ring payloads start on
@@ -222,8 +225,10 @@ impl<G: Deref<Target = [u8]>, T: AnyBitPattern> PodRef<G, T> {
 }
 
 impl<G, T> PodRef<G, T> {
-    /// Whether the value is read in place from the ring's memory (true unless `T` is aligned to
-    /// more than 8 bytes and this message's bytes are not aligned for it: then it is a copy).
+    /// Whether the value is read in place from the guard's bytes (true unless `T` is aligned to
+    /// more than 8 bytes and those bytes are not aligned for it: then it is a copy). The bytes
+    /// are the ring's memory, except from a broadcast subscriber that could not lend the slot
+    /// itself ([`broadcast::ReadGuard::is_in_place`]).
     pub fn is_in_place(&self) -> bool {
         self.copy.is_none()
     }
@@ -253,86 +258,61 @@ impl<G: Deref<Target = [u8]>, T: AnyBitPattern + fmt::Debug> fmt::Debug for PodR
     }
 }
 
-/// Plain-old-data values read in place (feature `bytemuck`).
-impl spsc::Consumer {
-    /// Borrows the next message as a `T` (see [`PodRef`]), without blocking: `Channel(Empty)`
-    /// if nothing is there now. A message that is not `size_of::<T>()` bytes long is
-    /// [`TypedRecvError::WrongSize`] and consumed.
-    ///
-    /// ```
-    /// use shmpipe::ring::spsc;
-    /// use shmpipe::typed::PodSender;
-    ///
-    /// let (mut tx, mut rx) = spsc::channel(16, 64)?;
-    /// tx.send_pod(&[1u32, 2])?;
-    /// assert_eq!(*rx.try_recv_pod_ref::<[u32; 2]>()?, [1, 2]);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    #[cfg_attr(docsrs, doc(cfg(feature = "bytemuck")))]
-    pub fn try_recv_pod_ref<T: AnyBitPattern>(
-        &mut self,
-    ) -> Result<PodRef<spsc::ReadGuard<'_>, T>, TypedRecvError<TryRecvError>> {
-        PodRef::new(self.try_recv_ref()?)
-    }
+/// The in-place `recv_pod` forms of a ring's receiving end `$end`, whose byte guard is `$guard`.
+macro_rules! pod_ref_methods {
+    ($end:ty, $guard:ident, $ring:literal, $make:literal) => {
+        /// Plain-old-data values read in place (feature `bytemuck`).
+        impl $end {
+            /// Borrows the next message as a `T` (see [`PodRef`]), without blocking:
+            /// `Channel(Empty)` if nothing is there now. A message that is not
+            /// `size_of::<T>()` bytes long is [`TypedRecvError::WrongSize`] and consumed.
+            ///
+            /// ```
+            #[doc = concat!("use shmpipe::ring::", $ring, ";")]
+            /// use shmpipe::typed::PodSender;
+            ///
+            #[doc = concat!("let (mut tx, mut rx) = ", $make, "?;")]
+            /// tx.send_pod(&[1u32, 2])?;
+            /// assert_eq!(*rx.try_recv_pod_ref::<[u32; 2]>()?, [1, 2]);
+            /// # Ok::<(), Box<dyn std::error::Error>>(())
+            /// ```
+            #[cfg_attr(docsrs, doc(cfg(feature = "bytemuck")))]
+            pub fn try_recv_pod_ref<T: AnyBitPattern>(
+                &mut self,
+            ) -> Result<PodRef<$guard<'_>, T>, TypedRecvError<TryRecvError>> {
+                PodRef::new(self.try_recv_ref()?)
+            }
 
-    /// Borrows the next message as a `T`, waiting while the ring is empty; see
-    /// [`try_recv_pod_ref`](Self::try_recv_pod_ref).
-    #[cfg_attr(docsrs, doc(cfg(feature = "bytemuck")))]
-    pub fn recv_pod_ref<T: AnyBitPattern>(
-        &mut self,
-    ) -> Result<PodRef<spsc::ReadGuard<'_>, T>, TypedRecvError<RecvError>> {
-        PodRef::new(self.recv_ref()?)
-    }
+            /// Borrows the next message as a `T`, waiting while there is none; see
+            /// [`try_recv_pod_ref`](Self::try_recv_pod_ref).
+            #[cfg_attr(docsrs, doc(cfg(feature = "bytemuck")))]
+            pub fn recv_pod_ref<T: AnyBitPattern>(
+                &mut self,
+            ) -> Result<PodRef<$guard<'_>, T>, TypedRecvError<RecvError>> {
+                PodRef::new(self.recv_ref()?)
+            }
 
-    /// Borrows the next message as a `T`, waiting at most `timeout`; see
-    /// [`try_recv_pod_ref`](Self::try_recv_pod_ref).
-    #[cfg_attr(docsrs, doc(cfg(feature = "bytemuck")))]
-    pub fn recv_pod_ref_timeout<T: AnyBitPattern>(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<PodRef<spsc::ReadGuard<'_>, T>, TypedRecvError<RecvTimeoutError>> {
-        PodRef::new(self.recv_ref_timeout(timeout)?)
-    }
+            /// Borrows the next message as a `T`, waiting at most `timeout`; see
+            /// [`try_recv_pod_ref`](Self::try_recv_pod_ref).
+            #[cfg_attr(docsrs, doc(cfg(feature = "bytemuck")))]
+            pub fn recv_pod_ref_timeout<T: AnyBitPattern>(
+                &mut self,
+                timeout: Duration,
+            ) -> Result<PodRef<$guard<'_>, T>, TypedRecvError<RecvTimeoutError>> {
+                PodRef::new(self.recv_ref_timeout(timeout)?)
+            }
+        }
+    };
 }
 
-/// Plain-old-data values read in place (feature `bytemuck`).
-impl mpmc::Consumer {
-    /// Borrows the next message as a `T` (see [`PodRef`]), without blocking: `Channel(Empty)`
-    /// if nothing is there now. A message that is not `size_of::<T>()` bytes long is
-    /// [`TypedRecvError::WrongSize`] and consumed.
-    ///
-    /// ```
-    /// use shmpipe::ring::mpmc;
-    /// use shmpipe::typed::PodSender;
-    ///
-    /// let (mut tx, mut rx) = mpmc::channel(16, 64)?;
-    /// tx.send_pod(&[7u16; 4])?;
-    /// assert_eq!(*rx.try_recv_pod_ref::<[u16; 4]>()?, [7; 4]);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    #[cfg_attr(docsrs, doc(cfg(feature = "bytemuck")))]
-    pub fn try_recv_pod_ref<T: AnyBitPattern>(
-        &mut self,
-    ) -> Result<PodRef<mpmc::ReadGuard<'_>, T>, TypedRecvError<TryRecvError>> {
-        PodRef::new(self.try_recv_ref()?)
-    }
-
-    /// Borrows the next message as a `T`, waiting while the ring is empty; see
-    /// [`try_recv_pod_ref`](Self::try_recv_pod_ref).
-    #[cfg_attr(docsrs, doc(cfg(feature = "bytemuck")))]
-    pub fn recv_pod_ref<T: AnyBitPattern>(
-        &mut self,
-    ) -> Result<PodRef<mpmc::ReadGuard<'_>, T>, TypedRecvError<RecvError>> {
-        PodRef::new(self.recv_ref()?)
-    }
-
-    /// Borrows the next message as a `T`, waiting at most `timeout`; see
-    /// [`try_recv_pod_ref`](Self::try_recv_pod_ref).
-    #[cfg_attr(docsrs, doc(cfg(feature = "bytemuck")))]
-    pub fn recv_pod_ref_timeout<T: AnyBitPattern>(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<PodRef<mpmc::ReadGuard<'_>, T>, TypedRecvError<RecvTimeoutError>> {
-        PodRef::new(self.recv_ref_timeout(timeout)?)
-    }
-}
+use broadcast::ReadGuard as BroadcastGuard;
+use mpmc::ReadGuard as MpmcGuard;
+use spsc::ReadGuard as SpscGuard;
+pod_ref_methods!(spsc::Consumer, SpscGuard, "spsc", "spsc::channel(16, 64)");
+pod_ref_methods!(mpmc::Consumer, MpmcGuard, "mpmc", "mpmc::channel(16, 64)");
+pod_ref_methods!(
+    broadcast::Subscriber,
+    BroadcastGuard,
+    "broadcast",
+    "broadcast::channel(16, 64, broadcast::Overflow::Block)"
+);
