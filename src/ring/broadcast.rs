@@ -85,8 +85,8 @@ pub const MAX_SUBSCRIBERS: usize = if cfg!(loom) { 4 } else { 64 };
 
 const _: () = assert!(MAX_SUBSCRIBERS.is_power_of_two() && MAX_SUBSCRIBERS <= u64::BITS as usize);
 
-/// Bytes before the payload in a slot: the length (u32), padding, the sequence word (u64).
-pub(crate) const SLOT_HEADER: usize = 16;
+// Bytes before the payload in a slot: the length (u32), padding, the sequence word (u64).
+use super::BROADCAST_SLOT_HEADER as SLOT_HEADER;
 
 /// What the publisher does when the slowest subscriber is a whole ring behind.
 #[non_exhaustive]

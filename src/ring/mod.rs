@@ -32,6 +32,9 @@ pub(crate) const SLOT_HEADER: usize = 8;
 /// Bytes before the payload in an MPMC slot: the length (u32), padding, and the slot's sequence
 /// word (u64, see `mpmc`).
 pub(crate) const MPMC_SLOT_HEADER: usize = 16;
+/// Bytes before the payload in a broadcast slot: the length (u32), padding, the seqlock's
+/// sequence word (u64, see `broadcast`).
+pub(crate) const BROADCAST_SLOT_HEADER: usize = 16;
 /// Slots are a whole number of cache lines, so neighbours never share one.
 pub(crate) const SLOT_ALIGN: usize = 64;
 /// Largest capacity a ring may have: slots of an MPMC ring, or messages of the maximum size an
@@ -185,7 +188,7 @@ impl RingKind {
         match self {
             RingKind::Spsc => SLOT_HEADER,
             RingKind::Mpmc => MPMC_SLOT_HEADER,
-            RingKind::Broadcast => broadcast::SLOT_HEADER,
+            RingKind::Broadcast => BROADCAST_SLOT_HEADER,
         }
     }
 
