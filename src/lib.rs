@@ -102,6 +102,9 @@ compile_error!(
     "shmpipe supports 64-bit targets only (its shared-memory layout and ring sizes assume a 64-bit usize)"
 );
 
+#[cfg(all(feature = "tokio", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod aio;
 mod channel;
 #[cfg(not(loom))]
 pub mod endpoint;

@@ -79,6 +79,12 @@ impl FutexWord {
     pub(crate) fn wait(&self, expected: u32, deadline: Option<Instant>) {
         crate::sys::futex::wait(&self.0, expected, deadline);
     }
+
+    /// The word itself, for the async waiter service (`aio::waiter`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn as_atomic(&self) -> &AtomicU32 {
+        &self.0
+    }
 }
 
 /// Under loom: the word, plus a mutex and condvar standing in for the kernel's futex queue.

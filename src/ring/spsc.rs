@@ -32,6 +32,9 @@
 //!   one Release store of the first one's header (the others are written before it), one store
 //!   of each index and at most one wake-up.
 
+#[cfg(all(feature = "tokio", not(loom)))]
+mod aio;
+
 use super::lock::LockWord;
 use super::records::{self, message_word, pad_word, Records, HEADER, PAD};
 use super::tokens::{self, Tokens};

@@ -341,6 +341,115 @@ pub(crate) fn wait_until<T, E>(
     }
 }
 
+/// An async wait's state between polls of [`poll_wait`]: the waiter bit it set and its
+/// registration with the waiter service. Dropping it (the wait is over, or its future was
+/// dropped) deregisters, synchronously, then clears the bit, so a cancelled wait leaves neither
+/// behind.
+#[cfg(all(feature = "tokio", not(loom)))]
+pub(crate) struct Parked<'a> {
+    bell: &'a Doorbell,
+    bit: u64,
+    /// Whether `bit` is set by this wait.
+    bit_set: bool,
+    reg: Option<crate::aio::waiter::Registration>,
+}
+
+#[cfg(all(feature = "tokio", not(loom)))]
+impl<'a> Parked<'a> {
+    /// A wait on `bell` with waiter bit `bit` (one bit set: see [`Tally::bit`]); nothing is set
+    /// or registered until [`poll_wait`] parks.
+    pub(crate) fn new(bell: &'a Doorbell, bit: u64) -> Self {
+        debug_assert!(bit.is_power_of_two(), "one waiter bit: {bit:#x}");
+        Parked {
+            bell,
+            bit,
+            bit_set: false,
+            reg: None,
+        }
+    }
+
+    /// Ends the wait: deregisters, then clears the bit (as `wait_until` does after each park).
+    fn finish(&mut self) {
+        // Deregistration first: its `Drop` returns only when the waiter thread no longer uses the
+        // word's address.
+        self.reg = None;
+        if self.bit_set {
+            // Release: as in `wait_until`, keeps the clear after our loads.
+            self.bell.waiters.fetch_and(!self.bit, Release);
+            self.bit_set = false;
+        }
+    }
+}
+
+#[cfg(all(feature = "tokio", not(loom)))]
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The non-blocking form of [`wait_until`]: one poll of an async wait on `parked`'s doorbell.
+///
+/// The same handshake minus the sleep: set the waiter bit, the sleeper's barrier, load the word
+/// (Acquire), re-check; and instead of `futex_wait`, register (word, value seen, `cx`'s waker)
+/// with the waiter service (`aio::waiter`), which wakes the task when the word changes (a ring)
+/// or a park slice ends. A later poll finds the registration fired (or still pending: a spurious
+/// poll, which re-checks and keeps it), re-checks, and after a slice that found nothing asks
+/// `on_slice` (a dead peer), exactly as `wait_until` does after each park. The bit stays set while
+/// registered and is cleared when the wait ends (`Ready`, or `parked` dropped).
+///
+/// No spinning or yielding: the caller has just tried its fast path, and an executor thread is
+/// not ours to spin on. `check` must read the shared state afresh with at least Acquire loads.
+#[cfg(all(feature = "tokio", not(loom)))]
+pub(crate) fn poll_wait<T, E>(
+    parked: &mut Parked<'_>,
+    tally: Tally<'_>,
+    cx: &mut std::task::Context<'_>,
+    mut check: impl FnMut() -> Check<T, E>,
+    mut on_slice: impl FnMut() -> Check<T, E>,
+) -> std::task::Poll<Result<T, E>> {
+    use crate::aio::waiter;
+    use std::task::Poll;
+    if let Some(reg) = &parked.reg {
+        let pending = reg.pending(cx.waker());
+        if let Check::Done(r) = check() {
+            parked.finish();
+            return Poll::Ready(r);
+        }
+        if pending {
+            return Poll::Pending;
+        }
+        // Fired: the word changed or a slice ended. Nothing yet: is the peer still there?
+        parked.reg = None;
+        if let Check::Done(r) = on_slice() {
+            parked.finish();
+            return Poll::Ready(r);
+        }
+    } else if !parked.bit_set {
+        // Relaxed: a statistic.
+        tally.waits.fetch_add(1, Relaxed);
+    }
+    // Relaxed: the barrier right after orders setting the bit before the re-check (StoreLoad).
+    parked.bell.waiters.fetch_or(parked.bit, Relaxed);
+    parked.bit_set = true;
+    let fenced = sleeper_barrier();
+    // Acquire: read the word before re-checking, so a ring after the re-check changes it and the
+    // registration below fires at once.
+    let seen = parked.bell.word.load(Acquire);
+    if let Check::Done(r) = check() {
+        parked.finish();
+        return Poll::Ready(r);
+    }
+    // Without the heavy barrier a light publisher may miss our bit: re-check every millisecond.
+    let slice = if fenced { waiter::SLICE } else { waiter::POLL };
+    // Relaxed: a statistic.
+    tally.parks.fetch_add(1, Relaxed);
+    // SAFETY: the word is in the doorbell `parked` borrows, which outlives the registration:
+    // `parked` owns it and drops it (synchronously deregistering) no later than itself.
+    parked.reg = Some(unsafe { waiter::register(parked.bell.word.as_atomic(), seen, cx.waker(), slice) });
+    Poll::Pending
+}
+
 /// Whether a wait's deadline has passed.
 ///
 /// Loom has no clock (`Instant::now()` in a model is the machine's real time, which differs from

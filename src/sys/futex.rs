@@ -92,6 +92,110 @@ pub(crate) fn wake(word: &AtomicU32, count: u32) -> usize {
     ret.max(0) as usize
 }
 
+/// One entry of a `futex_waitv` call (the kernel's `struct futex_waitv`).
+#[cfg(feature = "tokio")]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Waitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// `FUTEX2_SIZE_U32`: the word is 32 bits.
+#[cfg(feature = "tokio")]
+const FUTEX2_SIZE_U32: u32 = 0x02;
+/// `FUTEX2_PRIVATE`: a process-private futex (keyed by address, not by page).
+#[cfg(feature = "tokio")]
+const FUTEX2_PRIVATE: u32 = 128;
+/// `__NR_futex_waitv` on x86_64 and aarch64 alike (generic syscall table), Linux 5.16.
+#[cfg(feature = "tokio")]
+const SYS_FUTEX_WAITV: libc::c_long = 449;
+
+#[cfg(feature = "tokio")]
+impl Waitv {
+    /// Waits while `word == expected`; `private` for a word only this process uses, shared
+    /// otherwise (one in a SysV segment that other processes wake).
+    pub(crate) fn new(word: &AtomicU32, expected: u32, private: bool) -> Self {
+        Waitv {
+            val: expected as u64,
+            uaddr: word.as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32 | if private { FUTEX2_PRIVATE } else { 0 },
+            reserved: 0,
+        }
+    }
+}
+
+/// Why a [`waitv`] returned.
+#[cfg(feature = "tokio")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitvOutcome {
+    /// Woken on the word at this index (or spuriously).
+    Woken(usize),
+    /// A word no longer held its expected value when the kernel looked.
+    Changed,
+    /// Interrupted by a signal handler.
+    Interrupted,
+    /// The deadline passed.
+    TimedOut,
+    /// The kernel has no `futex_waitv` (before Linux 5.16, or filtered by seccomp).
+    Unsupported,
+}
+
+/// `futex_waitv`: sleeps while every word equals its expected value, until one is woken, or until
+/// `deadline` (absolute, `CLOCK_MONOTONIC`).
+///
+/// # Safety
+/// Every entry's word must stay mapped (and hold a `u32`) for the whole call.
+#[cfg(feature = "tokio")]
+pub(crate) unsafe fn waitv(waiters: &[Waitv], deadline: Option<Instant>) -> WaitvOutcome {
+    let ts = deadline.map(to_timespec);
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `waiters` is a live array of `waiters.len()` kernel-layout entries whose words the
+    // caller keeps mapped for the call; `ts_ptr` is null or a live absolute CLOCK_MONOTONIC time.
+    let ret = unsafe {
+        libc::syscall(
+            SYS_FUTEX_WAITV,
+            waiters.as_ptr(),
+            waiters.len() as libc::c_uint,
+            0 as libc::c_uint,
+            ts_ptr,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if ret >= 0 {
+        return WaitvOutcome::Woken(ret as usize);
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => WaitvOutcome::Changed,
+        Some(libc::EINTR) => WaitvOutcome::Interrupted,
+        Some(libc::ETIMEDOUT) => WaitvOutcome::TimedOut,
+        Some(libc::ENOSYS) | Some(libc::EPERM) => WaitvOutcome::Unsupported,
+        // EFAULT/EINVAL cannot happen for live words and a valid array: treat as spurious, so the
+        // caller re-checks every word.
+        _ => WaitvOutcome::Woken(0),
+    }
+}
+
+/// Wakes up to `count` waiters on a process-private `word` (one a [`waitv`] entry made with
+/// `private`).
+#[cfg(feature = "tokio")]
+pub(crate) fn wake_private(word: &AtomicU32, count: u32) {
+    let count = count.min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: `word` is a valid aligned u32; FUTEX_WAKE does not write to it.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            count,
+        )
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,291 @@
+//! The waiter service: a few process-wide threads that sleep on many futex words at once
+//! (`futex_waitv`) for the async ends, and wake their tasks' `Waker`s.
+//!
+//! Each thread (a *shard*) serves at most [`PER_THREAD`] registrations: `futex_waitv` takes at
+//! most 128 words, and index 0 is the shard's own process-private control word, which a
+//! registration or deregistration bumps and wakes so the thread rebuilds its array. Threads are
+//! started on demand and never stopped (an idle one sleeps on its control word only); a process
+//! waiting on `n` rings at once has `ceil(n / 127)` of them at its peak.
+//!
+//! A registration is (word, expected value, `Waker`). The thread wakes the `Waker` and drops the
+//! entry when the word no longer holds the value (the ring's doorbell was rung), and also when the
+//! entry has been registered for a park slice ([`SLICE`], 100 ms, as the blocking ends' default
+//! `WaitStrategy::park_slice`): the woken task then re-checks its peer's liveness, which bounds
+//! how long a peer's SIGKILL takes to notice exactly as for a blocking end.
+//!
+//! **Lifetime of the words.** The words live in a SysV segment that the ring end owning the
+//! registration keeps attached; the thread copies their addresses into its `futex_waitv` array.
+//! Deregistration is synchronous: [`Registration`]'s `Drop` does not return while the thread may
+//! still pass the word's address to the kernel. Every array the thread builds has a sequence
+//! number, and each entry records the last one it was copied into (`armed`); the thread publishes
+//! `finished` (under the shard's lock) once the `futex_waitv` call with that array has returned.
+//! A drop removes its entry under the lock (so no later array contains it) and, if an array that
+//! is or may still be in use contains it (`armed > finished`), bumps and wakes the control word
+//! and waits on a condition variable until `finished >= armed`. The thread reads a registered
+//! word itself only under the lock while the entry is present, when its end is alive too. The
+//! cost is a round trip to the thread when a still-armed wait is cancelled (a dropped future), a
+//! few microseconds; the alternative, an `Arc` of the ring in each entry, would let the waiter
+//! thread drop the last reference to a ring and detach (or remove) its segment late, after its
+//! ends have all gone, which `ipcs` and the ring's open/close protocol would notice.
+//!
+//! **Without `futex_waitv`** (Linux before 5.16, or a seccomp filter that refuses it) a shard
+//! falls back to polling: it sleeps on its control word for at most [`POLL`] (1 ms) at a time and
+//! compares every registered word with its expected value after each sleep. Correct, with up to a
+//! millisecond of added latency and a thousand wake-ups a second while anything is registered.
+//!
+//! **fork()**: the threads do not exist in a forked child. The service remembers the process it
+//! started them in; a child that registers starts threads of its own (the inherited shards are
+//! leaked, never touched), and dropping an inherited registration only forgets it.
+
+use crate::sys::futex::{self, Waitv, WaitvOutcome};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+/// Registrations per waiter thread: `futex_waitv` takes 128 words, one is the control word.
+pub(crate) const PER_THREAD: usize = 127;
+/// How long a registration waits before its task is woken to re-check its peer's liveness.
+pub(crate) const SLICE: Duration = Duration::from_millis(100);
+/// The polling interval without `futex_waitv`, and the slice of a registration made when the
+/// sleeper's barrier failed (a publisher may have missed its waiter bit).
+pub(crate) const POLL: Duration = Duration::from_millis(1);
+
+struct Entry {
+    id: u64,
+    /// The word's address: valid while the entry is in `entries` (see the module docs).
+    word: *const AtomicU32,
+    expected: u32,
+    waker: Waker,
+    /// When the task is woken anyway (the end of its park slice).
+    deadline: Instant,
+    /// The sequence number of the last array this entry was copied into; 0 for none.
+    armed: u64,
+}
+
+struct State {
+    entries: Vec<Entry>,
+    /// The sequence number of the last array built.
+    built: u64,
+    /// Every array up to this sequence number is no longer in use (its `futex_waitv` returned).
+    finished: u64,
+    next_id: u64,
+}
+
+// SAFETY: `Entry::word` is only an address: it is dereferenced by the waiter thread only under
+// the shard's lock while the entry is present, which the registering end guarantees is mapped
+// (its `Registration` removes the entry, under the lock, before the end can go away).
+unsafe impl Send for State {}
+
+struct Shard {
+    /// The control word: bumped and woken (private futex) whenever `entries` changes.
+    ctl: AtomicU32,
+    state: Mutex<State>,
+    /// Signalled when `finished` moves on.
+    finished: Condvar,
+}
+
+impl Shard {
+    fn start() -> Arc<Shard> {
+        let shard = Arc::new(Shard {
+            ctl: AtomicU32::new(0),
+            state: Mutex::new(State {
+                entries: Vec::with_capacity(PER_THREAD),
+                built: 0,
+                finished: 0,
+                next_id: 1,
+            }),
+            finished: Condvar::new(),
+        });
+        let s = Arc::clone(&shard);
+        std::thread::Builder::new()
+            .name("shmpipe-waiter".into())
+            .spawn(move || s.run())
+            .expect("shmpipe: cannot start the async waiter thread");
+        shard
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock (a Waker's clone panicking) leaves the state consistent:
+        // every mutation is a single push or removal.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the thread rebuild its array: bump the control word and wake it.
+    fn poke(&self) {
+        // Release: pairs with the thread's Acquire load before it builds an array; the change to
+        // `entries` (made under the lock) is what matters, the value only has to differ.
+        self.ctl.fetch_add(1, Release);
+        futex::wake_private(&self.ctl, 1);
+    }
+
+    fn run(&self) {
+        let mut waitv: Vec<Waitv> = Vec::with_capacity(PER_THREAD + 1);
+        let mut supported = true;
+        let mut fire: Vec<Waker> = Vec::new();
+        loop {
+            // Acquire: read before the array is built, so a change made after it (which bumps the
+            // word) makes the wait below return at once.
+            let ctl = self.ctl.load(Acquire);
+            let (seq, deadline) = {
+                let mut st = self.lock();
+                st.built += 1;
+                let seq = st.built;
+                waitv.clear();
+                waitv.push(Waitv::new(&self.ctl, ctl, true));
+                let mut deadline: Option<Instant> = None;
+                for e in st.entries.iter_mut() {
+                    e.armed = seq;
+                    // SAFETY: the entry is present, so its word is mapped (module docs).
+                    waitv.push(Waitv::new(unsafe { &*e.word }, e.expected, false));
+                    deadline = Some(deadline.map_or(e.deadline, |d| d.min(e.deadline)));
+                }
+                (seq, deadline)
+            };
+            if supported {
+                // SAFETY: every word in `waitv` stays mapped until `finished` reaches `seq`
+                // below: a registration copied into this array is not dropped before then.
+                match unsafe { futex::waitv(&waitv, deadline) } {
+                    WaitvOutcome::Unsupported => supported = false,
+                    WaitvOutcome::Woken(_)
+                    | WaitvOutcome::Changed
+                    | WaitvOutcome::Interrupted
+                    | WaitvOutcome::TimedOut => {}
+                }
+            }
+            if !supported {
+                let poll = Instant::now() + POLL;
+                futex::wait(&self.ctl, ctl, Some(deadline.map_or(poll, |d| d.min(poll))));
+            }
+            let now = Instant::now();
+            {
+                let mut st = self.lock();
+                st.finished = seq;
+                self.finished.notify_all();
+                // Fire the entries whose word changed or whose slice is over, whatever woke us:
+                // a wake (`Woken(i)`) says which word only for one of possibly several.
+                st.entries.retain_mut(|e| {
+                    // SAFETY: the entry is present, so its word is mapped (module docs).
+                    // Acquire: the task re-checks the ring itself; this only decides to wake it.
+                    let changed = unsafe { &*e.word }.load(Acquire) != e.expected;
+                    if changed || now >= e.deadline {
+                        fire.push(e.waker.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            for w in fire.drain(..) {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The service: the shards of this process.
+struct Service {
+    pid: u32,
+    shards: Vec<Arc<Shard>>,
+}
+
+static SERVICE: Mutex<Option<Service>> = Mutex::new(None);
+
+/// A registered wait; dropping it deregisters synchronously (see the module docs).
+pub(crate) struct Registration {
+    shard: Arc<Shard>,
+    id: u64,
+    pid: u32,
+}
+
+/// Registers a wait on `word` while it holds `expected`: `waker` is woken once the word changes
+/// or after `slice`, whichever is first, and the registration then ends by itself.
+///
+/// # Safety
+/// `word` must stay mapped until the returned registration is dropped.
+pub(crate) unsafe fn register(
+    word: &AtomicU32,
+    expected: u32,
+    waker: &Waker,
+    slice: Duration,
+) -> Registration {
+    let pid = std::process::id();
+    let shard = {
+        let mut service = SERVICE.lock().unwrap_or_else(|e| e.into_inner());
+        if service.as_ref().is_some_and(|s| s.pid != pid) {
+            // A forked child: the parent's threads do not exist here. Leak their shards (a lock
+            // may have been held across the fork) and start afresh.
+            std::mem::forget(service.take());
+        }
+        let service = service.get_or_insert_with(|| Service {
+            pid,
+            shards: Vec::new(),
+        });
+        match service
+            .shards
+            .iter()
+            .find(|s| s.lock().entries.len() < PER_THREAD)
+        {
+            Some(s) => Arc::clone(s),
+            None => {
+                let s = Shard::start();
+                service.shards.push(Arc::clone(&s));
+                s
+            }
+        }
+        // (The SERVICE lock is held until here, so two registrations cannot both take a shard's
+        // last place.)
+    };
+    let id = {
+        let mut st = shard.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        st.entries.push(Entry {
+            id,
+            word: word as *const AtomicU32,
+            expected,
+            waker: waker.clone(),
+            deadline: Instant::now() + slice,
+            armed: 0,
+        });
+        id
+    };
+    shard.poke();
+    Registration { shard, id, pid }
+}
+
+impl Registration {
+    /// Whether the wait is still registered (not yet woken); if so, its waker becomes `waker`.
+    pub(crate) fn pending(&self, waker: &Waker) -> bool {
+        let mut st = self.shard.lock();
+        match st.entries.iter_mut().find(|e| e.id == self.id) {
+            Some(e) => {
+                e.waker.clone_from(waker);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            // Inherited across fork(): no thread uses it here.
+            return;
+        }
+        let mut st = self.shard.lock();
+        let Some(i) = st.entries.iter().position(|e| e.id == self.id) else {
+            // Fired: the thread removed it after the wait that used it returned.
+            return;
+        };
+        let armed = st.entries.swap_remove(i).armed;
+        if armed > st.finished {
+            self.shard.poke();
+            while st.finished < armed {
+                st = self.shard.finished.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+}

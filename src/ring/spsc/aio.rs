@@ -1,0 +1,201 @@
+//! `recv_async` and `send_async` on the SPSC ends (feature `tokio`): the blocking calls' waits
+//! (`front_deadline`, `claim_deadline`) with `wait::poll_wait` in place of `wait_until`. See
+//! [`crate::aio`].
+
+use super::*;
+use crate::ring::wait::{poll_wait, Parked};
+use std::future::poll_fn;
+
+impl Consumer {
+    /// Receives the next message into `buf`, waiting without blocking the thread while the ring
+    /// is empty: the async form of [`Receiver::recv`], with the same results (`Disconnected` once
+    /// the sender is gone and the ring drained, a killed sender noticed within a park slice,
+    /// `Corrupted`, `Forked`).
+    ///
+    /// A message already there is taken at once, with no syscall and no registration.
+    ///
+    /// **Cancel safe**: a message is taken only by the poll that returns it; a future dropped
+    /// before it completes has taken none, and leaves no waiter bit or registration behind.
+    ///
+    /// With a timeout: `tokio::time::timeout(d, rx.recv_async(&mut buf)).await` (an elapsed
+    /// timeout drops the future, which is cancel safe). See [`crate::aio`].
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn recv_async(&mut self, buf: &mut Vec<u8>) -> Result<(), RecvError> {
+        match self.try_front_with(false) {
+            Ok(front) => {
+                self.copy_out(front, buf);
+                return Ok(());
+            }
+            Err(TryRecvError::Empty) => {}
+            Err(e) => return Err(RecvTimeoutError::from(e).into()),
+        }
+        let core = Arc::clone(&self.core);
+        let mut parked = Parked::new(&core.shared().not_empty, RECEIVER_BIT);
+        let found = poll_fn(|cx| {
+            poll_wait(
+                &mut parked,
+                Tally {
+                    waits: &core.shared().counters.empty_waits,
+                    parks: &core.shared().counters.parks,
+                    bit: RECEIVER_BIT,
+                },
+                cx,
+                || match self.peek() {
+                    Ok(Some(_)) => Check::Done(Ok(())),
+                    Ok(None) => match self.empty_or_gone(false) {
+                        Ok(_) => Check::Done(Ok(())),
+                        Err(TryRecvError::Empty) => Check::NotYet,
+                        Err(e) => Check::Done(Err(RecvTimeoutError::from(e))),
+                    },
+                    Err(c) => Check::Done(Err(RecvTimeoutError::Corrupted(c))),
+                },
+                || match core.peer_of(Role::Sender) {
+                    Peer::Dead | Peer::Closed => Check::Done(Ok(())),
+                    // Nobody can find the ring any more, so no sender will ever come.
+                    Peer::NotYet if core.backing.unreachable() => {
+                        Check::Done(Err(RecvTimeoutError::Disconnected))
+                    }
+                    Peer::Alive | Peer::NotYet => Check::NotYet,
+                },
+            )
+        })
+        .await;
+        // The wait is over: no registration or bit left while the message is taken.
+        drop(parked);
+        if let Err(RecvTimeoutError::Disconnected) = found {
+            self.sender_gone = true;
+        }
+        found?;
+        // Either a message is there, or the sender is gone: decide which, once (as
+        // `front_deadline`). Nothing awaits from here on: this is the poll that returns.
+        let front = match self.peek()? {
+            Some(front) => front,
+            None => {
+                self.empty_or_gone(true).map_err(RecvTimeoutError::from)?;
+                self.peek()?.ok_or(RecvError::Disconnected)?
+            }
+        };
+        self.copy_out(front, buf);
+        Ok(())
+    }
+}
+
+impl Producer {
+    /// Sends `msg`, waiting without blocking the thread while the ring is full: the async form of
+    /// [`Sender::send`], with the same results (`Disconnected` once the receiver has closed or
+    /// died, noticed within a park slice, `TooLarge`, `Corrupted`, `Forked`).
+    ///
+    /// With room in the ring it publishes at once, with no syscall and no registration (a wake-up
+    /// only if the receiver sleeps, as for every send).
+    ///
+    /// **Cancel safe**: the message is published only by the poll that returns; a future dropped
+    /// before it completes has sent nothing, and leaves no waiter bit or registration behind.
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn send_async(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        match self.try_claim_with::<false>(msg.len(), false) {
+            Ok(()) => {
+                let rec = self.write(msg);
+                return Ok(self.publish(rec).map_err(SendTimeoutError::from)?);
+            }
+            Err(TrySendError::Full) => {}
+            Err(e) => return Err(SendTimeoutError::from(e).into()),
+        }
+        let core = Arc::clone(&self.core);
+        let rec = record_size(msg.len());
+        let mut parked = Parked::new(&core.shared().not_full, SENDER_BIT);
+        let room = poll_fn(|cx| {
+            poll_wait(
+                &mut parked,
+                Tally {
+                    waits: &core.shared().counters.full_waits,
+                    parks: &core.shared().counters.parks,
+                    bit: SENDER_BIT,
+                },
+                cx,
+                || match self.has_room(rec) {
+                    Ok(true) => Check::Done(Ok(())),
+                    Ok(false) if core.shared().receiver.state() == ROLE_CLOSED => {
+                        Check::Done(Err(SendTimeoutError::Disconnected))
+                    }
+                    Ok(false) => Check::NotYet,
+                    Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
+                },
+                || match core.peer_of(Role::Receiver) {
+                    Peer::Dead | Peer::Closed => Check::Done(Err(SendTimeoutError::Disconnected)),
+                    Peer::NotYet if core.backing.unreachable() => {
+                        Check::Done(Err(SendTimeoutError::Disconnected))
+                    }
+                    Peer::Alive | Peer::NotYet => Check::NotYet,
+                },
+            )
+        })
+        .await;
+        drop(parked);
+        if room == Err(SendTimeoutError::Disconnected) {
+            self.set_disconnected();
+        }
+        room?;
+        // Nothing awaits from here on: this is the poll that returns.
+        self.pad_if_needed(rec);
+        let rec = self.write(msg);
+        Ok(self.publish(rec).map_err(SendTimeoutError::from)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `f` once with a waker that records being woken.
+    fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>, flag: &Arc<Flag>) -> Poll<F::Output> {
+        let waker = Waker::from(Arc::clone(flag));
+        f.poll(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn a_pending_recv_is_woken_by_a_send_and_a_dropped_one_leaves_no_bit() {
+        let (mut tx, mut rx) = channel(4, 16).unwrap();
+        let flag = Arc::new(Flag(false.into()));
+        let mut buf = Vec::new();
+        {
+            let mut f = std::pin::pin!(rx.recv_async(&mut buf));
+            assert!(poll_once(f.as_mut(), &flag).is_pending());
+            tx.try_send(b"hi").unwrap();
+            let t0 = Instant::now();
+            while !flag.0.load(std::sync::atomic::Ordering::SeqCst) {
+                assert!(t0.elapsed() < Duration::from_secs(5), "never woken");
+                std::thread::yield_now();
+            }
+            assert_eq!(poll_once(f.as_mut(), &flag), Poll::Ready(Ok(())));
+        }
+        assert_eq!(buf, b"hi");
+        {
+            let mut f = std::pin::pin!(rx.recv_async(&mut buf));
+            assert!(poll_once(f.as_mut(), &flag).is_pending());
+            assert_ne!(rx_bits(&tx), 0);
+        }
+        assert_eq!(
+            rx_bits(&tx) & RECEIVER_BIT,
+            0,
+            "a dropped recv_async left its bit"
+        );
+        drop(tx);
+        let mut f = std::pin::pin!(rx.recv_async(&mut buf));
+        assert_eq!(
+            poll_once(f.as_mut(), &flag),
+            Poll::Ready(Err(RecvError::Disconnected))
+        );
+    }
+
+    fn rx_bits(tx: &Producer) -> u64 {
+        tx.core.shared().not_empty.waiter_bits()
+    }
+}
