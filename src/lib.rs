@@ -84,6 +84,7 @@
 //! | values instead of bytes: `#[repr(C)]` structs as their bytes, serde values (features `bytemuck`, `serde`) | `send_pod` / `recv_pod` / `try_recv_pod_ref`, `send_value` / `recv_value` (module `typed`) |
 //! | what went wrong | [`Error`] (opening) and the per-call errors ([`TrySendError`], [`RecvError`], ...) |
 //! | how a blocked call waits (spin, yield, park) | [`WaitStrategy`] |
+//! | await instead of blocking (feature `tokio`, SPSC ring only for now) | `recv_async` / `send_async` (module `aio`) |
 //!
 //! The library depends on `libc` and `crossbeam-utils` only (plus `bytemuck`, or `serde` and
 //! `postcard`, with the non-default features of those names). The `shmpipe` command-line tool is a

@@ -28,6 +28,10 @@
 //! thread drop the last reference to a ring and detach (or remove) its segment late, after its
 //! ends have all gone, which `ipcs` and the ring's open/close protocol would notice.
 //!
+//! The waiter thread never waits for itself: it sets `finished` to the array just used before it
+//! wakes (and drops) any `Waker`, so a future dropped on the waiter thread (a `Waker` that owned
+//! its task) finds every entry of the shard with `armed <= finished` and does not block.
+//!
 //! **Without `futex_waitv`** (Linux before 5.16, or a seccomp filter that refuses it) a shard
 //! falls back to polling: it sleeps on its control word for at most [`POLL`] (1 ms) at a time and
 //! compares every registered word with its expected value after each sleep. Correct, with up to a
