@@ -195,6 +195,64 @@ mod tests {
         );
     }
 
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_pending_send_dropped_sent_nothing_and_left_no_bit_and_a_closed_receiver_ends_one() {
+        let (mut tx, mut rx) = channel(2, 8).unwrap();
+        while tx.try_send(b"x").is_ok() {}
+        let mut buf = Vec::new();
+        rt().block_on(async {
+            let r = tokio::time::timeout(Duration::from_millis(20), tx.send_async(b"late")).await;
+            assert!(r.is_err(), "the ring is full");
+        });
+        assert_eq!(tx.core.shared().not_full.waiter_bits() & SENDER_BIT, 0);
+        while rx.try_recv(&mut buf).is_ok() {
+            assert_eq!(buf, b"x", "the cancelled send published nothing");
+        }
+        while tx.try_send(b"x").is_ok() {}
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            drop(rx);
+        });
+        let r =
+            rt().block_on(async { tokio::time::timeout(Duration::from_secs(5), tx.send_async(b"y")).await });
+        assert_eq!(r, Ok(Err(SendError::Disconnected)));
+        closer.join().unwrap();
+    }
+
+    #[test]
+    fn a_bad_header_found_after_a_wake_is_corrupted_and_an_inherited_end_is_forked() {
+        let (mut tx, mut rx) = channel(4, 8).unwrap();
+        let core = Arc::clone(&rx.core);
+        let planter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            // A header that would be valid one lap later (a stale or forged record), then a ring.
+            let lap = core.records.size() as u64;
+            core.records.word(0).store(message_word(lap, 1), Relaxed);
+            let shared = core.shared();
+            shared.not_empty.wake(1, &shared.counters.wakes);
+        });
+        let mut buf = Vec::new();
+        let r = rt()
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), rx.recv_async(&mut buf)).await });
+        planter.join().unwrap();
+        assert!(matches!(r, Ok(Err(RecvError::Corrupted(_)))), "{r:?}");
+        assert_eq!(rx_bits(&tx) & RECEIVER_BIT, 0);
+        // A forked child's inherited ends (faked: another owner) are refused at once.
+        rx.owner = rx.owner.wrapping_add(1);
+        tx.owner = tx.owner.wrapping_add(1);
+        rt().block_on(async {
+            assert_eq!(rx.recv_async(&mut buf).await, Err(RecvError::Forked));
+            assert_eq!(tx.send_async(b"z").await, Err(SendError::Forked));
+        });
+    }
+
     fn rx_bits(tx: &Producer) -> u64 {
         tx.core.shared().not_empty.waiter_bits()
     }
