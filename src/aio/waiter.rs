@@ -170,8 +170,8 @@ impl Shard {
                 // Fire the entries whose word changed or whose slice is over, whatever woke us:
                 // a wake (`Woken(i)`) says which word only for one of possibly several.
                 st.entries.retain_mut(|e| {
-                    // SAFETY: the entry is present, so its word is mapped (module docs).
                     // Acquire: the task re-checks the ring itself; this only decides to wake it.
+                    // SAFETY: the entry is present, so its word is mapped (module docs).
                     let changed = unsafe { &*e.word }.load(Acquire) != e.expected;
                     if changed || now >= e.deadline {
                         fire.push(e.waker.clone());
