@@ -91,7 +91,8 @@ struct Shard {
 }
 
 impl Shard {
-    fn start() -> Arc<Shard> {
+    /// Starts a shard's thread; `waitv` false forces the polling fallback (tests).
+    fn start(waitv: bool) -> Arc<Shard> {
         let shard = Arc::new(Shard {
             ctl: AtomicU32::new(0),
             state: Mutex::new(State {
@@ -105,7 +106,7 @@ impl Shard {
         let s = Arc::clone(&shard);
         std::thread::Builder::new()
             .name("shmpipe-waiter".into())
-            .spawn(move || s.run())
+            .spawn(move || s.run(waitv))
             .expect("shmpipe: cannot start the async waiter thread");
         shard
     }
@@ -124,9 +125,8 @@ impl Shard {
         futex::wake_private(&self.ctl, 1);
     }
 
-    fn run(&self) {
+    fn run(&self, mut supported: bool) {
         let mut waitv: Vec<Waitv> = Vec::with_capacity(PER_THREAD + 1);
-        let mut supported = true;
         let mut fire: Vec<Waker> = Vec::new();
         loop {
             // Acquire: read before the array is built, so a change made after it (which bumps the
@@ -233,7 +233,7 @@ pub(crate) unsafe fn register(
         {
             Some(s) => Arc::clone(s),
             None => {
-                let s = Shard::start();
+                let s = Shard::start(true);
                 service.shards.push(Arc::clone(&s));
                 s
             }
@@ -241,6 +241,21 @@ pub(crate) unsafe fn register(
         // (The SERVICE lock is held until here, so two registrations cannot both take a shard's
         // last place.)
     };
+    // SAFETY: the caller's promise.
+    unsafe { add(shard, word, expected, waker, slice) }
+}
+
+/// [`register`] on `shard`.
+///
+/// # Safety
+/// As for [`register`].
+unsafe fn add(
+    shard: Arc<Shard>,
+    word: &AtomicU32,
+    expected: u32,
+    waker: &Waker,
+    slice: Duration,
+) -> Registration {
     let id = {
         let mut st = shard.lock();
         let id = st.next_id;
@@ -256,7 +271,11 @@ pub(crate) unsafe fn register(
         id
     };
     shard.poke();
-    Registration { shard, id, pid }
+    Registration {
+        shard,
+        id,
+        pid: std::process::id(),
+    }
 }
 
 impl Registration {
@@ -291,5 +310,105 @@ impl Drop for Registration {
                 st = self.shard.finished.wait(st).unwrap_or_else(|e| e.into_inner());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::task::Wake;
+
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, SeqCst);
+        }
+    }
+
+    fn woken_within(flag: &Flag, limit: Duration) -> bool {
+        let t0 = Instant::now();
+        while !flag.0.load(SeqCst) {
+            if t0.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
+    }
+
+    /// Both modes: a changed word wakes its task (with a futex wake in `futex_waitv` mode; with
+    /// none at all when polling), a registration ends after its slice, and a dropped armed one
+    /// returns only once the thread no longer waits with its address.
+    fn exercise(waitv: bool) {
+        let shard = Shard::start(waitv);
+        let word = Box::new(AtomicU32::new(7));
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(Arc::clone(&flag));
+        // SAFETY: `word` outlives the registration (dropped below, before `word`).
+        let reg = unsafe { add(Arc::clone(&shard), &word, 7, &waker, Duration::from_secs(60)) };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(reg.pending(&waker) && !flag.0.load(SeqCst));
+        word.store(8, SeqCst);
+        if waitv {
+            futex::wake(&word, 1);
+        }
+        assert!(
+            woken_within(&flag, Duration::from_secs(5)),
+            "a changed word did not wake"
+        );
+        assert!(!reg.pending(&waker), "a fired registration ends");
+        drop(reg);
+
+        // The slice ends a registration whose word never changes.
+        flag.0.store(false, SeqCst);
+        // SAFETY: as above.
+        let reg = unsafe { add(Arc::clone(&shard), &word, 8, &waker, Duration::from_millis(30)) };
+        assert!(
+            woken_within(&flag, Duration::from_secs(5)),
+            "the slice did not end"
+        );
+        drop(reg);
+
+        // A drop of an armed registration (in the array the thread is waiting with) returns only
+        // once that wait has returned.
+        let mut in_use = 0;
+        for _ in 0..100 {
+            // SAFETY: as above.
+            let reg = unsafe { add(Arc::clone(&shard), &word, 8, &waker, Duration::from_secs(60)) };
+            let armed = loop {
+                let st = shard.lock();
+                let armed = st.entries[0].armed;
+                if armed != 0 {
+                    in_use += usize::from(st.finished < armed);
+                    break armed;
+                }
+                drop(st);
+                std::thread::yield_now();
+            };
+            drop(reg);
+            let st = shard.lock();
+            assert!(st.entries.is_empty());
+            assert!(
+                st.finished >= armed,
+                "a dropped registration's word may still be in use"
+            );
+        }
+        assert!(
+            in_use > 0,
+            "no drop found its word in use: the check checked nothing"
+        );
+        drop(word);
+    }
+
+    #[test]
+    fn futex_waitv_mode_wakes_times_out_and_deregisters_synchronously() {
+        exercise(true);
+    }
+
+    #[test]
+    fn the_polling_fallback_wakes_times_out_and_deregisters_synchronously() {
+        exercise(false);
     }
 }
