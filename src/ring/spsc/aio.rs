@@ -253,6 +253,15 @@ mod tests {
         });
     }
 
+    #[test]
+    fn the_futures_are_send_for_a_multi_threaded_runtime() {
+        fn send<T: Send>(_: &T) {}
+        let (mut tx, mut rx) = channel(2, 8).unwrap();
+        let mut buf = Vec::new();
+        send(&rx.recv_async(&mut buf));
+        send(&tx.send_async(b"x"));
+    }
+
     fn rx_bits(tx: &Producer) -> u64 {
         tx.core.shared().not_empty.waiter_bits()
     }
