@@ -37,13 +37,15 @@
 //! compares every registered word with its expected value after each sleep. Correct, with up to a
 //! millisecond of added latency and a thousand wake-ups a second while anything is registered.
 //!
-//! **fork()**: the threads do not exist in a forked child. The service remembers the process it
-//! started them in; a child that registers starts threads of its own (the inherited shards are
-//! leaked, never touched), and dropping an inherited registration only forgets it.
+//! **fork()**: the threads do not exist in a forked child, and a lock one of them (or another
+//! thread) held at the fork stays held there for ever. The service remembers the process it
+//! started them in and is found without a lock; a child that registers installs a service and
+//! threads of its own (the inherited ones are leaked, never touched), and an inherited
+//! registration is treated as fired and dropped without touching its shard.
 
 use crate::sys::futex::{self, Waitv, WaitvOutcome};
-use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+use std::sync::atomic::{AtomicPtr, AtomicU32};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -188,13 +190,43 @@ impl Shard {
     }
 }
 
-/// The service: the shards of this process.
+/// The service of one process: its shards.
 struct Service {
     pid: u32,
-    shards: Vec<Arc<Shard>>,
+    shards: Mutex<Vec<Arc<Shard>>>,
 }
 
-static SERVICE: Mutex<Option<Service>> = Mutex::new(None);
+/// This process's service, a leaked `Box` (never freed). Read without a lock: a forked child
+/// whose parent had another thread inside a lock (the service's or a shard's) at the fork would
+/// block for ever on it, so a child never touches its parent's service: its first registration
+/// installs a service of its own (the parent's is leaked, with its shards).
+static SERVICE: AtomicPtr<Service> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The service of process `pid`, installed if this is its first registration.
+fn service(pid: u32) -> &'static Service {
+    loop {
+        // Acquire: the service behind the pointer is initialised (pairs with the Release below).
+        let cur = SERVICE.load(Acquire);
+        // SAFETY: a non-null pointer is a leaked `Box<Service>` (below), never freed.
+        if let Some(s) = unsafe { cur.as_ref() } {
+            if s.pid == pid {
+                return s;
+            }
+        }
+        let new = Box::into_raw(Box::new(Service {
+            pid,
+            shards: Mutex::new(Vec::new()),
+        }));
+        // Release on success: publishes the initialised service; Acquire on failure, as above.
+        match SERVICE.compare_exchange(cur, new, AcqRel, Acquire) {
+            // SAFETY: `new` is a leaked `Box`, installed now and never freed.
+            Ok(_) => return unsafe { &*new },
+            // Another thread of this process installed one first: use that one.
+            // SAFETY: `new` was never shared; freed once, here.
+            Err(_) => drop(unsafe { Box::from_raw(new) }),
+        }
+    }
+}
 
 /// A registered wait; dropping it deregisters synchronously (see the module docs).
 pub(crate) struct Registration {
@@ -216,29 +248,16 @@ pub(crate) unsafe fn register(
 ) -> Registration {
     let pid = std::process::id();
     let shard = {
-        let mut service = SERVICE.lock().unwrap_or_else(|e| e.into_inner());
-        if service.as_ref().is_some_and(|s| s.pid != pid) {
-            // A forked child: the parent's threads do not exist here. Leak their shards (a lock
-            // may have been held across the fork) and start afresh.
-            std::mem::forget(service.take());
-        }
-        let service = service.get_or_insert_with(|| Service {
-            pid,
-            shards: Vec::new(),
-        });
-        match service
-            .shards
-            .iter()
-            .find(|s| s.lock().entries.len() < PER_THREAD)
-        {
+        let mut shards = service(pid).shards.lock().unwrap_or_else(|e| e.into_inner());
+        match shards.iter().find(|s| s.lock().entries.len() < PER_THREAD) {
             Some(s) => Arc::clone(s),
             None => {
                 let s = Shard::start(true);
-                service.shards.push(Arc::clone(&s));
+                shards.push(Arc::clone(&s));
                 s
             }
         }
-        // (The SERVICE lock is held until here, so two registrations cannot both take a shard's
+        // (The shards' lock is held until here, so two registrations cannot both take a shard's
         // last place.)
     };
     // SAFETY: the caller's promise.
@@ -281,6 +300,11 @@ unsafe fn add(
 impl Registration {
     /// Whether the wait is still registered (not yet woken); if so, its waker becomes `waker`.
     pub(crate) fn pending(&self, waker: &Waker) -> bool {
+        if self.pid != std::process::id() {
+            // Inherited across fork(): no thread serves it here (and its shard's lock may be
+            // held for ever). Fired, as far as this process is concerned.
+            return false;
+        }
         let mut st = self.shard.lock();
         match st.entries.iter_mut().find(|e| e.id == self.id) {
             Some(e) => {
@@ -410,5 +434,69 @@ mod tests {
     #[test]
     fn the_polling_fallback_wakes_times_out_and_deregisters_synchronously() {
         exercise(false);
+    }
+
+    /// A fork while another thread holds the service's lock: the child's first registration
+    /// must not wait for a lock no thread of its own will ever release, and must be served by a
+    /// waiter thread of its own.
+    #[test]
+    fn a_forked_child_registers_while_the_parent_holds_the_service_lock() {
+        let word = Box::new(AtomicU32::new(1));
+        let waker = Waker::from(Arc::new(Flag(AtomicBool::new(false))));
+        // The parent's service exists (a registration made and dropped) ...
+        // SAFETY: `word` outlives the registration, dropped at once.
+        drop(unsafe { register(&word, 0, &waker, SLICE) });
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        // ... and another thread holds its lock across the fork.
+        let holder = std::thread::spawn(move || {
+            let _held = service(std::process::id()).shards.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().ok();
+        });
+        locked_rx.recv().unwrap();
+        // SAFETY: the child only registers a wait, waits for its wake and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let flag = Arc::new(Flag(AtomicBool::new(false)));
+            let waker = Waker::from(Arc::clone(&flag));
+            // SAFETY: `word` outlives the registration (the child exits holding it).
+            let reg = unsafe { register(&word, 1, &waker, Duration::from_secs(60)) };
+            word.store(2, SeqCst);
+            futex::wake(&word, 1);
+            let code = if woken_within(&flag, Duration::from_secs(5)) {
+                0
+            } else {
+                3
+            };
+            std::mem::forget(reg);
+            // SAFETY: ends the child without running the parent's atexit handlers or tests.
+            unsafe { libc::_exit(code) };
+        }
+        let t0 = Instant::now();
+        let status = loop {
+            let mut status = 0;
+            // SAFETY: our own child; a valid out-pointer.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                break Some(status);
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                // SAFETY: our own, unreaped child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SAFETY: as above.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        let status = status.expect("the forked child hung registering a wait");
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the forked child's wait was not served: status {status:#x}"
+        );
     }
 }
