@@ -67,3 +67,140 @@
 //! [`Sender::send`]: crate::Sender::send
 
 pub(crate) mod waiter;
+
+use crate::endpoint::Endpoint;
+use crate::error::{Error, RecvError, SendError};
+use crate::ring::spsc::{Consumer, Producer};
+use crate::ring::RingKind;
+use crate::transport::msgq::{MsgqReceiver, MsgqSender};
+use crate::transport::socket::{SocketReceiver, SocketSender};
+use std::future::Future;
+use std::pin::Pin;
+
+/// The future of [`AsyncReceiver::recv_async`]: boxed, so that the trait can be used as
+/// `dyn AsyncReceiver`.
+pub type RecvFuture<'a> = Pin<Box<dyn Future<Output = Result<(), RecvError>> + Send + 'a>>;
+/// The future of [`AsyncSender::send_async`]: boxed, so that the trait can be used as
+/// `dyn AsyncSender`.
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
+
+/// The receiving end of any transport, awaited: what [`open_async_receiver`] returns.
+///
+/// Implemented by the SPSC [`Consumer`], [`MsgqReceiver`] and [`SocketReceiver`], whose own
+/// (inherent) `recv_async` methods return the same future unboxed; the trait's costs one
+/// allocation per call. Each type's `recv_async` documents how it waits and why it is cancel
+/// safe (a dropped future has taken no message).
+pub trait AsyncReceiver {
+    /// Receives the next message into `buf`, waiting without blocking the thread: the async
+    /// [`Receiver::recv`](crate::Receiver::recv), with its results (`Disconnected` once the
+    /// sender is gone and everything sent is drained).
+    fn recv_async<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> RecvFuture<'a>;
+}
+
+/// The sending end of any transport, awaited: what [`open_async_sender`] returns.
+///
+/// Implemented by the SPSC [`Producer`], [`MsgqSender`] and [`SocketSender`], whose own
+/// (inherent) `send_async` methods return the same future unboxed; each documents what a dropped
+/// future has sent (nothing, or, once a long message is committed, all of it).
+pub trait AsyncSender {
+    /// Sends `msg`, waiting without blocking the thread while there is no room: the async
+    /// [`Sender::send`](crate::Sender::send), with its results.
+    fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a>;
+}
+
+impl<T: AsyncReceiver + ?Sized> AsyncReceiver for Box<T> {
+    fn recv_async<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> RecvFuture<'a> {
+        (**self).recv_async(buf)
+    }
+}
+
+impl<T: AsyncSender + ?Sized> AsyncSender for Box<T> {
+    fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a> {
+        (**self).send_async(msg)
+    }
+}
+
+impl AsyncReceiver for Consumer {
+    fn recv_async<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> RecvFuture<'a> {
+        Box::pin(Consumer::recv_async(self, buf))
+    }
+}
+
+impl AsyncSender for Producer {
+    fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a> {
+        Box::pin(Producer::send_async(self, msg))
+    }
+}
+
+impl AsyncReceiver for MsgqReceiver {
+    fn recv_async<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> RecvFuture<'a> {
+        Box::pin(MsgqReceiver::recv_async(self, buf))
+    }
+}
+
+impl AsyncSender for MsgqSender {
+    fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a> {
+        Box::pin(MsgqSender::send_async(self, msg))
+    }
+}
+
+impl AsyncReceiver for SocketReceiver {
+    fn recv_async<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> RecvFuture<'a> {
+        Box::pin(SocketReceiver::recv_async(self, buf))
+    }
+}
+
+impl AsyncSender for SocketSender {
+    fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a> {
+        Box::pin(SocketSender::send_async(self, msg))
+    }
+}
+
+/// The error for a shared-memory endpoint whose ring kind has no async ends yet.
+fn not_async(kind: RingKind) -> Error {
+    Error::InvalidConfig(format!(
+        "async ends are not available for shm:// rings of mode={} yet, only for SPSC rings \
+         (mode=spsc, the default); use the blocking ends (shmpipe::open_sender/open_receiver)",
+        format!("{kind:?}").to_lowercase()
+    ))
+}
+
+impl Endpoint {
+    /// Opens (or creates) the channel and takes its receiving end, to be awaited. See
+    /// [`open_async_receiver`].
+    pub fn open_async_receiver(self) -> Result<Box<dyn AsyncReceiver + Send>, Error> {
+        Ok(match self {
+            Endpoint::Shm(cfg) if cfg.kind != RingKind::Spsc => return Err(not_async(cfg.kind)),
+            Endpoint::Shm(cfg) => Box::new(cfg.open_receiver()?),
+            Endpoint::Msgq(cfg) => Box::new(cfg.open_receiver()?),
+            Endpoint::Socket(cfg) => Box::new(cfg.open_receiver()?),
+            Endpoint::Auto(cfg) => cfg.first_available(Endpoint::open_async_receiver)?.0,
+        })
+    }
+
+    /// Opens (or creates) the channel and takes its sending end, to be awaited. See
+    /// [`open_async_sender`].
+    pub fn open_async_sender(self) -> Result<Box<dyn AsyncSender + Send>, Error> {
+        Ok(match self {
+            Endpoint::Shm(cfg) if cfg.kind != RingKind::Spsc => return Err(not_async(cfg.kind)),
+            Endpoint::Shm(cfg) => Box::new(cfg.open_sender()?),
+            Endpoint::Msgq(cfg) => Box::new(cfg.open_sender()?),
+            Endpoint::Socket(cfg) => Box::new(cfg.open_sender()?),
+            Endpoint::Auto(cfg) => cfg.first_available(Endpoint::open_async_sender)?.0,
+        })
+    }
+}
+
+/// Opens the receiving end of the channel at `endpoint`, to be awaited: as
+/// [`open_receiver`](crate::open_receiver), for `shm://` (SPSC rings only: `mode=mpmc` and
+/// `mode=broadcast` are an [`Error::InvalidConfig`]), `msgq://`, `unix://`, `tcp://` and
+/// `auto://`.
+pub fn open_async_receiver(endpoint: &str) -> Result<Box<dyn AsyncReceiver + Send>, Error> {
+    Endpoint::parse(endpoint)?.open_async_receiver()
+}
+
+/// Opens the sending end of the channel at `endpoint`, to be awaited: as
+/// [`open_sender`](crate::open_sender), for the same endpoints as [`open_async_receiver`].
+pub fn open_async_sender(endpoint: &str) -> Result<Box<dyn AsyncSender + Send>, Error> {
+    Endpoint::parse(endpoint)?.open_async_sender()
+}

@@ -166,6 +166,8 @@ use std::io;
 use std::time::{Duration, Instant};
 use tokens::{Attached, Counts, Membership, QueueOwner, Verdict};
 
+#[cfg(all(feature = "tokio", not(loom)))]
+mod aio;
 mod tokens;
 
 /// `mtype` of a whole message.

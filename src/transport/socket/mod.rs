@@ -99,6 +99,8 @@
 //! Paths must be absolute and at most 107 bytes, and the parent directory must allow hard links
 //! and the creation of a directory (the staged path, `PARENT/.spXXXXXXXX/s`, must also fit).
 
+#[cfg(all(feature = "tokio", not(loom)))]
+mod aio;
 mod frame;
 mod unix;
 
@@ -368,6 +370,8 @@ impl SocketConfig {
             Link::Connected(connect(&self.addr, self.connect_timeout)?)
         };
         Ok(Conn {
+            #[cfg(all(feature = "tokio", not(loom)))]
+            reg: None,
             link,
             addr: self.addr.clone(),
         })
@@ -683,6 +687,11 @@ enum Wait {
 }
 
 struct Conn {
+    /// The async calls' registration of the current descriptor (listener or stream) with tokio's
+    /// reactor. Declared first, so dropped before the descriptor closes; every change of `link`
+    /// drops it first too (see `set_link`).
+    #[cfg(all(feature = "tokio", not(loom)))]
+    reg: Option<aio::Registration>,
     link: Link,
     addr: SocketAddress,
 }
@@ -692,10 +701,10 @@ impl Conn {
     fn state(&mut self) -> State<'_> {
         if let Link::Listening(l) = &self.link {
             match l.accept() {
-                Ok(Some(s)) => self.link = Link::Connected(s),
+                Ok(Some(s)) => self.set_link(Link::Connected(s)),
                 Ok(None) => return State::Waiting,
                 // The listener itself failed; no peer will ever come.
-                Err(_) => self.link = Link::Closed,
+                Err(_) => self.set_link(Link::Closed),
             }
         }
         match &mut self.link {
@@ -717,14 +726,24 @@ impl Conn {
             Ok(None) => Wait::TimedOut,
             // poll itself failed (out of memory): give up on the connection rather than spin.
             Err(_) => {
-                self.link = Link::Closed;
+                self.set_link(Link::Closed);
                 Wait::Ready
             }
         }
     }
 
     fn close(&mut self) {
-        self.link = Link::Closed;
+        self.set_link(Link::Closed);
+    }
+
+    /// Replaces the link (closing the old descriptor), after dropping the async registration of
+    /// that descriptor: it must leave the reactor before its number can be reused.
+    fn set_link(&mut self, link: Link) {
+        #[cfg(all(feature = "tokio", not(loom)))]
+        {
+            self.reg = None;
+        }
+        self.link = link;
     }
 
     fn connected(&mut self) -> Option<&mut Stream> {
