@@ -1,21 +1,45 @@
-//! Async ends (feature `tokio`): await a message or room in the ring without a thread per waiter.
+//! Async ends (feature `tokio`): await a message or room without a thread per waiter, on the
+//! SPSC ring, message queues and Unix/TCP sockets.
 //!
-//! What exists now, on the **SPSC ring** (in-process [`ring::spsc::channel`] and shared-memory
-//! [`ShmConfig::open_sender`] / [`open_receiver`]):
-//! - [`Consumer::recv_async`]`(&mut buf).await`, the async [`Receiver::recv`];
-//! - [`Producer::send_async`]`(&msg).await`, the async [`Sender::send`].
+//! What exists now:
+//! - **SPSC ring** (in-process [`ring::spsc::channel`] and shared-memory
+//!   [`ShmConfig::open_sender`] / [`open_receiver`]): [`Consumer::recv_async`] and
+//!   [`Producer::send_async`], woken by shared `futex_waitv` waiter threads (below). They need
+//!   only a `Waker`, any executor.
+//! - **Sockets**: [`SocketReceiver::recv_async`], [`SocketSender::send_async`] and
+//!   [`SocketSender::flush_async`], woken by tokio's reactor (the socket is registered as an
+//!   `AsyncFd` on the first async call; every read and write passes `MSG_DONTWAIT`, so the
+//!   descriptor stays in blocking mode for the blocking calls). Await them in a tokio runtime
+//!   with I/O enabled.
+//! - **Message queues**: [`MsgqReceiver::recv_async`] and [`MsgqSender::send_async`], which
+//!   poll (the kernel has nothing to wait on), sleeping in tokio's timer from 50 µs doubling to
+//!   2 ms: a message reaching an idle queue is seen up to ~2 ms (plus the timer's 1 ms tick)
+//!   late. Await them in a tokio runtime with the time driver enabled.
+//! - **Any of them**: the object-safe traits [`AsyncReceiver`] / [`AsyncSender`] (boxed futures,
+//!   one allocation per call), and [`open_async_receiver`] / [`open_async_sender`] for
+//!   `shm://` (SPSC rings), `msgq://`, `unix://`, `tcp://` and `auto://` endpoints.
 //!
-//! Both try first: a message (or room) already there costs what `try_recv` (`try_send`) costs, no
-//! syscall and no registration. Both are cancel safe: a dropped future took (sent) nothing, and
-//! left no waiter bit or registration behind. Results are the blocking calls': `Disconnected`
-//! after the ring is drained, a killed peer noticed within a park slice (100 ms), `Corrupted`,
-//! `Forked`. For a timeout, wrap the future: `tokio::time::timeout(d, rx.recv_async(&mut buf))`
-//! (cancel safety makes an elapsed timeout lose nothing); there is no `recv_async_timeout`.
+//! Each tries first: a message (or room) already there costs what `try_recv` (`try_send`) costs.
+//! Results are the blocking calls': `Disconnected` after everything sent is drained, a killed
+//! peer noticed (sockets at once, message queues within their 50 ms liveness check, the ring
+//! within a park slice of 100 ms), `Corrupted`, `TooLarge`, `Forked`. For a timeout, wrap the
+//! future: `tokio::time::timeout(d, rx.recv_async(&mut buf))`; there is no `recv_async_timeout`.
 //!
-//! Not yet: MPMC and broadcast ends, msgq and socket transports, the boxed `Sender`/`Receiver`
-//! traits, `Stream`/`Sink` adapters.
+//! # Cancellation
+//! - A dropped `recv_async` has taken no message, on every transport: what it read of a message
+//!   (a socket's partial frame, a message queue's fragments) is kept in the receiver, and the
+//!   next call goes on with it. An elapsed `timeout` or a lost `select!` branch loses nothing.
+//! - A dropped SPSC `send_async` sent nothing and left no waiter bit or registration. A socket
+//!   `send_async` dropped before the kernel took any of its frame sent nothing; dropped after,
+//!   the message is sent: the rest of the frame stays in the sender and is written first by the
+//!   next call, [`SocketSender::flush_async`], or drop, as after a blocking send whose deadline
+//!   passed mid-frame. A message-queue message longer than one `msgsnd` is likewise committed by
+//!   its first fragment. No message is ever cut or repeated.
 //!
-//! # How a waiting future is woken
+//! Not yet: MPMC and broadcast ends (their `shm://` endpoints are an [`Error::InvalidConfig`]
+//! from `open_async_*`), `Stream`/`Sink` adapters.
+//!
+//! # How a waiting SPSC future is woken
 //! A pending end does the blocking end's doorbell handshake (sets its waiter bit, the sleeper's
 //! barrier, reads the futex word, re-checks), then registers (word, value, `Waker`) with a
 //! process-wide waiter thread instead of sleeping. That thread sleeps in one `futex_waitv` call
@@ -25,8 +49,9 @@
 //! `ceil(rings awaited at once / 127)` such threads at most, started on demand (none until the
 //! first wait). Without `futex_waitv` (Linux before 5.16) the thread polls every millisecond.
 //!
-//! The futures need no particular runtime (only their `Waker`); the feature is named after the
-//! runtime they are tested with, which is not a dependency of this crate.
+//! The SPSC futures need no particular runtime (only their `Waker`). The feature makes tokio
+//! (features `net`, `rt` and `time`, no defaults) a dependency, for the sockets' reactor and the
+//! message queues' timer; without it the library depends on `libc` and `crossbeam-utils` only.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -58,13 +83,42 @@
 //! # }
 //! ```
 //!
+//! Any transport through an endpoint, here a Unix socket (the receiver listens):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use shmpipe::aio::{open_async_receiver, AsyncReceiver};
+//! use shmpipe::Sender;
+//!
+//! let dir = std::env::temp_dir().join(format!("shmpipe-aio-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let endpoint = format!("unix://{}", dir.join("s.sock").display());
+//! let mut rx = open_async_receiver(&endpoint).unwrap();
+//! let sender = std::thread::spawn(move || {
+//!     let mut tx = shmpipe::open_sender(&endpoint).unwrap();
+//!     tx.send(b"hello").unwrap();
+//! });
+//! let mut buf = Vec::new();
+//! rx.recv_async(&mut buf).await.unwrap();
+//! assert_eq!(buf, b"hello");
+//! assert_eq!(rx.recv_async(&mut buf).await, Err(shmpipe::RecvError::Disconnected));
+//! sender.join().unwrap();
+//! # drop(rx);
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # }
+//! ```
+//!
 //! [`ring::spsc::channel`]: crate::ring::spsc::channel
 //! [`ShmConfig::open_sender`]: crate::transport::shm::ShmConfig::open_sender
 //! [`open_receiver`]: crate::transport::shm::ShmConfig::open_receiver
 //! [`Consumer::recv_async`]: crate::ring::spsc::Consumer::recv_async
 //! [`Producer::send_async`]: crate::ring::spsc::Producer::send_async
-//! [`Receiver::recv`]: crate::Receiver::recv
-//! [`Sender::send`]: crate::Sender::send
+//! [`SocketReceiver::recv_async`]: crate::transport::socket::SocketReceiver::recv_async
+//! [`SocketSender::send_async`]: crate::transport::socket::SocketSender::send_async
+//! [`SocketSender::flush_async`]: crate::transport::socket::SocketSender::flush_async
+//! [`MsgqReceiver::recv_async`]: crate::transport::msgq::MsgqReceiver::recv_async
+//! [`MsgqSender::send_async`]: crate::transport::msgq::MsgqSender::send_async
 
 pub(crate) mod waiter;
 
