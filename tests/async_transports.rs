@@ -498,3 +498,70 @@ fn mpmc_and_broadcast_endpoints_refuse_async_ends() {
         assert!(e.to_string().contains(&format!("mode={mode}")), "{e}");
     }
 }
+
+/// `send_async` of 256 KiB frames (more than a Unix socket buffers) cancelled by a 1 ms timeout
+/// while a slow reader drains: a future dropped before its frame was accepted sent nothing, one
+/// dropped after sent it (the rest pending, written first by the next call), and
+/// `messages_sent()` tells which; the reader gets exactly the sent messages, in order, none cut.
+#[test]
+fn unix_send_async_cancelled_mid_frame_sends_whole_frames_once() {
+    use shmpipe::transport::socket::SocketConfig;
+    const N: u64 = 300;
+    const LEN: usize = 256 * 1024;
+    let dir = SockDir::new("a2-send-cancel");
+    let cfg = SocketConfig::unix(dir.path("s.sock")).max_message(LEN);
+    let mut rx = cfg.open_receiver().unwrap();
+    let mut tx = cfg.open_sender().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            match rx.recv(&mut buf) {
+                Ok(()) => {
+                    let seq = u64::from_le_bytes(buf[..8].try_into().unwrap());
+                    assert!(buf == big(seq, LEN), "message {seq} cut or altered");
+                    got.push(seq);
+                    std::thread::sleep(Duration::from_millis(4));
+                }
+                Err(RecvError::Disconnected) => return got,
+                Err(e) => panic!("recv: {e:?}"),
+            }
+        }
+    });
+    let (sent, dropped_unsent, dropped_accepted) = current_thread().block_on(async {
+        let (mut sent, mut unsent, mut accepted) = (Vec::new(), 0u64, 0u64);
+        for seq in 0..N {
+            let msg = big(seq, LEN);
+            let before = tx.messages_sent();
+            match tokio::time::timeout(Duration::from_millis(1), tx.send_async(&msg)).await {
+                Ok(r) => {
+                    r.unwrap();
+                    sent.push(seq);
+                }
+                Err(_) if tx.messages_sent() == before + 1 => {
+                    assert!(tx.pending_bytes() > 0, "accepted, and cancelled while writing it");
+                    accepted += 1;
+                    sent.push(seq);
+                }
+                Err(_) => {
+                    assert_eq!(tx.messages_sent(), before);
+                    unsent += 1;
+                }
+            }
+        }
+        tx.flush_async().await.unwrap();
+        (sent, unsent, accepted)
+    });
+    drop(tx);
+    let got = reader.join().unwrap();
+    eprintln!(
+        "send cancellation: {} sent, {dropped_accepted} dropped after acceptance, {dropped_unsent} dropped before",
+        sent.len()
+    );
+    assert_eq!(got, sent);
+    assert!(
+        dropped_accepted >= 10,
+        "only {dropped_accepted} futures dropped mid-frame"
+    );
+    dir.assert_empty();
+}

@@ -34,7 +34,9 @@
 //!   the message is sent: the rest of the frame stays in the sender and is written first by the
 //!   next call, [`SocketSender::flush_async`], or drop, as after a blocking send whose deadline
 //!   passed mid-frame. A message-queue message longer than one `msgsnd` is likewise committed by
-//!   its first fragment. No message is ever cut or repeated.
+//!   its first fragment. No message is ever cut or repeated. Whether a dropped future sent its
+//!   message: [`AsyncSender::messages_sent`] (or the ends' own `messages_sent`) before and
+//!   after. (`pending_bytes() > 0` does not say: the remainder may be an earlier message's.)
 //!
 //! Not yet: MPMC and broadcast ends (their `shm://` endpoints are an [`Error::InvalidConfig`]
 //! from `open_async_*`), `Stream`/`Sink` adapters.
@@ -160,6 +162,14 @@ pub trait AsyncSender {
     /// Sends `msg`, waiting without blocking the thread while there is no room: the async
     /// [`Sender::send`](crate::Sender::send), with its results.
     fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a>;
+
+    /// Messages this end has sent since it was opened, by any call, where a dropped
+    /// `send_async` may have sent its message (sockets, message queues): compare the count
+    /// before and after to learn whether it did. `None` where a dropped `send_async` never sent
+    /// (the SPSC ring).
+    fn messages_sent(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl<T: AsyncReceiver + ?Sized> AsyncReceiver for Box<T> {
@@ -171,6 +181,9 @@ impl<T: AsyncReceiver + ?Sized> AsyncReceiver for Box<T> {
 impl<T: AsyncSender + ?Sized> AsyncSender for Box<T> {
     fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a> {
         (**self).send_async(msg)
+    }
+    fn messages_sent(&self) -> Option<u64> {
+        (**self).messages_sent()
     }
 }
 
@@ -196,6 +209,9 @@ impl AsyncSender for MsgqSender {
     fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a> {
         Box::pin(MsgqSender::send_async(self, msg))
     }
+    fn messages_sent(&self) -> Option<u64> {
+        Some(MsgqSender::messages_sent(self))
+    }
 }
 
 impl AsyncReceiver for SocketReceiver {
@@ -207,6 +223,9 @@ impl AsyncReceiver for SocketReceiver {
 impl AsyncSender for SocketSender {
     fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a> {
         Box::pin(SocketSender::send_async(self, msg))
+    }
+    fn messages_sent(&self) -> Option<u64> {
+        Some(SocketSender::messages_sent(self))
     }
 }
 

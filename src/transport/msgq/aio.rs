@@ -63,7 +63,8 @@ impl MsgqSender {
     /// `msgsnd`: a dropped future sent it whole or not at all. A longer one is committed by its
     /// first fragment: a future dropped before that sent nothing; one dropped after has sent the
     /// message, and its remaining fragments go out first at the next call or when the sender
-    /// drops, as after a blocking send whose deadline passed mid-message.
+    /// drops, as after a blocking send whose deadline passed mid-message. Whether a dropped
+    /// future's message was sent: [`messages_sent`](Self::messages_sent) before and after.
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn send_async(&mut self, msg: &[u8]) -> Result<(), SendError> {
         let mut pause = Pause::new();

@@ -122,6 +122,9 @@ impl SocketSender {
     /// after (while writing the rest) has sent the message: the remainder is kept in the sender
     /// and written first by the next call, by [`flush_async`](Self::flush_async), or at drop, as
     /// after a blocking send whose deadline passed mid-frame. A frame is never cut or repeated.
+    /// Whether a dropped future's message was sent: [`messages_sent`](Self::messages_sent)
+    /// before and after (not [`pending_bytes`](Self::pending_bytes), which may be the remainder
+    /// of an earlier message that the dropped future was still writing out).
     ///
     /// Must be awaited within a tokio runtime with I/O enabled (it panics otherwise).
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]

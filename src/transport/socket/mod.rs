@@ -383,6 +383,7 @@ impl SocketConfig {
         Ok(SocketSender {
             conn: self.open(self.listen == Listen::Sender)?,
             writer: FrameWriter::default(),
+            sent: 0,
             max: self.max_message,
             close_timeout: self.close_timeout,
         })
@@ -766,6 +767,8 @@ impl Conn {
 pub struct SocketSender {
     conn: Conn,
     writer: FrameWriter,
+    /// Frames accepted since open.
+    sent: u64,
     max: usize,
     close_timeout: Duration,
 }
@@ -784,6 +787,13 @@ impl SocketSender {
     /// Bytes of an accepted frame not yet handed to the kernel (see the module docs).
     pub fn pending_bytes(&self) -> usize {
         self.writer.pending()
+    }
+
+    /// Messages sent (their frames accepted, the rest of the last one perhaps still pending) by
+    /// any call since this end was opened. After a dropped async send, an unchanged count says
+    /// that its message was not sent.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent
     }
 
     /// Writes the remainder of a partly written frame, waiting until `deadline`; `Timeout` if
@@ -837,7 +847,10 @@ impl SocketSender {
             other => other.map(|_| false),
         };
         match written {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                self.sent += 1;
+                Ok(())
+            }
             Ok(false) => Err(TrySendError::Full),
             Err(_) => {
                 self.disconnect();
