@@ -565,3 +565,64 @@ fn unix_send_async_cancelled_mid_frame_sends_whole_frames_once() {
     );
     dir.assert_empty();
 }
+
+/// `listen=sender`: an async sender that listens waits (in the reactor, on its listener) for the
+/// receiver to connect; an async receiver that connects to a listening blocking sender.
+#[test]
+fn unix_async_ends_on_the_listening_and_the_connecting_side() {
+    const N: u64 = 1000;
+    let dir = SockDir::new("a2-listen");
+    let ep = format!("unix://{}?listen=sender&max_message=512", dir.path("s.sock"));
+    let mut tx = open_async_sender(&ep).unwrap();
+    let ep2 = ep.clone();
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        let mut rx = shmpipe::open_receiver(&ep2).unwrap();
+        let (mut buf, mut expected) = (Vec::new(), Vec::new());
+        let mut n = 0;
+        while rx.recv(&mut buf).is_ok() {
+            check_pattern(n, 512, &buf, &mut expected);
+            n += 1;
+        }
+        n
+    });
+    current_thread().block_on(async {
+        let mut buf = Vec::new();
+        for seq in 0..N {
+            pattern(seq, 512, &mut buf);
+            tokio::time::timeout(SOON, tx.send_async(&buf))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    });
+    drop(tx);
+    assert_eq!(reader.join().unwrap(), N);
+
+    let ep = format!("unix://{}?listen=sender&max_message=512", dir.path("t.sock"));
+    let mut tx = shmpipe::open_sender(&ep).unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        for seq in 0..N {
+            pattern(seq, 512, &mut buf);
+            tx.send(&buf).unwrap();
+        }
+    });
+    let mut rx = open_async_receiver(&ep).unwrap();
+    let n = current_thread().block_on(async {
+        let (mut buf, mut expected) = (Vec::new(), Vec::new());
+        let mut n = 0;
+        loop {
+            match tokio::time::timeout(SOON, rx.recv_async(&mut buf)).await.unwrap() {
+                Ok(()) => check_pattern(n, 512, &buf, &mut expected),
+                Err(RecvError::Disconnected) => break n,
+                Err(e) => panic!("recv_async: {e:?}"),
+            }
+            n += 1;
+        }
+    });
+    assert_eq!(n, N);
+    writer.join().unwrap();
+    drop(rx);
+    dir.assert_empty();
+}

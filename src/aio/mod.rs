@@ -9,8 +9,8 @@
 //! - **Sockets**: [`SocketReceiver::recv_async`], [`SocketSender::send_async`] and
 //!   [`SocketSender::flush_async`], woken by tokio's reactor (the socket is registered as an
 //!   `AsyncFd` on the first async call; every read and write passes `MSG_DONTWAIT`, so the
-//!   descriptor stays in blocking mode for the blocking calls). Await them in a tokio runtime
-//!   with I/O enabled.
+//!   descriptor stays in blocking mode for the blocking calls, which mix freely with these).
+//!   Await them in a tokio runtime with I/O enabled, one runtime per end (the one registered).
 //! - **Message queues**: [`MsgqReceiver::recv_async`] and [`MsgqSender::send_async`], which
 //!   poll (the kernel has nothing to wait on), sleeping in tokio's timer from 50 µs doubling to
 //!   2 ms: a message reaching an idle queue is seen up to ~2 ms (plus the timer's 1 ms tick)

@@ -92,7 +92,9 @@ impl SocketReceiver {
     /// frame in progress.
     ///
     /// Must be awaited within a tokio runtime with I/O enabled (it panics otherwise, as tokio's
-    /// sockets do); the socket is registered with the reactor of the first async call's runtime.
+    /// sockets do). The socket is registered with the reactor of the first async call's runtime:
+    /// make an end's async calls within that one runtime (it is registered again only once that
+    /// runtime has shut down).
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn recv_async(&mut self, buf: &mut Vec<u8>) -> Result<(), RecvError> {
         poll_fn(|cx| self.poll_recv(cx, buf)).await
@@ -126,7 +128,8 @@ impl SocketSender {
     /// before and after (not [`pending_bytes`](Self::pending_bytes), which may be the remainder
     /// of an earlier message that the dropped future was still writing out).
     ///
-    /// Must be awaited within a tokio runtime with I/O enabled (it panics otherwise).
+    /// Must be awaited within a tokio runtime with I/O enabled (it panics otherwise), the same
+    /// runtime for every async call of this end (see [`SocketReceiver::recv_async`]).
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn send_async(&mut self, msg: &[u8]) -> Result<(), SendError> {
         self.check_len(msg).map_err(SendError::TooLarge)?;
