@@ -93,7 +93,10 @@ impl AutoConfig {
         self.first_available(Endpoint::open_receiver)
     }
 
-    fn first_available<T>(&self, open: impl Fn(Endpoint) -> Result<T, Error>) -> Result<(T, String), Error> {
+    pub(crate) fn first_available<T>(
+        &self,
+        open: impl Fn(Endpoint) -> Result<T, Error>,
+    ) -> Result<(T, String), Error> {
         let mut passed_over = Vec::new();
         for candidate in self.candidates()? {
             let scheme = candidate.scheme();

@@ -166,6 +166,8 @@ use std::io;
 use std::time::{Duration, Instant};
 use tokens::{Attached, Counts, Membership, QueueOwner, Verdict};
 
+#[cfg(all(feature = "tokio", not(loom)))]
+mod aio;
 mod tokens;
 
 /// `mtype` of a whole message.
@@ -248,6 +250,7 @@ impl MsgqConfig {
             rest: Vec::new(),
             rest_at: 0,
             sent_any: false,
+            sent: 0,
             disconnected: false,
             close_timeout: self.close_timeout,
         })
@@ -477,6 +480,8 @@ pub struct MsgqSender {
     rest: Vec<u8>,
     rest_at: usize,
     sent_any: bool,
+    /// Messages sent (committed) since open.
+    sent: u64,
     disconnected: bool,
     close_timeout: Duration,
 }
@@ -536,6 +541,13 @@ impl MsgqSender {
         self.fragment
     }
 
+    /// Messages sent (committed: a long one once its first fragment is queued) by any call since
+    /// this end was opened. After a dropped async send, an unchanged count says that its message
+    /// was not sent.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent
+    }
+
     fn send_impl(&mut self, msg: &[u8], wait: Wait) -> Result<(), TrySendError> {
         if self.q.inherited() {
             return Err(TrySendError::Forked);
@@ -583,11 +595,13 @@ impl MsgqSender {
         if msg.len() <= self.fragment {
             put(&mut self.q, &mut self.buf, MTYPE_MESSAGE, msg, wait)?;
             self.sent_any = true;
+            self.sent += 1;
             return Ok(());
         }
         let (first, _) = msg.split_at(self.fragment);
         put(&mut self.q, &mut self.buf, MTYPE_FRAGMENT, first, wait)?;
         self.sent_any = true;
+        self.sent += 1;
         // Committed: the rest goes out before anything else, now if there is room in time, else
         // from `rest` at the next call or at drop.
         let mut at = first.len();

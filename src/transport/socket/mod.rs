@@ -99,6 +99,8 @@
 //! Paths must be absolute and at most 107 bytes, and the parent directory must allow hard links
 //! and the creation of a directory (the staged path, `PARENT/.spXXXXXXXX/s`, must also fit).
 
+#[cfg(all(feature = "tokio", not(loom)))]
+mod aio;
 mod frame;
 mod unix;
 
@@ -368,6 +370,8 @@ impl SocketConfig {
             Link::Connected(connect(&self.addr, self.connect_timeout)?)
         };
         Ok(Conn {
+            #[cfg(all(feature = "tokio", not(loom)))]
+            reg: None,
             link,
             addr: self.addr.clone(),
         })
@@ -379,6 +383,7 @@ impl SocketConfig {
         Ok(SocketSender {
             conn: self.open(self.listen == Listen::Sender)?,
             writer: FrameWriter::default(),
+            sent: 0,
             max: self.max_message,
             close_timeout: self.close_timeout,
         })
@@ -683,6 +688,11 @@ enum Wait {
 }
 
 struct Conn {
+    /// The async calls' registration of the current descriptor (listener or stream) with tokio's
+    /// reactor. Declared first, so dropped before the descriptor closes; every change of `link`
+    /// drops it first too (see `set_link`).
+    #[cfg(all(feature = "tokio", not(loom)))]
+    reg: Option<aio::Registration>,
     link: Link,
     addr: SocketAddress,
 }
@@ -692,10 +702,10 @@ impl Conn {
     fn state(&mut self) -> State<'_> {
         if let Link::Listening(l) = &self.link {
             match l.accept() {
-                Ok(Some(s)) => self.link = Link::Connected(s),
+                Ok(Some(s)) => self.set_link(Link::Connected(s)),
                 Ok(None) => return State::Waiting,
                 // The listener itself failed; no peer will ever come.
-                Err(_) => self.link = Link::Closed,
+                Err(_) => self.set_link(Link::Closed),
             }
         }
         match &mut self.link {
@@ -717,14 +727,24 @@ impl Conn {
             Ok(None) => Wait::TimedOut,
             // poll itself failed (out of memory): give up on the connection rather than spin.
             Err(_) => {
-                self.link = Link::Closed;
+                self.set_link(Link::Closed);
                 Wait::Ready
             }
         }
     }
 
     fn close(&mut self) {
-        self.link = Link::Closed;
+        self.set_link(Link::Closed);
+    }
+
+    /// Replaces the link (closing the old descriptor), after dropping the async registration of
+    /// that descriptor: it must leave the reactor before its number can be reused.
+    fn set_link(&mut self, link: Link) {
+        #[cfg(all(feature = "tokio", not(loom)))]
+        {
+            self.reg = None;
+        }
+        self.link = link;
     }
 
     fn connected(&mut self) -> Option<&mut Stream> {
@@ -747,6 +767,8 @@ impl Conn {
 pub struct SocketSender {
     conn: Conn,
     writer: FrameWriter,
+    /// Frames accepted since open.
+    sent: u64,
     max: usize,
     close_timeout: Duration,
 }
@@ -765,6 +787,13 @@ impl SocketSender {
     /// Bytes of an accepted frame not yet handed to the kernel (see the module docs).
     pub fn pending_bytes(&self) -> usize {
         self.writer.pending()
+    }
+
+    /// Messages sent (their frames accepted, the rest of the last one perhaps still pending) by
+    /// any call since this end was opened. After a dropped async send, an unchanged count says
+    /// that its message was not sent.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent
     }
 
     /// Writes the remainder of a partly written frame, waiting until `deadline`; `Timeout` if
@@ -818,7 +847,10 @@ impl SocketSender {
             other => other.map(|_| false),
         };
         match written {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                self.sent += 1;
+                Ok(())
+            }
             Ok(false) => Err(TrySendError::Full),
             Err(_) => {
                 self.disconnect();
