@@ -21,6 +21,9 @@
 //!   subscriber) and in-process broadcasts (`inproc-bcast`, `inproc-bus`): publisher msgs/s,
 //!   one-way latency at each subscriber from a send timestamp in the message, and messages
 //!   missed (see [`fanout`]).
+//! - `async` (only when asked for): `shm-async`, our ring with the receiving side awaiting
+//!   `recv_async` in a tokio current-thread runtime, as a 64 B throughput row beside `shm` and a
+//!   latency row beside `shm-park`, with the ratios and their targets printed (see [`aio`]).
 //!
 //! `--plot FILE.svg` also draws the latency percentile curves and the throughput bars of the
 //! run into one SVG (see [`plot`]).
@@ -33,6 +36,7 @@
 //! [`inproc`]): `inproc-ring`, `inproc-arrayqueue`, `inproc-rtrb`. Another crate's shared-memory
 //! channel across the same two processes (see [`ipc_crate`]): `ipmpsc`.
 
+mod aio;
 mod cleanup;
 mod crossover;
 mod fanout;
@@ -75,15 +79,20 @@ pub(crate) enum Scenario {
     /// 1 publisher -> 1, 2, 4 subscribers of 64-byte messages: publisher msgs/s, one-way latency
     /// at each subscriber, messages missed (only when asked for).
     Fanout,
+    /// The async receiver (shm-async) beside the blocking rows it replaces, in the shapes above:
+    /// 64 B throughput next to shm, 8 B latency next to shm-park, with the ratios and their
+    /// targets (only when asked for; --size does not apply).
+    Async,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] = [
+    const ALL: [Scenario; 6] = [
         Scenario::Throughput,
         Scenario::Latency,
         Scenario::Mpmc,
         Scenario::Fanout,
         Scenario::Crossover,
+        Scenario::Async,
     ];
 
     fn name(self) -> &'static str {
@@ -93,6 +102,7 @@ impl Scenario {
             Scenario::Crossover => "crossover",
             Scenario::Mpmc => "mpmc",
             Scenario::Fanout => "fanout",
+            Scenario::Async => "async",
         }
     }
 
@@ -104,6 +114,8 @@ impl Scenario {
             Scenario::Crossover => false,
             // Up to five busy processes on this machine's CPUs: only when asked for.
             Scenario::Fanout => false,
+            // Its latency row alone takes about 5 s (100000 async round trips): only when asked.
+            Scenario::Async => false,
         }
     }
 }
@@ -115,6 +127,9 @@ pub(crate) enum Transport {
     Shm,
     /// shm://NAME?wait=park (wakes through the futex every time)
     ShmPark,
+    /// shm://NAME, the receiving side awaiting recv_async in a tokio current-thread runtime
+    /// (latency: both receivers; throughput at 64 B: ours, the peer's sender spins as for shm)
+    ShmAsync,
     /// shm://NAME?mode=mpmc (mpmc scenario: producer processes, consumer threads)
     ShmMpmc,
     /// Raw: one AtomicU64 in an IPC_PRIVATE segment, both sides spinning (latency only)
@@ -157,9 +172,10 @@ pub(crate) enum Transport {
 
 impl Transport {
     /// Every transport, in the order of the report: each of ours next to its baseline.
-    const ALL: [Transport; 21] = [
+    const ALL: [Transport; 22] = [
         Transport::Shm,
         Transport::ShmPark,
+        Transport::ShmAsync,
         Transport::ShmMpmc,
         Transport::RawAtomic,
         Transport::RawFutex,
@@ -185,6 +201,7 @@ impl Transport {
         match self {
             Transport::Shm => "shm",
             Transport::ShmPark => "shm-park",
+            Transport::ShmAsync => "shm-async",
             Transport::ShmMpmc => "shm-mpmc",
             Transport::RawAtomic => "raw-atomic",
             Transport::RawFutex => "raw-futex",
@@ -236,6 +253,9 @@ impl Transport {
             Scenario::Mpmc => mpmc_only || self == Transport::InprocArrayqueue,
             Scenario::Fanout => fanout::TRANSPORTS.contains(&self),
             _ if mpmc_only || fanout_only => false,
+            // Its rows (and their blocking counterparts) are made by the async scenario.
+            Scenario::Async => ASYNC_JOBS.iter().any(|&(_, t, s)| t == self && s == size),
+            _ if self == Transport::ShmAsync => false,
             Scenario::Throughput => {
                 !matches!(self, Transport::RawAtomic | Transport::RawFutex)
                     && (!self.is_inproc() || inproc::supports(self, size))
@@ -250,6 +270,9 @@ impl Transport {
         Some(match (self, scenario) {
             (Transport::Shm, Scenario::Latency) => Transport::RawAtomic,
             (Transport::ShmPark, Scenario::Latency) => Transport::RawFutex,
+            // The async receiver next to the blocking one it replaces (issue 16 item 5).
+            (Transport::ShmAsync, Scenario::Latency) => Transport::ShmPark,
+            (Transport::ShmAsync, Scenario::Throughput) => Transport::Shm,
             // Nothing raw streams through shared memory: the socket pair is the usual alternative.
             (Transport::Shm | Transport::ShmPark, Scenario::Throughput) => Transport::RawUnix,
             (Transport::Msgq, _) => Transport::RawMsgq,
@@ -349,6 +372,17 @@ pub(crate) fn ring_capacity(size: usize) -> usize {
 /// Where the throughput and latency code meets a crossover or mpmc job (each dispatched to its
 /// own module before it).
 const NOT_CROSSOVER: &str = "the crossover, mpmc and fanout scenarios are measured by their own modules";
+
+/// The one message size of the `shm-async` throughput row.
+const ASYNC_SIZE: usize = 64;
+
+/// What `--scenario async` runs: the async rows and the blocking rows they are compared with.
+const ASYNC_JOBS: [(Scenario, Transport, usize); 4] = [
+    (Scenario::Throughput, Transport::Shm, ASYNC_SIZE),
+    (Scenario::Throughput, Transport::ShmAsync, ASYNC_SIZE),
+    (Scenario::Latency, Transport::ShmPark, PING_SIZE),
+    (Scenario::Latency, Transport::ShmAsync, PING_SIZE),
+];
 
 /// Size of a latency message.
 const PING_SIZE: usize = 8;
@@ -546,6 +580,8 @@ impl Job {
             Scenario::Mpmc => (self.messages / mpmc::PRODUCERS as u64).max(1),
             // What each subscriber is sent: the stream, then the paced messages.
             Scenario::Fanout => self.messages + self.paced,
+            // Its jobs are throughput and latency jobs.
+            Scenario::Async => unreachable!("no job has the async scenario"),
         }
     }
 }
@@ -877,6 +913,30 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             Scenario::Crossover => args.size.iter().map(|&s| s as usize).collect(),
             Scenario::Mpmc => vec![mpmc::SIZE],
             Scenario::Fanout => vec![fanout::SIZE],
+            Scenario::Async => {
+                for (scenario, transport, size) in ASYNC_JOBS {
+                    let dup = jobs
+                        .iter()
+                        .any(|j: &Job| j.scenario == scenario && j.transport == transport && j.size == size);
+                    if dup || (!args.transport.is_empty() && !args.transport.contains(&transport)) {
+                        continue;
+                    }
+                    let (messages, warmup) = match scenario {
+                        Scenario::Latency => (latency_n, warmup),
+                        _ => (throughput_n, 0),
+                    };
+                    jobs.push(Job {
+                        scenario,
+                        transport,
+                        size,
+                        messages,
+                        warmup,
+                        subscribers: 0,
+                        paced: 0,
+                    });
+                }
+                continue;
+            }
         };
         let counts: &[u64] = match scenario {
             Scenario::Crossover => &crossover::COUNTS,
@@ -903,6 +963,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
                     Scenario::Crossover => (count, 0),
                     Scenario::Mpmc => (throughput_n, 0),
                     Scenario::Fanout => (throughput_n, 0),
+                    Scenario::Async => unreachable!("made above"),
                 };
                 let (subscriber_counts, paced): (&[usize], u64) = match scenario {
                     Scenario::Fanout => (fanout::subscriber_counts(transport), latency_n),
@@ -925,7 +986,8 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     if jobs.is_empty() {
         eprintln!(
             "shmpipe: bench: nothing to run (raw-atomic and raw-futex measure latency only, the \
-             inproc- baselines throughput only, crossover compares shm, msgq and unix)"
+             inproc- baselines throughput only, crossover compares shm, msgq and unix, shm-async runs in \
+             --scenario async)"
         );
         return ExitCode::FAILURE;
     }
@@ -1015,6 +1077,14 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         print!("{}", table(&rows));
         print!("{}", fanout::table(&rows, cpus.len(), latency_n));
     }
+    // With --json on stderr, so that stdout stays one JSON object a line.
+    for line in async_ratios(&rows) {
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
     let mut plot_failed = false;
     if let Some(path) = &args.plot {
         match plot::write(path, &rows) {
@@ -1047,6 +1117,7 @@ fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
         Scenario::Crossover => return crossover::measure(ctx, job),
         Scenario::Mpmc => return mpmc::measure(ctx, job),
         Scenario::Fanout => return fanout::measure(ctx, job),
+        Scenario::Async => return Err("no job has the async scenario".into()),
         _ => {}
     }
     match job.transport.family() {
@@ -1150,6 +1221,45 @@ fn times(r: f64) -> String {
     }
 }
 
+/// The `shm-async` rows against the blocking rows of the same run, with the targets of issue 16
+/// item 5: async parked wake p50/p99 <= 2x `shm-park`; async 64 B stream >= 0.5x `shm`.
+fn async_ratios(rows: &[Row]) -> Vec<String> {
+    let find = |t: Transport, s: Scenario| {
+        rows.iter().find(move |r| {
+            r.transport == t && r.scenario == s && (s != Scenario::Throughput || r.size == ASYNC_SIZE)
+        })
+    };
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut out = Vec::new();
+    if let (Some(a), Some(b)) = (
+        find(Transport::ShmAsync, Scenario::Latency).and_then(|r| r.latency),
+        find(Transport::ShmPark, Scenario::Latency).and_then(|r| r.latency),
+    ) {
+        let (p50, p99) = (a[0] as f64 / b[0].max(1) as f64, a[1] as f64 / b[1].max(1) as f64);
+        out.push(format!(
+            "async ratio: latency shm-async / shm-park: p50 {p50:.2}x ({} / {} ns), p99 {p99:.2}x ({} / {} ns); \
+             target <= 2x: {}",
+            a[0],
+            b[0],
+            a[1],
+            b[1],
+            met(p50 <= 2.0 && p99 <= 2.0)
+        ));
+    }
+    if let (Some(a), Some(b)) = (
+        find(Transport::ShmAsync, Scenario::Throughput).and_then(|r| r.msgs_per_s),
+        find(Transport::Shm, Scenario::Throughput).and_then(|r| r.msgs_per_s),
+    ) {
+        let r = a / b;
+        out.push(format!(
+            "async ratio: throughput {ASYNC_SIZE} B shm-async / shm: {r:.2}x ({a:.0} / {b:.0} msgs/s); \
+             target >= 0.5x: {}",
+            met(r >= 0.5)
+        ));
+    }
+    out
+}
+
 /// The row's comparison with its baseline, if both were measured.
 fn versus(row: &Row, rows: &[Row]) -> String {
     if row.scenario == Scenario::Fanout {
@@ -1247,6 +1357,12 @@ fn table(rows: &[Row]) -> String {
          N = size rounded up to a power of two, and skip sizes above 1024 B.\n\
          Spinning rows (shm, raw-atomic, inproc-*) need two idle CPUs.\n",
     );
+    if rows.iter().any(|r| r.transport == Transport::ShmAsync) {
+        out.push_str(
+            "shm-async: the receiving side awaits recv_async in a tokio current-thread runtime (latency: both\n\
+             receivers; throughput: ours, the peer's sender spins as for shm); vs: shm-park (latency), shm.\n",
+        );
+    }
     if rows.iter().any(|r| r.scenario == Scenario::Fanout) {
         out.push_str(
             "fanout: TRANSPORT xN = N subscribers; msgs/s: the publisher's; latency: one way, from a send\n\

@@ -480,3 +480,85 @@ fn plot_writes_an_svg_naming_every_transport() {
     assert_eq!(run.stdout.lines().count(), 2 + 3 * 2, "stdout:\n{}", run.stdout);
     assert_no_leak(&run, 2 + 2 * 2);
 }
+
+#[test]
+fn async_run_reports_the_async_rows_their_baselines_and_ratios_and_leaks_nothing() {
+    let dir = std::env::temp_dir().join(format!("shmpipe-cli-bench-async-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a temp dir");
+    let path = dir.join("async.svg");
+    let run = run_bench(&[
+        "--scenario",
+        "async",
+        "--json",
+        "--messages",
+        &MESSAGES.to_string(),
+        "--plot",
+        path.to_str().expect("a UTF-8 temp path"),
+    ]);
+    let svg = std::fs::read_to_string(&path);
+    let _ = std::fs::remove_dir_all(&dir);
+    let texts = svg_texts(&svg.expect("reading the plot"));
+    assert!(
+        texts.iter().any(|s| s == "shm-async"),
+        "no latency legend: {texts:?}"
+    );
+    assert!(
+        texts.iter().any(|s| s == "64 B shm-async"),
+        "no throughput bar: {texts:?}"
+    );
+
+    let mut seen = BTreeSet::new();
+    for line in run.stdout.lines() {
+        let f = parse_line(line);
+        let keys: BTreeSet<&str> = f.keys().map(String::as_str).collect();
+        assert_eq!(keys, KEYS.into_iter().collect(), "keys of {line}");
+        assert_eq!(number(&f, "messages"), Some(MESSAGES as f64), "{line}");
+        let size = number(&f, "size").expect("size") as u64;
+        match f["scenario"].as_str() {
+            "throughput" => {
+                assert!(number(&f, "msgs_per_s").unwrap_or(0.0) > 0.0, "{line}");
+                assert_eq!(size, 64, "{line}");
+            }
+            "latency" => {
+                assert!(number(&f, "p50_ns").unwrap_or(0.0) > 0.0, "{line}");
+                assert!(number(&f, "p99_ns") >= number(&f, "p50_ns"), "{line}");
+                assert_eq!(size, 8, "{line}");
+            }
+            other => panic!("unexpected scenario {other:?}: {line}"),
+        }
+        assert!(
+            seen.insert((f["scenario"].clone(), f["transport"].clone())),
+            "duplicate: {line}"
+        );
+    }
+    let expected: BTreeSet<(String, String)> = [
+        ("throughput", "shm"),
+        ("throughput", "shm-async"),
+        ("latency", "shm-park"),
+        ("latency", "shm-async"),
+    ]
+    .iter()
+    .map(|(s, t)| (s.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(seen, expected, "stdout:\n{}", run.stdout);
+
+    // The ratio lines (on stderr with --json), each with a positive ratio and a verdict.
+    for prefix in [
+        "async ratio: latency shm-async / shm-park: p50 ",
+        "async ratio: throughput 64 B shm-async / shm: ",
+    ] {
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line; stderr:\n{}", run.stderr));
+        let ratio: f64 = line[prefix.len()..]
+            .split('x')
+            .next()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no ratio in {line}"));
+        assert!(ratio > 0.0 && ratio.is_finite(), "{line}");
+        assert!(line.ends_with(": met") || line.ends_with(": NOT met"), "{line}");
+    }
+    assert_no_leak(&run, expected.len());
+}

@@ -100,7 +100,9 @@ pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let dir = TempDir::new(&ctx.unique())?;
     let up = dir.path.join("up.ring");
     match job.scenario {
-        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout => Err(super::NOT_CROSSOVER.into()),
+        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout | Scenario::Async => {
+            Err(super::NOT_CROSSOVER.into())
+        }
         Scenario::Throughput => {
             let mut rx = Receiver::new(create(&up, job.size)?);
             let mut peer = PeerProc::spawn(ctx, job, &[path_str(&up)?.to_owned()], &[])?;

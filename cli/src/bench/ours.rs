@@ -110,7 +110,15 @@ fn endpoints(ctx: &Ctx, job: &Job) -> Result<Endpoints, String> {
             _dir: None,
             keys: list_keys(&name, true),
         },
-        Transport::ShmPark => Endpoints {
+        // Async receivers; the streaming sender spins as for `shm`, and the pings' sends never
+        // wait (see `aio`).
+        Transport::ShmAsync if job.scenario == Scenario::Throughput => Endpoints {
+            up: ring("up", "spin"),
+            down: ring("down", "spin"),
+            _dir: None,
+            keys: list_keys(&name, true),
+        },
+        Transport::ShmPark | Transport::ShmAsync => Endpoints {
             up: ring("up", "park"),
             down: ring("down", "park"),
             _dir: None,
@@ -161,7 +169,26 @@ pub(super) fn open_rx(endpoint: &str) -> Result<Rx, String> {
 pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let eps = endpoints(ctx, job)?;
     match job.scenario {
-        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout => Err(super::NOT_CROSSOVER.into()),
+        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout | Scenario::Async => {
+            Err(super::NOT_CROSSOVER.into())
+        }
+        Scenario::Throughput if job.transport == Transport::ShmAsync => {
+            let mut rx = super::aio::open_rx(&eps.up)?;
+            let peer = PeerProc::spawn(ctx, job, std::slice::from_ref(&eps.up), &[])?;
+            let rate = super::aio::receive_stream(&mut rx, job.size, job.messages)?;
+            drop(rx);
+            peer.finish()?;
+            Ok(Measured::Rate(rate))
+        }
+        Scenario::Latency if job.transport == Transport::ShmAsync => {
+            let mut tx = super::aio::open_tx(&eps.down)?;
+            let mut rx = super::aio::open_rx(&eps.up)?;
+            let peer = PeerProc::spawn(ctx, job, &[eps.down.clone(), eps.up.clone()], &[])?;
+            let latencies = super::aio::ping(&mut tx, &mut rx, job.warmup, job.messages)?;
+            drop((tx, rx));
+            peer.finish()?;
+            Ok(Measured::Latency(latencies))
+        }
         Scenario::Throughput => {
             let mut rx = open_rx(&eps.up)?;
             let peer = PeerProc::spawn(ctx, job, std::slice::from_ref(&eps.up), &[])?;
@@ -234,11 +261,16 @@ fn ping(tx: &mut Tx, rx: &mut Rx, warmup: u64, n: u64) -> Result<Latencies, Stri
 /// The peer's side.
 pub(super) fn peer(args: &PeerArgs) -> Result<(), String> {
     match args.scenario {
-        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout => Err(super::NOT_CROSSOVER.into()),
+        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout | Scenario::Async => {
+            Err(super::NOT_CROSSOVER.into())
+        }
         Scenario::Throughput => {
             let [up] = &args.addr[..] else {
                 return Err("expected one --addr".into());
             };
+            if args.transport == Transport::ShmAsync {
+                return super::aio::send_stream(args, up);
+            }
             let mut tx = open_tx(up)?;
             let mut buf = vec![0xa5u8; args.size];
             for i in 0..args.messages {
@@ -251,6 +283,9 @@ pub(super) fn peer(args: &PeerArgs) -> Result<(), String> {
             let [down, up] = &args.addr[..] else {
                 return Err("expected two --addr".into());
             };
+            if args.transport == Transport::ShmAsync {
+                return super::aio::echo(args, down, up);
+            }
             let mut rx = open_rx(down)?;
             let mut tx = open_tx(up)?;
             let mut buf = Vec::with_capacity(args.size);

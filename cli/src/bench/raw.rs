@@ -440,7 +440,7 @@ fn msgq_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
         let peer = PeerProc::spawn(ctx, job, &[queue.id.to_string()], &[])?;
         remove_if_peer_fails(peer.pid(), Arc::clone(&queue));
         let measured = match job.scenario {
-            Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout => {
+            Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout | Scenario::Async => {
                 return Err(super::NOT_CROSSOVER.into())
             }
             Scenario::Throughput => {
@@ -563,7 +563,9 @@ where
     for<'a> &'a S: Read + Write,
 {
     let measured = match job.scenario {
-        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout => return Err(super::NOT_CROSSOVER.into()),
+        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout | Scenario::Async => {
+            return Err(super::NOT_CROSSOVER.into())
+        }
         Scenario::Throughput => Measured::Rate(stream_receive(stream, job.size, job.messages)?),
         Scenario::Latency => Measured::Latency(stream_ping(stream, stream, job.warmup, job.messages)?),
     };
@@ -589,7 +591,9 @@ const PIPE_SIZE: libc::c_int = 1 << 20;
 fn pipe_measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     let (up_r, up_w) = io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let measured = match job.scenario {
-        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout => return Err(super::NOT_CROSSOVER.into()),
+        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout | Scenario::Async => {
+            return Err(super::NOT_CROSSOVER.into())
+        }
         Scenario::Throughput => {
             // Best effort: an unprivileged process may be refused more than fs.pipe-max-size.
             // SAFETY: F_SETPIPE_SZ takes an int and only resizes the pipe's buffer.
@@ -666,7 +670,9 @@ where
     for<'a> &'a S: Read + Write,
 {
     match args.scenario {
-        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout => Err(super::NOT_CROSSOVER.into()),
+        Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout | Scenario::Async => {
+            Err(super::NOT_CROSSOVER.into())
+        }
         Scenario::Throughput => stream_send(stream, args.size, args.messages),
         Scenario::Latency => stream_echo(stream, stream, args.messages),
     }
@@ -722,7 +728,7 @@ pub(super) fn peer(args: &PeerArgs) -> Result<(), String> {
         Transport::RawMsgq => {
             let queue = MsgQueue::open(one_addr(args)?);
             match args.scenario {
-                Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout => {
+                Scenario::Crossover | Scenario::Mpmc | Scenario::Fanout | Scenario::Async => {
                     return Err(super::NOT_CROSSOVER.into())
                 }
                 Scenario::Throughput => {
