@@ -329,6 +329,49 @@ mod tests {
         );
     }
 
+    /// The mirror for senders: a parked `send_async` dropped passes on the wake of a freed slot
+    /// to a blocking sender asleep on `not_full`.
+    #[test]
+    fn a_dropped_parked_send_passes_a_wake_on_when_a_slot_is_free() {
+        let (mut tx, mut rx) = channel(2, 16).unwrap();
+        while tx.try_send(b"x").is_ok() {}
+        let mut other = tx.try_clone().unwrap();
+        let other_bit = waiter_bit(other.me);
+        let core = Arc::clone(&tx.core);
+        let flag = Arc::new(Flag(false.into()));
+        let mut f = Box::pin(tx.send_async(b"a"));
+        assert!(poll_once(f.as_mut(), &flag).is_pending());
+        let sleeper = std::thread::spawn(move || {
+            other.set_wait_strategy(WaitStrategy::park_only().park_slice(Duration::from_secs(30)));
+            let t0 = Instant::now();
+            other.send(b"b").unwrap();
+            t0.elapsed()
+        });
+        while core.shared().not_full.waiter_bits() & other_bit == 0 {
+            std::thread::yield_now();
+        }
+        // Free a slot without ringing (as if its `wake(1)` went to the pending future).
+        let (pos, len) = rx.try_take().unwrap();
+        assert_eq!(len, 1);
+        assert!(rx.core.free_quietly(pos, pos.wrapping_add(1)));
+        drop(f);
+        let waited = sleeper.join().unwrap();
+        assert!(
+            waited < Duration::from_secs(10),
+            "the wake was not passed on: {waited:?}"
+        );
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        while rx.try_recv(&mut buf).is_ok() {
+            got.push(buf.clone());
+        }
+        assert_eq!(
+            got,
+            [b"x".to_vec(), b"b".to_vec()],
+            "the dropped send sent nothing"
+        );
+    }
+
     #[test]
     fn the_futures_are_send() {
         fn send<T: Send>(_: &T) {}
