@@ -15,9 +15,13 @@
 //!   poll (the kernel has nothing to wait on), sleeping in tokio's timer from 50 µs doubling to
 //!   2 ms: a message reaching an idle queue is seen up to ~2 ms (plus the timer's 1 ms tick)
 //!   late. Await them in a tokio runtime with the time driver enabled.
+//! - **MPMC ring** ([`ShmConfig::open_mpmc_sender`] / [`open_mpmc_receiver`], `shm://…?mode=mpmc`):
+//!   [`mpmc::Consumer::recv_async`] and [`mpmc::Producer::send_async`], woken by the same waiter
+//!   threads. A wake-up spent on a future that is then dropped unpolled is passed on to another
+//!   waiting member (the ring wakes one sleeper per message or freed slot).
 //! - **Any of them**: the object-safe traits [`AsyncReceiver`] / [`AsyncSender`] (boxed futures,
 //!   one allocation per call), and [`open_async_receiver`] / [`open_async_sender`] for
-//!   `shm://` (SPSC rings), `msgq://`, `unix://`, `tcp://` and `auto://` endpoints.
+//!   `shm://` (SPSC and MPMC rings), `msgq://`, `unix://`, `tcp://` and `auto://` endpoints.
 //!
 //! Each tries first: a message (or room) already there costs what `try_recv` (`try_send`) costs.
 //! Results are the blocking calls': `Disconnected` after everything sent is drained, a killed
@@ -29,7 +33,7 @@
 //! - A dropped `recv_async` has taken no message, on every transport: what it read of a message
 //!   (a socket's partial frame, a message queue's fragments) is kept in the receiver, and the
 //!   next call goes on with it. An elapsed `timeout` or a lost `select!` branch loses nothing.
-//! - A dropped SPSC `send_async` sent nothing and left no waiter bit or registration. A socket
+//! - A dropped SPSC or MPMC `send_async` sent nothing and left no waiter bit or registration. A socket
 //!   `send_async` dropped before the kernel took any of its frame sent nothing; dropped after,
 //!   the message is sent: the rest of the frame stays in the sender and is written first by the
 //!   next call, [`SocketSender::flush_async`], or drop, as after a blocking send whose deadline
@@ -38,8 +42,8 @@
 //!   message: [`AsyncSender::messages_sent`] (or the ends' own `messages_sent`) before and
 //!   after. (`pending_bytes() > 0` does not say: the remainder may be an earlier message's.)
 //!
-//! Not yet: MPMC and broadcast ends (their `shm://` endpoints are an [`Error::InvalidConfig`]
-//! from `open_async_*`), `Stream`/`Sink` adapters.
+//! Not yet: broadcast ends (their `shm://` endpoints are an [`Error::InvalidConfig`] from
+//! `open_async_*`), `Stream`/`Sink` adapters.
 //!
 //! # How a waiting SPSC future is woken
 //! A pending end does the blocking end's doorbell handshake (sets its waiter bit, the sleeper's
@@ -116,6 +120,10 @@
 //! [`open_receiver`]: crate::transport::shm::ShmConfig::open_receiver
 //! [`Consumer::recv_async`]: crate::ring::spsc::Consumer::recv_async
 //! [`Producer::send_async`]: crate::ring::spsc::Producer::send_async
+//! [`ShmConfig::open_mpmc_sender`]: crate::transport::shm::ShmConfig::open_mpmc_sender
+//! [`open_mpmc_receiver`]: crate::transport::shm::ShmConfig::open_mpmc_receiver
+//! [`mpmc::Consumer::recv_async`]: crate::ring::mpmc::Consumer::recv_async
+//! [`mpmc::Producer::send_async`]: crate::ring::mpmc::Producer::send_async
 //! [`SocketReceiver::recv_async`]: crate::transport::socket::SocketReceiver::recv_async
 //! [`SocketSender::send_async`]: crate::transport::socket::SocketSender::send_async
 //! [`SocketSender::flush_async`]: crate::transport::socket::SocketSender::flush_async
@@ -126,6 +134,7 @@ pub(crate) mod waiter;
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, RecvError, SendError};
+use crate::ring::mpmc;
 use crate::ring::spsc::{Consumer, Producer};
 use crate::ring::RingKind;
 use crate::transport::msgq::{MsgqReceiver, MsgqSender};
@@ -142,7 +151,7 @@ pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + S
 
 /// The receiving end of any transport, awaited: what [`open_async_receiver`] returns.
 ///
-/// Implemented by the SPSC [`Consumer`], [`MsgqReceiver`] and [`SocketReceiver`], whose own
+/// Implemented by the SPSC [`Consumer`], the MPMC [`mpmc::Consumer`], [`MsgqReceiver`] and [`SocketReceiver`], whose own
 /// (inherent) `recv_async` methods return the same future unboxed; the trait's costs one
 /// allocation per call. Each type's `recv_async` documents how it waits and why it is cancel
 /// safe (a dropped future has taken no message).
@@ -155,7 +164,7 @@ pub trait AsyncReceiver {
 
 /// The sending end of any transport, awaited: what [`open_async_sender`] returns.
 ///
-/// Implemented by the SPSC [`Producer`], [`MsgqSender`] and [`SocketSender`], whose own
+/// Implemented by the SPSC [`Producer`], the MPMC [`mpmc::Producer`], [`MsgqSender`] and [`SocketSender`], whose own
 /// (inherent) `send_async` methods return the same future unboxed; each documents what a dropped
 /// future has sent (nothing, or, once a long message is committed, all of it).
 pub trait AsyncSender {
@@ -166,7 +175,7 @@ pub trait AsyncSender {
     /// Messages this end has sent since it was opened, by any call, where a dropped
     /// `send_async` may have sent its message (sockets, message queues): compare the count
     /// before and after to learn whether it did. `None` where a dropped `send_async` never sent
-    /// (the SPSC ring).
+    /// (the SPSC and MPMC rings).
     fn messages_sent(&self) -> Option<u64> {
         None
     }
@@ -196,6 +205,18 @@ impl AsyncReceiver for Consumer {
 impl AsyncSender for Producer {
     fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a> {
         Box::pin(Producer::send_async(self, msg))
+    }
+}
+
+impl AsyncReceiver for mpmc::Consumer {
+    fn recv_async<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> RecvFuture<'a> {
+        Box::pin(mpmc::Consumer::recv_async(self, buf))
+    }
+}
+
+impl AsyncSender for mpmc::Producer {
+    fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a> {
+        Box::pin(mpmc::Producer::send_async(self, msg))
     }
 }
 
@@ -233,7 +254,7 @@ impl AsyncSender for SocketSender {
 fn not_async(kind: RingKind) -> Error {
     Error::InvalidConfig(format!(
         "async ends are not available for shm:// rings of mode={} yet, only for SPSC rings \
-         (mode=spsc, the default); use the blocking ends (shmpipe::open_sender/open_receiver)",
+         (mode=spsc, the default) and MPMC rings (mode=mpmc); use the blocking ends (shmpipe::open_sender/open_receiver)",
         format!("{kind:?}").to_lowercase()
     ))
 }
@@ -243,6 +264,7 @@ impl Endpoint {
     /// [`open_async_receiver`].
     pub fn open_async_receiver(self) -> Result<Box<dyn AsyncReceiver + Send>, Error> {
         Ok(match self {
+            Endpoint::Shm(cfg) if cfg.kind == RingKind::Mpmc => Box::new(cfg.open_mpmc_receiver()?),
             Endpoint::Shm(cfg) if cfg.kind != RingKind::Spsc => return Err(not_async(cfg.kind)),
             Endpoint::Shm(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Msgq(cfg) => Box::new(cfg.open_receiver()?),
@@ -255,6 +277,7 @@ impl Endpoint {
     /// [`open_async_sender`].
     pub fn open_async_sender(self) -> Result<Box<dyn AsyncSender + Send>, Error> {
         Ok(match self {
+            Endpoint::Shm(cfg) if cfg.kind == RingKind::Mpmc => Box::new(cfg.open_mpmc_sender()?),
             Endpoint::Shm(cfg) if cfg.kind != RingKind::Spsc => return Err(not_async(cfg.kind)),
             Endpoint::Shm(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Msgq(cfg) => Box::new(cfg.open_sender()?),
@@ -265,8 +288,8 @@ impl Endpoint {
 }
 
 /// Opens the receiving end of the channel at `endpoint`, to be awaited: as
-/// [`open_receiver`](crate::open_receiver), for `shm://` (SPSC rings only: `mode=mpmc` and
-/// `mode=broadcast` are an [`Error::InvalidConfig`]), `msgq://`, `unix://`, `tcp://` and
+/// [`open_receiver`](crate::open_receiver), for `shm://` (SPSC and MPMC rings: `mode=broadcast`
+/// is an [`Error::InvalidConfig`]), `msgq://`, `unix://`, `tcp://` and
 /// `auto://`.
 pub fn open_async_receiver(endpoint: &str) -> Result<Box<dyn AsyncReceiver + Send>, Error> {
     Endpoint::parse(endpoint)?.open_async_receiver()

@@ -98,6 +98,9 @@
 //! least `expect_senders` senders (default 1) have joined, none is left, and the ring is drained;
 //! senders get `Disconnected` once a receiver has joined and none is left.
 
+#[cfg(all(feature = "tokio", not(loom)))]
+mod aio;
+
 use super::lock::{LockWord, RingLock};
 use super::tokens::{self, Tokens};
 use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};

@@ -369,7 +369,9 @@ impl<'a> Parked<'a> {
     }
 
     /// Ends the wait: deregisters, then clears the bit (as `wait_until` does after each park).
-    fn finish(&mut self) {
+    /// Returns whether the wait was parked (its bit set, registered): a ring since then may have
+    /// spent its wake on it (see `ring::mpmc::aio`, which passes such a wake on). Idempotent.
+    pub(crate) fn finish(&mut self) -> bool {
         // Deregistration first: its `Drop` returns only when the waiter thread no longer uses the
         // word's address.
         self.reg = None;
@@ -377,7 +379,9 @@ impl<'a> Parked<'a> {
             // Release: as in `wait_until`, keeps the clear after our loads.
             self.bell.waiters.fetch_and(!self.bit, Release);
             self.bit_set = false;
+            return true;
         }
+        false
     }
 }
 
