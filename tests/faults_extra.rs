@@ -991,11 +991,11 @@ fn opens_and_closes_racing_random_corruption_never_panic_or_hang() {
                     3 => u64::MAX,
                     _ => rng.next(),
                 };
+                // The corruption is transient: the old value is put back after a moment, so the
+                // ring keeps changing between sane and insane under the openers.
                 // SAFETY: every WORDS offset is inside the control block (a segment at our key
                 // holds at least that much: shmpipe creates it, and the corrupter writes only
                 // after shmpipe's open created it) and aligned for its width.
-                // The corruption is transient: the old value is put back after a moment, so the
-                // ring keeps changing between sane and insane under the openers.
                 unsafe {
                     let p = addr.cast::<u8>().add(offset);
                     if wide {

@@ -131,10 +131,10 @@ pub(crate) fn stopped_by() -> Option<libc::c_int> {
         if unsafe { libc::sigpending(&mut set) } != 0 {
             return None;
         }
-        // SAFETY: `set` was filled by sigpending.
-        SIGNALS
-            .into_iter()
-            .find(|&sig| unsafe { libc::sigismember(&set, sig) } == 1)
+        SIGNALS.into_iter().find(|&sig| {
+            // SAFETY: `set` was filled by sigpending.
+            unsafe { libc::sigismember(&set, sig) == 1 }
+        })
     })
 }
 
@@ -192,9 +192,11 @@ pub(crate) struct Stdin;
 
 impl io::Read for Stdin {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
         stdio_call(
-            || unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) },
+            || {
+                // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+                unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) }
+            },
             0,
         )
     }
@@ -205,9 +207,11 @@ pub(crate) struct Stdout;
 
 impl io::Write for Stdout {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
         stdio_call(
-            || unsafe { libc::write(libc::STDOUT_FILENO, buf.as_ptr().cast(), buf.len()) },
+            || {
+                // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+                unsafe { libc::write(libc::STDOUT_FILENO, buf.as_ptr().cast(), buf.len()) }
+            },
             buf.len(),
         )
     }

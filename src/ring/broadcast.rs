@@ -1561,14 +1561,13 @@ impl std::ops::Deref for ReadGuard<'_> {
         if !self.in_place {
             return &self.sub.scratch;
         }
+        // The message is complete (its sequence was read with Acquire after the publisher's
+        // Release), and nobody writes its words while the guard lives: the ring is
+        // `Overflow::Block`, and this tethered subscriber's cursor, which the publisher waits on,
+        // stays at this position until the guard drops. Other subscribers only read them.
         let words = self.sub.core.slots.payload(self.sub.pos);
-        // SAFETY: `len` was checked against `max_message`, which the slot's payload words hold
-        // (`stride - SLOT_HEADER >= max_message`). The message is complete (its sequence was
-        // read with Acquire after the publisher's Release, so its words' stores happen before
-        // these reads), and nobody writes those words while the guard lives: the ring is
-        // `Overflow::Block` and this tethered subscriber's cursor, which the publisher waits on,
-        // stays at this position until the guard drops. Other subscribers only read them, so
-        // these plain reads race no write.
+        // SAFETY: `len <= max_message <= stride - SLOT_HEADER` bytes of payload words, not
+        // written while we read them (above).
         unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), self.len) }
     }
 }

@@ -613,11 +613,11 @@ fn build_core(backing: SegmentBacking, layout: &Layout, joined: Joined) -> Opene
     let (kind, g) = (layout.kind, layout.geometry);
     // The attachment holds at least `layout.size` bytes (checked against IPC_STAT), so the
     // control block and the capacity * stride slot bytes of this kind lie inside it. It moves
-    // into the backing, which the core keeps (and so the mapping) for as long as it lives.
-    // SAFETY: both offsets are in bounds and 128-aligned in a page-aligned mapping; an MPMC or
-    // broadcast ring's stride is a multiple of 64 and covers its slot header, an SPSC ring's
-    // record memory (`ring_bytes`) is a multiple of 8; the slot memory of every kind is only
-    // accessed atomically or as the ring protocol assigns it.
+    // into the backing, which the core keeps (and so the mapping) for as long as it lives. An
+    // MPMC or broadcast ring's stride is a multiple of 64 and covers its slot header, an SPSC
+    // ring's record memory (`ring_bytes`) is a multiple of 8; the slot memory of every kind is
+    // only accessed atomically or as the ring protocol assigns it.
+    // SAFETY: both offsets are in bounds and 128-aligned in a page-aligned mapping (above).
     unsafe {
         let memory = NonNull::new_unchecked(base.add(layout::slots_offset(kind)));
         let control = base.add(layout::CONTROL_OFFSET);

@@ -49,23 +49,26 @@ impl Conn {
             Link::Connected(s) => (s.fd().as_raw_fd(), want),
             Link::Closed => return Poll::Ready(()),
         };
+        // `fd` is the open descriptor of `self.link`, which owns it. The registration is dropped
+        // before that descriptor is closed or replaced: `Conn::set_link` drops it before every
+        // change of the link, and `reg` is `Conn`'s first field, so dropped before `link`.
+        // `FdNumber` always returns this same number.
         let reg = match &mut self.reg {
             Some(reg) => reg,
-            // SAFETY: `fd` is the open descriptor of `self.link`, which owns it; the registration
-            // is dropped before that descriptor is closed or replaced: `Conn::set_link` drops it
-            // before every change of the link, and `reg` is `Conn`'s first field, so dropped
-            // before `link`. `FdNumber` always returns this same number.
-            none => match unsafe {
-                AsyncFd::register_with_interest(FdNumber(fd), Interest::READABLE | Interest::WRITABLE)
-            } {
-                Ok(afd) => none.insert(Registration(afd)),
-                // epoll refused the socket (out of memory): give up on the connection rather
-                // than spin; the retry reports it.
-                Err(_) => {
-                    self.set_link(Link::Closed);
-                    return Poll::Ready(());
+            none => {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                // SAFETY: `fd` stays open while registered (above).
+                let registered = unsafe { AsyncFd::register_with_interest(FdNumber(fd), interest) };
+                match registered {
+                    Ok(afd) => none.insert(Registration(afd)),
+                    // epoll refused the socket (out of memory): give up on the connection rather
+                    // than spin; the retry reports it.
+                    Err(_) => {
+                        self.set_link(Link::Closed);
+                        return Poll::Ready(());
+                    }
                 }
-            },
+            }
         };
         let polled = match want {
             Want::Read => ready!(reg.0.poll_read_ready(cx)).map(|mut g| g.clear_ready()),
