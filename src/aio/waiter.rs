@@ -38,10 +38,11 @@
 //! millisecond of added latency and a thousand wake-ups a second while anything is registered.
 //!
 //! **fork()**: the threads do not exist in a forked child, and a lock one of them (or another
-//! thread) held at the fork stays held there for ever. The service remembers the process it
-//! started them in and is found without a lock; a child that registers installs a service and
-//! threads of its own (the inherited ones are leaked, never touched), and an inherited
-//! registration is treated as fired and dropped without touching its shard.
+//! thread) held at the fork stays held there for ever. The service remembers the fork
+//! generation it started them in (`sys::fork`, not the pid, which a child in a PID namespace of
+//! its own may share with its parent) and is found without a lock; a child that registers
+//! installs a service and threads of its own (the inherited ones are leaked, never touched), and
+//! an inherited registration is treated as fired and dropped without touching its shard.
 
 use crate::sys::futex::{self, Waitv, WaitvOutcome};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
@@ -192,7 +193,8 @@ impl Shard {
 
 /// The service of one process: its shards.
 struct Service {
-    pid: u32,
+    /// The fork generation (`sys::fork`) of the process that installed it.
+    generation: u32,
     shards: Mutex<Vec<Arc<Shard>>>,
 }
 
@@ -202,19 +204,21 @@ struct Service {
 /// installs a service of its own (the parent's is leaked, with its shards).
 static SERVICE: AtomicPtr<Service> = AtomicPtr::new(std::ptr::null_mut());
 
-/// The service of process `pid`, installed if this is its first registration.
-fn service(pid: u32) -> &'static Service {
+/// The service of the process of fork generation `generation` (`sys::fork`, not a pid: a forked
+/// child can have its parent's pid in a PID namespace of its own), installed if this is its
+/// first registration.
+fn service(generation: u32) -> &'static Service {
     loop {
         // Acquire: the service behind the pointer is initialised (pairs with the Release below).
         let cur = SERVICE.load(Acquire);
         // SAFETY: a non-null pointer is a leaked `Box<Service>` (below), never freed.
         if let Some(s) = unsafe { cur.as_ref() } {
-            if s.pid == pid {
+            if s.generation == generation {
                 return s;
             }
         }
         let new = Box::into_raw(Box::new(Service {
-            pid,
+            generation,
             shards: Mutex::new(Vec::new()),
         }));
         // Release on success: publishes the initialised service; Acquire on failure, as above.
@@ -232,7 +236,8 @@ fn service(pid: u32) -> &'static Service {
 pub(crate) struct Registration {
     shard: Arc<Shard>,
     id: u64,
-    pid: u32,
+    /// The fork generation it was made in: another one means it was inherited.
+    generation: u32,
 }
 
 /// Registers a wait on `word` while it holds `expected`: `waker` is woken once the word changes
@@ -246,9 +251,12 @@ pub(crate) unsafe fn register(
     waker: &Waker,
     slice: Duration,
 ) -> Registration {
-    let pid = std::process::id();
+    let generation = crate::sys::fork::arm();
     let shard = {
-        let mut shards = service(pid).shards.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shards = service(generation)
+            .shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match shards.iter().find(|s| s.lock().entries.len() < PER_THREAD) {
             Some(s) => Arc::clone(s),
             None => {
@@ -293,14 +301,14 @@ unsafe fn add(
     Registration {
         shard,
         id,
-        pid: std::process::id(),
+        generation: crate::sys::fork::arm(),
     }
 }
 
 impl Registration {
     /// Whether the wait is still registered (not yet woken); if so, its waker becomes `waker`.
     pub(crate) fn pending(&self, waker: &Waker) -> bool {
-        if self.pid != std::process::id() {
+        if crate::sys::fork::generation() != self.generation {
             // Inherited across fork(): no thread serves it here (and its shard's lock may be
             // held for ever). Fired, as far as this process is concerned.
             return false;
@@ -318,7 +326,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if self.pid != std::process::id() {
+        if crate::sys::fork::generation() != self.generation {
             // Inherited across fork(): no thread uses it here.
             return;
         }
@@ -450,7 +458,7 @@ mod tests {
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         // ... and another thread holds its lock across the fork.
         let holder = std::thread::spawn(move || {
-            let _held = service(std::process::id()).shards.lock().unwrap();
+            let _held = service(crate::sys::fork::arm()).shards.lock().unwrap();
             locked_tx.send(()).unwrap();
             release_rx.recv().ok();
         });
