@@ -1060,40 +1060,6 @@ fn a_publisher_in_another_pid_namespace_is_alive_until_it_closes() {
     assert_no_ipc(&ring, set, "after both left");
 }
 
-/// Forks; the child runs `child` and `_exit`s with what it returns; returns that status.
-fn in_forked_child(child: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: the child runs only `child` (the inherited ends' methods: malloc, syscalls) and
-    // `_exit`, never returning into the test harness.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        let code = child();
-        // SAFETY: ends the child without running the harness's destructors.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child status {status:#x}");
-    libc::WEXITSTATUS(status)
-}
-
-/// Drops the forked child's copy of `end` (see tests/fork.rs). Only in a forked child that then
-/// `_exit`s.
-fn drop_inherited<T>(end: &T) {
-    // SAFETY: in the forked child the bytes of `end` are a private copy of the parent's value,
-    // dropped exactly once here; the child `_exit`s without touching the original again.
-    drop(unsafe { std::ptr::read(end) });
-}
-
-fn fails(ok: bool, bit: u32) -> i32 {
-    if ok {
-        0
-    } else {
-        1 << bit
-    }
-}
-
 #[test]
 fn a_forked_childs_copies_return_forked_and_their_drop_disturbs_nothing() {
     let ring = Ring::new("bc-fork");

@@ -18,45 +18,6 @@ fn child_entry() {
     child_main();
 }
 
-/// Forks; the child runs `child` and `_exit`s with what it returns; the parent waits for it and
-/// returns that status.
-fn in_forked_child(child: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: the child runs only `child` (which uses the inherited ends: malloc, syscalls) and
-    // `_exit`, never returning into the test harness; glibc's malloc is safe after fork.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        let code = child();
-        // SAFETY: ends the child without running the harness's destructors.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child status {status:#x}");
-    libc::WEXITSTATUS(status)
-}
-
-/// Drops this process's copy of `end` as the forked child's own (the child inherited the
-/// parent's value by copy, not by Rust move: this is the drop that child would run).
-///
-/// Only in a forked child that then `_exit`s: the original is never used or dropped again there.
-fn drop_inherited<T>(end: &T) {
-    // SAFETY: in the forked child the bytes of `end` are a private copy of the parent's value;
-    // reading them out makes the one owner that is dropped here, and the child `_exit`s without
-    // touching the original again, so it is dropped exactly once in this process.
-    drop(unsafe { std::ptr::read(end) });
-}
-
-/// Bit `bit` set unless `ok`.
-fn fails(ok: bool, bit: u32) -> i32 {
-    if ok {
-        0
-    } else {
-        1 << bit
-    }
-}
-
 #[test]
 fn an_spsc_ring_survives_a_forked_child_that_uses_and_drops_both_ends() {
     let ring = Ring::new("fork-spsc");
