@@ -136,3 +136,9 @@ pub use typed::TypedRecvError;
 pub use typed::{PodReceiver, PodSender};
 #[cfg(all(not(loom), feature = "serde"))]
 pub use typed::{TypedSendError, ValueReceiver, ValueSender};
+
+// The README's Rust blocks run as doc tests: its complete async example is compiled and run; the
+// sketches (fragments naming variables they do not declare) are marked `ignore`.
+#[cfg(all(doctest, feature = "tokio"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

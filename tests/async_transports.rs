@@ -26,6 +26,7 @@ fn child_entry() {
         "recv" => child_recv(&target, &a),
         "raw_unix" => child_raw_unix(&target, &a),
         "many_receivers" => child_many_receivers(&target, &a),
+        "async_recv" => child_async_recv(&target, &a),
         other => panic!("unknown role {other}"),
     }
 }
@@ -70,6 +71,28 @@ fn child_recv(endpoint: &str, a: &Args) {
             Err(e) => panic!("child recv: {e:?}"),
         }
     }
+    tell(&format!("GOT {count}"));
+}
+
+/// As `child_recv`, with the async end awaited in a current-thread runtime of the child's own.
+fn child_async_recv(endpoint: &str, a: &Args) {
+    let max = a.num("max", 1024) as usize;
+    let mut rx = open_async_receiver(endpoint).expect("child open_async_receiver");
+    tell("READY");
+    let count = current_thread().block_on(async {
+        let (mut buf, mut expected) = (Vec::new(), Vec::new());
+        let mut count = 0u64;
+        loop {
+            match rx.recv_async(&mut buf).await {
+                Ok(()) => {
+                    check_pattern(count, max, &buf, &mut expected);
+                    count += 1;
+                }
+                Err(RecvError::Disconnected) => return count,
+                Err(e) => panic!("child recv_async: {e:?} after {count}"),
+            }
+        }
+    });
     tell(&format!("GOT {count}"));
 }
 
@@ -195,6 +218,8 @@ impl Drop for SockDir {
 
 /// An endpoint of each kind, and what must be kept alive (and cleaned) with it.
 enum Place {
+    /// A shared-memory ring, and the query that says its kind (`mode=...`).
+    Shm(Ring, &'static str),
     Unix(SockDir),
     Tcp(u16),
     Msgq(Queue),
@@ -206,12 +231,17 @@ impl Place {
             "unix" => Place::Unix(SockDir::new(tag)),
             "tcp" => Place::Tcp(free_port()),
             "msgq" => Place::Msgq(Queue::new(tag)),
+            "shm" => Place::Shm(Ring::new(tag), "mode=spsc"),
+            "mpmc" => Place::Shm(Ring::new(tag), "mode=mpmc"),
+            // Its publisher waits for its first subscriber, who then misses nothing.
+            "broadcast" => Place::Shm(Ring::new(tag), "mode=broadcast&subscribers=1"),
             _ => unreachable!(),
         }
     }
 
     fn endpoint(&self, max: usize) -> String {
         match self {
+            Place::Shm(r, mode) => format!("shm://{}?{mode}&capacity=64&max_message={max}", r.name),
             Place::Unix(d) => format!("unix://{}?max_message={max}", d.path("s.sock")),
             Place::Tcp(port) => format!("tcp://127.0.0.1:{port}?max_message={max}"),
             Place::Msgq(q) => format!("{}?max_message={max}", q.endpoint()),
@@ -220,6 +250,7 @@ impl Place {
 
     fn assert_clean(&self) {
         match self {
+            Place::Shm(r, _) => r.assert_gone("after both ends"),
             Place::Unix(d) => d.assert_empty(),
             Place::Tcp(_) => {}
             Place::Msgq(q) => assert!(!q.exists(), "queue {} left behind", q.name),
@@ -487,15 +518,192 @@ fn sixty_four_unix_receivers_on_one_thread() {
     dir.assert_empty();
 }
 
-/// `shm://` endpoints of broadcast rings say that they have no async ends yet (MPMC rings have
-/// them: `tests/async_mpmc.rs`).
+/// One blocking publisher process, two async subscribers here, each read as a `Stream`: both get
+/// every message in order, and both streams end after the publisher's drop (its end of stream).
 #[test]
-fn broadcast_endpoints_refuse_async_ends() {
-    let ep = format!("shm://{}?mode=broadcast", unique_name("a2-mode"));
-    let e = open_async_receiver(&ep).err().expect("refused");
-    assert!(e.to_string().contains("not available"), "{e}");
-    let e = open_async_sender(&ep).err().expect("refused");
-    assert!(e.to_string().contains("mode=broadcast"), "{e}");
+fn broadcast_a_blocking_publisher_child_streams_to_two_async_subscriber_streams() {
+    use futures_util::StreamExt;
+    let ring = Ring::new("a2-bc-streams");
+    let ep = format!(
+        "shm://{}?mode=broadcast&subscribers=2&capacity=64&max_message={BULK_MAX}",
+        ring.name
+    );
+    let a = open_async_receiver(&ep).unwrap().into_stream();
+    let b = open_async_receiver(&ep).unwrap().into_stream();
+    let mut child = Proc::child(
+        "send",
+        &ep,
+        &[("n", BULK.to_string()), ("max", BULK_MAX.to_string())],
+    );
+    child.expect("READY");
+    let check = |stream: shmpipe::aio::RecvStream<Box<dyn AsyncReceiver + Send>>| async move {
+        let mut expected = Vec::new();
+        let mut count = 0u64;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(m) = tokio::time::timeout(SOON, stream.next()).await.expect("stalled") {
+            check_pattern(count, BULK_MAX, &m.unwrap(), &mut expected);
+            count += 1;
+        }
+        count
+    };
+    let (na, nb) = current_thread().block_on(async { tokio::join!(check(a), check(b)) });
+    assert_eq!((na, nb), (BULK, BULK));
+    child.wait_success(SOON);
+    ring.assert_gone("after the publisher and both streams");
+}
+
+/// An async publisher here, fed through its `Sink`, and a blocking subscriber in a child that
+/// is pid 1 of its own PID namespace (where it can): everything arrives, the sink's close is the
+/// end of the stream, and the ring is gone after both.
+#[test]
+fn broadcast_an_async_publisher_sink_feeds_a_subscriber_in_another_pid_namespace() {
+    let place = Place::new("broadcast", "a2-bc-sink");
+    let ep = place.endpoint(BULK_MAX);
+    let args = [("max", BULK_MAX.to_string())];
+    let mut child = if can_unshare() {
+        Proc::child_in_pid_namespace("recv", &ep, &args)
+    } else {
+        Proc::child("recv", &ep, &args)
+    };
+    child.expect("READY");
+    sink_all(&ep, BULK);
+    assert_eq!(child.expect("GOT"), [BULK.to_string()]);
+    child.wait_success(SOON);
+    place.assert_clean();
+}
+
+/// Sends `n` pattern messages to `ep` through `open_async_sender(..).into_sink()`, then closes
+/// the sink.
+fn sink_all(ep: &str, n: u64) {
+    use futures_util::SinkExt;
+    let mut sink = open_async_sender(ep).unwrap().into_sink();
+    current_thread().block_on(async {
+        let mut buf = Vec::new();
+        for seq in 0..n {
+            pattern(seq, BULK_MAX, &mut buf);
+            tokio::time::timeout(SOON, sink.send(&buf))
+                .await
+                .expect("stalled")
+                .unwrap_or_else(|e| panic!("sink send {seq}: {e:?}"));
+        }
+        sink.close().await.unwrap();
+        assert_eq!(sink.send(b"after").await, Err(SendError::Disconnected));
+    });
+}
+
+/// Every transport through the `Sink` one way and the `Stream` the other, a blocking child at the
+/// far end: all checked, in order, each stream ended by the far end's close.
+#[test]
+fn sink_and_stream_carry_every_transport_both_ways() {
+    use futures_util::StreamExt;
+    const N: u64 = 3000;
+    for scheme in ["shm", "mpmc", "broadcast", "msgq", "unix", "tcp"] {
+        let place = Place::new(scheme, &format!("a2-ss-{scheme}"));
+        let ep = place.endpoint(BULK_MAX);
+        let mut child = Proc::child("recv", &ep, &[("max", BULK_MAX.to_string())]);
+        child.expect("READY");
+        sink_all(&ep, N);
+        assert_eq!(child.expect("GOT"), [N.to_string()], "{scheme}");
+        child.wait_success(SOON);
+        place.assert_clean();
+
+        let place = Place::new(scheme, &format!("a2-ss2-{scheme}"));
+        let ep = place.endpoint(BULK_MAX);
+        let stream = open_async_receiver(&ep).unwrap().into_stream();
+        let mut child = Proc::child(
+            "send",
+            &ep,
+            &[("n", N.to_string()), ("max", BULK_MAX.to_string())],
+        );
+        child.expect("READY");
+        let count = current_thread().block_on(async {
+            let mut stream = std::pin::pin!(stream);
+            let (mut count, mut expected) = (0u64, Vec::new());
+            while let Some(m) = tokio::time::timeout(SOON, stream.next()).await.expect("stalled") {
+                let m = m.unwrap_or_else(|e| panic!("{scheme}: {e:?} after {count}"));
+                check_pattern(count, BULK_MAX, &m, &mut expected);
+                count += 1;
+            }
+            count
+        });
+        assert_eq!(count, N, "{scheme}");
+        child.wait_success(SOON);
+        place.assert_clean();
+    }
+}
+
+/// An async receiver whose sender is pid 1 of another PID namespace: the stream, then the
+/// sender's SIGKILL noticed within the death bound (its pid means nothing here; the kernel's
+/// SEM_UNDO tokens do). Then the other way round: an async receiver in the namespace is woken
+/// by a sender here, across the namespace, and sees the end of the stream.
+#[test]
+fn async_ends_across_pid_namespaces_stream_and_notice_a_killed_peer() {
+    if !can_unshare() {
+        return;
+    }
+    const N: u64 = 5000;
+    for scheme in ["shm", "mpmc", "broadcast"] {
+        let place = Place::new(scheme, &format!("a2-ns-{scheme}"));
+        let ep = place.endpoint(BULK_MAX);
+        let mut rx = open_async_receiver(&ep).unwrap();
+        let child = Proc::child_in_pid_namespace(
+            "send",
+            &ep,
+            &[
+                ("n", N.to_string()),
+                ("max", BULK_MAX.to_string()),
+                ("hold", "1".into()),
+            ],
+        );
+        let mut child = child;
+        child.expect("READY");
+        current_thread().block_on(async {
+            let (mut buf, mut expected) = (Vec::new(), Vec::new());
+            for seq in 0..N {
+                tokio::time::timeout(SOON, rx.recv_async(&mut buf))
+                    .await
+                    .expect("stalled")
+                    .unwrap_or_else(|e| panic!("{scheme} {seq}: {e:?}"));
+                check_pattern(seq, BULK_MAX, &buf, &mut expected);
+            }
+            child.expect("SENT");
+            // Still alive: a wait times out rather than ending.
+            let r = tokio::time::timeout(Duration::from_millis(300), rx.recv_async(&mut buf)).await;
+            assert!(r.is_err(), "{scheme}: {r:?} while the sender lives");
+            child.kill();
+            let t0 = Instant::now();
+            let r = tokio::time::timeout(SOON, rx.recv_async(&mut buf))
+                .await
+                .expect("stalled");
+            assert_eq!(r, Err(RecvError::Disconnected), "{scheme}");
+            assert!(
+                t0.elapsed() < DEATH_BOUND,
+                "{scheme}: noticed after {:?}",
+                t0.elapsed()
+            );
+        });
+        drop(rx);
+        place.assert_clean();
+
+        let place = Place::new(scheme, &format!("a2-ns2-{scheme}"));
+        let ep = place.endpoint(BULK_MAX);
+        let mut child = Proc::child_in_pid_namespace("async_recv", &ep, &[("max", BULK_MAX.to_string())]);
+        child.expect("READY");
+        let mut tx = shmpipe::open_sender(&ep).unwrap();
+        let mut buf = Vec::new();
+        for seq in 0..N {
+            pattern(seq, BULK_MAX, &mut buf);
+            tx.send(&buf).unwrap();
+            if seq % 500 == 0 {
+                // Let the child's receiver park, so the next message is a wake across namespaces.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        drop(tx);
+        assert_eq!(child.expect("GOT"), [N.to_string()], "{scheme}");
+        child.wait_success(SOON);
+        place.assert_clean();
+    }
 }
 
 /// `send_async` of 256 KiB frames (more than a Unix socket buffers) cancelled by a 1 ms timeout

@@ -1,5 +1,6 @@
-//! Async ends (feature `tokio`): await a message or room without a thread per waiter, on the
-//! SPSC ring, message queues and Unix/TCP sockets.
+//! Async ends (feature `tokio`): await a message or room without a thread per waiter, on every
+//! transport (the SPSC, MPMC and broadcast rings, message queues, Unix/TCP sockets), and
+//! `Stream`/`Sink` adapters over any of them.
 //!
 //! What exists now:
 //! - **SPSC ring** (in-process [`ring::spsc::channel`] and shared-memory
@@ -19,9 +20,17 @@
 //!   [`mpmc::Consumer::recv_async`] and [`mpmc::Producer::send_async`], woken by the same waiter
 //!   threads. A wake-up spent on a future that is then dropped unpolled is passed on to another
 //!   waiting member (the ring wakes one sleeper per message or freed slot).
+//! - **Broadcast ring** ([`ShmConfig::open_publisher`] / [`open_subscriber`],
+//!   `shm://…?mode=broadcast`): [`broadcast::Subscriber::recv_async`] and
+//!   [`broadcast::Publisher::send_async`], woken by the same waiter threads (each subscriber has
+//!   its own waiter bit; a publication wakes them all).
 //! - **Any of them**: the object-safe traits [`AsyncReceiver`] / [`AsyncSender`] (boxed futures,
 //!   one allocation per call), and [`open_async_receiver`] / [`open_async_sender`] for
-//!   `shm://` (SPSC and MPMC rings), `msgq://`, `unix://`, `tcp://` and `auto://` endpoints.
+//!   every endpoint (`shm://` of any mode, `msgq://`, `unix://`, `tcp://`, `auto://`).
+//! - **Streams and sinks**: [`AsyncReceiver::into_stream`] ([`RecvStream`], a
+//!   `futures_core::Stream` of `Result<Vec<u8>, RecvError>` that ends at the end of the stream)
+//!   and [`AsyncSender::into_sink`] ([`SendSink`], a `futures_sink::Sink` of any `AsRef<[u8]>`),
+//!   at an allocation per message.
 //!
 //! Each tries first: a message (or room) already there costs what `try_recv` (`try_send`) costs.
 //! Results are the blocking calls': `Disconnected` after everything sent is drained, a killed
@@ -41,9 +50,6 @@
 //!   its first fragment. No message is ever cut or repeated. Whether a dropped future sent its
 //!   message: [`AsyncSender::messages_sent`] (or the ends' own `messages_sent`) before and
 //!   after. (`pending_bytes() > 0` does not say: the remainder may be an earlier message's.)
-//!
-//! Not yet: broadcast ends (their `shm://` endpoints are an [`Error::InvalidConfig`] from
-//! `open_async_*`), `Stream`/`Sink` adapters.
 //!
 //! # How a waiting SPSC future is woken
 //! A pending end does the blocking end's doorbell handshake (sets its waiter bit, the sleeper's
@@ -122,6 +128,10 @@
 //! [`Producer::send_async`]: crate::ring::spsc::Producer::send_async
 //! [`ShmConfig::open_mpmc_sender`]: crate::transport::shm::ShmConfig::open_mpmc_sender
 //! [`open_mpmc_receiver`]: crate::transport::shm::ShmConfig::open_mpmc_receiver
+//! [`ShmConfig::open_publisher`]: crate::transport::shm::ShmConfig::open_publisher
+//! [`open_subscriber`]: crate::transport::shm::ShmConfig::open_subscriber
+//! [`broadcast::Subscriber::recv_async`]: crate::ring::broadcast::Subscriber::recv_async
+//! [`broadcast::Publisher::send_async`]: crate::ring::broadcast::Publisher::send_async
 //! [`mpmc::Consumer::recv_async`]: crate::ring::mpmc::Consumer::recv_async
 //! [`mpmc::Producer::send_async`]: crate::ring::mpmc::Producer::send_async
 //! [`SocketReceiver::recv_async`]: crate::transport::socket::SocketReceiver::recv_async
@@ -130,13 +140,16 @@
 //! [`MsgqReceiver::recv_async`]: crate::transport::msgq::MsgqReceiver::recv_async
 //! [`MsgqSender::send_async`]: crate::transport::msgq::MsgqSender::send_async
 
+mod stream;
 pub(crate) mod waiter;
+
+pub use stream::{RecvStream, SendSink};
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, RecvError, SendError};
-use crate::ring::mpmc;
 use crate::ring::spsc::{Consumer, Producer};
 use crate::ring::RingKind;
+use crate::ring::{broadcast, mpmc};
 use crate::transport::msgq::{MsgqReceiver, MsgqSender};
 use crate::transport::socket::{SocketReceiver, SocketSender};
 use std::future::Future;
@@ -151,7 +164,8 @@ pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + S
 
 /// The receiving end of any transport, awaited: what [`open_async_receiver`] returns.
 ///
-/// Implemented by the SPSC [`Consumer`], the MPMC [`mpmc::Consumer`], [`MsgqReceiver`] and [`SocketReceiver`], whose own
+/// Implemented by the SPSC [`Consumer`], the MPMC [`mpmc::Consumer`], the
+/// [`broadcast::Subscriber`], [`MsgqReceiver`] and [`SocketReceiver`], whose own
 /// (inherent) `recv_async` methods return the same future unboxed; the trait's costs one
 /// allocation per call. Each type's `recv_async` documents how it waits and why it is cancel
 /// safe (a dropped future has taken no message).
@@ -160,11 +174,21 @@ pub trait AsyncReceiver {
     /// [`Receiver::recv`](crate::Receiver::recv), with its results (`Disconnected` once the
     /// sender is gone and everything sent is drained).
     fn recv_async<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> RecvFuture<'a>;
+
+    /// This end's messages as a [`Stream`](futures_core::Stream) of `Result<Vec<u8>,
+    /// RecvError>`, ending after the end of the stream: see [`RecvStream`].
+    fn into_stream(self) -> RecvStream<Self>
+    where
+        Self: Sized + Send + 'static,
+    {
+        RecvStream::new(self)
+    }
 }
 
 /// The sending end of any transport, awaited: what [`open_async_sender`] returns.
 ///
-/// Implemented by the SPSC [`Producer`], the MPMC [`mpmc::Producer`], [`MsgqSender`] and [`SocketSender`], whose own
+/// Implemented by the SPSC [`Producer`], the MPMC [`mpmc::Producer`], the
+/// [`broadcast::Publisher`], [`MsgqSender`] and [`SocketSender`], whose own
 /// (inherent) `send_async` methods return the same future unboxed; each documents what a dropped
 /// future has sent (nothing, or, once a long message is committed, all of it).
 pub trait AsyncSender {
@@ -178,6 +202,15 @@ pub trait AsyncSender {
     /// (the SPSC and MPMC rings).
     fn messages_sent(&self) -> Option<u64> {
         None
+    }
+
+    /// This end as a [`Sink`](futures_sink::Sink) of messages (`AsRef<[u8]>`), whose close
+    /// drops the end: see [`SendSink`].
+    fn into_sink(self) -> SendSink<Self>
+    where
+        Self: Sized + Send + 'static,
+    {
+        SendSink::new(self)
     }
 }
 
@@ -220,6 +253,18 @@ impl AsyncSender for mpmc::Producer {
     }
 }
 
+impl AsyncReceiver for broadcast::Subscriber {
+    fn recv_async<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> RecvFuture<'a> {
+        Box::pin(broadcast::Subscriber::recv_async(self, buf))
+    }
+}
+
+impl AsyncSender for broadcast::Publisher {
+    fn send_async<'a>(&'a mut self, msg: &'a [u8]) -> SendFuture<'a> {
+        Box::pin(broadcast::Publisher::send_async(self, msg))
+    }
+}
+
 impl AsyncReceiver for MsgqReceiver {
     fn recv_async<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> RecvFuture<'a> {
         Box::pin(MsgqReceiver::recv_async(self, buf))
@@ -250,22 +295,13 @@ impl AsyncSender for SocketSender {
     }
 }
 
-/// The error for a shared-memory endpoint whose ring kind has no async ends yet.
-fn not_async(kind: RingKind) -> Error {
-    Error::InvalidConfig(format!(
-        "async ends are not available for shm:// rings of mode={} yet, only for SPSC rings \
-         (mode=spsc, the default) and MPMC rings (mode=mpmc); use the blocking ends (shmpipe::open_sender/open_receiver)",
-        format!("{kind:?}").to_lowercase()
-    ))
-}
-
 impl Endpoint {
     /// Opens (or creates) the channel and takes its receiving end, to be awaited. See
     /// [`open_async_receiver`].
     pub fn open_async_receiver(self) -> Result<Box<dyn AsyncReceiver + Send>, Error> {
         Ok(match self {
             Endpoint::Shm(cfg) if cfg.kind == RingKind::Mpmc => Box::new(cfg.open_mpmc_receiver()?),
-            Endpoint::Shm(cfg) if cfg.kind != RingKind::Spsc => return Err(not_async(cfg.kind)),
+            Endpoint::Shm(cfg) if cfg.kind == RingKind::Broadcast => Box::new(cfg.open_subscriber()?),
             Endpoint::Shm(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Msgq(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_receiver()?),
@@ -278,7 +314,7 @@ impl Endpoint {
     pub fn open_async_sender(self) -> Result<Box<dyn AsyncSender + Send>, Error> {
         Ok(match self {
             Endpoint::Shm(cfg) if cfg.kind == RingKind::Mpmc => Box::new(cfg.open_mpmc_sender()?),
-            Endpoint::Shm(cfg) if cfg.kind != RingKind::Spsc => return Err(not_async(cfg.kind)),
+            Endpoint::Shm(cfg) if cfg.kind == RingKind::Broadcast => Box::new(cfg.open_publisher()?),
             Endpoint::Shm(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Msgq(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_sender()?),
@@ -288,9 +324,8 @@ impl Endpoint {
 }
 
 /// Opens the receiving end of the channel at `endpoint`, to be awaited: as
-/// [`open_receiver`](crate::open_receiver), for `shm://` (SPSC and MPMC rings: `mode=broadcast`
-/// is an [`Error::InvalidConfig`]), `msgq://`, `unix://`, `tcp://` and
-/// `auto://`.
+/// [`open_receiver`](crate::open_receiver), for every endpoint: `shm://` (SPSC, MPMC and
+/// broadcast rings: a subscriber), `msgq://`, `unix://`, `tcp://` and `auto://`.
 pub fn open_async_receiver(endpoint: &str) -> Result<Box<dyn AsyncReceiver + Send>, Error> {
     Endpoint::parse(endpoint)?.open_async_receiver()
 }

@@ -88,6 +88,9 @@ const _: () = assert!(MAX_SUBSCRIBERS.is_power_of_two() && MAX_SUBSCRIBERS <= u6
 // Bytes before the payload in a slot: the length (u32), padding, the sequence word (u64).
 use super::BROADCAST_SLOT_HEADER as SLOT_HEADER;
 
+#[cfg(all(feature = "tokio", not(loom)))]
+mod aio;
+
 /// What the publisher does when the slowest subscriber is a whole ring behind.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -1005,6 +1005,13 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// Makes this end act as if inherited across `fork()` (another owner), for tests outside
+    /// this module.
+    #[cfg(test)]
+    pub(crate) fn pretend_forked(&mut self) {
+        self.owner = self.owner.wrapping_add(1);
+    }
+
     /// Takes over the receiving end of `core`, whose receiver role the caller has claimed.
     pub(crate) fn new(core: Arc<RingCore>) -> Result<Self, Corrupted> {
         let ix = core.indices()?;
