@@ -51,8 +51,15 @@
 //!   message: [`AsyncSender::messages_sent`] (or the ends' own `messages_sent`) before and
 //!   after. (`pending_bytes() > 0` does not say: the remainder may be an earlier message's.)
 //!
-//! # How a waiting SPSC future is woken
-//! A pending end does the blocking end's doorbell handshake (sets its waiter bit, the sleeper's
+//! # How a waiting ring future is woken
+//! A ring end that finds nothing first yields to the executor as many times as its
+//! [`WaitStrategy::yields`](crate::WaitStrategy) says (8 by default, none with
+//! `WaitStrategy::park_only()` or `?wait=park`): it returns `Pending` with its task woken at
+//! once, and re-checks when polled again. A blocking wait spins first; an executor thread is not
+//! ours to spin on, but a yield lets other tasks run and costs a trip through the scheduler, less
+//! than a registration (a `membarrier`, a wake of the waiter thread, and a futex wake by the
+//! peer) when the peer is about to act.
+//! Then a pending end does the blocking end's doorbell handshake (sets its waiter bit, the sleeper's
 //! barrier, reads the futex word, re-checks), then registers (word, value, `Waker`) with a
 //! process-wide waiter thread instead of sleeping. That thread sleeps in one `futex_waitv` call
 //! on up to 127 rings' words at once (plus a control word), and wakes a task's `Waker` when its

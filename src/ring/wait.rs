@@ -352,6 +352,11 @@ pub(crate) struct Parked<'a> {
     /// Whether `bit` is set by this wait.
     bit_set: bool,
     reg: Option<crate::aio::waiter::Registration>,
+    /// Polls left that hand the thread back to the executor (and re-check) before the first
+    /// registration: [`WaitStrategy::yields`] of the waiting end.
+    yields: u32,
+    /// Whether this wait has been counted in the ring's wait statistics.
+    counted: bool,
 }
 
 #[cfg(all(feature = "tokio", not(loom)))]
@@ -365,7 +370,17 @@ impl<'a> Parked<'a> {
             bit,
             bit_set: false,
             reg: None,
+            yields: 0,
+            counted: false,
         }
+    }
+
+    /// This wait, first yielding to the executor `wait.yields` times (re-checking at each poll)
+    /// before it sets its bit and registers: the async form of a blocking wait's yields (its spins
+    /// are not taken: an executor thread is not ours to spin on).
+    pub(crate) fn yielding(mut self, wait: &WaitStrategy) -> Self {
+        self.yields = wait.yields;
+        self
     }
 
     /// Ends the wait: deregisters, then clears the bit (as `wait_until` does after each park).
@@ -402,8 +417,10 @@ impl Drop for Parked<'_> {
 /// `on_slice` (a dead peer), exactly as `wait_until` does after each park. The bit stays set while
 /// registered and is cleared when the wait ends (`Ready`, or `parked` dropped).
 ///
-/// No spinning or yielding: the caller has just tried its fast path, and an executor thread is
-/// not ours to spin on. `check` must read the shared state afresh with at least Acquire loads.
+/// No spinning: an executor thread is not ours to spin on. A wait made [`Parked::yielding`]
+/// first returns `Pending` with its task woken at once that many times (the executor runs others,
+/// or polls it straight back), re-checking at each poll, before it registers. `check` must read
+/// the shared state afresh with at least Acquire loads.
 #[cfg(all(feature = "tokio", not(loom)))]
 pub(crate) fn poll_wait<T, E>(
     parked: &mut Parked<'_>,
@@ -430,8 +447,21 @@ pub(crate) fn poll_wait<T, E>(
             return Poll::Ready(r);
         }
     } else if !parked.bit_set {
-        // Relaxed: a statistic.
-        tally.waits.fetch_add(1, Relaxed);
+        if !parked.counted {
+            parked.counted = true;
+            // Relaxed: a statistic.
+            tally.waits.fetch_add(1, Relaxed);
+        } else if let Check::Done(r) = check() {
+            // A poll after a yield: the caller's own try is not in front of this one.
+            return Poll::Ready(r);
+        }
+        if parked.yields > 0 {
+            // Let the executor run other tasks (or come straight back): cheaper than registering
+            // when the peer is about to act, as a blocking wait's `sched_yield` is.
+            parked.yields -= 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
     }
     // Relaxed: the barrier right after orders setting the bit before the re-check (StoreLoad).
     parked.bell.waiters.fetch_or(parked.bit, Relaxed);

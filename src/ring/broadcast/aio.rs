@@ -29,7 +29,7 @@ impl Subscriber {
             let core = Arc::clone(&self.core);
             let shared = core.shared();
             let mut ended = false;
-            let mut parked = Parked::new(&shared.not_empty, sub_bit(self.me));
+            let mut parked = Parked::new(&shared.not_empty, sub_bit(self.me)).yielding(&self.wait);
             let found = poll_fn(|cx| {
                 poll_wait(
                     &mut parked,
@@ -94,7 +94,7 @@ impl Publisher {
         }
         let core = Arc::clone(&self.core);
         let shared = core.shared();
-        let mut parked = Parked::new(&shared.not_full, PUBLISHER_BIT);
+        let mut parked = Parked::new(&shared.not_full, PUBLISHER_BIT).yielding(&self.wait);
         let room = poll_fn(|cx| {
             poll_wait(
                 &mut parked,

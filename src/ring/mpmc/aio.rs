@@ -86,7 +86,7 @@ impl Consumer {
         let (me, expect) = (self.me, self.expect_senders);
         let shared = core.shared();
         let mut wait = PassOn {
-            parked: Parked::new(&shared.not_empty, waiter_bit(me)),
+            parked: Parked::new(&shared.not_empty, waiter_bit(me)).yielding(&self.wait),
             core: &core,
             role: Role::Receiver,
         };
@@ -164,7 +164,7 @@ impl Producer {
         let shared = core.shared();
         let gone = || shared.receivers_gone();
         let mut wait = PassOn {
-            parked: Parked::new(&shared.not_full, waiter_bit(me)),
+            parked: Parked::new(&shared.not_full, waiter_bit(me)).yielding(&self.wait),
             core: &core,
             role: Role::Sender,
         };
@@ -234,6 +234,8 @@ mod tests {
     #[test]
     fn a_pending_recv_is_woken_and_a_dropped_one_leaves_no_bit() {
         let (mut tx, mut rx) = channel(4, 16).unwrap();
+        // Parks at the first `Pending` (no yields first): what this test looks at.
+        rx.set_wait_strategy(WaitStrategy::park_only());
         let bit = waiter_bit(rx.me);
         let flag = Arc::new(Flag(false.into()));
         let mut buf = Vec::new();
@@ -298,6 +300,8 @@ mod tests {
     #[test]
     fn a_dropped_parked_recv_passes_a_wake_on_when_a_message_is_ready() {
         let (mut tx, mut rx) = channel(4, 16).unwrap();
+        // Parks at the first `Pending` (no yields first): what this test looks at.
+        rx.set_wait_strategy(WaitStrategy::park_only());
         let mut other = rx.try_clone().unwrap();
         let other_bit = waiter_bit(other.me);
         let shared_core = Arc::clone(&rx.core);
@@ -334,6 +338,8 @@ mod tests {
     #[test]
     fn a_dropped_parked_send_passes_a_wake_on_when_a_slot_is_free() {
         let (mut tx, mut rx) = channel(2, 16).unwrap();
+        // Parks at the first `Pending` (no yields first): what this test looks at.
+        tx.set_wait_strategy(WaitStrategy::park_only());
         while tx.try_send(b"x").is_ok() {}
         let mut other = tx.try_clone().unwrap();
         let other_bit = waiter_bit(other.me);

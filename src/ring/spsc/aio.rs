@@ -30,7 +30,7 @@ impl Consumer {
             Err(e) => return Err(RecvTimeoutError::from(e).into()),
         }
         let core = Arc::clone(&self.core);
-        let mut parked = Parked::new(&core.shared().not_empty, RECEIVER_BIT);
+        let mut parked = Parked::new(&core.shared().not_empty, RECEIVER_BIT).yielding(&self.wait);
         let found = poll_fn(|cx| {
             poll_wait(
                 &mut parked,
@@ -102,7 +102,7 @@ impl Producer {
         }
         let core = Arc::clone(&self.core);
         let rec = record_size(msg.len());
-        let mut parked = Parked::new(&core.shared().not_full, SENDER_BIT);
+        let mut parked = Parked::new(&core.shared().not_full, SENDER_BIT).yielding(&self.wait);
         let room = poll_fn(|cx| {
             poll_wait(
                 &mut parked,
@@ -163,6 +163,8 @@ mod tests {
     #[test]
     fn a_pending_recv_is_woken_by_a_send_and_a_dropped_one_leaves_no_bit() {
         let (mut tx, mut rx) = channel(4, 16).unwrap();
+        // Parks at the first `Pending` (no yields first): what this test looks at.
+        rx.set_wait_strategy(WaitStrategy::park_only());
         let flag = Arc::new(Flag(false.into()));
         let mut buf = Vec::new();
         {
@@ -193,6 +195,35 @@ mod tests {
             poll_once(f.as_mut(), &flag),
             Poll::Ready(Err(RecvError::Disconnected))
         );
+    }
+
+    #[test]
+    fn a_pending_recv_yields_as_its_strategy_says_before_it_registers() {
+        let (mut tx, mut rx) = channel(4, 16).unwrap();
+        rx.set_wait_strategy(WaitStrategy::park_only().yields(3));
+        let mut buf = Vec::new();
+        let flag = Arc::new(Flag(false.into()));
+        let woken = |flag: &Flag| flag.0.swap(false, std::sync::atomic::Ordering::SeqCst);
+        {
+            let mut f = std::pin::pin!(rx.recv_async(&mut buf));
+            for poll in 0..3 {
+                assert!(poll_once(f.as_mut(), &flag).is_pending());
+                assert!(woken(&flag), "yield {poll}: the task is woken at once");
+                assert_eq!(rx_bits(&tx), 0, "yield {poll}: no waiter bit yet");
+            }
+            assert!(poll_once(f.as_mut(), &flag).is_pending());
+            assert!(!woken(&flag), "registered: woken only by a send");
+            assert_ne!(rx_bits(&tx) & RECEIVER_BIT, 0);
+        }
+        // A message sent while it yields is taken at the next poll, with no bit ever set.
+        {
+            let mut f = std::pin::pin!(rx.recv_async(&mut buf));
+            assert!(poll_once(f.as_mut(), &flag).is_pending());
+            tx.try_send(b"soon").unwrap();
+            assert_eq!(rx_bits(&tx), 0);
+            assert_eq!(poll_once(f.as_mut(), &flag), Poll::Ready(Ok(())));
+        }
+        assert_eq!(buf, b"soon");
     }
 
     fn rt() -> tokio::runtime::Runtime {
