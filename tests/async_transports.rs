@@ -2,8 +2,12 @@
 //! `open_async_sender` (feature `tokio`), across real processes: 20k checked messages each way
 //! over unix, tcp and msgq (the child uses the blocking ends); a `select!` loop cancelling
 //! `recv_async` on a unix socket while 64 KiB frames arrive in pieces; a peer's SIGKILL while
-//! awaiting; 64 unix receivers awaited on one current-thread runtime with no extra thread. The
-//! peers are this test binary re-run as a child (see `tests/common`).
+//! awaiting; 64 unix receivers awaited on one current-thread runtime with no extra thread;
+//! broadcast rings (two async subscriber streams, an async publisher's sink); the `Stream`/`Sink`
+//! adapters over every transport both ways; async ends across PID namespaces (a killed sender
+//! there noticed here, a receiver there woken from here); a multi-thread runtime awaiting every
+//! transport at once; blocking and async calls mixed on one end and on one ring. The peers are
+//! this test binary re-run as a child (see `tests/common`).
 #![cfg(feature = "tokio")]
 
 mod common;
@@ -34,15 +38,20 @@ fn child_entry() {
 // ---------------------------------------------------------------------------------------------
 // Children (blocking ends, or raw frames)
 
-/// Sends `n` pattern messages of up to `max` bytes with the blocking end, then (with `hold`)
-/// waits to be killed.
+/// Sends `n` pattern messages of up to `max` bytes (with `tagged`, each its sequence number as 8
+/// bytes) with the blocking end, then (with `hold`) waits to be killed.
 fn child_send(endpoint: &str, a: &Args) {
     let max = a.num("max", 1024) as usize;
     let mut tx = shmpipe::open_sender(endpoint).expect("child open_sender");
     tell("READY");
     let mut buf = Vec::new();
     for seq in 0..a.num("n", 0) {
-        pattern(seq, max, &mut buf);
+        if a.flag("tagged") {
+            buf.clear();
+            buf.extend_from_slice(&seq.to_le_bytes());
+        } else {
+            pattern(seq, max, &mut buf);
+        }
         tx.send(&buf).expect("child send");
     }
     tx.flush_deadline(None).expect("child flush");
@@ -704,6 +713,140 @@ fn async_ends_across_pid_namespaces_stream_and_notice_a_killed_peer() {
         child.wait_success(SOON);
         place.assert_clean();
     }
+}
+
+/// A multi-thread runtime (2 workers) awaiting six channels at once, one of each kind, each fed
+/// by a blocking child: the tasks are spawned (so their futures are `Send`) and may move between
+/// the workers between polls; every message arrives checked and in order, every stream ends.
+#[test]
+fn a_multi_thread_runtime_awaits_every_transport_at_once() {
+    const N: u64 = 3000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let schemes: [&'static str; 6] = ["shm", "mpmc", "broadcast", "msgq", "unix", "tcp"];
+    let places: Vec<Place> = schemes
+        .iter()
+        .map(|s| Place::new(s, &format!("a2-mt-{s}")))
+        .collect();
+    let mut children = Vec::new();
+    let mut tasks = Vec::new();
+    for (&scheme, place) in schemes.iter().zip(&places) {
+        let ep = place.endpoint(BULK_MAX);
+        let mut rx = open_async_receiver(&ep).unwrap();
+        tasks.push(rt.spawn(async move {
+            let (mut buf, mut expected) = (Vec::new(), Vec::new());
+            let mut count = 0u64;
+            loop {
+                match rx.recv_async(&mut buf).await {
+                    Ok(()) => {
+                        check_pattern(count, BULK_MAX, &buf, &mut expected);
+                        count += 1;
+                    }
+                    Err(RecvError::Disconnected) => return count,
+                    Err(e) => panic!("{scheme}: {e:?} after {count}"),
+                }
+            }
+        }));
+        let args = [("n", N.to_string()), ("max", BULK_MAX.to_string())];
+        children.push(Proc::child("send", &ep, &args));
+    }
+    for child in &mut children {
+        child.expect("READY");
+    }
+    let counts = rt.block_on(async {
+        let mut counts = Vec::new();
+        for t in tasks {
+            counts.push(tokio::time::timeout(SOON, t).await.expect("stalled").unwrap());
+        }
+        counts
+    });
+    assert_eq!(counts, vec![N; schemes.len()]);
+    for mut child in children {
+        child.wait_success(SOON);
+    }
+    drop(rt);
+    for place in &places {
+        place.assert_clean();
+    }
+}
+
+/// Blocking and async calls on one end, taking turns: the SPSC receiver here takes every third
+/// message with the blocking `recv_timeout` and the others with `recv_async`, from a blocking
+/// child; and the MPMC ring has one async and one blocking receiver in this process sharing the
+/// stream (each message exactly once between them).
+#[test]
+fn blocking_and_async_calls_mix_on_one_end_and_on_one_ring() {
+    use shmpipe::transport::shm::ShmConfig;
+    const N: u64 = 5000;
+    let place = Place::new("shm", "a2-mix");
+    let ep = place.endpoint(BULK_MAX);
+    let Ok(shmpipe::endpoint::Endpoint::Shm(cfg)) = shmpipe::endpoint::Endpoint::parse(&ep) else {
+        panic!("{ep}")
+    };
+    let mut rx = cfg.open_receiver().unwrap();
+    let mut child = Proc::child(
+        "send",
+        &ep,
+        &[("n", N.to_string()), ("max", BULK_MAX.to_string())],
+    );
+    child.expect("READY");
+    current_thread().block_on(async {
+        let (mut buf, mut expected) = (Vec::new(), Vec::new());
+        for seq in 0..N {
+            if seq % 3 == 0 {
+                rx.recv_timeout(&mut buf, SOON).unwrap();
+            } else {
+                rx.recv_async(&mut buf).await.unwrap();
+            }
+            check_pattern(seq, BULK_MAX, &buf, &mut expected);
+        }
+        assert_eq!(rx.recv_async(&mut buf).await, Err(RecvError::Disconnected));
+    });
+    child.wait_success(SOON);
+    drop(rx);
+    place.assert_clean();
+
+    let ring = Ring::new("a2-mix-mpmc");
+    let cfg = ShmConfig::named(&ring.name)
+        .unwrap()
+        .kind(shmpipe::ring::RingKind::Mpmc)
+        .capacity(64)
+        .max_message(64);
+    let mut async_rx = cfg.open_mpmc_receiver().unwrap();
+    let mut blocking_rx = cfg.open_mpmc_receiver().unwrap();
+    let mut child = Proc::child(
+        "send",
+        &format!("shm://{}?mode=mpmc", ring.name),
+        &[("n", N.to_string()), ("tagged", "1".into())],
+    );
+    child.expect("READY");
+    let blocking = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        while blocking_rx.recv(&mut buf).is_ok() {
+            got.push(u64::from_le_bytes(buf[..8].try_into().unwrap()));
+        }
+        got
+    });
+    let mut got = current_thread().block_on(async {
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        while async_rx.recv_async(&mut buf).await.is_ok() {
+            got.push(u64::from_le_bytes(buf[..8].try_into().unwrap()));
+        }
+        got
+    });
+    let async_count = got.len();
+    got.extend(blocking.join().unwrap());
+    got.sort_unstable();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "each message exactly once");
+    eprintln!("async receiver took {async_count} of {N}");
+    child.wait_success(SOON);
+    drop(async_rx);
+    ring.assert_gone("after the mixed receivers");
 }
 
 /// `send_async` of 256 KiB frames (more than a Unix socket buffers) cancelled by a 1 ms timeout
