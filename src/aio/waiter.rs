@@ -46,7 +46,7 @@
 
 use crate::sys::futex::{self, Waitv, WaitvOutcome};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
-use std::sync::atomic::{AtomicPtr, AtomicU32};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -69,6 +69,9 @@ struct Entry {
     deadline: Instant,
     /// The sequence number of the last array this entry was copied into; 0 for none.
     armed: u64,
+    /// The waiter's bit in its ring's waiter mask (and the mask's address, valid as `word` is),
+    /// cleared when the entry fires: see [`register`].
+    bit: Option<(*const AtomicU64, u64)>,
 }
 
 struct State {
@@ -80,9 +83,9 @@ struct State {
     next_id: u64,
 }
 
-// SAFETY: `Entry::word` is only an address: it is dereferenced by the waiter thread only under
-// the shard's lock while the entry is present, which the registering end guarantees is mapped
-// (its `Registration` removes the entry, under the lock, before the end can go away).
+// SAFETY: `Entry::word` and `Entry::bit`'s mask are only addresses: they are dereferenced by the
+// waiter thread only under the shard's lock while the entry is present, which the registering end
+// guarantees is mapped (its `Registration` removes the entry, under the lock, before it goes).
 unsafe impl Send for State {}
 
 struct Shard {
@@ -177,6 +180,13 @@ impl Shard {
                     // SAFETY: the entry is present, so its word is mapped (module docs).
                     let changed = unsafe { &*e.word }.load(Acquire) != e.expected;
                     if changed || now >= e.deadline {
+                        if let Some((mask, bit)) = e.bit {
+                            // Release, as a blocking sleeper's clear after its wake: after our
+                            // loads. The task re-checks after this and sets it again before it
+                            // registers again (see `register`).
+                            // SAFETY: the entry is present, so its ring is mapped (module docs).
+                            unsafe { &*mask }.fetch_and(!bit, Release);
+                        }
                         fire.push(e.waker.clone());
                         false
                     } else {
@@ -243,11 +253,19 @@ pub(crate) struct Registration {
 /// Registers a wait on `word` while it holds `expected`: `waker` is woken once the word changes
 /// or after `slice`, whichever is first, and the registration then ends by itself.
 ///
+/// With `bit` = (mask, bit), the waiter thread clears `bit` in `mask` (the ring's waiter bits)
+/// when it fires the entry, before it wakes the task, as a blocking sleeper clears its own bit
+/// the moment its futex wait returns. Left to the task, the bit would stay set for two
+/// hand-offs (this thread, then the executor's), and a publisher streaming meanwhile makes a
+/// futex wake per message (measured: ~60 per park). The task re-checks once woken, and sets the
+/// bit again before it registers again, so no ring is missed.
+///
 /// # Safety
-/// `word` must stay mapped until the returned registration is dropped.
+/// `word` (and `bit`'s mask) must stay mapped until the returned registration is dropped.
 pub(crate) unsafe fn register(
     word: &AtomicU32,
     expected: u32,
+    bit: Option<(&AtomicU64, u64)>,
     waker: &Waker,
     slice: Duration,
 ) -> Registration {
@@ -269,7 +287,7 @@ pub(crate) unsafe fn register(
         // last place.)
     };
     // SAFETY: the caller's promise.
-    unsafe { add(shard, word, expected, waker, slice) }
+    unsafe { add(shard, word, expected, bit, waker, slice) }
 }
 
 /// [`register`] on `shard`.
@@ -280,6 +298,7 @@ unsafe fn add(
     shard: Arc<Shard>,
     word: &AtomicU32,
     expected: u32,
+    bit: Option<(&AtomicU64, u64)>,
     waker: &Waker,
     slice: Duration,
 ) -> Registration {
@@ -294,6 +313,7 @@ unsafe fn add(
             waker: waker.clone(),
             deadline: Instant::now() + slice,
             armed: 0,
+            bit: bit.map(|(mask, bit)| (mask as *const AtomicU64, bit)),
         });
         id
     };
@@ -376,12 +396,20 @@ mod tests {
     fn exercise(waitv: bool) {
         let shard = Shard::start(waitv);
         let word = Box::new(AtomicU32::new(7));
+        // The ring's waiter mask: our bit (4) and another waiter's (2).
+        let mask = Box::new(AtomicU64::new(0b110));
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         let waker = Waker::from(Arc::clone(&flag));
-        // SAFETY: `word` outlives the registration (dropped below, before `word`).
-        let reg = unsafe { add(Arc::clone(&shard), &word, 7, &waker, Duration::from_secs(60)) };
+        let bit = Some((&*mask, 0b100));
+        // SAFETY: `word` and `mask` outlive the registration (dropped below, before them).
+        let reg = unsafe { add(Arc::clone(&shard), &word, 7, bit, &waker, Duration::from_secs(60)) };
         std::thread::sleep(Duration::from_millis(20));
         assert!(reg.pending(&waker) && !flag.0.load(SeqCst));
+        assert_eq!(
+            mask.load(SeqCst),
+            0b110,
+            "the bit stays while the wait is registered"
+        );
         word.store(8, SeqCst);
         if waitv {
             futex::wake(&word, 1);
@@ -391,12 +419,26 @@ mod tests {
             "a changed word did not wake"
         );
         assert!(!reg.pending(&waker), "a fired registration ends");
+        assert_eq!(
+            mask.load(SeqCst),
+            0b010,
+            "firing clears our bit, only ours, before the wake"
+        );
         drop(reg);
 
         // The slice ends a registration whose word never changes.
         flag.0.store(false, SeqCst);
         // SAFETY: as above.
-        let reg = unsafe { add(Arc::clone(&shard), &word, 8, &waker, Duration::from_millis(30)) };
+        let reg = unsafe {
+            add(
+                Arc::clone(&shard),
+                &word,
+                8,
+                None,
+                &waker,
+                Duration::from_millis(30),
+            )
+        };
         assert!(
             woken_within(&flag, Duration::from_secs(5)),
             "the slice did not end"
@@ -408,7 +450,16 @@ mod tests {
         let mut in_use = 0;
         for _ in 0..100 {
             // SAFETY: as above.
-            let reg = unsafe { add(Arc::clone(&shard), &word, 8, &waker, Duration::from_secs(60)) };
+            let reg = unsafe {
+                add(
+                    Arc::clone(&shard),
+                    &word,
+                    8,
+                    None,
+                    &waker,
+                    Duration::from_secs(60),
+                )
+            };
             let armed = loop {
                 let st = shard.lock();
                 let armed = st.entries[0].armed;
@@ -453,7 +504,7 @@ mod tests {
         let waker = Waker::from(Arc::new(Flag(AtomicBool::new(false))));
         // The parent's service exists (a registration made and dropped) ...
         // SAFETY: `word` outlives the registration, dropped at once.
-        drop(unsafe { register(&word, 0, &waker, SLICE) });
+        drop(unsafe { register(&word, 0, None, &waker, SLICE) });
         let (locked_tx, locked_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         // ... and another thread holds its lock across the fork.
@@ -470,7 +521,7 @@ mod tests {
             let flag = Arc::new(Flag(AtomicBool::new(false)));
             let waker = Waker::from(Arc::clone(&flag));
             // SAFETY: `word` outlives the registration (the child exits holding it).
-            let reg = unsafe { register(&word, 1, &waker, Duration::from_secs(60)) };
+            let reg = unsafe { register(&word, 1, None, &waker, Duration::from_secs(60)) };
             word.store(2, SeqCst);
             futex::wake(&word, 1);
             let code = if woken_within(&flag, Duration::from_secs(5)) {

@@ -478,9 +478,13 @@ pub(crate) fn poll_wait<T, E>(
     let slice = if fenced { waiter::SLICE } else { waiter::POLL };
     // Relaxed: a statistic.
     tally.parks.fetch_add(1, Relaxed);
-    // SAFETY: the word is in the doorbell `parked` borrows, which outlives the registration:
-    // `parked` owns it and drops it (synchronously deregistering) no later than itself.
-    parked.reg = Some(unsafe { waiter::register(parked.bell.word.as_atomic(), seen, cx.waker(), slice) });
+    let (word, bit) = (
+        parked.bell.word.as_atomic(),
+        Some((&parked.bell.waiters, parked.bit)),
+    );
+    // SAFETY: the word and the mask are in the doorbell `parked` borrows, which outlives the
+    // registration: `parked` owns it and drops it (synchronously deregistering) first.
+    parked.reg = Some(unsafe { waiter::register(word, seen, bit, cx.waker(), slice) });
     Poll::Pending
 }
 
