@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 mod bench;
+mod bridge;
 mod lines;
 mod ops;
 mod signals;
@@ -66,6 +67,11 @@ enum Command {
         #[command(flatten)]
         ring: RingArgs,
     },
+    /// Forward every message from one endpoint to another (shm:// to unix://, zenoh:// to
+    /// shm:// ...), in order, in batches, with back-pressure end to end; close TO at the end of
+    /// FROM's stream. On SIGINT, SIGTERM or SIGHUP: forward what FROM holds, close, exit
+    /// 128 + the signal. Stats on stderr at the end.
+    Bridge(bridge::BridgeArgs),
     /// Stream messages to a child process through a ring and check every one (a demo and
     /// smoke benchmark); a Unix socket pair carries the same stream as the baseline.
     Demo {
@@ -226,7 +232,11 @@ fn main() -> ExitCode {
     // Before opening anything, and before any other thread starts.
     if matches!(
         cli.command,
-        Command::Send { .. } | Command::Recv { .. } | Command::Demo { .. } | Command::DemoProducer { .. }
+        Command::Send { .. }
+            | Command::Recv { .. }
+            | Command::Bridge(_)
+            | Command::Demo { .. }
+            | Command::DemoProducer { .. }
     ) {
         if let Err(e) = signals::record() {
             return fail(format_args!("setting up clean-up on signals: {e}"));
@@ -250,6 +260,7 @@ fn main() -> ExitCode {
             .endpoint_with_room(&endpoint, if raw { RAW_MESSAGE } else { 0 })
             .and_then(open_receiver)
             .map(|rx| run_recv(rx, count, raw)),
+        Command::Bridge(args) => return bridge::run(args),
         Command::Demo { messages, size } => return demo::run(messages, size),
         Command::DemoProducer {
             endpoint,
@@ -268,11 +279,18 @@ fn main() -> ExitCode {
     result.unwrap_or_else(fail)
 }
 
+/// Writes `line` to stderr in one `write` (a line shorter than `PIPE_BUF` is then never cut by
+/// another process's writes to the same pipe, as `eprintln!`'s several writes can be: both ends
+/// of `auto://` say which transport they chose at the same moment).
+fn say_whole_line(line: &str) {
+    let _ = io::stderr().write_all(line.as_bytes());
+}
+
 /// Opens the sending end; for `auto://`, says on stderr which transport it chose.
 fn open_sender(ep: Endpoint) -> Result<Box<dyn Sender + Send>, shmpipe::Error> {
     match ep {
         Endpoint::Auto(auto) => auto.open_sender().map(|(tx, chosen)| {
-            eprintln!("shmpipe: auto://{}: using {chosen}", auto.name);
+            say_whole_line(&format!("shmpipe: auto://{}: using {chosen}\n", auto.name));
             tx
         }),
         ep => ep.open_sender(),
@@ -283,7 +301,7 @@ fn open_sender(ep: Endpoint) -> Result<Box<dyn Sender + Send>, shmpipe::Error> {
 fn open_receiver(ep: Endpoint) -> Result<Box<dyn Receiver + Send>, shmpipe::Error> {
     match ep {
         Endpoint::Auto(auto) => auto.open_receiver().map(|(rx, chosen)| {
-            eprintln!("shmpipe: auto://{}: using {chosen}", auto.name);
+            say_whole_line(&format!("shmpipe: auto://{}: using {chosen}\n", auto.name));
             rx
         }),
         ep => ep.open_receiver(),
