@@ -42,6 +42,9 @@ pub enum Endpoint {
     /// `auto://NAME`: shared memory if the system allows it, else a message queue, else a Unix
     /// socket.
     Auto(AutoConfig),
+    /// `zenoh://KEYEXPR` (feature `zenoh`): Zenoh pub/sub, for peers on other machines.
+    #[cfg(feature = "zenoh")]
+    Zenoh(crate::transport::zenoh::ZenohConfig),
 }
 
 /// `auto://NAME[?capacity=..&max_message=..]`: the first transport this system allows, in the
@@ -181,7 +184,7 @@ fn parse_mode(v: &str) -> Result<u32, Error> {
         .map_err(|_| Error::Endpoint(format!("option mode={v:?}: expected octal bits like 0600")))
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
+pub(crate) fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
     match v {
         "1" | "true" | "yes" => Ok(true),
         "0" | "false" | "no" => Ok(false),
@@ -340,6 +343,14 @@ impl Endpoint {
                 }
                 Ok(Endpoint::Msgq(cfg))
             }
+            #[cfg(feature = "zenoh")]
+            "zenoh" => Ok(Endpoint::Zenoh(
+                crate::transport::zenoh::ZenohConfig::from_endpoint(addr, query)?,
+            )),
+            #[cfg(not(feature = "zenoh"))]
+            "zenoh" => Err(Error::Endpoint(format!(
+                "{s:?}: zenoh:// endpoints need shmpipe built with the `zenoh` feature"
+            ))),
             "unix" | "tcp" => Ok(Endpoint::Socket(SocketConfig::from_endpoint(
                 scheme, addr, query,
             )?)),
@@ -382,6 +393,8 @@ impl Endpoint {
                 SocketAddress::Tcp { .. } => "tcp",
             },
             Endpoint::Auto(_) => "auto",
+            #[cfg(feature = "zenoh")]
+            Endpoint::Zenoh(_) => "zenoh",
         }
     }
 
@@ -394,6 +407,8 @@ impl Endpoint {
             Endpoint::Msgq(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Auto(cfg) => cfg.open_sender()?.0,
+            #[cfg(feature = "zenoh")]
+            Endpoint::Zenoh(cfg) => Box::new(cfg.open_sender()?),
         })
     }
 
@@ -406,6 +421,8 @@ impl Endpoint {
             Endpoint::Msgq(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Auto(cfg) => cfg.open_receiver()?.0,
+            #[cfg(feature = "zenoh")]
+            Endpoint::Zenoh(cfg) => Box::new(cfg.open_receiver()?),
         })
     }
 }

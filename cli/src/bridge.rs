@@ -4,15 +4,20 @@
 //! It ends when FROM's stream ends (every sender gone and everything received forwarded: it then
 //! closes TO, whose receivers see the end of the stream, and exits 0), on an error of either end
 //! (exit 1, saying how many messages it had taken from FROM but not delivered to TO), or on
-//! SIGINT, SIGTERM or SIGHUP: it stops waiting on FROM, forwards what FROM already holds (for at
-//! most `--drain-timeout` while TO has no room), closes both ends as at a normal end and exits
-//! with 128 + the signal. Stats go to stderr at the end, and a progress line every second while
+//! SIGINT, SIGTERM or SIGHUP: it stops waiting on FROM, forwards what FROM already holds (see
+//! below), closes both ends as at a normal end and exits with 128 + the signal. Stats go to stderr at the end, and a progress line every second while
 //! stderr is a terminal (or with `--progress`).
 //!
 //! Exactly once and in order, end to end, when both transports are reliable: each message taken
 //! from FROM is handed to TO before the next batch is taken, and a batch TO accepts only in part
 //! is resent from where it stopped. What is lost is only what a failure of TO (or the bridge's
 //! own SIGKILL) leaves in the bridge's hands, and the first is counted on stderr.
+//!
+//! The drain after a signal is bounded by `--drain-timeout` (1 s by default), so a bridge fed
+//! without pause still stops: it takes from FROM only what is there without waiting, and only
+//! until the timeout; what it has taken it still delivers, waiting at most one more timeout for
+//! room in TO (else it says how many it could not deliver). What FROM still holds then stays
+//! there, or goes with FROM's channel as when any receiver closes.
 
 use crate::signals;
 use shmpipe::{Batch, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError};
@@ -33,9 +38,9 @@ pub(crate) struct BridgeArgs {
     /// Print a progress line on stderr every second (the default when stderr is a terminal).
     #[arg(long)]
     progress: bool,
-    /// After a signal, how long to go on offering TO what was taken (or is waiting) in FROM
-    /// while TO has no room, in seconds, before giving up and saying how many were left.
-    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    /// After a signal: how long to go on taking what FROM holds, and then how much longer to
+    /// wait for TO to take the last of it, in seconds.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     drain_timeout: f64,
 }
 
@@ -150,6 +155,11 @@ fn forward(
             last_progress = Instant::now();
             eprint!("\rshmpipe bridge: {}   ", tally.line());
         }
+        if let Some((sig, deadline)) = stopping {
+            if Instant::now() >= deadline {
+                return End::Signal(sig);
+            }
+        }
         let taken = match rx.try_recv_batch(&mut batch, BATCH) {
             Ok(n) => Ok(n),
             Err(TryRecvError::Empty) => match stopping {
@@ -186,7 +196,7 @@ fn forward(
                         }
                     }
                     if let Some((_, deadline)) = stopping {
-                        if Instant::now() >= deadline {
+                        if Instant::now() >= deadline + drain {
                             return End::Failed(
                                 format!("the destination took no more within the drain timeout ({drain:?})"),
                                 rest.len(),

@@ -302,6 +302,16 @@ impl AsyncSender for SocketSender {
     }
 }
 
+/// `zenoh://` has blocking ends only: Zenoh refuses tokio's current-thread runtime.
+#[cfg(feature = "zenoh")]
+fn no_async_zenoh() -> Error {
+    Error::InvalidConfig(
+        "zenoh:// has no async ends (Zenoh refuses tokio's current-thread runtime); use the \
+         blocking ends on a thread of their own (tokio::task::spawn_blocking on a multi-thread runtime)"
+            .into(),
+    )
+}
+
 impl Endpoint {
     /// Opens (or creates) the channel and takes its receiving end, to be awaited. See
     /// [`open_async_receiver`].
@@ -313,6 +323,8 @@ impl Endpoint {
             Endpoint::Msgq(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_receiver()?),
             Endpoint::Auto(cfg) => cfg.first_available(Endpoint::open_async_receiver)?.0,
+            #[cfg(feature = "zenoh")]
+            Endpoint::Zenoh(_) => return Err(no_async_zenoh()),
         })
     }
 
@@ -326,6 +338,8 @@ impl Endpoint {
             Endpoint::Msgq(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Socket(cfg) => Box::new(cfg.open_sender()?),
             Endpoint::Auto(cfg) => cfg.first_available(Endpoint::open_async_sender)?.0,
+            #[cfg(feature = "zenoh")]
+            Endpoint::Zenoh(_) => return Err(no_async_zenoh()),
         })
     }
 }

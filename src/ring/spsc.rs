@@ -1006,8 +1006,8 @@ pub struct Consumer {
 
 impl Consumer {
     /// Makes this end act as if inherited across `fork()` (another owner), for tests outside
-    /// this module.
-    #[cfg(test)]
+    /// this module (the async stream adapter's).
+    #[cfg(all(test, feature = "tokio"))]
     pub(crate) fn pretend_forked(&mut self) {
         self.owner = self.owner.wrapping_add(1);
     }

@@ -8,3 +8,6 @@ pub mod shm;
 pub mod socket;
 #[cfg(not(loom))]
 pub(crate) mod sysv;
+#[cfg(all(feature = "zenoh", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "zenoh")))]
+pub mod zenoh;
