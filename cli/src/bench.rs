@@ -152,6 +152,8 @@ pub(crate) enum Transport {
     Tcp,
     /// Raw: a 127.0.0.1 TCP connection with TCP_NODELAY, frames as raw-unix
     RawTcp,
+    /// zenoh://KEY over a 127.0.0.1 TCP link (only in a CLI built with --features zenoh)
+    Zenoh,
     /// In-process: our ring on the heap between two threads (throughput only)
     InprocRing,
     /// In-process: crossbeam_queue::ArrayQueue between two threads (throughput, <= 1024 B)
@@ -172,7 +174,7 @@ pub(crate) enum Transport {
 
 impl Transport {
     /// Every transport, in the order of the report: each of ours next to its baseline.
-    const ALL: [Transport; 22] = [
+    const ALL: [Transport; 23] = [
         Transport::Shm,
         Transport::ShmPark,
         Transport::ShmAsync,
@@ -187,6 +189,7 @@ impl Transport {
         Transport::RawPipe,
         Transport::Tcp,
         Transport::RawTcp,
+        Transport::Zenoh,
         Transport::InprocRing,
         Transport::InprocArrayqueue,
         Transport::InprocRtrb,
@@ -213,6 +216,7 @@ impl Transport {
             Transport::RawPipe => "raw-pipe",
             Transport::Tcp => "tcp",
             Transport::RawTcp => "raw-tcp",
+            Transport::Zenoh => "zenoh",
             Transport::InprocRing => "inproc-ring",
             Transport::InprocArrayqueue => "inproc-arrayqueue",
             Transport::InprocRtrb => "inproc-rtrb",
@@ -256,6 +260,9 @@ impl Transport {
             // Its rows (and their blocking counterparts) are made by the async scenario.
             Scenario::Async => ASYNC_JOBS.iter().any(|&(_, t, s)| t == self && s == size),
             _ if self == Transport::ShmAsync => false,
+            // Rows only where the transport is built in.
+            _ if self == Transport::Zenoh && !cfg!(feature = "zenoh") => false,
+            Scenario::Crossover if self == Transport::Zenoh => false,
             Scenario::Throughput => {
                 !matches!(self, Transport::RawAtomic | Transport::RawFutex)
                     && (!self.is_inproc() || inproc::supports(self, size))
@@ -278,6 +285,8 @@ impl Transport {
             (Transport::Msgq, _) => Transport::RawMsgq,
             (Transport::Unix, _) => Transport::RawUnix,
             (Transport::Tcp, _) => Transport::RawTcp,
+            // What leaving the host costs, next to the plain loopback TCP it runs on.
+            (Transport::Zenoh, _) => Transport::RawTcp,
             // The reference for an MPMC queue, in the same shape.
             (Transport::ShmMpmc | Transport::InprocMpmc, Scenario::Mpmc) => Transport::InprocArrayqueue,
             // The reference for a broadcast ring: our SPSC ring (one subscriber).

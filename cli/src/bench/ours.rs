@@ -150,8 +150,31 @@ fn endpoints(ctx: &Ctx, job: &Job) -> Result<Endpoints, String> {
                 keys: Vec::new(),
             }
         }
+        // The receiving side of each direction listens; the peer's ends connect (`for_peer`).
+        Transport::Zenoh => {
+            let ports = free_ports(2)?;
+            let key = |d: &str, p: u16| {
+                format!("zenoh://shmpipe-bench/{name}-{d}?listen=tcp/127.0.0.1:{p}&max_message={size}")
+            };
+            Endpoints {
+                up: key("up", ports[0]),
+                down: key("down", ports[1]),
+                _dir: None,
+                keys: Vec::new(),
+            }
+        }
         t => unreachable!("{} is not ours", t.name()),
     })
+}
+
+/// The endpoint as the peer process opens it: the same, but a `zenoh://` one connects to the
+/// locator this process listens on (two sessions cannot both listen on it).
+fn for_peer(endpoint: &str) -> String {
+    if endpoint.starts_with("zenoh://") {
+        endpoint.replacen("?listen=", "?connect=", 1)
+    } else {
+        endpoint.to_owned()
+    }
 }
 
 pub(super) fn open_tx(endpoint: &str) -> Result<Tx, String> {
@@ -191,7 +214,7 @@ pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
         }
         Scenario::Throughput => {
             let mut rx = open_rx(&eps.up)?;
-            let peer = PeerProc::spawn(ctx, job, std::slice::from_ref(&eps.up), &[])?;
+            let peer = PeerProc::spawn(ctx, job, &[for_peer(&eps.up)], &[])?;
             let rate = receive_stream(&mut rx, job.size, job.messages)?;
             drop(rx);
             peer.finish()?;
@@ -200,7 +223,7 @@ pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
         Scenario::Latency => {
             let mut tx = open_tx(&eps.down)?;
             let mut rx = open_rx(&eps.up)?;
-            let peer = PeerProc::spawn(ctx, job, &[eps.down.clone(), eps.up.clone()], &[])?;
+            let peer = PeerProc::spawn(ctx, job, &[for_peer(&eps.down), for_peer(&eps.up)], &[])?;
             let latencies = ping(&mut tx, &mut rx, job.warmup, job.messages)?;
             drop((tx, rx));
             peer.finish()?;
