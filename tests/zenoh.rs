@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use shmpipe::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use shmpipe::{Peer, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

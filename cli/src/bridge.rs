@@ -2,7 +2,8 @@
 //! batches, with back-pressure end to end (it takes from FROM only what TO has accepted before).
 //!
 //! It ends when FROM's stream ends (every sender gone and everything received forwarded: it then
-//! closes TO, whose receivers see the end of the stream, and exits 0), on an error of either end
+//! closes TO, whose receivers see the end of the stream, and exits 0, or 1 if FROM's transport
+//! says its sender died), on an error of either end
 //! (exit 1, saying how many messages it had taken from FROM but not delivered to TO), or on
 //! SIGINT, SIGTERM or SIGHUP: it stops waiting on FROM, forwards what FROM already holds (see
 //! below), closes both ends as at a normal end and exits with 128 + the signal. Stats go to stderr at the end, and a progress line every second while
@@ -106,6 +107,9 @@ pub(crate) fn run(args: BridgeArgs) -> ExitCode {
         start: Instant::now(),
     };
     let end = forward(&mut *rx, &mut *tx, &mut tally, drain, progress);
+    // A stream ended by the sender's death is an error, though everything it sent was forwarded
+    // (and TO is still closed cleanly: it has no way to say "died").
+    let upstream_died = matches!(end, End::Stream) && rx.peer() == Some(shmpipe::Peer::Dead);
     // TO first: its receivers see the end of the stream (a clean close, also after a signal).
     drop(tx);
     drop(rx);
@@ -114,6 +118,10 @@ pub(crate) fn run(args: BridgeArgs) -> ExitCode {
     }
     let stats = tally.line();
     match end {
+        End::Stream if upstream_died => {
+            eprintln!("shmpipe bridge: the sending process upstream died (everything it sent was forwarded): {stats}");
+            ExitCode::FAILURE
+        }
         End::Stream => {
             eprintln!("shmpipe bridge: end of stream: {stats}");
             ExitCode::SUCCESS

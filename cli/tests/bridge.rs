@@ -198,3 +198,45 @@ fn shm_to_zenoh_to_shm_across_two_bridges() {
     a.assert_gone("after the pipeline");
     b.assert_gone("after the pipeline");
 }
+
+/// A bridge from shared memory to Zenoh, SIGKILLed mid-stream: the shm sender upstream and the
+/// zenoh receiver downstream both end (the receiver sees the bridge's session gone through the
+/// TCP reset), within the death bound, with an in-order prefix delivered; nothing in `ipcs`.
+#[cfg(feature = "zenoh")]
+#[test]
+fn a_sigkilled_bridge_into_zenoh_ends_both_sides() {
+    let ring = Ring::new("br-zkill");
+    let port = free_port();
+    let key = format!("shmpipe-it/{}", unique_name("br-zk"));
+    let zl = format!("zenoh://{key}?listen=tcp/127.0.0.1:{port}");
+    let zc = format!("zenoh://{key}?connect=tcp/127.0.0.1:{port}");
+    let mut recv = Proc::cli(&["recv", &zl], Stdout::Collect);
+    let bridge = Proc::cli(&["bridge", &ring.endpoint(), &zc], Stdout::Null);
+    let mut send = Proc::cli(&["send", &ring.endpoint()], Stdout::Null);
+    let feeder = feed(&mut send, 100_000_000);
+    // Until lines flow end to end (the zenoh link takes about half a second to match).
+    std::thread::sleep(Duration::from_millis(1500));
+    bridge.kill();
+    let t0 = Instant::now();
+    let sstatus = send.wait(SOON);
+    assert!(!sstatus.success(), "the sender's receiver died");
+    assert!(
+        t0.elapsed() < DEATH_BOUND,
+        "the sender noticed after {:?}",
+        t0.elapsed()
+    );
+    let (rstatus, out) = recv.wait_output(SOON);
+    assert!(
+        t0.elapsed() < DEATH_BOUND,
+        "the receiver noticed after {:?}",
+        t0.elapsed()
+    );
+    assert!(check_lines(&out) > 0, "nothing passed before the kill");
+    // It tells a dead sender from a clean end (no end-of-stream sample came).
+    assert!(!rstatus.success(), "recv exited 0 after its sender's SIGKILL");
+    assert!(recv.stderr_text().contains("died"), "{}", recv.stderr_text());
+    drop(send);
+    feeder.join().unwrap();
+    drop(bridge);
+    ring.assert_gone("after the killed bridge");
+}

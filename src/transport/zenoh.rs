@@ -43,6 +43,7 @@
 
 use crate::channel::{Receiver, Sender};
 use crate::error::*;
+use crate::ring::Peer;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use zenoh::handlers::FifoChannelHandler;
@@ -424,6 +425,18 @@ struct SenderState {
     next: u64,
     /// Its end of stream arrived, or its liveliness token went.
     ended: bool,
+    /// Its end of stream arrived (a clean close, not a death).
+    closed: bool,
+}
+
+impl SenderState {
+    fn new() -> Self {
+        SenderState {
+            next: 0,
+            ended: false,
+            closed: false,
+        }
+    }
 }
 
 /// The receiving end of a `zenoh://` channel: see the [module documentation](self).
@@ -459,11 +472,9 @@ impl ZenohReceiver {
             else {
                 continue;
             };
-            let state = self.senders.entry(id).or_insert(SenderState {
-                next: 0,
-                ended: false,
-            });
-            state.ended = s.kind() == SampleKind::Delete;
+            let state = self.senders.entry(id).or_insert(SenderState::new());
+            // (A token's news after its end of stream changes nothing: it closed.)
+            state.ended = state.closed || s.kind() == SampleKind::Delete;
         }
     }
 
@@ -484,12 +495,10 @@ impl ZenohReceiver {
         }
         let id = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
         let seq = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
-        let state = self.senders.entry(id).or_insert(SenderState {
-            next: 0,
-            ended: false,
-        });
+        let state = self.senders.entry(id).or_insert(SenderState::new());
         if seq == END_OF_STREAM {
             state.ended = true;
+            state.closed = true;
             return Ok(Got::Nothing);
         }
         if seq < state.next {
@@ -539,6 +548,20 @@ impl ZenohReceiver {
 const LOOK: Duration = Duration::from_millis(20);
 
 impl Receiver for ZenohReceiver {
+    /// `NotYet` before any sender was seen, `Alive` while one has not ended, then `Closed` if
+    /// every sender sent its end of stream, `Dead` if one's liveliness token went without it.
+    fn peer(&self) -> Option<Peer> {
+        Some(if self.senders.is_empty() {
+            Peer::NotYet
+        } else if !self.all_ended() {
+            Peer::Alive
+        } else if self.senders.values().all(|s| s.closed) {
+            Peer::Closed
+        } else {
+            Peer::Dead
+        })
+    }
+
     fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<(), TryRecvError> {
         self.poll(buf)
     }
