@@ -97,6 +97,7 @@ fn a_hundred_thousand_messages_arrive_in_order_and_the_stream_ends() {
         rx.recv_timeout(&mut buf, SOON),
         Err(RecvTimeoutError::Disconnected)
     );
+    assert_eq!(rx.peer(), Some(Peer::Closed), "a clean end of stream");
     child.wait_success(SOON);
 }
 
@@ -183,6 +184,7 @@ fn a_killed_sender_ends_the_stream_after_the_drain_and_a_killed_receiver_ends_th
         Err(RecvTimeoutError::Disconnected)
     );
     assert!(t0.elapsed() < DEATH_BOUND, "noticed after {:?}", t0.elapsed());
+    assert_eq!(rx.peer(), Some(Peer::Dead), "no end-of-stream sample came");
     drop(child);
     drop(rx);
 
