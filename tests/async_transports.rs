@@ -16,7 +16,6 @@ use common::*;
 use shmpipe::aio::{open_async_receiver, open_async_sender, AsyncReceiver, AsyncSender};
 use shmpipe::{Receiver, RecvError, SendError, Sender};
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -194,35 +193,6 @@ fn current_thread() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// A fresh directory for socket files, removed with what is in it on drop.
-struct SockDir(PathBuf);
-
-impl SockDir {
-    fn new(tag: &str) -> SockDir {
-        let dir = std::env::temp_dir().join(unique_name(tag));
-        std::fs::create_dir(&dir).unwrap();
-        SockDir(dir)
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.0.join(file).to_str().unwrap().to_string()
-    }
-
-    fn assert_empty(&self) {
-        let left: Vec<_> = std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert!(left.is_empty(), "socket files left behind: {left:?}");
-    }
-}
-
-impl Drop for SockDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// An endpoint of each kind, and what must be kept alive (and cleaned) with it.

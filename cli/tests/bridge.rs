@@ -9,29 +9,13 @@ mod common;
 
 use common::*;
 use std::io::Write;
-use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A socket path in a fresh directory, removed on drop.
-struct SockDir(PathBuf);
-
-impl SockDir {
-    fn new(tag: &str) -> SockDir {
-        let dir = std::env::temp_dir().join(unique_name(tag));
-        std::fs::create_dir(&dir).unwrap();
-        SockDir(dir)
-    }
-
-    fn endpoint(&self, query: &str) -> String {
-        format!("unix://{}?{query}", self.0.join("s.sock").display())
-    }
-}
-
-impl Drop for SockDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A Unix endpoint in `dir` whose sender listens (the bridge's TO end; `recv` connects).
+fn sock(dir: &SockDir) -> String {
+    format!("unix://{}?listen=sender", dir.path("s.sock"))
 }
 
 /// Feeds `line-0` .. `line-{n-1}` to `send`'s stdin from a thread, then closes it.
@@ -76,7 +60,7 @@ fn shm_to_unix_through_the_bridge_every_line_in_order() {
     const N: u64 = 100_000;
     let ring = Ring::new("br-a");
     let dir = SockDir::new("br-a");
-    let to = dir.endpoint("listen=sender");
+    let to = sock(&dir);
     let mut bridge = Proc::cli(&["bridge", &ring.endpoint(), &to], Stdout::Null);
     let mut recv = Proc::cli(&["recv", &to], Stdout::Collect);
     let mut send = Proc::cli(&["send", &ring.endpoint()], Stdout::Null);
@@ -97,7 +81,7 @@ fn shm_to_unix_through_the_bridge_every_line_in_order() {
 fn a_sigtermed_bridge_drains_closes_downstream_and_says_what_it_forwarded() {
     let ring = Ring::new("br-term");
     let dir = SockDir::new("br-term");
-    let to = dir.endpoint("listen=sender");
+    let to = sock(&dir);
     let mut bridge = Proc::cli(&["bridge", &ring.endpoint(), &to], Stdout::Null);
     let mut recv = Proc::cli(&["recv", &to], Stdout::Collect);
     let mut send = Proc::cli(&["send", &ring.endpoint()], Stdout::Null);
@@ -131,37 +115,40 @@ fn a_sigtermed_bridge_drains_closes_downstream_and_says_what_it_forwarded() {
     ring.assert_gone("after the signalled bridge");
 }
 
-#[test]
-fn a_sigkilled_bridge_ends_both_sides_without_a_hang() {
-    let ring = Ring::new("br-kill");
-    let dir = SockDir::new("br-kill");
-    let to = dir.endpoint("listen=sender");
-    let bridge = Proc::cli(&["bridge", &ring.endpoint(), &to], Stdout::Null);
-    let mut recv = Proc::cli(&["recv", &to], Stdout::Collect);
+/// `recv FROM_TO` ← bridge (`ring` → `to`) ← `send ring`, the bridge SIGKILLed after `settle`:
+/// the sender upstream fails and the receiver downstream ends, both within the death bound,
+/// with an in-order prefix delivered; nothing of the ring left. Returns the receiver's exit
+/// status and stderr.
+fn kill_bridge_midstream(ring: &Ring, to: &str, recv_from: &str, settle: Duration) -> (ExitStatus, String) {
+    let mut recv = Proc::cli(&["recv", recv_from], Stdout::Collect);
+    let bridge = Proc::cli(&["bridge", &ring.endpoint(), to], Stdout::Null);
     let mut send = Proc::cli(&["send", &ring.endpoint()], Stdout::Null);
     let feeder = feed(&mut send, 100_000_000);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(settle);
     bridge.kill();
     let t0 = Instant::now();
     let sstatus = send.wait(SOON);
     assert!(!sstatus.success(), "the sender's receiver died");
-    assert!(
-        t0.elapsed() < DEATH_BOUND,
-        "the sender noticed after {:?}",
-        t0.elapsed()
-    );
-    let (_, out) = recv.wait_output(SOON);
-    assert!(
-        t0.elapsed() < DEATH_BOUND,
-        "the receiver noticed after {:?}",
-        t0.elapsed()
-    );
+    let noticed = t0.elapsed();
+    assert!(noticed < DEATH_BOUND, "the sender noticed after {noticed:?}");
+    let (rstatus, out) = recv.wait_output(SOON);
+    let noticed = t0.elapsed();
+    assert!(noticed < DEATH_BOUND, "the receiver noticed after {noticed:?}");
     // What arrived is a prefix, in order (the bridge died with some in its hands).
-    check_lines(&out);
+    assert!(check_lines(&out) > 0, "nothing passed before the kill");
     drop(send);
     feeder.join().unwrap();
     drop(bridge);
     ring.assert_gone("after the killed bridge");
+    (rstatus, recv.stderr_text())
+}
+
+#[test]
+fn a_sigkilled_bridge_ends_both_sides_without_a_hang() {
+    let ring = Ring::new("br-kill");
+    let dir = SockDir::new("br-kill");
+    let to = sock(&dir);
+    kill_bridge_midstream(&ring, &to, &to, Duration::from_millis(300));
 }
 
 /// shm → bridge → zenoh → bridge → shm, four processes besides the sender and receiver ends:
@@ -210,33 +197,9 @@ fn a_sigkilled_bridge_into_zenoh_ends_both_sides() {
     let key = format!("shmpipe-it/{}", unique_name("br-zk"));
     let zl = format!("zenoh://{key}?listen=tcp/127.0.0.1:{port}");
     let zc = format!("zenoh://{key}?connect=tcp/127.0.0.1:{port}");
-    let mut recv = Proc::cli(&["recv", &zl], Stdout::Collect);
-    let bridge = Proc::cli(&["bridge", &ring.endpoint(), &zc], Stdout::Null);
-    let mut send = Proc::cli(&["send", &ring.endpoint()], Stdout::Null);
-    let feeder = feed(&mut send, 100_000_000);
     // Until lines flow end to end (the zenoh link takes about half a second to match).
-    std::thread::sleep(Duration::from_millis(1500));
-    bridge.kill();
-    let t0 = Instant::now();
-    let sstatus = send.wait(SOON);
-    assert!(!sstatus.success(), "the sender's receiver died");
-    assert!(
-        t0.elapsed() < DEATH_BOUND,
-        "the sender noticed after {:?}",
-        t0.elapsed()
-    );
-    let (rstatus, out) = recv.wait_output(SOON);
-    assert!(
-        t0.elapsed() < DEATH_BOUND,
-        "the receiver noticed after {:?}",
-        t0.elapsed()
-    );
-    assert!(check_lines(&out) > 0, "nothing passed before the kill");
+    let (rstatus, said) = kill_bridge_midstream(&ring, &zc, &zl, Duration::from_millis(1500));
     // It tells a dead sender from a clean end (no end-of-stream sample came).
     assert!(!rstatus.success(), "recv exited 0 after its sender's SIGKILL");
-    assert!(recv.stderr_text().contains("died"), "{}", recv.stderr_text());
-    drop(send);
-    feeder.join().unwrap();
-    drop(bridge);
-    ring.assert_gone("after the killed bridge");
+    assert!(said.contains("died"), "{said}");
 }

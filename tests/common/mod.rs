@@ -1392,3 +1392,32 @@ pub fn fails(ok: bool, bit: u32) -> i32 {
         1 << bit
     }
 }
+
+/// A fresh directory for socket files, removed with what is in it on drop.
+pub struct SockDir(pub std::path::PathBuf);
+
+impl SockDir {
+    pub fn new(tag: &str) -> SockDir {
+        let dir = std::env::temp_dir().join(unique_name(tag));
+        std::fs::create_dir(&dir).unwrap();
+        SockDir(dir)
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.0.join(file).to_str().unwrap().to_string()
+    }
+
+    pub fn assert_empty(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "socket files left behind: {left:?}");
+    }
+}
+
+impl Drop for SockDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
