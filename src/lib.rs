@@ -80,14 +80,16 @@
 //! | the same rings inside one process (tests, loom models) | [`ring::spsc::channel`], [`ring::mpmc::channel`], [`ring::broadcast::channel`] |
 //! | a kernel queue that outlives both processes | [`transport::msgq::MsgqConfig`] |
 //! | a peer in another network namespace or on another host | [`transport::socket::SocketConfig`] (`unix://`, `tcp://`) |
+//! | many hosts, routers, TLS (feature `zenoh`) | `zenoh://KEYEXPR` (module `transport::zenoh`); `shmpipe bridge` forwards between any two endpoints |
 //! | see, watch and clean up rings (what `shmpipe ls`/`stat`/`rm` show) | [`inspect`] |
 //! | values instead of bytes: `#[repr(C)]` structs as their bytes, serde values (features `bytemuck`, `serde`) | `send_pod` / `recv_pod` / `try_recv_pod_ref`, `send_value` / `recv_value` (module `typed`) |
 //! | what went wrong | [`Error`] (opening) and the per-call errors ([`TrySendError`], [`RecvError`], ...) |
 //! | how a blocked call waits (spin, yield, park) | [`WaitStrategy`] |
-//! | await instead of blocking (feature `tokio`, SPSC ring only for now) | `recv_async` / `send_async` (module `aio`) |
+//! | await instead of blocking, or a `Stream` / `Sink` (feature `tokio`, every transport but `zenoh://`) | `recv_async` / `send_async`, `into_stream` / `into_sink` (module `aio`) |
 //!
 //! The library depends on `libc` and `crossbeam-utils` only (plus `bytemuck`, or `serde` and
-//! `postcard`, with the non-default features of those names). The `shmpipe` command-line tool is a
+//! `postcard`, `tokio` with `futures-core` and `futures-sink`, or `zenoh`, with the non-default
+//! features of those names). The `shmpipe` command-line tool is a
 //! separate package (`shmpipe-cli`).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
