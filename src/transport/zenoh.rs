@@ -60,6 +60,9 @@ pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
 pub const HEADER: usize = 16;
 /// The sequence number of a sender's end-of-stream sample.
 pub const END_OF_STREAM: u64 = u64::MAX;
+/// Most senders a receiver keeps track of: a peer inventing sender ids cannot make it grow
+/// without bound (a sample from one more is `Corrupted`).
+pub const MAX_SENDERS: usize = 1024;
 /// Samples a receiver buffers before Zenoh's link stops reading (the back-pressure point).
 const BUFFERED: usize = 1024;
 /// How long a blocked publication waits for the receiver before Zenoh drops the link (µs).
@@ -472,6 +475,10 @@ impl ZenohReceiver {
             else {
                 continue;
             };
+            if self.senders.len() >= MAX_SENDERS && !self.senders.contains_key(&id) {
+                // Past the bound: a token we cannot track (its data samples are refused).
+                continue;
+            }
             let state = self.senders.entry(id).or_insert(SenderState::new());
             // (A token's news after its end of stream changes nothing: it closed.)
             state.ended = state.closed || s.kind() == SampleKind::Delete;
@@ -495,6 +502,11 @@ impl ZenohReceiver {
         }
         let id = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
         let seq = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
+        if self.senders.len() >= MAX_SENDERS && !self.senders.contains_key(&id) {
+            return Err(Corrupted {
+                reason: format!("a sample from a sender beyond the {MAX_SENDERS} this receiver tracks"),
+            });
+        }
         let state = self.senders.entry(id).or_insert(SenderState::new());
         if seq == END_OF_STREAM {
             state.ended = true;
@@ -653,8 +665,8 @@ mod tests {
         for (seq, body) in [(0, &b"zero"[..]), (1, b"one"), (1, b"one again"), (5, b"five")] {
             publisher.put(sample(seq, body)).wait().unwrap();
         }
-        publisher.put(sample(END_OF_STREAM, b"")).wait().unwrap();
         publisher.put(vec![1u8; 3]).wait().unwrap();
+        publisher.put(sample(END_OF_STREAM, b"")).wait().unwrap();
         let mut buf = Vec::new();
         let t = Duration::from_secs(20);
         rx.recv_timeout(&mut buf, t).unwrap();
@@ -664,13 +676,57 @@ mod tests {
         assert_eq!(rx.recv_timeout(&mut buf, t), Err(RecvTimeoutError::Lagged(3)));
         rx.recv_timeout(&mut buf, t).unwrap();
         assert_eq!(buf, b"five");
-        // A sample too short for the header (after the end of stream, still read) is corrupt.
+        // A sample too short for the header is corrupt (and consumed: the next call goes on).
         assert!(matches!(
             rx.recv_timeout(&mut buf, t),
             Err(RecvTimeoutError::Corrupted(_))
         ));
         // Sender 7 ended in band, and it is the only one seen.
         assert_eq!(rx.recv_timeout(&mut buf, t), Err(RecvTimeoutError::Disconnected));
+        session.close().wait().unwrap();
+    }
+
+    /// A peer inventing sender ids: the receiver tracks at most `MAX_SENDERS`, and a sample
+    /// from one more is `Corrupted`, not more memory.
+    #[test]
+    fn a_flood_of_sender_ids_is_bounded() {
+        let port = free_port();
+        let key = format!("shmpipe-unit/flood-{}", std::process::id());
+        let mut rx = ZenohConfig::from_endpoint(&key, &format!("listen=tcp/127.0.0.1:{port}"))
+            .unwrap()
+            .open_receiver()
+            .unwrap();
+        let session = ZenohConfig::from_endpoint(&key, &format!("connect=tcp/127.0.0.1:{port}"))
+            .unwrap()
+            .open_session()
+            .unwrap();
+        let publisher = session
+            .declare_publisher(key.clone())
+            .congestion_control(CongestionControl::Block)
+            .wait()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !publisher.matching_status().wait().unwrap().matching() {
+            assert!(Instant::now() < deadline, "never matched");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let receiving = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            for n in 0..MAX_SENDERS {
+                rx.recv_timeout(&mut buf, Duration::from_secs(20))
+                    .unwrap_or_else(|e| panic!("sender {n}: {e:?}"));
+            }
+            rx.recv_timeout(&mut buf, Duration::from_secs(20))
+        });
+        for id in 0..=MAX_SENDERS as u64 {
+            let mut v = id.to_le_bytes().to_vec();
+            v.extend_from_slice(&0u64.to_le_bytes());
+            publisher.put(v).wait().unwrap();
+        }
+        assert!(matches!(
+            receiving.join().unwrap(),
+            Err(RecvTimeoutError::Corrupted(_))
+        ));
         session.close().wait().unwrap();
     }
 
