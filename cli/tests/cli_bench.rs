@@ -272,6 +272,13 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
     for t in ["shm-mpmc", "inproc-mpmc", "inproc-arrayqueue"] {
         expected.insert(("mpmc".to_string(), t.to_string(), 64));
     }
+    // The zenoh row exists only in a CLI built with the feature.
+    if cfg!(feature = "zenoh") {
+        for size in [64, 1024] {
+            expected.insert(("throughput".to_string(), "zenoh".to_string(), size));
+        }
+        expected.insert(("latency".to_string(), "zenoh".to_string(), 8));
+    }
     assert_eq!(seen, expected, "result lines; stdout:\n{stdout}");
 
     // The in-process baselines run no peer; shm-mpmc runs one a producer (two).
