@@ -243,3 +243,40 @@ fn bad_zenoh_endpoints_and_oversize_messages_are_typed_errors() {
         Err(SendTimeoutError::Timeout)
     );
 }
+
+/// Ends inherited across fork(): every call in the child is `Forked` and its drops leave the
+/// parent's session alone (Zenoh's threads do not exist in the child); the parent's stream goes
+/// on and ends cleanly.
+#[test]
+fn ends_inherited_across_fork_are_refused_and_the_parents_stream_goes_on() {
+    use shmpipe::{RecvError, SendError, TryRecvError, TrySendError};
+    let (listen, connect) = endpoints("z-fork");
+    let mut rx = shmpipe::open_receiver(&listen).unwrap();
+    let mut tx = shmpipe::open_sender(&connect).unwrap();
+    tx.send_timeout(b"before", SOON).unwrap();
+    let code = in_forked_child(|| {
+        let mut buf = Vec::new();
+        fails(tx.try_send(b"child") == Err(TrySendError::Forked), 0)
+            | fails(tx.send(b"child") == Err(SendError::Forked), 1)
+            | fails(rx.try_recv(&mut buf) == Err(TryRecvError::Forked), 2)
+            | fails(rx.recv(&mut buf) == Err(RecvError::Forked), 3)
+            | {
+                drop_inherited(&tx);
+                drop_inherited(&rx);
+                0
+            }
+    });
+    assert_eq!(code, 0, "the forked child saw other results (bits {code:#b})");
+    let mut buf = Vec::new();
+    rx.recv_timeout(&mut buf, SOON).unwrap();
+    assert_eq!(buf, b"before");
+    tx.send_timeout(b"after", SOON).unwrap();
+    rx.recv_timeout(&mut buf, SOON).unwrap();
+    assert_eq!(buf, b"after", "nothing the child tried arrived");
+    drop(tx);
+    assert_eq!(
+        rx.recv_timeout(&mut buf, SOON),
+        Err(RecvTimeoutError::Disconnected)
+    );
+    assert_eq!(rx.peer(), Some(Peer::Closed));
+}

@@ -38,6 +38,10 @@
 //! `send_timeout`'s deadline bounds that wait, not a publication held back by the link's flow
 //! control (which waits for the receiver for up to 10 minutes, then drops the link).
 //!
+//! **fork()**: an end inherited by a forked child returns `Forked` from every call there, and
+//! its drop leaves the parent's session untouched (the child has none of Zenoh's threads; the
+//! copy is leaked, not closed), as for the other transports.
+//!
 //! Zenoh runs its own threads (about eight per process); these ends are blocking and need no
 //! runtime. Async ends are not offered: Zenoh refuses tokio's current-thread runtime.
 
@@ -45,6 +49,7 @@ use crate::channel::{Receiver, Sender};
 use crate::error::*;
 use crate::ring::Peer;
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
 use zenoh::handlers::FifoChannelHandler;
 use zenoh::liveliness::LivelinessToken;
@@ -243,16 +248,19 @@ impl ZenohConfig {
             .map_err(failed("asking a zenoh publisher's matching status"))?
             .matching();
         Ok(ZenohSender {
-            publisher: Some(publisher),
-            matching,
+            link: ManuallyDrop::new(SenderLink {
+                publisher,
+                matching,
+                _token: token,
+                session,
+            }),
+            generation: crate::sys::fork::arm(),
             matched,
             had_subscriber: matched,
             id,
             seq: 0,
             sent: 0,
             max_message: self.max_message,
-            _token: Some(token),
-            session,
         })
     }
 
@@ -278,11 +286,10 @@ impl ZenohConfig {
             .wait()
             .map_err(failed("declaring a zenoh liveliness subscriber"))?;
         Ok(ZenohReceiver {
-            data,
-            live,
+            link: ManuallyDrop::new(ReceiverLink { data, live, session }),
+            generation: crate::sys::fork::arm(),
             senders: HashMap::new(),
             held: None,
-            session,
         })
     }
 }
@@ -301,9 +308,11 @@ fn random_id() -> u64 {
 
 /// The sending end of a `zenoh://` channel: see the [module documentation](self).
 pub struct ZenohSender {
-    /// `None` once closed (dropped).
-    publisher: Option<Publisher<'static>>,
-    matching: MatchingListener<FifoChannelHandler<MatchingStatus>>,
+    /// The Zenoh objects: dropped by our `Drop` in the process that opened them, leaked in a
+    /// forked child (Zenoh's threads do not exist there; undeclaring would wait on them).
+    link: ManuallyDrop<SenderLink>,
+    /// The fork generation (`sys::fork`) it was opened in: another one means inherited.
+    generation: u32,
     /// Whether a subscriber matches now (as the matching listener last said).
     matched: bool,
     /// Whether one ever did: after that, none left is `Disconnected`.
@@ -312,7 +321,12 @@ pub struct ZenohSender {
     seq: u64,
     sent: u64,
     max_message: usize,
-    _token: Option<LivelinessToken>,
+}
+
+struct SenderLink {
+    publisher: Publisher<'static>,
+    matching: MatchingListener<FifoChannelHandler<MatchingStatus>>,
+    _token: LivelinessToken,
     session: Session,
 }
 
@@ -324,7 +338,7 @@ impl ZenohSender {
 
     /// Applies the matching listener's news, without waiting.
     fn refresh(&mut self) {
-        while let Ok(Some(status)) = self.matching.try_recv() {
+        while let Ok(Some(status)) = self.link.matching.try_recv() {
             self.matched = status.matching();
             self.had_subscriber |= self.matched;
         }
@@ -332,6 +346,9 @@ impl ZenohSender {
 
     /// Room to publish: a subscriber matches.
     fn ready(&mut self, len: usize) -> Result<(), TrySendError> {
+        if crate::sys::fork::generation() != self.generation {
+            return Err(TrySendError::Forked);
+        }
         if len > self.max_message {
             return Err(TrySendError::TooLarge(TooLarge {
                 len,
@@ -351,8 +368,8 @@ impl ZenohSender {
         sample.extend_from_slice(&self.id.to_le_bytes());
         sample.extend_from_slice(&self.seq.to_le_bytes());
         sample.extend_from_slice(msg);
-        let publisher = self.publisher.as_ref().ok_or(TrySendError::Disconnected)?;
-        publisher
+        self.link
+            .publisher
             .put(sample)
             .wait()
             .map_err(|_| TrySendError::Disconnected)?;
@@ -378,8 +395,8 @@ impl Sender for ZenohSender {
             // No subscriber yet: wait for the matching listener's news.
             let status = match deadline {
                 Some(d) if Instant::now() >= d => return Err(SendTimeoutError::Timeout),
-                Some(d) => self.matching.recv_deadline(d),
-                None => self.matching.recv().map(Some),
+                Some(d) => self.link.matching.recv_deadline(d),
+                None => self.link.matching.recv().map(Some),
             };
             match status {
                 Ok(Some(s)) => {
@@ -399,16 +416,19 @@ impl Sender for ZenohSender {
 
 impl Drop for ZenohSender {
     fn drop(&mut self) {
+        if crate::sys::fork::generation() != self.generation {
+            // Inherited across fork(): the parent's stream goes on; leak this copy untouched.
+            return;
+        }
+        // SAFETY: `drop` runs once, and `link` is not used after this.
+        let link = unsafe { ManuallyDrop::take(&mut self.link) };
         // The end of stream, in band, then a close that flushes it (and everything before it)
         // before the liveliness token goes.
-        if let Some(publisher) = self.publisher.take() {
-            let mut eos = Vec::with_capacity(HEADER);
-            eos.extend_from_slice(&self.id.to_le_bytes());
-            eos.extend_from_slice(&END_OF_STREAM.to_le_bytes());
-            let _ = publisher.put(eos).wait();
-            drop(publisher);
-        }
-        let _ = self.session.close().wait();
+        let mut eos = Vec::with_capacity(HEADER);
+        eos.extend_from_slice(&self.id.to_le_bytes());
+        eos.extend_from_slice(&END_OF_STREAM.to_le_bytes());
+        let _ = link.publisher.put(eos).wait();
+        let _ = link.session.close().wait();
     }
 }
 
@@ -444,29 +464,26 @@ impl SenderState {
 
 /// The receiving end of a `zenoh://` channel: see the [module documentation](self).
 pub struct ZenohReceiver {
-    data: Subscriber<FifoChannelHandler<Sample>>,
-    live: Subscriber<FifoChannelHandler<Sample>>,
+    /// As the sender's: leaked in a forked child.
+    link: ManuallyDrop<ReceiverLink>,
+    /// The fork generation it was opened in.
+    generation: u32,
     /// Senders seen, by id.
     senders: HashMap<u64, SenderState>,
     /// A message held back while a gap before it was reported (`Lagged`).
     held: Option<Vec<u8>>,
-    session: Session,
 }
 
-/// What one sample was.
-enum Got {
-    /// A message, now in the buffer.
-    Message,
-    /// A sender's end of stream, or a stale or repeated sample: nothing to return.
-    Nothing,
-    /// A gap of this many messages before the message now held.
-    Gap(u64),
+struct ReceiverLink {
+    data: Subscriber<FifoChannelHandler<Sample>>,
+    live: Subscriber<FifoChannelHandler<Sample>>,
+    session: Session,
 }
 
 impl ZenohReceiver {
     /// Takes in the liveliness news: senders appearing and going.
     fn watch(&mut self) {
-        while let Ok(Some(s)) = self.live.try_recv() {
+        while let Ok(Some(s)) = self.link.live.try_recv() {
             let key = s.key_expr().as_str();
             let Some(id) = key
                 .rsplit('/')
@@ -490,56 +507,63 @@ impl ZenohReceiver {
         !self.senders.is_empty() && self.senders.values().all(|s| s.ended)
     }
 
-    fn take(&mut self, sample: Sample, buf: &mut Vec<u8>) -> Result<Got, Corrupted> {
+    /// Takes in one sample: `Ok(true)` with a message in `buf`; `Ok(false)` for a sender's end
+    /// of stream or a repeat; `Lagged(n)` for a gap of `n` before a message, which is then held
+    /// for the next call.
+    fn take(&mut self, sample: Sample, buf: &mut Vec<u8>) -> Result<bool, TryRecvError> {
         let payload = sample.payload().to_bytes();
         if payload.len() < HEADER {
-            return Err(Corrupted {
+            return Err(TryRecvError::Corrupted(Corrupted {
                 reason: format!(
                     "a zenoh sample of {} bytes, shorter than the 16-byte header",
                     payload.len()
                 ),
-            });
+            }));
         }
         let id = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
         let seq = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
         if self.senders.len() >= MAX_SENDERS && !self.senders.contains_key(&id) {
-            return Err(Corrupted {
+            return Err(TryRecvError::Corrupted(Corrupted {
                 reason: format!("a sample from a sender beyond the {MAX_SENDERS} this receiver tracks"),
-            });
+            }));
         }
         let state = self.senders.entry(id).or_insert(SenderState::new());
         if seq == END_OF_STREAM {
             state.ended = true;
             state.closed = true;
-            return Ok(Got::Nothing);
+            return Ok(false);
         }
         if seq < state.next {
             // Repeated (or from before a restart of this receiver's view): already delivered.
-            return Ok(Got::Nothing);
+            return Ok(false);
         }
         let gap = seq - state.next;
         state.next = seq + 1;
         buf.clear();
         buf.extend_from_slice(&payload[HEADER..]);
-        Ok(if gap > 0 { Got::Gap(gap) } else { Got::Message })
+        if gap > 0 {
+            self.held = Some(std::mem::take(buf));
+            return Err(TryRecvError::Lagged(gap));
+        }
+        Ok(true)
     }
 
     /// One sample if there is one now, or the end of the stream.
     fn poll(&mut self, buf: &mut Vec<u8>) -> Result<(), TryRecvError> {
+        if crate::sys::fork::generation() != self.generation {
+            return Err(TryRecvError::Forked);
+        }
         if let Some(held) = self.held.take() {
             *buf = held;
             return Ok(());
         }
         loop {
-            match self.data.try_recv() {
-                Ok(Some(sample)) => match self.take(sample, buf)? {
-                    Got::Message => return Ok(()),
-                    Got::Nothing => continue,
-                    Got::Gap(n) => {
-                        self.held = Some(std::mem::take(buf));
-                        return Err(TryRecvError::Lagged(n));
+            match self.link.data.try_recv() {
+                Ok(Some(sample)) => {
+                    if self.take(sample, buf)? {
+                        return Ok(());
                     }
-                },
+                }
                 Ok(None) => {
                     self.watch();
                     // Empty, and nobody will send more: drained.
@@ -594,15 +618,12 @@ impl Receiver for ZenohReceiver {
                 Some(d) => d.min(now + LOOK),
                 None => now + LOOK,
             };
-            match self.data.recv_deadline(until) {
-                Ok(Some(sample)) => match self.take(sample, buf)? {
-                    Got::Message => return Ok(()),
-                    Got::Nothing => {}
-                    Got::Gap(n) => {
-                        self.held = Some(std::mem::take(buf));
-                        return Err(RecvTimeoutError::Lagged(n));
+            match self.link.data.recv_deadline(until) {
+                Ok(Some(sample)) => {
+                    if self.take(sample, buf)? {
+                        return Ok(());
                     }
-                },
+                }
                 Ok(None) => {}
                 Err(_) => return Err(RecvTimeoutError::Disconnected),
             }
@@ -612,7 +633,13 @@ impl Receiver for ZenohReceiver {
 
 impl Drop for ZenohReceiver {
     fn drop(&mut self) {
-        let _ = self.session.close().wait();
+        if crate::sys::fork::generation() != self.generation {
+            // Inherited across fork(): leak this copy untouched (see `ZenohSender`'s drop).
+            return;
+        }
+        // SAFETY: `drop` runs once, and `link` is not used after this.
+        let link = unsafe { ManuallyDrop::take(&mut self.link) };
+        let _ = link.session.close().wait();
     }
 }
 
