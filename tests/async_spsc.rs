@@ -29,17 +29,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// `Threads:` of /proc/self/status.
-fn threads_now() -> usize {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Runs `f` to completion, counting the polls that returned `Pending` (the future waited).
 async fn counting_pending<F: std::future::Future>(f: F, pending: &mut u64) -> F::Output {
     let mut f = std::pin::pin!(f);

@@ -139,16 +139,6 @@ fn child_raw_unix(path: &str, a: &Args) {
     tell("SENT");
 }
 
-fn threads_now() -> usize {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Opens `k` unix receivers `DIR/rI.sock` through `open_async_receiver`, then awaits `n`
 /// messages on each as 64 tasks of one current-thread runtime; says the thread counts.
 fn child_many_receivers(dir: &str, a: &Args) {

@@ -148,6 +148,8 @@
 //! [`MsgqSender::send_async`]: crate::transport::msgq::MsgqSender::send_async
 
 mod stream;
+#[cfg(test)]
+pub(crate) mod testing;
 pub(crate) mod waiter;
 
 pub use stream::{RecvStream, SendSink};

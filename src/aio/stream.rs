@@ -300,17 +300,11 @@ impl<S> std::fmt::Debug for SendSink<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aio::testing::rt;
     use crate::channel::{Receiver, Sender};
     use crate::ring::broadcast::{self, Overflow};
     use crate::ring::spsc;
     use futures_util::{SinkExt, StreamExt};
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
 
     #[test]
     fn a_lapped_subscriber_stream_yields_the_lag_then_goes_on_and_ends_with_the_publisher() {

@@ -368,27 +368,9 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aio::testing::{woken_within, Flag};
     use std::sync::atomic::AtomicBool;
     use std::sync::atomic::Ordering::SeqCst;
-    use std::task::Wake;
-
-    struct Flag(AtomicBool);
-    impl Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, SeqCst);
-        }
-    }
-
-    fn woken_within(flag: &Flag, limit: Duration) -> bool {
-        let t0 = Instant::now();
-        while !flag.0.load(SeqCst) {
-            if t0.elapsed() > limit {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        true
-    }
 
     /// Both modes: a changed word wakes its task (with a futex wake in `futex_waitv` mode; with
     /// none at all when polling), a registration ends after its slice, and a dropped armed one

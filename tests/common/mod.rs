@@ -1421,3 +1421,14 @@ impl Drop for SockDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `Threads:` of /proc/self/status: this process's OS threads now.
+pub fn threads_now() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}

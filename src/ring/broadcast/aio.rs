@@ -128,13 +128,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use crate::aio::testing::rt;
 
     #[test]
     fn two_async_subscribers_get_every_message_and_the_end_of_the_stream() {

@@ -209,26 +209,11 @@ impl Producer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::{Context, Poll, Wake, Waker};
-
-    struct Flag(std::sync::atomic::AtomicBool);
-    impl Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>, flag: &Arc<Flag>) -> Poll<F::Output> {
-        let waker = Waker::from(Arc::clone(flag));
-        f.poll(&mut Context::from_waker(&waker))
-    }
+    use crate::aio::testing::{poll_once, woken_within, Flag};
+    use std::task::Poll;
 
     fn woken(flag: &Flag) {
-        let t0 = Instant::now();
-        while !flag.0.load(std::sync::atomic::Ordering::SeqCst) {
-            assert!(t0.elapsed() < Duration::from_secs(5), "never woken");
-            std::thread::yield_now();
-        }
+        assert!(woken_within(flag, Duration::from_secs(5)), "never woken");
     }
 
     #[test]

@@ -145,20 +145,8 @@ impl Producer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::{Context, Poll, Wake, Waker};
-
-    struct Flag(std::sync::atomic::AtomicBool);
-    impl Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    /// Polls `f` once with a waker that records being woken.
-    fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>, flag: &Arc<Flag>) -> Poll<F::Output> {
-        let waker = Waker::from(Arc::clone(flag));
-        f.poll(&mut Context::from_waker(&waker))
-    }
+    use crate::aio::testing::{poll_once, rt, Flag};
+    use std::task::Poll;
 
     #[test]
     fn a_pending_recv_is_woken_by_a_send_and_a_dropped_one_leaves_no_bit() {
@@ -224,13 +212,6 @@ mod tests {
             assert_eq!(poll_once(f.as_mut(), &flag), Poll::Ready(Ok(())));
         }
         assert_eq!(buf, b"soon");
-    }
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
     }
 
     #[test]
