@@ -1217,6 +1217,7 @@ impl Consumer {
         }
         let core = Arc::clone(&self.core);
         let wait = self.wait;
+        let mut seen = None;
         let found = wait_until(
             &core.shared().not_empty,
             Tally {
@@ -1227,7 +1228,10 @@ impl Consumer {
             &wait,
             deadline,
             || match self.peek() {
-                Ok(Some(_)) => Check::Done(Ok(())),
+                Ok(Some(f)) => {
+                    seen = Some(f);
+                    Check::Done(Ok(()))
+                }
                 Ok(None) => match self.empty_or_gone(false) {
                     Ok(_) => Check::Done(Ok(())),
                     Err(TryRecvError::Empty) => Check::NotYet,
@@ -1249,6 +1253,9 @@ impl Consumer {
             self.sender_gone = true;
         }
         found?;
+        if let Some(f) = seen {
+            return Ok(f);
+        }
         // Either a message is there, or the sender is gone: decide which, once.
         match self.peek()? {
             Some(front) => Ok(front),
