@@ -31,7 +31,8 @@
 //! Transports (ours, through `Endpoint::parse(..).open_sender()/open_receiver()` and the
 //! `Sender`/`Receiver` traits): `shm` (`?wait=spin`), `shm-park` (`?wait=park`: every wait
 //! parks on the futex at once, so latency includes a wake-up), `msgq`, `unix`, `tcp`. Raw
-//! baselines (libc/std only, see [`raw`]): `raw-atomic`, `raw-futex` (latency only), `raw-msgq`,
+//! baselines (libc/std only, see [`raw`]): `raw-atomic`, `raw-atomic-pair`, `raw-futex` (latency
+//! only), `raw-msgq`,
 //! `raw-unix`, `raw-pipe`, `raw-tcp`. In-process baselines (two threads, throughput only, see
 //! [`inproc`]): `inproc-ring`, `inproc-arrayqueue`, `inproc-rtrb`. Another crate's shared-memory
 //! channel across the same two processes (see [`ipc_crate`]): `ipmpsc`.
@@ -134,6 +135,9 @@ pub(crate) enum Transport {
     ShmMpmc,
     /// Raw: one AtomicU64 in an IPC_PRIVATE segment, both sides spinning (latency only)
     RawAtomic,
+    /// Raw: two AtomicU64s on their own cache lines, one per direction, both sides spinning: the
+    /// floor of any two one-way channels (latency only)
+    RawAtomicPair,
     /// Raw: FUTEX_WAIT/FUTEX_WAKE on shared futex words (latency only)
     RawFutex,
     /// Another crate: an ipmpsc channel (a file-backed ring mapped with memmap2)
@@ -174,12 +178,13 @@ pub(crate) enum Transport {
 
 impl Transport {
     /// Every transport, in the order of the report: each of ours next to its baseline.
-    const ALL: [Transport; 23] = [
+    const ALL: [Transport; 24] = [
         Transport::Shm,
         Transport::ShmPark,
         Transport::ShmAsync,
         Transport::ShmMpmc,
         Transport::RawAtomic,
+        Transport::RawAtomicPair,
         Transport::RawFutex,
         Transport::Ipmpsc,
         Transport::Msgq,
@@ -207,6 +212,7 @@ impl Transport {
             Transport::ShmAsync => "shm-async",
             Transport::ShmMpmc => "shm-mpmc",
             Transport::RawAtomic => "raw-atomic",
+            Transport::RawAtomicPair => "raw-atomic-pair",
             Transport::RawFutex => "raw-futex",
             Transport::Ipmpsc => "ipmpsc",
             Transport::Msgq => "msgq",
@@ -264,8 +270,10 @@ impl Transport {
             _ if self == Transport::Zenoh && !cfg!(feature = "zenoh") => false,
             Scenario::Crossover if self == Transport::Zenoh => false,
             Scenario::Throughput => {
-                !matches!(self, Transport::RawAtomic | Transport::RawFutex)
-                    && (!self.is_inproc() || inproc::supports(self, size))
+                !matches!(
+                    self,
+                    Transport::RawAtomic | Transport::RawAtomicPair | Transport::RawFutex
+                ) && (!self.is_inproc() || inproc::supports(self, size))
             }
             Scenario::Latency => !self.is_inproc(),
             Scenario::Crossover => crossover::TRANSPORTS.contains(&self),
@@ -994,7 +1002,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     }
     if jobs.is_empty() {
         eprintln!(
-            "shmpipe: bench: nothing to run (raw-atomic and raw-futex measure latency only, the \
+            "shmpipe: bench: nothing to run (raw-atomic, raw-atomic-pair and raw-futex measure latency only, the \
              inproc- baselines throughput only, crossover compares shm, msgq and unix, shm-async runs in \
              --scenario async)"
         );
@@ -1087,7 +1095,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         print!("{}", fanout::table(&rows, cpus.len(), latency_n));
     }
     // With --json on stderr, so that stdout stays one JSON object a line.
-    for line in async_ratios(&rows) {
+    for line in hot_path_ratios(&rows).into_iter().chain(async_ratios(&rows)) {
         if args.json {
             eprintln!("{line}");
         } else {
@@ -1230,6 +1238,47 @@ fn times(r: f64) -> String {
     }
 }
 
+/// The SPSC ring's hot path against its references in the same run, with the targets of issue
+/// 11: spinning one-way p50 <= 1.3x `raw-atomic` (and, beside it, the ratio to `raw-atomic-pair`,
+/// the floor of two one-way channels); 8 B in-process >= 1.0x `inproc-rtrb`; 8 B across
+/// processes >= 0.5x `inproc-rtrb`. A line only for what the run measured.
+fn hot_path_ratios(rows: &[Row]) -> Vec<String> {
+    let find = |t: Transport, s: Scenario, size: usize| {
+        rows.iter()
+            .find(move |r| r.transport == t && r.scenario == s && r.size == size)
+    };
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let p50 = |t: Transport| {
+        find(t, Scenario::Latency, PING_SIZE)
+            .and_then(|r| r.latency)
+            .map(|l| l[0])
+    };
+    let rate = |t: Transport| find(t, Scenario::Throughput, 8).and_then(|r| r.msgs_per_s);
+    let mut out = Vec::new();
+    if let (Some(ours), Some(floor)) = (p50(Transport::Shm), p50(Transport::RawAtomic)) {
+        let r = ours as f64 / floor.max(1) as f64;
+        let pair = p50(Transport::RawAtomicPair).map_or_else(String::new, |p| {
+            format!(" ({:.2}x raw-atomic-pair, {p} ns)", ours as f64 / p.max(1) as f64)
+        });
+        out.push(format!(
+            "hot path: latency p50 shm / raw-atomic: {r:.2}x ({ours} / {floor} ns){pair}; target <= 1.3x: {}",
+            met(r <= 1.3)
+        ));
+    }
+    let rtrb = rate(Transport::InprocRtrb);
+    for (t, target) in [(Transport::InprocRing, 1.0), (Transport::Shm, 0.5)] {
+        if let (Some(ours), Some(rtrb)) = (rate(t), rtrb) {
+            let r = ours / rtrb;
+            out.push(format!(
+                "hot path: throughput 8 B {} / inproc-rtrb: {r:.2}x ({ours:.0} / {rtrb:.0} msgs/s); target >= {target:.1}x: {}",
+                t.name(),
+                met(r >= target)
+            ));
+        }
+    }
+    out
+}
+
 /// The `shm-async` rows against the blocking rows of the same run, with the targets of issue 16
 /// item 5: async parked wake p50/p99 <= 2x `shm-park`; async 64 B stream >= 0.5x `shm`.
 fn async_ratios(rows: &[Row]) -> Vec<String> {
@@ -1293,6 +1342,18 @@ fn versus(row: &Row, rows: &[Row]) -> String {
             )),
             (_, _, Some(r), Some(b)) => parts.push(format!("{:.2}x {}", r / b, base_t.name())),
             _ => {}
+        }
+    }
+    // The spinning ring also next to the floor of two one-way channels.
+    if (row.transport, row.scenario) == (Transport::Shm, Scenario::Latency) {
+        if let (Some(l), Some(b)) = (
+            row.latency,
+            find(Transport::RawAtomicPair).and_then(|b| b.latency),
+        ) {
+            parts.push(format!(
+                "p50 {:.2}x raw-atomic-pair",
+                l[0] as f64 / b[0].max(1) as f64
+            ));
         }
     }
     // Our ring across processes next to the usual in-process queue, and next to another
@@ -1364,7 +1425,7 @@ fn table(rows: &[Row]) -> String {
          and / ipmpsc (another crate's shared-memory channel, across the same two processes).\n\
          inproc-*: two threads of this process (no peer); arrayqueue and rtrb carry [u8; N],\n\
          N = size rounded up to a power of two, and skip sizes above 1024 B.\n\
-         Spinning rows (shm, raw-atomic, inproc-*) need two idle CPUs.\n",
+         Spinning rows (shm, raw-atomic*, inproc-*) need two idle CPUs.\n",
     );
     if rows.iter().any(|r| r.transport == Transport::ShmAsync) {
         out.push_str(

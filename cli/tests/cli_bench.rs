@@ -257,6 +257,7 @@ fn quick_json_run_covers_every_transport_and_baseline_and_leaks_nothing() {
         "shm",
         "shm-park",
         "raw-atomic",
+        "raw-atomic-pair",
         "raw-futex",
         "ipmpsc",
         "msgq",
@@ -549,23 +550,68 @@ fn async_run_reports_the_async_rows_their_baselines_and_ratios_and_leaks_nothing
     .collect();
     assert_eq!(seen, expected, "stdout:\n{}", run.stdout);
 
-    // The ratio lines (on stderr with --json), each with a positive ratio and a verdict.
     for prefix in [
         "async ratio: latency shm-async / shm-park: p50 ",
         "async ratio: throughput 64 B shm-async / shm: ",
     ] {
-        let line = run
-            .stderr
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} line; stderr:\n{}", run.stderr));
-        let ratio: f64 = line[prefix.len()..]
-            .split('x')
-            .next()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or_else(|| panic!("no ratio in {line}"));
-        assert!(ratio > 0.0 && ratio.is_finite(), "{line}");
-        assert!(line.ends_with(": met") || line.ends_with(": NOT met"), "{line}");
+        assert_ratio_line(&run, prefix);
     }
     assert_no_leak(&run, expected.len());
+}
+
+/// A ratio line (on stderr with `--json`) starting with `prefix`: a positive, finite ratio and a
+/// verdict on its target.
+fn assert_ratio_line(run: &Run, prefix: &str) {
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line; stderr:\n{}", run.stderr));
+    let ratio: f64 = line[prefix.len()..]
+        .split('x')
+        .next()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in {line}"));
+    assert!(ratio > 0.0 && ratio.is_finite(), "{line}");
+    assert!(line.ends_with(": met") || line.ends_with(": NOT met"), "{line}");
+}
+
+#[test]
+fn hot_path_run_reports_the_ring_against_its_references() {
+    let run = run_bench(&[
+        "--json",
+        "--transport",
+        "shm,raw-atomic,raw-atomic-pair,inproc-ring,inproc-rtrb",
+        "--size",
+        "8",
+        "--messages",
+        &MESSAGES.to_string(),
+    ]);
+    let mut seen = BTreeSet::new();
+    for line in run.stdout.lines() {
+        let f = parse_line(line);
+        seen.insert((f["scenario"].clone(), f["transport"].clone()));
+    }
+    let expected: BTreeSet<(String, String)> = [
+        ("throughput", "shm"),
+        ("throughput", "inproc-ring"),
+        ("throughput", "inproc-rtrb"),
+        ("latency", "shm"),
+        ("latency", "raw-atomic"),
+        ("latency", "raw-atomic-pair"),
+    ]
+    .iter()
+    .map(|(s, t)| (s.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(seen, expected, "stdout:\n{}", run.stdout);
+    for prefix in [
+        "hot path: latency p50 shm / raw-atomic: ",
+        "hot path: throughput 8 B inproc-ring / inproc-rtrb: ",
+        "hot path: throughput 8 B shm / inproc-rtrb: ",
+    ] {
+        assert_ratio_line(&run, prefix);
+    }
+    assert!(run.stderr.contains("x raw-atomic-pair, "), "{}", run.stderr);
+    // Peers: shm twice (throughput, latency), each raw baseline once.
+    assert_no_leak(&run, 4);
 }

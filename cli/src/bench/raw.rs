@@ -55,6 +55,9 @@ const SEGMENT_SIZE: usize = 4096;
 const ATOMIC_AT: usize = 0;
 const PING_FUTEX_AT: usize = 128;
 const PONG_FUTEX_AT: usize = 256;
+/// `raw-atomic-pair`: one word per direction.
+const PING_WORD_AT: usize = 384;
+const PONG_WORD_AT: usize = 512;
 
 /// An attached SysV segment. The creator's guard removes it; everyone's detaches it.
 struct Segment {
@@ -245,6 +248,29 @@ fn atomic_latency(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
         let t0 = Instant::now();
         word.store(2 * i + 1, Release);
         spin_until(|| word.load(Acquire) == 2 * i + 2, &mut alive)?;
+        let dt = t0.elapsed();
+        if i >= job.warmup {
+            latencies.record_round_trip(dt);
+        }
+    }
+    peer.finish()?;
+    Ok(Measured::Latency(latencies))
+}
+
+/// `raw-atomic-pair`: the ping in one word, the pong in another, each on its own cache-line pair
+/// and written by one side only. Any two one-way channels (such as two SPSC rings) need at least
+/// this: each hop is a store into a line the other side has cached (an invalidation) and that
+/// side's miss on it, where `raw-atomic` moves one line back and forth.
+fn atomic_pair_latency(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
+    let seg = Segment::create_private()?;
+    let mut peer = PeerProc::spawn(ctx, job, &[seg.id.to_string()], &[])?;
+    let (ping, pong) = (seg.u64_at(PING_WORD_AT), seg.u64_at(PONG_WORD_AT));
+    let mut alive = || peer.check_alive();
+    let mut latencies = Latencies::new();
+    for i in 0..job.warmup + job.messages {
+        let t0 = Instant::now();
+        ping.store(i + 1, Release);
+        spin_until(|| pong.load(Acquire) == i + 1, &mut alive)?;
         let dt = t0.elapsed();
         if i >= job.warmup {
             latencies.record_round_trip(dt);
@@ -685,6 +711,7 @@ where
 pub(super) fn measure(ctx: &Ctx, job: &Job) -> Result<Measured, String> {
     match job.transport {
         Transport::RawAtomic => atomic_latency(ctx, job),
+        Transport::RawAtomicPair => atomic_pair_latency(ctx, job),
         Transport::RawFutex => futex_latency(ctx, job),
         Transport::RawMsgq => msgq_measure(ctx, job),
         Transport::RawUnix => unix_measure(ctx, job),
@@ -711,6 +738,15 @@ pub(super) fn peer(args: &PeerArgs) -> Result<(), String> {
             for i in 0..args.messages {
                 spin_until(|| word.load(Acquire) == 2 * i + 1, &mut alive)?;
                 word.store(2 * i + 2, Release);
+            }
+            Ok(())
+        }
+        Transport::RawAtomicPair => {
+            let seg = Segment::attach(one_addr(args)?)?;
+            let (ping, pong) = (seg.u64_at(PING_WORD_AT), seg.u64_at(PONG_WORD_AT));
+            for i in 0..args.messages {
+                spin_until(|| ping.load(Acquire) == i + 1, &mut alive)?;
+                pong.store(i + 1, Release);
             }
             Ok(())
         }
