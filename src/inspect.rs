@@ -130,6 +130,10 @@ pub struct RingInfo {
     pub capacity: usize,
     /// Largest message in bytes.
     pub max_message: usize,
+    /// Bytes of message memory: SPSC rings, the records (a message takes 8 bytes plus its length
+    /// rounded up to 8, so `capacity` counts messages of `max_message` bytes and more smaller
+    /// ones fit); MPMC and broadcast rings, `capacity` slots.
+    pub data_bytes: usize,
     /// Messages published and not yet consumed; `None` when the indices are corrupted.
     pub unread: Option<u64>,
     /// Processes attached (`shm_nattch`), not counting the one inspecting.
@@ -561,6 +565,8 @@ fn ring_info(
         members,
         capacity: layout.geometry.capacity,
         max_message: layout.geometry.max_message,
+        // Checked against the segment's real size when it was attached: this cannot overflow.
+        data_bytes: layout.geometry.checked_slots_size_for(layout.kind).unwrap_or(0),
         unread,
         attached: nattch_uid.0.saturating_sub(1),
         uid: nattch_uid.1,

@@ -102,12 +102,33 @@ fn subscribers_json(subs: &[SubscriberInfo]) -> String {
     format!("[{}]", each.join(","))
 }
 
+/// A byte count in a few characters: exact below 10000, else in KiB, MiB or GiB, with one
+/// decimal below 10 of them (`4080`, `9.8K`, `72K`, `1.0M`, `64M`).
+fn short_bytes(n: usize) -> String {
+    if n < 10_000 {
+        return n.to_string();
+    }
+    let (unit, name) = if n < 1 << 20 {
+        (1u64 << 10, 'K')
+    } else if n < 1 << 30 {
+        (1 << 20, 'M')
+    } else {
+        (1 << 30, 'G')
+    };
+    let v = n as f64 / unit as f64;
+    if v < 10.0 {
+        format!("{v:.1}{name}")
+    } else {
+        format!("{v:.0}{name}")
+    }
+}
+
 fn ring_json(r: &RingInfo) -> String {
     let role = |r: &inspect::RoleInfo| format!("{{\"state\":\"{}\",\"pid\":{}}}", peer_name(r.peer), r.pid);
     let c = &r.counters;
     format!(
         "{{\"type\":\"shm\",\"name\":{},\"key\":\"{}\",\"id\":{},\"kind\":\"{}\",\"status\":\"{}\",\
-         \"capacity\":{},\"max_message\":{},\"unread\":{},\"attached\":{},\"uid\":{},\"sender\":{},\
+         \"capacity\":{},\"max_message\":{},\"data_bytes\":{},\"unread\":{},\"attached\":{},\"uid\":{},\"sender\":{},\
          \"receiver\":{},\"senders\":{},\"receivers\":{},\"in\":{},\"out\":{},\"full_waits\":{},\"empty_waits\":{},\"parks\":{},\"wakes\":{}{}}}",
         json_str(&r.name),
         key_hex(r.key),
@@ -116,6 +137,7 @@ fn ring_json(r: &RingInfo) -> String {
         r.status.as_str(),
         r.capacity,
         r.max_message,
+        r.data_bytes,
         r.unread.map_or("\"corrupted\"".to_string(), |n| n.to_string()),
         r.attached,
         r.uid,
@@ -198,15 +220,26 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<10} {:>8} {:<9} {:<9} {:>6} {:>7} {:>9} {:>3}  {:<14} {:<14}",
-        "NAME", "KEY", "SHMID", "STATUS", "KIND", "CAP", "MAXMSG", "UNREAD", "ATT", "SENDER", "RECEIVER"
+        "{:<24} {:<10} {:>8} {:<9} {:<9} {:>6} {:>7} {:>6} {:>9} {:>3}  {:<14} {:<14}",
+        "NAME",
+        "KEY",
+        "SHMID",
+        "STATUS",
+        "KIND",
+        "CAP",
+        "MAXMSG",
+        "BYTES",
+        "UNREAD",
+        "ATT",
+        "SENDER",
+        "RECEIVER"
     );
     for s in &segments {
         match s {
             Segment::Ring(r) => {
                 let _ = writeln!(
                     out,
-                    "{:<24} {:<10} {:>8} {:<9} {:<9} {:>6} {:>7} {:>9} {:>3}  {:<14} {:<14}",
+                    "{:<24} {:<10} {:>8} {:<9} {:<9} {:>6} {:>7} {:>6} {:>9} {:>3}  {:<14} {:<14}",
                     printable(&r.name),
                     key_hex(r.key),
                     r.id,
@@ -214,6 +247,7 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
                     r.kind,
                     r.capacity,
                     r.max_message,
+                    short_bytes(r.data_bytes),
                     r.unread.map_or("corrupted".to_string(), |n| n.to_string()),
                     r.attached,
                     role_cell(r.kind == "mpmc", &r.sender, r.members.0),
@@ -338,14 +372,15 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
     let interval = Duration::from_millis(args.interval.max(1));
     let first = view.info();
     println!(
-        "# ring {} key {} shmid {} {}{} capacity {} max_message {}",
+        "# ring {} key {} shmid {} {}{} capacity {} max_message {} data_bytes {}",
         printable(&first.name),
         key_hex(first.key),
         first.id,
         first.kind,
         first.overflow.map_or(String::new(), |o| format!(" overflow={o}")),
         first.capacity,
-        first.max_message
+        first.max_message,
+        first.data_bytes
     );
     println!(
         "{:>8} {:>12} {:>12} {:>8} {:>10} {:>11} {:>8} {:>8} {:>10} {:>10} {:>9} {:>6} status",
@@ -425,4 +460,26 @@ pub(crate) fn stat(args: StatArgs) -> ExitCode {
         n += 1;
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_bytes;
+
+    #[test]
+    fn byte_counts_are_short_and_exact_where_small() {
+        for (n, want) in [
+            (0, "0"),
+            (4080, "4080"),
+            (9_999, "9999"),
+            (10_000, "9.8K"),
+            (73_800, "72K"),
+            (1 << 20, "1.0M"),
+            ((1 << 20) - 1, "1024K"),
+            (64 << 20, "64M"),
+            (3 << 30, "3.0G"),
+        ] {
+            assert_eq!(short_bytes(n), want, "{n}");
+        }
+    }
 }

@@ -118,6 +118,9 @@ fn ls_shows_a_held_ring_live_then_stale_once_its_holders_are_sigkilled() {
     assert_eq!(role(&line, "receiver"), ("alive".into(), rx.pid as u32), "{line}");
     assert_eq!(num(&line, "capacity"), 8);
     assert_eq!(num(&line, "max_message"), 32);
+    // Nine records of 8 + 32 bytes: the capacity, plus one for the padding and terminator.
+    let bytes = shmpipe::ring::Geometry::new(8, 32).unwrap().ring_bytes();
+    assert_eq!((num(&line, "data_bytes"), bytes), (360, 360), "{line}");
     assert_eq!(num(&line, "unread"), 0);
     assert_eq!(
         num(&line, "attached"),
@@ -141,6 +144,9 @@ fn ls_shows_a_held_ring_live_then_stale_once_its_holders_are_sigkilled() {
         row.contains(" live ") && row.contains(&format!("alive/{}", tx.pid)),
         "{row}"
     );
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // NAME KEY SHMID STATUS KIND CAP MAXMSG BYTES ...
+    assert_eq!(cells[5..8], ["8", "32", "360"], "{row}");
 
     kill_and_reap(&mut tx);
     kill_and_reap(&mut rx);
