@@ -697,6 +697,38 @@ impl BroadcastCore {
         unsafe { self.shared.as_ref() }
     }
 
+    /// What a wait in `role` (the publisher's for room, a subscriber's for a message) counts on
+    /// the ring's statistics line, and the waiter's `bit`.
+    fn tally(&self, role: Role, bit: u64) -> Tally<'_> {
+        let c = &self.shared().counters;
+        Tally {
+            waits: match role {
+                Role::Sender => &c.full_waits,
+                Role::Receiver => &c.empty_waits,
+            },
+            parks: &c.parks,
+            bit,
+        }
+    }
+
+    /// The check a waiting publisher makes after each park slice: a tethered subscriber that
+    /// died holds it back until it is reaped, so reap; the wait goes on (room is `room_check`'s).
+    fn reap_check<T, E>(&self) -> Check<T, E> {
+        self.maintain();
+        Check::NotYet
+    }
+
+    /// The check a waiting subscriber makes after each park slice: done once the publisher has
+    /// closed or died (`Ok(false)`: look again), or, with `Ok(true)`, when no publisher ever
+    /// came and nobody can find the ring any more, so none will.
+    fn publisher_check(&self) -> Check<bool, RecvTimeoutError> {
+        match self.publisher_peer() {
+            Peer::Dead | Peer::Closed => Check::Done(Ok(false)),
+            Peer::NotYet if self.backing.unreachable() => Check::Done(Ok(true)),
+            Peer::Alive | Peer::NotYet => Check::NotYet,
+        }
+    }
+
     fn publisher_peer(&self) -> Peer {
         self.shared().publisher.peer(self.tokens, Role::Sender)
     }
@@ -966,29 +998,25 @@ impl Publisher {
             r => return r.map_err(Into::into),
         }
         let core = Arc::clone(&self.core);
-        let shared = core.shared();
         let wait = self.wait;
         wait_until(
-            &shared.not_full,
-            Tally {
-                waits: &shared.counters.full_waits,
-                parks: &shared.counters.parks,
-                bit: PUBLISHER_BIT,
-            },
+            &core.shared().not_full,
+            core.tally(Role::Sender, PUBLISHER_BIT),
             &wait,
             deadline,
-            || match self.refresh_limit() {
-                Ok(true) => Check::Done(Ok(())),
-                Ok(false) => Check::NotYet,
-                Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
-            },
-            || {
-                // A tethered subscriber that died holds us back until it is reaped.
-                core.maintain();
-                Check::NotYet
-            },
+            || self.room_check(),
+            || core.reap_check(),
             || SendTimeoutError::Timeout,
         )
+    }
+
+    /// The check of a wait for room (blocking or async): done once the slot to write is free.
+    fn room_check(&mut self) -> Check<(), SendTimeoutError> {
+        match self.refresh_limit() {
+            Ok(true) => Check::Done(Ok(())),
+            Ok(false) => Check::NotYet,
+            Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
+        }
     }
 
     /// Writes `msg` at `pos` and publishes it. The caller checked the room and the size.
@@ -1421,6 +1449,16 @@ impl Subscriber {
         Ok(!matches!(self.look()?, Look::NotYet) || self.gone(false)?)
     }
 
+    /// The check of a wait for a message (blocking or async): done (`Ok(false)`: look again)
+    /// once our slot holds something or the stream ended, as `BroadcastCore::publisher_check`.
+    fn message_check(&mut self) -> Check<bool, RecvTimeoutError> {
+        match self.ready() {
+            Ok(true) => Check::Done(Ok(false)),
+            Ok(false) => Check::NotYet,
+            Err(c) => Check::Done(Err(RecvTimeoutError::Corrupted(c))),
+        }
+    }
+
     fn recv_inner<const BORROW: bool>(
         &mut self,
         buf: &mut Vec<u8>,
@@ -1432,32 +1470,14 @@ impl Subscriber {
                 r => return r.map_err(Into::into),
             }
             let core = Arc::clone(&self.core);
-            let shared = core.shared();
             let wait = self.wait;
-            let mut ended = false;
-            wait_until(
-                &shared.not_empty,
-                Tally {
-                    waits: &shared.counters.empty_waits,
-                    parks: &shared.counters.parks,
-                    bit: sub_bit(self.me),
-                },
+            let ended = wait_until(
+                &core.shared().not_empty,
+                core.tally(Role::Receiver, sub_bit(self.me)),
                 &wait,
                 deadline,
-                || match self.ready() {
-                    Ok(true) => Check::Done(Ok(())),
-                    Ok(false) => Check::NotYet,
-                    Err(c) => Check::Done(Err(RecvTimeoutError::Corrupted(c))),
-                },
-                || match core.publisher_peer() {
-                    Peer::Dead | Peer::Closed => Check::Done(Ok(())),
-                    // Nobody can find the ring any more, so no publisher will ever come.
-                    Peer::NotYet if core.backing.unreachable() => {
-                        ended = true;
-                        Check::Done(Ok(()))
-                    }
-                    Peer::Alive | Peer::NotYet => Check::NotYet,
-                },
+                || self.message_check(),
+                || core.publisher_check(),
                 || RecvTimeoutError::Timeout,
             )?;
             if ended {

@@ -536,6 +536,43 @@ unsafe impl Send for MpmcCore {}
 unsafe impl Sync for MpmcCore {}
 
 impl MpmcCore {
+    /// What a wait of member `me` in `role` counts on the ring's statistics line, and its bit.
+    pub(crate) fn tally(&self, role: Role, me: usize) -> Tally<'_> {
+        let c = &self.shared().counters;
+        Tally {
+            waits: match role {
+                Role::Sender => &c.full_waits,
+                Role::Receiver => &c.empty_waits,
+            },
+            parks: &c.parks,
+            bit: waiter_bit(me),
+        }
+    }
+
+    /// The check of a sender's wait for room (blocking or async): done with a run of up to
+    /// `max` free slots claimed for member `me`, or once every receiver is gone.
+    pub(crate) fn room_check(&self, me: usize, max: u64) -> Check<(u64, u64), SendTimeoutError> {
+        match self.claim_free_run(me, max) {
+            Ok(Some(run)) => Check::Done(Ok(run)),
+            Ok(None) if self.shared().receivers_gone() => Check::Done(Err(SendTimeoutError::Disconnected)),
+            Ok(None) => Check::NotYet,
+            Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
+        }
+    }
+
+    /// The check a sender's wait makes after each park slice: reaps dead receivers (and
+    /// recovers what they held), then `Disconnected` once every receiver is gone, or none ever
+    /// joined and nobody can find the ring any more.
+    pub(crate) fn receivers_check<T>(&self) -> Check<T, SendTimeoutError> {
+        self.maintain(Role::Sender);
+        let shared = self.shared();
+        if shared.receivers_gone() || (shared.census().receivers_joined == 0 && self.backing.unreachable()) {
+            Check::Done(Err(SendTimeoutError::Disconnected))
+        } else {
+            Check::NotYet
+        }
+    }
+
     /// # Safety
     /// `shared` must point to a valid `MpmcShared` and `slots` to `geometry.capacity` MPMC slots,
     /// both kept alive and mapped by `backing`.
@@ -1307,33 +1344,21 @@ impl Producer {
         }
         let core = Arc::clone(&self.core);
         let me = self.me;
-        let gone = || core.shared().receivers_gone();
         let r = wait_until(
             &core.shared().not_full,
-            Tally {
-                waits: &core.shared().counters.full_waits,
-                parks: &core.shared().counters.parks,
-                bit: waiter_bit(me),
-            },
+            core.tally(Role::Sender, me),
             &self.wait,
             deadline,
-            || match core.claim_free_run(me, max) {
-                Ok(Some(run)) => Check::Done(Ok(run)),
-                Ok(None) if gone() => Check::Done(Err(SendTimeoutError::Disconnected)),
-                Ok(None) => Check::NotYet,
-                Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
-            },
-            || {
-                core.maintain(Role::Sender);
-                let c = core.shared().census();
-                if gone() || (c.receivers_joined == 0 && core.backing.unreachable()) {
-                    Check::Done(Err(SendTimeoutError::Disconnected))
-                } else {
-                    Check::NotYet
-                }
-            },
+            || core.room_check(me, max),
+            || core.receivers_check(),
             || SendTimeoutError::Timeout,
         );
+        self.claim_ended(r)
+    }
+
+    /// What a wait for room (`claim_run_deadline`, `claim_async`) ended with, recorded: a
+    /// disconnected or poisoned end stays so.
+    fn claim_ended<T>(&mut self, r: Result<T, SendTimeoutError>) -> Result<T, SendTimeoutError> {
         match &r {
             Err(SendTimeoutError::Disconnected) => self.disconnected = true,
             Err(SendTimeoutError::Corrupted(c)) => self.fault = Some(c.clone()),
@@ -1760,32 +1785,11 @@ impl Consumer {
         let (me, expect) = (self.me, self.expect_senders);
         let r = wait_until(
             &core.shared().not_empty,
-            Tally {
-                waits: &core.shared().counters.empty_waits,
-                parks: &core.shared().counters.parks,
-                bit: waiter_bit(me),
-            },
+            core.tally(Role::Receiver, me),
             &self.wait,
             deadline,
-            || match take_once(&core, me, expect, false) {
-                Ok(Taken::Message(pos, len)) => Check::Done(Ok((pos, len))),
-                Ok(Taken::Retry | Taken::Empty) => Check::NotYet,
-                Ok(Taken::Gone) => Check::Done(Err(TakeError::Gone)),
-                Err(e) => Check::Done(Err(e)),
-            },
-            || match take_once(&core, me, expect, true) {
-                Ok(Taken::Message(pos, len)) => Check::Done(Ok((pos, len))),
-                Ok(Taken::Gone) => Check::Done(Err(TakeError::Gone)),
-                Ok(Taken::Retry | Taken::Empty) => {
-                    let c = core.shared().census();
-                    if c.senders_joined == 0 && core.backing.unreachable() {
-                        Check::Done(Err(TakeError::Gone))
-                    } else {
-                        Check::NotYet
-                    }
-                }
-                Err(e) => Check::Done(Err(e)),
-            },
+            || take_check(&core, me, expect, false),
+            || take_check(&core, me, expect, true),
             || TakeError::Timeout,
         );
         match r {
@@ -1965,6 +1969,28 @@ enum TakeError {
     Message(Corrupted),
     Gone,
     Timeout,
+}
+
+/// The check of a receiver's wait (blocking or async): `take_once`, done with a message or once
+/// every sender is gone. After a park slice (`slice`), it also recovers stalled slots, and ends
+/// the wait if no sender ever joined and nobody can find the ring any more.
+fn take_check(
+    core: &MpmcCore,
+    me: usize,
+    expect_senders: u32,
+    slice: bool,
+) -> Check<(u64, usize), TakeError> {
+    match take_once(core, me, expect_senders, slice) {
+        Ok(Taken::Message(pos, len)) => Check::Done(Ok((pos, len))),
+        Ok(Taken::Gone) => Check::Done(Err(TakeError::Gone)),
+        Ok(Taken::Retry | Taken::Empty)
+            if slice && core.shared().census().senders_joined == 0 && core.backing.unreachable() =>
+        {
+            Check::Done(Err(TakeError::Gone))
+        }
+        Ok(Taken::Retry | Taken::Empty) => Check::NotYet,
+        Err(e) => Check::Done(Err(e)),
+    }
 }
 
 fn take_once(core: &MpmcCore, me: usize, expect_senders: u32, slow: bool) -> Result<Taken, TakeError> {

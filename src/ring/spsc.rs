@@ -231,6 +231,47 @@ impl RingCore {
     }
 
     /// The state of `role`'s holder, including whether its process is alive (one syscall).
+    /// What a wait for room counts on the ring's statistics line, and the sender's waiter bit.
+    pub(crate) fn full_tally(&self) -> Tally<'_> {
+        let c = &self.shared().counters;
+        Tally {
+            waits: &c.full_waits,
+            parks: &c.parks,
+            bit: SENDER_BIT,
+        }
+    }
+
+    /// The same for a wait for a message, and the receiver's bit.
+    pub(crate) fn empty_tally(&self) -> Tally<'_> {
+        let c = &self.shared().counters;
+        Tally {
+            waits: &c.empty_waits,
+            parks: &c.parks,
+            bit: RECEIVER_BIT,
+        }
+    }
+
+    /// The check a sender's wait makes after each park slice: `Disconnected` once the receiver
+    /// has closed or died, or no receiver can come any more.
+    pub(crate) fn receiver_check(&self) -> Check<(), SendTimeoutError> {
+        match self.peer_of(Role::Receiver) {
+            Peer::Dead | Peer::Closed => Check::Done(Err(SendTimeoutError::Disconnected)),
+            Peer::NotYet if self.backing.unreachable() => Check::Done(Err(SendTimeoutError::Disconnected)),
+            Peer::Alive | Peer::NotYet => Check::NotYet,
+        }
+    }
+
+    /// The check a receiver's wait makes after each park slice: done once the sender has closed
+    /// or died (whether anything is left to read is decided after the wait), `Disconnected` if
+    /// nobody can find the ring any more, so no sender will ever come.
+    pub(crate) fn sender_check<T>(&self) -> Check<Option<T>, RecvTimeoutError> {
+        match self.peer_of(Role::Sender) {
+            Peer::Dead | Peer::Closed => Check::Done(Ok(None)),
+            Peer::NotYet if self.backing.unreachable() => Check::Done(Err(RecvTimeoutError::Disconnected)),
+            Peer::Alive | Peer::NotYet => Check::NotYet,
+        }
+    }
+
     pub(crate) fn peer_of(&self, role: Role) -> Peer {
         self.shared().role(role).peer(self.tokens, role)
     }
@@ -644,32 +685,28 @@ impl Producer {
         let rec = record_size(len);
         wait_until(
             &core.shared().not_full,
-            Tally {
-                waits: &core.shared().counters.full_waits,
-                parks: &core.shared().counters.parks,
-                bit: SENDER_BIT,
-            },
+            core.full_tally(),
             &wait,
             deadline,
-            || match self.has_room(rec) {
-                Ok(true) => Check::Done(Ok(())),
-                Ok(false) if core.shared().receiver.state() == ROLE_CLOSED => {
-                    Check::Done(Err(SendTimeoutError::Disconnected))
-                }
-                Ok(false) => Check::NotYet,
-                Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
-            },
-            || match core.peer_of(Role::Receiver) {
-                Peer::Dead | Peer::Closed => Check::Done(Err(SendTimeoutError::Disconnected)),
-                Peer::NotYet if core.backing.unreachable() => {
-                    Check::Done(Err(SendTimeoutError::Disconnected))
-                }
-                Peer::Alive | Peer::NotYet => Check::NotYet,
-            },
+            || self.room_check(rec),
+            || core.receiver_check(),
             || SendTimeoutError::Timeout,
         )?;
         self.pad_if_needed(rec);
         Ok(())
+    }
+
+    /// The check of a wait for room for a record of `rec` bytes (blocking or async): done once
+    /// it fits, or the receiver has closed (a pad, if one is needed, is the caller's to write).
+    fn room_check(&mut self, rec: usize) -> Check<(), SendTimeoutError> {
+        match self.has_room(rec) {
+            Ok(true) => Check::Done(Ok(())),
+            Ok(false) if self.hot.shared().receiver.state() == ROLE_CLOSED => {
+                Check::Done(Err(SendTimeoutError::Disconnected))
+            }
+            Ok(false) => Check::NotYet,
+            Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
+        }
     }
 
     /// Writes the record of the claimed message at `tail` (`len` bytes of payload already in
@@ -1217,44 +1254,45 @@ impl Consumer {
         }
         let core = Arc::clone(&self.core);
         let wait = self.wait;
-        let mut seen = None;
         let found = wait_until(
             &core.shared().not_empty,
-            Tally {
-                waits: &core.shared().counters.empty_waits,
-                parks: &core.shared().counters.parks,
-                bit: RECEIVER_BIT,
-            },
+            core.empty_tally(),
             &wait,
             deadline,
-            || match self.peek() {
-                Ok(Some(f)) => {
-                    seen = Some(f);
-                    Check::Done(Ok(()))
-                }
-                Ok(None) => match self.empty_or_gone(false) {
-                    Ok(_) => Check::Done(Ok(())),
-                    Err(TryRecvError::Empty) => Check::NotYet,
-                    Err(e) => Check::Done(Err(e.into())),
-                },
-                Err(c) => Check::Done(Err(RecvTimeoutError::Corrupted(c))),
-            },
-            || match core.peer_of(Role::Sender) {
-                Peer::Dead | Peer::Closed => Check::Done(Ok(())),
-                // Nobody can find the ring any more, so no sender will ever come.
-                Peer::NotYet if core.backing.unreachable() => {
-                    Check::Done(Err(RecvTimeoutError::Disconnected))
-                }
-                Peer::Alive | Peer::NotYet => Check::NotYet,
-            },
+            || self.message_check(),
+            || core.sender_check(),
             || RecvTimeoutError::Timeout,
         );
+        self.after_wait(found)
+    }
+
+    /// The check of a wait for a message (blocking or async): done with the message at `head`
+    /// once one is there (so the waiter need not look again), or with none once the sender is
+    /// gone (`after_wait` then decides, once).
+    fn message_check(&mut self) -> Check<Option<Front>, RecvTimeoutError> {
+        match self.peek() {
+            Ok(Some(front)) => Check::Done(Ok(Some(front))),
+            Ok(None) => match self.empty_or_gone(false) {
+                // A message arrived meanwhile.
+                Ok(_) => Check::Done(Ok(None)),
+                Err(TryRecvError::Empty) => Check::NotYet,
+                Err(e) => Check::Done(Err(e.into())),
+            },
+            Err(c) => Check::Done(Err(RecvTimeoutError::Corrupted(c))),
+        }
+    }
+
+    /// The message a wait for one (`message_check`, `RingCore::sender_check`) ended with, or why
+    /// there is none.
+    fn after_wait(
+        &mut self,
+        found: Result<Option<Front>, RecvTimeoutError>,
+    ) -> Result<Front, RecvTimeoutError> {
         if let Err(RecvTimeoutError::Disconnected) = found {
             self.sender_gone = true;
         }
-        found?;
-        if let Some(f) = seen {
-            return Ok(f);
+        if let Some(front) = found? {
+            return Ok(front);
         }
         // Either a message is there, or the sender is gone: decide which, once.
         match self.peek()? {

@@ -27,39 +27,21 @@ impl Subscriber {
                 r => return r.map(drop).map_err(|e| RecvTimeoutError::from(e).into()),
             }
             let core = Arc::clone(&self.core);
-            let shared = core.shared();
-            let mut ended = false;
-            let mut parked = Parked::new(&shared.not_empty, sub_bit(self.me)).yielding(&self.wait);
+            let bit = sub_bit(self.me);
+            let mut parked = Parked::new(&core.shared().not_empty, bit).yielding(&self.wait);
             let found = poll_fn(|cx| {
                 poll_wait(
                     &mut parked,
-                    Tally {
-                        waits: &shared.counters.empty_waits,
-                        parks: &shared.counters.parks,
-                        bit: sub_bit(self.me),
-                    },
+                    core.tally(Role::Receiver, bit),
                     cx,
-                    || match self.ready() {
-                        Ok(true) => Check::Done(Ok(())),
-                        Ok(false) => Check::NotYet,
-                        Err(c) => Check::Done(Err(RecvTimeoutError::Corrupted(c))),
-                    },
-                    || match core.publisher_peer() {
-                        Peer::Dead | Peer::Closed => Check::Done(Ok(())),
-                        // Nobody can find the ring any more, so no publisher will ever come.
-                        Peer::NotYet if core.backing.unreachable() => {
-                            ended = true;
-                            Check::Done(Ok(()))
-                        }
-                        Peer::Alive | Peer::NotYet => Check::NotYet,
-                    },
+                    || self.message_check(),
+                    || core.publisher_check(),
                 )
             })
             .await;
             // The wait is over: no registration or bit left while the message is taken.
             drop(parked);
-            found?;
-            if ended {
+            if found? {
                 self.done = true;
                 return Err(RecvError::Disconnected);
             }
@@ -93,27 +75,14 @@ impl Publisher {
             Err(e) => return Err(SendTimeoutError::from(e).into()),
         }
         let core = Arc::clone(&self.core);
-        let shared = core.shared();
-        let mut parked = Parked::new(&shared.not_full, PUBLISHER_BIT).yielding(&self.wait);
+        let mut parked = Parked::new(&core.shared().not_full, PUBLISHER_BIT).yielding(&self.wait);
         let room = poll_fn(|cx| {
             poll_wait(
                 &mut parked,
-                Tally {
-                    waits: &shared.counters.full_waits,
-                    parks: &shared.counters.parks,
-                    bit: PUBLISHER_BIT,
-                },
+                core.tally(Role::Sender, PUBLISHER_BIT),
                 cx,
-                || match self.refresh_limit() {
-                    Ok(true) => Check::Done(Ok(())),
-                    Ok(false) => Check::NotYet,
-                    Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
-                },
-                || {
-                    // A tethered subscriber that died holds us back until it is reaped.
-                    core.maintain();
-                    Check::NotYet
-                },
+                || self.room_check(),
+                || core.reap_check(),
             )
         })
         .await;

@@ -93,31 +93,10 @@ impl Consumer {
         let r = poll_fn(|cx| {
             poll_wait(
                 &mut wait.parked,
-                Tally {
-                    waits: &shared.counters.empty_waits,
-                    parks: &shared.counters.parks,
-                    bit: waiter_bit(me),
-                },
+                core.tally(Role::Receiver, me),
                 cx,
-                || match take_once(&core, me, expect, false) {
-                    Ok(Taken::Message(pos, len)) => Check::Done(Ok((pos, len))),
-                    Ok(Taken::Retry | Taken::Empty) => Check::NotYet,
-                    Ok(Taken::Gone) => Check::Done(Err(TakeError::Gone)),
-                    Err(e) => Check::Done(Err(e)),
-                },
-                || match take_once(&core, me, expect, true) {
-                    Ok(Taken::Message(pos, len)) => Check::Done(Ok((pos, len))),
-                    Ok(Taken::Gone) => Check::Done(Err(TakeError::Gone)),
-                    Ok(Taken::Retry | Taken::Empty) => {
-                        let c = shared.census();
-                        if c.senders_joined == 0 && core.backing.unreachable() {
-                            Check::Done(Err(TakeError::Gone))
-                        } else {
-                            Check::NotYet
-                        }
-                    }
-                    Err(e) => Check::Done(Err(e)),
-                },
+                || take_check(&core, me, expect, false),
+                || take_check(&core, me, expect, true),
             )
         })
         .await;
@@ -161,48 +140,24 @@ impl Producer {
     async fn claim_async(&mut self) -> Result<u64, SendError> {
         let core = Arc::clone(&self.core);
         let me = self.me;
-        let shared = core.shared();
-        let gone = || shared.receivers_gone();
         let mut wait = PassOn {
-            parked: Parked::new(&shared.not_full, waiter_bit(me)).yielding(&self.wait),
+            parked: Parked::new(&core.shared().not_full, waiter_bit(me)).yielding(&self.wait),
             core: &core,
             role: Role::Sender,
         };
         let r = poll_fn(|cx| {
             poll_wait(
                 &mut wait.parked,
-                Tally {
-                    waits: &shared.counters.full_waits,
-                    parks: &shared.counters.parks,
-                    bit: waiter_bit(me),
-                },
+                core.tally(Role::Sender, me),
                 cx,
-                || match core.claim_free_run(me, 1) {
-                    Ok(Some((pos, _))) => Check::Done(Ok(pos)),
-                    Ok(None) if gone() => Check::Done(Err(SendTimeoutError::Disconnected)),
-                    Ok(None) => Check::NotYet,
-                    Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
-                },
-                || {
-                    core.maintain(Role::Sender);
-                    let c = shared.census();
-                    if gone() || (c.receivers_joined == 0 && core.backing.unreachable()) {
-                        Check::Done(Err(SendTimeoutError::Disconnected))
-                    } else {
-                        Check::NotYet
-                    }
-                },
+                || core.room_check(me, 1),
+                || core.receivers_check(),
             )
         })
         .await;
         // Ready: `poll_wait` has ended the wait, so this drop passes nothing on.
         drop(wait);
-        match &r {
-            Err(SendTimeoutError::Disconnected) => self.disconnected = true,
-            Err(SendTimeoutError::Corrupted(c)) => self.fault = Some(c.clone()),
-            _ => {}
-        }
-        Ok(r?)
+        Ok(self.claim_ended(r)?.0)
     }
 }
 

@@ -34,47 +34,17 @@ impl Consumer {
         let found = poll_fn(|cx| {
             poll_wait(
                 &mut parked,
-                Tally {
-                    waits: &core.shared().counters.empty_waits,
-                    parks: &core.shared().counters.parks,
-                    bit: RECEIVER_BIT,
-                },
+                core.empty_tally(),
                 cx,
-                || match self.peek() {
-                    Ok(Some(_)) => Check::Done(Ok(())),
-                    Ok(None) => match self.empty_or_gone(false) {
-                        Ok(_) => Check::Done(Ok(())),
-                        Err(TryRecvError::Empty) => Check::NotYet,
-                        Err(e) => Check::Done(Err(RecvTimeoutError::from(e))),
-                    },
-                    Err(c) => Check::Done(Err(RecvTimeoutError::Corrupted(c))),
-                },
-                || match core.peer_of(Role::Sender) {
-                    Peer::Dead | Peer::Closed => Check::Done(Ok(())),
-                    // Nobody can find the ring any more, so no sender will ever come.
-                    Peer::NotYet if core.backing.unreachable() => {
-                        Check::Done(Err(RecvTimeoutError::Disconnected))
-                    }
-                    Peer::Alive | Peer::NotYet => Check::NotYet,
-                },
+                || self.message_check(),
+                || core.sender_check(),
             )
         })
         .await;
         // The wait is over: no registration or bit left while the message is taken.
         drop(parked);
-        if let Err(RecvTimeoutError::Disconnected) = found {
-            self.sender_gone = true;
-        }
-        found?;
-        // Either a message is there, or the sender is gone: decide which, once (as
-        // `front_deadline`). Nothing awaits from here on: this is the poll that returns.
-        let front = match self.peek()? {
-            Some(front) => front,
-            None => {
-                self.empty_or_gone(true).map_err(RecvTimeoutError::from)?;
-                self.peek()?.ok_or(RecvError::Disconnected)?
-            }
-        };
+        // Nothing awaits from here on: this is the poll that returns.
+        let front = self.after_wait(found)?;
         self.copy_out(front, buf);
         Ok(())
     }
@@ -106,27 +76,10 @@ impl Producer {
         let room = poll_fn(|cx| {
             poll_wait(
                 &mut parked,
-                Tally {
-                    waits: &core.shared().counters.full_waits,
-                    parks: &core.shared().counters.parks,
-                    bit: SENDER_BIT,
-                },
+                core.full_tally(),
                 cx,
-                || match self.has_room(rec) {
-                    Ok(true) => Check::Done(Ok(())),
-                    Ok(false) if core.shared().receiver.state() == ROLE_CLOSED => {
-                        Check::Done(Err(SendTimeoutError::Disconnected))
-                    }
-                    Ok(false) => Check::NotYet,
-                    Err(c) => Check::Done(Err(SendTimeoutError::Corrupted(c))),
-                },
-                || match core.peer_of(Role::Receiver) {
-                    Peer::Dead | Peer::Closed => Check::Done(Err(SendTimeoutError::Disconnected)),
-                    Peer::NotYet if core.backing.unreachable() => {
-                        Check::Done(Err(SendTimeoutError::Disconnected))
-                    }
-                    Peer::Alive | Peer::NotYet => Check::NotYet,
-                },
+                || self.room_check(rec),
+                || core.receiver_check(),
             )
         })
         .await;
