@@ -66,7 +66,7 @@
 
 use super::lock::{LockWord, RingLock};
 use super::tokens::{self, Tokens};
-use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
+use super::wait::{wait_until, Check, Doorbell, WaitCounters};
 use super::{
     cold_clone, too_large, unwinding_under_loom, Geometry, HeapMemory, LivenessTimer, Peer, Role, RoleRecord,
     WaitStrategy, ROLE_CLOSED,
@@ -697,20 +697,6 @@ impl BroadcastCore {
         unsafe { self.shared.as_ref() }
     }
 
-    /// What a wait in `role` (the publisher's for room, a subscriber's for a message) counts on
-    /// the ring's statistics line, and the waiter's `bit`.
-    fn tally(&self, role: Role, bit: u64) -> Tally<'_> {
-        let c = &self.shared().counters;
-        Tally {
-            waits: match role {
-                Role::Sender => &c.full_waits,
-                Role::Receiver => &c.empty_waits,
-            },
-            parks: &c.parks,
-            bit,
-        }
-    }
-
     /// The check a waiting publisher makes after each park slice: a tethered subscriber that
     /// died holds it back until it is reaped, so reap; the wait goes on (room is `room_check`'s).
     fn reap_check<T, E>(&self) -> Check<T, E> {
@@ -1001,7 +987,7 @@ impl Publisher {
         let wait = self.wait;
         wait_until(
             &core.shared().not_full,
-            core.tally(Role::Sender, PUBLISHER_BIT),
+            core.shared().counters.tally(Role::Sender, PUBLISHER_BIT),
             &wait,
             deadline,
             || self.room_check(),
@@ -1473,7 +1459,7 @@ impl Subscriber {
             let wait = self.wait;
             let ended = wait_until(
                 &core.shared().not_empty,
-                core.tally(Role::Receiver, sub_bit(self.me)),
+                core.shared().counters.tally(Role::Receiver, sub_bit(self.me)),
                 &wait,
                 deadline,
                 || self.message_check(),

@@ -538,15 +538,7 @@ unsafe impl Sync for MpmcCore {}
 impl MpmcCore {
     /// What a wait of member `me` in `role` counts on the ring's statistics line, and its bit.
     pub(crate) fn tally(&self, role: Role, me: usize) -> Tally<'_> {
-        let c = &self.shared().counters;
-        Tally {
-            waits: match role {
-                Role::Sender => &c.full_waits,
-                Role::Receiver => &c.empty_waits,
-            },
-            parks: &c.parks,
-            bit: waiter_bit(me),
-        }
+        self.shared().counters.tally(role, waiter_bit(me))
     }
 
     /// The check of a sender's wait for room (blocking or async): done with a run of up to

@@ -38,7 +38,7 @@ mod aio;
 use super::lock::LockWord;
 use super::records::{self, message_word, pad_word, Records, HEADER, PAD};
 use super::tokens::{self, Tokens};
-use super::wait::{wait_until, Check, Doorbell, Tally, WaitCounters};
+use super::wait::{wait_until, Check, Doorbell, WaitCounters};
 use super::{
     cold_clone, copy_payload, record_size, too_large, unwinding_under_loom, Geometry, HeapMemory,
     LivenessTimer, Peer, Role, RoleRecord, WaitStrategy, ROLE_CLOSED,
@@ -231,26 +231,6 @@ impl RingCore {
     }
 
     /// The state of `role`'s holder, including whether its process is alive (one syscall).
-    /// What a wait for room counts on the ring's statistics line, and the sender's waiter bit.
-    pub(crate) fn full_tally(&self) -> Tally<'_> {
-        let c = &self.shared().counters;
-        Tally {
-            waits: &c.full_waits,
-            parks: &c.parks,
-            bit: SENDER_BIT,
-        }
-    }
-
-    /// The same for a wait for a message, and the receiver's bit.
-    pub(crate) fn empty_tally(&self) -> Tally<'_> {
-        let c = &self.shared().counters;
-        Tally {
-            waits: &c.empty_waits,
-            parks: &c.parks,
-            bit: RECEIVER_BIT,
-        }
-    }
-
     /// The check a sender's wait makes after each park slice: `Disconnected` once the receiver
     /// has closed or died, or no receiver can come any more.
     pub(crate) fn receiver_check(&self) -> Check<(), SendTimeoutError> {
@@ -685,7 +665,7 @@ impl Producer {
         let rec = record_size(len);
         wait_until(
             &core.shared().not_full,
-            core.full_tally(),
+            core.shared().counters.tally(Role::Sender, SENDER_BIT),
             &wait,
             deadline,
             || self.room_check(rec),
@@ -1256,7 +1236,7 @@ impl Consumer {
         let wait = self.wait;
         let found = wait_until(
             &core.shared().not_empty,
-            core.empty_tally(),
+            core.shared().counters.tally(Role::Receiver, RECEIVER_BIT),
             &wait,
             deadline,
             || self.message_check(),

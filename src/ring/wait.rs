@@ -231,6 +231,19 @@ impl WaitCounters {
             wakes: AtomicU64::new(0),
         }
     }
+
+    /// What a wait in `role` (a sender's for room, a receiver's for a message) adds to, with the
+    /// waiter's `bit`.
+    pub(crate) fn tally(&self, role: super::Role, bit: u64) -> Tally<'_> {
+        Tally {
+            waits: match role {
+                super::Role::Sender => &self.full_waits,
+                super::Role::Receiver => &self.empty_waits,
+            },
+            parks: &self.parks,
+            bit,
+        }
+    }
 }
 
 /// Which counters a wait adds to: the side's wait count and the shared park count.

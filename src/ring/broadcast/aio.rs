@@ -32,7 +32,7 @@ impl Subscriber {
             let found = poll_fn(|cx| {
                 poll_wait(
                     &mut parked,
-                    core.tally(Role::Receiver, bit),
+                    core.shared().counters.tally(Role::Receiver, bit),
                     cx,
                     || self.message_check(),
                     || core.publisher_check(),
@@ -79,7 +79,7 @@ impl Publisher {
         let room = poll_fn(|cx| {
             poll_wait(
                 &mut parked,
-                core.tally(Role::Sender, PUBLISHER_BIT),
+                core.shared().counters.tally(Role::Sender, PUBLISHER_BIT),
                 cx,
                 || self.room_check(),
                 || core.reap_check(),

@@ -34,7 +34,7 @@ impl Consumer {
         let found = poll_fn(|cx| {
             poll_wait(
                 &mut parked,
-                core.empty_tally(),
+                core.shared().counters.tally(Role::Receiver, RECEIVER_BIT),
                 cx,
                 || self.message_check(),
                 || core.sender_check(),
@@ -76,7 +76,7 @@ impl Producer {
         let room = poll_fn(|cx| {
             poll_wait(
                 &mut parked,
-                core.full_tally(),
+                core.shared().counters.tally(Role::Sender, SENDER_BIT),
                 cx,
                 || self.room_check(rec),
                 || core.receiver_check(),
