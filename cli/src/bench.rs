@@ -326,8 +326,9 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Messages per throughput run, and timed round trips per latency run (a tenth more, at
-    /// most 10000, are run first as warm-up). Default 1000000 and 100000, and a throughput run
-    /// moves at most 1 GiB of payload (256 MiB with --quick): 16384 messages of 64 KiB.
+    /// most 10000, are run first as warm-up). Default 1000000 and 100000 (the async scenario's
+    /// 64 B streams: 10000000), and a throughput run moves at most 1 GiB of payload (256 MiB
+    /// with --quick): 16384 messages of 64 KiB.
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
     messages: Option<u64>,
     /// Message sizes for the throughput scenario in bytes, at least 8 (repeatable or
@@ -400,6 +401,9 @@ const ASYNC_JOBS: [(Scenario, Transport, usize); 4] = [
     (Scenario::Latency, Transport::ShmPark, PING_SIZE),
     (Scenario::Latency, Transport::ShmAsync, PING_SIZE),
 ];
+
+/// Messages of the async scenario's throughput rows, unless `--messages` or `--quick` says.
+const ASYNC_THROUGHPUT_N: u64 = 10_000_000;
 
 /// Size of a latency message.
 const PING_SIZE: usize = 8;
@@ -899,6 +903,13 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         (None, false) => (1_000_000, 100_000),
     };
     let warmup = (latency_n / 10).clamp(1, 10_000);
+    // The async scenario's two 64 B streams: long enough that start-up does not weigh in them
+    // (1M messages take about 20 ms).
+    let async_throughput_n = if args.quick {
+        throughput_n
+    } else {
+        ASYNC_THROUGHPUT_N
+    };
     // Without --messages, a throughput run moves at most this much payload.
     let byte_cap: Option<u64> = match (args.messages, args.quick) {
         (Some(_), _) => None,
@@ -940,7 +951,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
                     }
                     let (messages, warmup) = match scenario {
                         Scenario::Latency => (latency_n, warmup),
-                        _ => (throughput_n, 0),
+                        _ => (args.messages.map_or(async_throughput_n, |n| n), 0),
                     };
                     jobs.push(Job {
                         scenario,
@@ -1085,9 +1096,14 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             }
         }
     } else {
+        let async_streams = jobs
+            .iter()
+            .find(|j| j.scenario == Scenario::Throughput && j.transport == Transport::ShmAsync)
+            .filter(|j| j.messages != throughput_n)
+            .map_or_else(String::new, |j| format!(", the async scenario's {}", j.messages));
         println!(
             "shmpipe bench: {} CPUs allowed, pinned: {pinned}; throughput: {throughput_n} messages per \
-             run{}; latency: {latency_n} timed round trips of {PING_SIZE} B after {warmup} warm-up",
+             run{}{async_streams}; latency: {latency_n} timed round trips of {PING_SIZE} B after {warmup} warm-up",
             cpus.len(),
             byte_cap.map_or_else(String::new, |c| format!(" (at most {} MiB)", c >> 20)),
         );
@@ -1258,10 +1274,14 @@ fn hot_path_ratios(rows: &[Row]) -> Vec<String> {
     if let (Some(ours), Some(floor)) = (p50(Transport::Shm), p50(Transport::RawAtomic)) {
         let r = ours as f64 / floor.max(1) as f64;
         let pair = p50(Transport::RawAtomicPair).map_or_else(String::new, |p| {
-            format!(" ({:.2}x raw-atomic-pair, {p} ns)", ours as f64 / p.max(1) as f64)
+            format!(
+                " ({} raw-atomic-pair, {p} ns)",
+                times(ours as f64 / p.max(1) as f64)
+            )
         });
         out.push(format!(
-            "hot path: latency p50 shm / raw-atomic: {r:.2}x ({ours} / {floor} ns){pair}; target <= 1.3x: {}",
+            "hot path: latency p50 shm / raw-atomic: {} ({ours} / {floor} ns){pair}; target <= 1.3x: {}",
+            times(r),
             met(r <= 1.3)
         ));
     }
@@ -1270,8 +1290,9 @@ fn hot_path_ratios(rows: &[Row]) -> Vec<String> {
         if let (Some(ours), Some(rtrb)) = (rate(t), rtrb) {
             let r = ours / rtrb;
             out.push(format!(
-                "hot path: throughput 8 B {} / inproc-rtrb: {r:.2}x ({ours:.0} / {rtrb:.0} msgs/s); target >= {target:.1}x: {}",
+                "hot path: throughput 8 B {} / inproc-rtrb: {} ({ours:.0} / {rtrb:.0} msgs/s); target >= {target:.1}x: {}",
                 t.name(),
+                times(r),
                 met(r >= target)
             ));
         }
@@ -1295,10 +1316,12 @@ fn async_ratios(rows: &[Row]) -> Vec<String> {
     ) {
         let (p50, p99) = (a[0] as f64 / b[0].max(1) as f64, a[1] as f64 / b[1].max(1) as f64);
         out.push(format!(
-            "async ratio: latency shm-async / shm-park: p50 {p50:.2}x ({} / {} ns), p99 {p99:.2}x ({} / {} ns); \
+            "async ratio: latency shm-async / shm-park: p50 {} ({} / {} ns), p99 {} ({} / {} ns); \
              target <= 2x: {}",
+            times(p50),
             a[0],
             b[0],
+            times(p99),
             a[1],
             b[1],
             met(p50 <= 2.0 && p99 <= 2.0)
@@ -1310,8 +1333,9 @@ fn async_ratios(rows: &[Row]) -> Vec<String> {
     ) {
         let r = a / b;
         out.push(format!(
-            "async ratio: throughput {ASYNC_SIZE} B shm-async / shm: {r:.2}x ({a:.0} / {b:.0} msgs/s); \
+            "async ratio: throughput {ASYNC_SIZE} B shm-async / shm: {} ({a:.0} / {b:.0} msgs/s); \
              target >= 0.5x: {}",
+            times(r),
             met(r >= 0.5)
         ));
     }
