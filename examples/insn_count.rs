@@ -7,6 +7,11 @@
 //! - `shm_reserve_recv_ref`: the same ring, `try_reserve(64)` + copy + `commit()` + `try_recv_ref()`;
 //! - `rtrb_push_pop`: `rtrb::RingBuffer::<[u8; 64]>::new(1024)`, `push` + `pop`;
 //! - `shm_send_recv_ref_8b` and `rtrb_push_pop_8b`: the same with 8-byte messages;
+//! - `shm_send_recv_ref_runtime_len` and `shm_send_recv_ref_8b_runtime_len`: the same two with
+//!   the length hidden from the compiler as well. The rows above pass our sender a `&[u8; N]`
+//!   whose bytes went through `black_box`, as the rtrb rows pass theirs: the compiler knows the
+//!   length (for rtrb it is the element type's), so the copy is specialised to it; here it must
+//!   dispatch on a length known only at run time, as for a sender of variable-size messages;
 //! - `shm_batch_8b`: 8-byte messages 16 at a time, `try_send_batch` + `try_recv_batch` (a copy
 //!   into a reused `Batch`), per message;
 //! - `mpmc_send_recv_ref`: the MPMC ring, `mpmc::channel(1024, 64)`, `try_send` + `try_recv_ref`;
@@ -54,7 +59,10 @@ fn shm_send_recv_ref(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, n: u64) {
     let mut msg: Msg = [7; 64];
     for i in 0..n {
         msg[0] = i as u8;
-        tx.try_send(black_box(&msg)).unwrap();
+        // `&[u8; 64]` through `black_box`, then the slice: its bytes are opaque to the compiler but
+        // not its length, as for rtrb's `[u8; 64]` (the `_runtime_len` rows hide the length too).
+        let m: &Msg = black_box(&msg);
+        tx.try_send(m).unwrap();
         let g = rx.try_recv_ref().unwrap();
         black_box(&*g);
     }
@@ -63,7 +71,32 @@ fn shm_send_recv_ref(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, n: u64) {
 #[inline(never)]
 fn shm_send_recv_ref_8b(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, n: u64) {
     for i in 0..n {
-        tx.try_send(black_box(&i.to_le_bytes())).unwrap();
+        let bytes = i.to_le_bytes();
+        let m: &[u8; 8] = black_box(&bytes);
+        tx.try_send(m).unwrap();
+        let g = rx.try_recv_ref().unwrap();
+        black_box(&*g);
+    }
+}
+
+/// `shm_send_recv_ref` with the length hidden from the compiler too (a `&[u8]` through
+/// `black_box`): a sender whose message sizes are only known at run time.
+#[inline(never)]
+fn shm_send_recv_ref_runtime_len(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, n: u64) {
+    let mut msg: Msg = [7; 64];
+    for i in 0..n {
+        msg[0] = i as u8;
+        tx.try_send(black_box(&msg[..])).unwrap();
+        let g = rx.try_recv_ref().unwrap();
+        black_box(&*g);
+    }
+}
+
+/// `shm_send_recv_ref_8b` with the length hidden, as above.
+#[inline(never)]
+fn shm_send_recv_ref_8b_runtime_len(tx: &mut spsc::Producer, rx: &mut spsc::Consumer, n: u64) {
+    for i in 0..n {
+        tx.try_send(black_box(&i.to_le_bytes()[..])).unwrap();
         let g = rx.try_recv_ref().unwrap();
         black_box(&*g);
     }
@@ -220,6 +253,18 @@ fn main() {
         let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
         per_msg("shm_send_recv_ref_8b", n, || {
             shm_send_recv_ref_8b(&mut tx, &mut rx, n)
+        });
+    }
+    {
+        let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
+        per_msg("shm_send_recv_ref_runtime_len", n, || {
+            shm_send_recv_ref_runtime_len(&mut tx, &mut rx, n)
+        });
+    }
+    {
+        let (mut tx, mut rx) = spsc::channel(CAPACITY, 64).unwrap();
+        per_msg("shm_send_recv_ref_8b_runtime_len", n, || {
+            shm_send_recv_ref_8b_runtime_len(&mut tx, &mut rx, n)
         });
     }
     {
