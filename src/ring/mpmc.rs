@@ -1331,9 +1331,19 @@ impl Producer {
         deadline: Option<Instant>,
     ) -> Result<(u64, u64), SendTimeoutError> {
         match self.try_claim_run(len, max) {
-            Err(TrySendError::Full) => {}
-            r => return r.map_err(Into::into),
+            Err(TrySendError::Full) => self.claim_run_wait(max, deadline),
+            r => r.map_err(Into::into),
         }
+    }
+
+    /// `claim_run_deadline` found the ring full: waits for room. Out of line, so that the wait's
+    /// code does not weigh on every send that finds room.
+    #[inline(never)]
+    fn claim_run_wait(
+        &mut self,
+        max: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(u64, u64), SendTimeoutError> {
         let core = Arc::clone(&self.core);
         let me = self.me;
         let r = wait_until(
@@ -1770,9 +1780,15 @@ impl Consumer {
 
     fn take_deadline(&mut self, deadline: Option<Instant>) -> Result<(u64, usize), RecvTimeoutError> {
         match self.try_take() {
-            Err(TryRecvError::Empty) => {}
-            r => return r.map_err(Into::into),
+            Err(TryRecvError::Empty) => self.take_wait(deadline),
+            r => r.map_err(Into::into),
         }
+    }
+
+    /// `take_deadline` found the ring empty: waits for a message. Out of line, as
+    /// `Producer::claim_run_wait`.
+    #[inline(never)]
+    fn take_wait(&mut self, deadline: Option<Instant>) -> Result<(u64, usize), RecvTimeoutError> {
         let core = Arc::clone(&self.core);
         let (me, expect) = (self.me, self.expect_senders);
         let r = wait_until(

@@ -639,27 +639,44 @@ impl Producer {
         TrySendError::Full
     }
 
+    /// Room for a message of `len` bytes at `tail`, waiting until `deadline` while the ring is
+    /// full. `Disconnected` stops this end.
+    #[inline(always)]
     fn claim_deadline<const RESERVE: bool>(
         &mut self,
         len: usize,
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError> {
-        let r = self.claim_deadline_inner::<RESERVE>(len, deadline);
+        match self.try_claim_with::<RESERVE>(len, false) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full) => self.claim_wait(len, deadline),
+            Err(e) => Err(self.claim_refused(e)),
+        }
+    }
+
+    /// `claim_deadline` was refused without waiting.
+    #[cold]
+    #[inline(never)]
+    fn claim_refused(&mut self, e: TrySendError) -> SendTimeoutError {
+        if e == TrySendError::Disconnected {
+            self.set_disconnected();
+        }
+        e.into()
+    }
+
+    /// `claim_deadline` found the ring full: waits for room, and stops this end if the receiver
+    /// turns out gone. Out of line, so that the wait's code does not weigh on the registers and
+    /// size of every send that finds room.
+    #[inline(never)]
+    fn claim_wait(&mut self, len: usize, deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
+        let r = self.claim_wait_inner(len, deadline);
         if r == Err(SendTimeoutError::Disconnected) {
             self.set_disconnected();
         }
         r
     }
 
-    fn claim_deadline_inner<const RESERVE: bool>(
-        &mut self,
-        len: usize,
-        deadline: Option<Instant>,
-    ) -> Result<(), SendTimeoutError> {
-        match self.try_claim_with::<RESERVE>(len, false) {
-            Err(TrySendError::Full) => {}
-            r => return r.map_err(Into::into),
-        }
+    fn claim_wait_inner(&mut self, len: usize, deadline: Option<Instant>) -> Result<(), SendTimeoutError> {
         let core = Arc::clone(&self.core);
         let wait = self.wait;
         let rec = record_size(len);
@@ -678,6 +695,7 @@ impl Producer {
 
     /// The check of a wait for room for a record of `rec` bytes (blocking or async): done once
     /// it fits, or the receiver has closed (a pad, if one is needed, is the caller's to write).
+    #[inline(always)]
     fn room_check(&mut self, rec: usize) -> Check<(), SendTimeoutError> {
         match self.has_room(rec) {
             Ok(true) => Check::Done(Ok(())),
@@ -1122,21 +1140,38 @@ impl Consumer {
     }
 
     /// The message at `head`, if one is there: skips a pad record, and poisons this end on a
-    /// header no correct producer writes.
+    /// header no correct producer writes. Inline where nothing or a valid header is there (a
+    /// waiting receiver's every look), the rest out of line.
+    #[inline(always)]
     fn peek(&mut self) -> Result<Option<Front>, Corrupted> {
+        let word = self.header();
+        if word == 0 {
+            return Ok(None);
+        }
+        if let Some(front) = self.valid(word) {
+            return Ok(Some(front));
+        }
+        self.peek_slow(word)
+    }
+
+    /// `peek` found a header `word` that is neither nothing nor a valid message: a pad (skipped,
+    /// and the record after it looked at), or one no correct producer writes (poisoned).
+    #[cold]
+    #[inline(never)]
+    fn peek_slow(&mut self, mut word: u64) -> Result<Option<Front>, Corrupted> {
         loop {
-            let word = self.header();
-            if word == 0 {
-                return Ok(None);
-            }
-            if let Some(front) = self.valid(word) {
-                return Ok(Some(front));
-            }
             let (off, size) = (self.head_off, self.core.records.size());
             let stamped = (word >> 32) as u32 == records::stamp(self.head);
             // A pad at offset 0 would skip a whole lap: no producer writes one.
             if stamped && word as u32 == PAD && off != 0 {
                 self.skip_pad();
+                word = self.header();
+                if word == 0 {
+                    return Ok(None);
+                }
+                if let Some(front) = self.valid(word) {
+                    return Ok(Some(front));
+                }
                 continue;
             }
             let len = (word as u32).wrapping_sub(1) as usize;
@@ -1227,11 +1262,17 @@ impl Consumer {
         self.peek()?.ok_or(TryRecvError::Empty)
     }
 
+    #[inline(always)]
     fn front_deadline(&mut self, deadline: Option<Instant>) -> Result<Front, RecvTimeoutError> {
         match self.try_front_with(false) {
-            Err(TryRecvError::Empty) => {}
-            r => return r.map_err(Into::into),
+            Err(TryRecvError::Empty) => self.front_wait(deadline),
+            r => r.map_err(Into::into),
         }
+    }
+
+    /// `front_deadline` found the ring empty: waits for a message. Out of line, as `claim_wait`.
+    #[inline(never)]
+    fn front_wait(&mut self, deadline: Option<Instant>) -> Result<Front, RecvTimeoutError> {
         let core = Arc::clone(&self.core);
         let wait = self.wait;
         let found = wait_until(
@@ -1249,6 +1290,7 @@ impl Consumer {
     /// The check of a wait for a message (blocking or async): done with the message at `head`
     /// once one is there (so the waiter need not look again), or with none once the sender is
     /// gone (`after_wait` then decides, once).
+    #[inline(always)]
     fn message_check(&mut self) -> Check<Option<Front>, RecvTimeoutError> {
         match self.peek() {
             Ok(Some(front)) => Check::Done(Ok(Some(front))),
