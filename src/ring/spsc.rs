@@ -230,7 +230,6 @@ impl RingCore {
         }
     }
 
-    /// The state of `role`'s holder, including whether its process is alive (one syscall).
     /// The check a sender's wait makes after each park slice: `Disconnected` once the receiver
     /// has closed or died, or no receiver can come any more.
     pub(crate) fn receiver_check(&self) -> Check<(), SendTimeoutError> {
@@ -252,6 +251,7 @@ impl RingCore {
         }
     }
 
+    /// The state of `role`'s holder, including whether its process is alive (one syscall).
     pub(crate) fn peer_of(&self, role: Role) -> Peer {
         self.shared().role(role).peer(self.tokens, role)
     }
