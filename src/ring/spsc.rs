@@ -243,7 +243,7 @@ impl RingCore {
     /// The check a receiver's wait makes after each park slice: done once the sender has closed
     /// or died (whether anything is left to read is decided after the wait), `Disconnected` if
     /// nobody can find the ring any more, so no sender will ever come.
-    pub(crate) fn sender_check<T>(&self) -> Check<Option<T>, RecvTimeoutError> {
+    fn sender_check(&self) -> Check<Option<Front>, RecvTimeoutError> {
         match self.peer_of(Role::Sender) {
             Peer::Dead | Peer::Closed => Check::Done(Ok(None)),
             Peer::NotYet if self.backing.unreachable() => Check::Done(Err(RecvTimeoutError::Disconnected)),

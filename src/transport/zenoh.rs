@@ -662,6 +662,21 @@ mod tests {
             .port()
     }
 
+    /// A raw Zenoh publisher on `key` (no header of ours), once a subscriber matches it.
+    fn matched_publisher<'a>(session: &'a Session, key: &str) -> Publisher<'a> {
+        let publisher = session
+            .declare_publisher(key.to_string())
+            .congestion_control(CongestionControl::Block)
+            .wait()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !publisher.matching_status().wait().unwrap().matching() {
+            assert!(Instant::now() < deadline, "never matched");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        publisher
+    }
+
     /// A hand-made sender (a raw Zenoh publisher writing our header) skips sequence numbers 2-4,
     /// repeats 1 and sends its end of stream: the receiver reports the gap exactly, drops the
     /// repeat, and ends the stream.
@@ -673,16 +688,7 @@ mod tests {
         let mut rx = rx_cfg.open_receiver().unwrap();
         let tx_cfg = ZenohConfig::from_endpoint(&key, &format!("connect=tcp/127.0.0.1:{port}")).unwrap();
         let session = tx_cfg.open_session().unwrap();
-        let publisher = session
-            .declare_publisher(key.clone())
-            .congestion_control(CongestionControl::Block)
-            .wait()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !publisher.matching_status().wait().unwrap().matching() {
-            assert!(Instant::now() < deadline, "never matched");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let publisher = matched_publisher(&session, &key);
         let sample = |seq: u64, body: &[u8]| {
             let mut v = 7u64.to_le_bytes().to_vec();
             v.extend_from_slice(&seq.to_le_bytes());
@@ -727,16 +733,7 @@ mod tests {
             .unwrap()
             .open_session()
             .unwrap();
-        let publisher = session
-            .declare_publisher(key.clone())
-            .congestion_control(CongestionControl::Block)
-            .wait()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !publisher.matching_status().wait().unwrap().matching() {
-            assert!(Instant::now() < deadline, "never matched");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let publisher = matched_publisher(&session, &key);
         let receiving = std::thread::spawn(move || {
             let mut buf = Vec::new();
             for n in 0..MAX_SENDERS {
